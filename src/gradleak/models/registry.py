@@ -1,0 +1,134 @@
+"""Model registry: ``MODELS``, :func:`build_model` and :func:`feature_layer`."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from gradleak.errors import bad_value
+
+from ._checks import check_int
+from .convnet import ConvNet
+from .lenet import LeNet
+from .resnet import ResNet18
+from .vgg import VGG7
+
+ModelFactory = Callable[..., nn.Module]
+
+#: name -> factory(num_classes, in_channels, resolution, **options) returning an ``nn.Module``.
+MODELS: dict[str, ModelFactory] = {
+    "lenet": LeNet,
+    "convnet": ConvNet,
+    "resnet18": ResNet18,
+    "vgg7": VGG7,
+}
+
+_RESERVED = ("num_classes", "in_channels", "resolution")
+
+
+def _allowed_names() -> str:
+    return ", ".join(MODELS) + ", or an import path 'package.module:factory'"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _import_factory(path: str) -> ModelFactory:
+    module_name, _, attribute = path.partition(":")
+    allowed = "an importable 'package.module:factory' path"
+    if not module_name or not attribute:
+        raise bad_value("model", path, allowed)
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as error:  # noqa: BLE001 - anything going wrong while importing user code
+        reason = f"{allowed} (import failed: {_first_line(error)})"
+        raise bad_value("model", path, reason) from error
+    if not callable(target):
+        raise bad_value("model", path, f"{allowed} naming a callable")
+    return target
+
+
+def _check_options(name: str, factory: ModelFactory, options: dict[str, Any]) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    params = signature.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [
+        p.name
+        for p in params.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in _RESERVED
+    ]
+    for key in options:
+        if key in _RESERVED or (key not in allowed and not takes_any):
+            raise bad_value(f"{name} option", key, ", ".join(allowed) or "no options")
+    missing = [r for r in _RESERVED if r not in params and not takes_any]
+    if missing:
+        raise bad_value(
+            "model", name, f"a factory accepting num_classes, in_channels, resolution "
+            f"(this one lacks {', '.join(missing)})"
+        )
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int = 3, resolution: int = 32, **options: Any
+) -> nn.Module:
+    """Build a victim model by registry name or ``package.module:factory`` import path.
+
+    ``options`` are the factory's keyword options (e.g. ``width``, ``batchnorm``, ``stem``); an
+    unknown one raises :class:`UserError` naming it and the allowed ones. The returned module has
+    ``gradleak_name`` (the name) and ``gradleak_options`` (the options given) attributes.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise bad_value("model", name, _allowed_names())
+    num_classes = check_int("num_classes", num_classes, 1)
+    in_channels = check_int("in_channels", in_channels, 1)
+    resolution = check_int("resolution", resolution, 1)
+    name = name.strip()
+    if ":" in name:
+        factory = _import_factory(name)
+    else:
+        name = name.lower()
+        if name not in MODELS:
+            raise bad_value("model", name, _allowed_names())
+        factory = MODELS[name]
+    _check_options(name, factory, options)
+    model = factory(
+        num_classes=num_classes, in_channels=in_channels, resolution=resolution, **options
+    )
+    if not isinstance(model, nn.Module):
+        raise bad_value("model", name, "a factory returning a torch.nn.Module")
+    model.gradleak_name = name
+    model.gradleak_options = dict(options)
+    return model
+
+
+def feature_layer(model: nn.Module) -> nn.Linear:
+    """The final classifier ``nn.Linear`` (the layer Soteria defends).
+
+    Uses ``model.classifier`` when it is an ``nn.Linear`` (all built-in models); otherwise the last
+    ``nn.Linear`` registered in the model. Raises :class:`UserError` if there is none.
+    """
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Linear):
+        return head
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        name = getattr(model, "gradleak_name", type(model).__name__)
+        raise bad_value("model", name, "a model whose classifier head is a torch.nn.Linear layer")
+    return last
+
+
+__all__ = ["MODELS", "ModelFactory", "build_model", "feature_layer"]
