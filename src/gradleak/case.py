@@ -1,0 +1,55 @@
+"""A Case is the client side of one audit: victim model, private batch, protocol, defense chain.
+``capture`` runs the client and returns the Observation the server would hold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from gradleak.defenses import ClientContext, Defense
+from gradleak.fl.client import bn_batch_statistics, client_update, split_state
+from gradleak.fl.observation import Observation
+from gradleak.fl.protocol import Protocol
+
+
+@dataclass
+class Case:
+    model: nn.Module
+    images: Tensor  # (B, C, H, W) in [0, 1]
+    labels: Tensor  # (B,)
+    protocol: Protocol = field(default_factory=Protocol)
+    defenses: list[Defense] = field(default_factory=list)
+    model_spec: dict | None = None  # how the server rebuilds the model; inferred when None
+    give_labels: bool = False  # threat model: does the server receive the labels?
+
+
+def model_spec_of(model: nn.Module, images: Tensor, num_classes: int | None = None) -> dict:
+    """Architecture id for the Observation; models built by gradleak carry ``gradleak_spec``."""
+    spec = getattr(model, "gradleak_spec", None)
+    if spec is not None:
+        return dict(spec)
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = int(model.eval()(images[:1]).shape[-1])
+    return {"name": getattr(model, "gradleak_name", type(model).__name__), "num_classes": num_classes,
+            "in_channels": images.shape[1], "resolution": images.shape[-1], "options": {}}
+
+
+def capture(case: Case, seed: int = 0) -> Observation:
+    """Simulate the client: compute its upload, apply the defense chain φ, package what the server sees."""
+    params, buffers = split_state(case.model)
+    update = client_update(case.model, params, buffers, case.images, case.labels, case.protocol)
+    ctx = ClientContext(case.model, params, buffers, case.images, case.labels, case.protocol,
+                        torch.Generator().manual_seed(seed))
+    for d in case.defenses:
+        update = d.apply(update, ctx)
+    bn = bn_batch_statistics(case.model, params, buffers, case.images) if case.protocol.share_bn_stats else None
+    return Observation(
+        model_spec=case.model_spec or model_spec_of(case.model, case.images),
+        parameters=params, buffers=buffers, update=update, protocol=case.protocol,
+        num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
+        labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
+        defenses=[d.describe() for d in case.defenses],
+    )

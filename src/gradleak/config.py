@@ -1,0 +1,127 @@
+"""The run configuration: one validated pydantic schema, loaded from YAML with ``--set`` overrides.
+
+Every section maps to one stage of the pipeline (data → model → client → defense → attack → metrics);
+``options`` dicts are forwarded to the named factory and validated against its signature.
+Errors are one line naming the key, the value given and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from gradleak.errors import UserError
+from gradleak.validate import format_error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    split: str = "private"
+    resolution: int = Field(32, ge=4, le=1024)
+    channels: Literal[1, 3] = 3
+    root: str | None = None
+    batch_size: int = Field(4, ge=1, le=4096)
+    distinct_labels: bool = True
+
+
+class ModelConfig(_Section):
+    name: str = "lenet"
+    options: dict[str, Any] = Field(default_factory=dict)
+    pretrain_steps: int = Field(0, ge=0)
+    pretrain_lr: float = Field(0.01, gt=0)
+
+
+class ClientConfig(_Section):
+    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
+    local_steps: int = Field(1, ge=1)
+    lr: float = Field(0.1, gt=0)
+    local_batch_size: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    bn_mode: Literal["train", "eval"] = "train"
+    share_bn_stats: bool = False
+
+
+class AttackConfig(_Section):
+    name: str = "invertgrad"
+    labels: Literal["default", "oracle", "recover", "learn"] = "default"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricsConfig(_Section):
+    lpips_dir: str | None = None
+
+
+class RunConfig(_Section):
+    """A whole audit case. ``seed`` drives the batch draw, the victim's init and the attack."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    defense: list[dict[str, Any]] = Field(default_factory=list)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _allowed_keys(loc: tuple) -> str:
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return ""
+        model = field.annotation
+    return ", ".join(getattr(model, "model_fields", {}))
+
+
+def validate_config(raw: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except pydantic.ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "extra_forbidden":
+            key = ".".join(map(str, e["loc"]))
+            raise UserError(f"config key {key!r}: unknown key; allowed keys: {_allowed_keys(e['loc'])}") from None
+        raise UserError("config " + format_error(err)) from None
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to the raw config dict in place."""
+    if "=" not in assignment:
+        raise UserError(f"--set: got {assignment!r}; allowed: KEY=VALUE with a dotted key, e.g. attack.options.iterations=100")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {key}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read YAML (or start from defaults when ``path`` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config: file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config: {p} must hold a mapping of sections, got {type(raw).__name__}")
+    for o in overrides:
+        apply_override(raw, o)
+    return validate_config(raw)

@@ -1,0 +1,47 @@
+"""Validate keyword options against a function's signature with pydantic, one-line errors.
+
+Used wherever a config section is forwarded to a factory (attack presets, model options, defenses):
+the signature's annotations are the schema, so options and their types live in one place.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import pydantic
+
+from gradleak.errors import UserError
+
+
+def _model_for(fn: Callable) -> type[pydantic.BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        ann = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        fields[name] = (ann, ... if p.default is inspect.Parameter.empty else p.default)
+    return pydantic.create_model(f"{getattr(fn, '__name__', 'options')}_options",
+                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                                 **fields)
+
+
+def format_error(err: pydantic.ValidationError, prefix: str = "") -> str:
+    """First error of a pydantic ValidationError as ``key: got X; allowed: Y``."""
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(e["loc"]))
+    if e["type"] == "extra_forbidden":
+        allowed = getattr(err, "_gradleak_allowed", None)
+        return f"{key}: unknown key; allowed keys: {allowed}" if allowed else f"{key}: unknown key"
+    if e["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: got {e.get('input')!r}; allowed: {e['msg'].removeprefix('Input should be ').removeprefix('Value error, ')}"
+
+
+def validate_options(fn: Callable, options: dict, prefix: str) -> dict:
+    """Check ``options`` against ``fn``'s keyword parameters; return them coerced to the annotated types."""
+    model = _model_for(fn)
+    try:
+        return model(**options).model_dump()
+    except pydantic.ValidationError as err:
+        err._gradleak_allowed = ", ".join(model.model_fields)  # type: ignore[attr-defined]
+        raise UserError(format_error(err, prefix)) from None
