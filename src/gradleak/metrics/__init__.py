@@ -1,0 +1,43 @@
+"""Reconstruction-quality metrics for gradient-inversion audits.
+
+* :mod:`.image` - per-image ``mse``, ``psnr`` (capped at 100 dB), ``ssim`` (= scikit-image).
+* :mod:`.lpips` - LPIPS (AlexNet, v0.1) implemented locally; weights loaded from disk only.
+* :mod:`.matching` - Hungarian matching of reconstructions to originals.
+* :mod:`.score` - ``score_images``: match, then a JSON-ready summary of all metrics.
+"""
+
+from .image import PSNR_CAP_DB, SSIM_WIN_SIZE, mse, psnr, ssim
+from .lpips import (
+    ALEXNET_FILE,
+    LIN_FILE,
+    LPIPS,
+    LPIPS_ENV_VAR,
+    LPIPS_MIN_SIDE,
+    load_lpips,
+    lpips_distance,
+    lpips_status,
+)
+from .matching import MATCH_BY, apply_match, match, pairwise_cost
+from .score import sanitize_images, score_images
+
+__all__ = [
+    "mse",
+    "psnr",
+    "ssim",
+    "PSNR_CAP_DB",
+    "SSIM_WIN_SIZE",
+    "LPIPS",
+    "load_lpips",
+    "lpips_status",
+    "lpips_distance",
+    "ALEXNET_FILE",
+    "LIN_FILE",
+    "LPIPS_ENV_VAR",
+    "LPIPS_MIN_SIDE",
+    "MATCH_BY",
+    "match",
+    "apply_match",
+    "pairwise_cost",
+    "score_images",
+    "sanitize_images",
+]
