@@ -6,6 +6,7 @@ the signature's annotations are the schema, so options and their types live in o
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable
 
 import pydantic
@@ -15,10 +16,14 @@ from gradleak.errors import UserError
 
 def _model_for(fn: Callable) -> type[pydantic.BaseModel]:
     fields: dict[str, Any] = {}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: validate names only
+        hints = {}
     for name, p in inspect.signature(fn).parameters.items():
         if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
-        ann = Any if p.annotation is inspect.Parameter.empty else p.annotation
+        ann = hints.get(name, Any)
         fields[name] = (ann, ... if p.default is inspect.Parameter.empty else p.default)
     return pydantic.create_model(f"{getattr(fn, '__name__', 'options')}_options",
                                  __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
