@@ -1,0 +1,39 @@
+"""Shared helpers for benchmark scripts: run configs in parallel worker processes (1 torch thread each)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_one(args: tuple[list[str], str | None]) -> dict:
+    """Run one audit given ``--set`` style overrides; returns its metrics (run dir optional)."""
+    import tempfile
+
+    from gradleak.config import load_config
+    from gradleak.run import run
+
+    overrides, out = args
+    cfg = load_config(None, overrides)
+    out = out or tempfile.mkdtemp(prefix="gradleak-bench-")
+    return run(cfg, out, progress=False)
+
+
+def parallel_map(fn, items, workers: int | None = None):
+    """Map ``fn`` over ``items`` in ``workers`` spawned processes (default: number of cores)."""
+    workers = workers or min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        _init_worker()
+        return [fn(i) for i in items]
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        return pool.map(fn, items, chunksize=1)
