@@ -40,7 +40,8 @@ def build_case(cfg: RunConfig) -> Case:
     model = build_model(m.name, private.num_classes, d.channels, d.resolution, **m.options)
     init_model(model, cfg.seed)
     if m.pretrain_steps:
-        public = load_dataset(d.name, split="public" if d.split == "private" else d.split,
+        public_split = {"private": "public", "test": "train"}.get(d.split, d.split)
+        public = load_dataset(d.name, split=public_split,
                               resolution=d.resolution, channels=d.channels, root=d.root)
         pretrain(model, public.images, public.labels, steps=m.pretrain_steps, lr=m.pretrain_lr, seed=cfg.seed)
     model.gradleak_spec = {"name": m.name, "num_classes": private.num_classes, "in_channels": d.channels,
