@@ -41,3 +41,38 @@ def total_variation(images: Tensor) -> Tensor:
     dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean((-3, -2, -1))
     dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean((-3, -2, -1))
     return (dx + dy).mean(-1)
+
+
+# --- distances that see through gradient obfuscations (see gradleak.defenses) -------------------------
+
+def masked_cosine_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
+    """Cosine distance on the observed support: the trial upload is masked by the observed sparsity
+    pattern (m = [g_obs ≠ 0]) before 1 − ⟨m⊙g', g⟩ / (‖m⊙g'‖ ‖g‖), all layers joined. Against Top-k /
+    GIAS sparsity / Soteria the attacker thereby matches only what survived φ instead of asking the dummy
+    gradient to be zero where the client's was merely dropped (ROG §3 Example 3; GIAS §5.2)."""
+    masked = [t * (o != 0).to(t.dtype) for t, o in zip(trial, observed)]
+    return cosine_distance(masked, observed)
+
+
+TANH_BETA = 1.0
+
+
+def tanh_sign_distance(trial: list[Tensor], observed: list[Tensor], beta: float = TANH_BETA) -> Tensor:
+    """signSGD matching, ROG eq. (15): ‖tanh(β·g̃') − sign(g)‖², averaged over all entries (so it lives in
+    [0, 4] like a cosine distance, and priors keep their weights). g̃' is each layer of the trial upload
+    divided by its mean absolute value (per restart): the observed signs carry no magnitude and the raw
+    gradient entries are ≪ 1, where tanh is linear and eq. (15) would degenerate to ‖sign(g)‖² − 2⟨g', sign g⟩;
+    the normalisation makes the comparison scale-free (β = 1 by default). ``observed`` may be any
+    upload; only its signs are used."""
+    R = trial[0].shape[0]
+    parts, n = [], 0
+    for t, o in zip(trial, observed):
+        tf = t.reshape(R, -1)
+        scale = tf.abs().mean(1, keepdim=True).clamp_min(1e-20)
+        parts.append((torch.tanh(beta * tf / scale) - o.reshape(1, -1).sign()).pow(2).sum(1))
+        n += tf.shape[1]
+    return torch.stack(parts).sum(0) / n
+
+
+DISTANCES["masked_cosine"] = masked_cosine_distance
+DISTANCES["tanh_sign"] = tanh_sign_distance

@@ -71,12 +71,15 @@ class IDLG(DLG):
 
 class InvertGrad(Attack):
     """Inverting Gradients / GI-x (Geiping et al., 2020): cosine distance over all layers (eq. 4) +
-    TV prior, Adam (lr ×0.1 at 3/8, 5/8, 7/8), signed gradients, [0, 1] box, R restarts chosen by loss."""
+    TV prior, Adam (lr ×0.1 at 3/8, 5/8, 7/8), signed gradients, [0, 1] box, R restarts chosen by loss.
+    ``distance``: also ``masked_cosine`` (sparsified uploads), ``tanh_sign`` (signSGD, ROG eq. 15) and
+    ``auto`` (:func:`gradleak.defenses.estimate.choose_distance`)."""
 
     name = "invertgrad"
 
     def __init__(self, iterations: int = 2000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
-                 signed: bool = True, box: bool = True, distance: Literal["cosine", "l2"] = "cosine",
+                 signed: bool = True, box: bool = True,
+                 distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
                  init: Literal["randn", "uniform"] = "randn", backend: Literal["loop", "vmap"] = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.tv = iterations, lr, tv
@@ -86,7 +89,12 @@ class InvertGrad(Attack):
         return [Stage("x", Pixels(init=self.init, box=self.box), self.iterations, self.lr, signed=self.signed)]
 
     def objective(self, obs):
-        return Objective(distance=self.distance, tv=self.tv)
+        distance = self.distance
+        if distance == "auto":  # pick the distance that sees through the (told or estimated) defense
+            from gradleak.defenses.estimate import choose_distance
+
+            distance = choose_distance(obs)
+        return Objective(distance=distance, tv=self.tv)
 
 
 ATTACKS: dict[str, type[Attack]] = {"dlg": DLG, "idlg": IDLG, "invertgrad": InvertGrad, "gi-x": InvertGrad}

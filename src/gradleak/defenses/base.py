@@ -4,15 +4,30 @@ A defense sees the clean upload and the client context (model, θ_0, private bat
 only transform the upload (sparsification, quantisation, noise); some recompute it (FedCDP's
 per-example clipping, Soteria's pruned representation). ``describe()`` is what the threat model lets the
 attacker know about it and is recorded in the Observation and the run directory.
+
+Threat model. Every defense takes ``attacker_knows: bool = True``. When true, ``describe()`` returns the
+defense's name, its parameters and what it realised on this upload (e.g. the σ a target SNR gave);
+when false it returns only ``{"name": ..., "attacker_knows": False}`` — the attacker learns that the
+transform was applied (the format of the upload usually betrays it anyway) but none of its parameters,
+and must estimate them (:func:`gradleak.defenses.estimate.estimate_defense`).
+
+Randomness. Every random draw uses ``ctx.generator`` (seeded by ``capture(case, seed)``), so a capture
+is reproducible bit for bit.
+
+Chains. ``defense: [...]`` is applied in order, φ_n ∘ … ∘ φ_1. Defenses with ``recomputes = True``
+(FedCDP, PRECODE with a hidden seed) compute the upload afresh from the private batch, discarding their
+input, so :func:`build_defenses` refuses them anywhere but first.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gradleak.errors import UserError
+from gradleak.errors import UserError, bad_value
 from gradleak.fl.protocol import Protocol
 
 Params = dict[str, Tensor]
@@ -27,19 +42,54 @@ class ClientContext:
     labels: Tensor
     protocol: Protocol
     generator: torch.Generator
+    #: optional pool of other clients' data ``(images (N,C,H,W), labels (N,))`` for ``aggregate``
+    pool: tuple[Tensor, Tensor] | None = None
 
 
 class Defense:
-    """Base class. Subclasses set ``name``, validate parameters in ``__init__`` and implement ``apply``."""
+    """Base class. Subclasses set ``name``, validate parameters in ``__init__`` and implement ``apply``.
+
+    Public attributes (not starting with ``_``) are the defense's parameters and are what
+    ``describe()`` reports when ``attacker_knows``; ``self._report`` holds values realised by the last
+    ``apply`` (e.g. the noise σ used) that are reported too."""
 
     name = "defense"
+    recomputes = False  # True: computes the upload from ctx and ignores its input (must be first)
+    attacker_knows: bool = True
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         raise NotImplementedError
 
     def describe(self) -> dict:
-        """What the attacker is told (name and parameters by default)."""
-        return {"name": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        """What the attacker is told: name and parameters (+ realised values) or only the name."""
+        if not getattr(self, "attacker_knows", True):
+            return {"name": self.name, "attacker_knows": False}
+        out: dict[str, Any] = {"name": self.name}
+        out.update({k: _jsonable(v) for k, v in vars(self).items() if not k.startswith("_")})
+        out.update({k: _jsonable(v) for k, v in getattr(self, "_report", {}).items()})
+        return out
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        v = v.tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no inf/nan
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def check(defense: str, key: str, ok: bool, value: object, allowed: str) -> None:
+    """Raise the standard one-line UserError ``defense <name>.<key>: got …; allowed: …`` unless ``ok``."""
+    if not ok:
+        raise bad_value(f"defense {defense}.{key}", value, allowed)
 
 
 DEFENSES: dict[str, type[Defense]] = {}
@@ -56,10 +106,19 @@ def build_defenses(specs: list[dict]) -> list[Defense]:
 
     out = []
     for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise UserError(f"defense[{i}]: got {spec!r}; allowed: a mapping with 'name' and the defense's parameters")
         spec = dict(spec)
         name = spec.pop("name", None)
         if name not in DEFENSES:
             raise UserError(f"defense[{i}].name: got {name!r}; allowed: {', '.join(sorted(DEFENSES)) or '(none registered)'}")
         cls = DEFENSES[name]
-        out.append(cls(**validate_options(cls.__init__, spec, f"defense[{i}]")))
+        if cls.recomputes and i > 0:
+            raise UserError(f"defense[{i}].name: got {name!r} after another defense; allowed: {name!r} only first "
+                            "in the chain (it recomputes the upload from the private batch)")
+        try:
+            out.append(cls(**validate_options(cls.__init__, spec, f"defense[{i}]")))
+        except UserError as err:
+            msg = str(err)
+            raise UserError(msg if msg.startswith("defense") else f"defense[{i}] ({name}): {msg}") from None
     return out

@@ -9,10 +9,13 @@ works with ``torch.func.functional_call``/``vmap``) and is twice differentiable 
 * :func:`init_model` -- deterministic seeded re-initialisation.
 * :func:`pretrain` -- a few deterministic SGD steps to get a "trained for N steps" victim.
 * :func:`feature_layer` -- the final classifier ``nn.Linear``.
+* ``precode`` (:mod:`.precode`) -- PRECODE: a base model with a variational bottleneck before its head;
+  :func:`kl_loss` for training.
 """
 
 from .convnet import ConvNet
 from .lenet import LeNet
+from .precode import Precode, VariationalBottleneck, kl_loss, precode_block
 from .registry import MODELS, ModelFactory, build_model, feature_layer
 from .resnet import BasicBlock, ResNet18
 from .training import init_model, pretrain
@@ -23,11 +26,15 @@ __all__ = [
     "BasicBlock",
     "ConvNet",
     "LeNet",
+    "Precode",
+    "VariationalBottleneck",
     "ModelFactory",
     "ResNet18",
     "VGG7",
     "build_model",
     "feature_layer",
     "init_model",
+    "kl_loss",
+    "precode_block",
     "pretrain",
 ]

@@ -13,6 +13,7 @@ from gradleak.errors import bad_value
 from ._checks import check_int
 from .convnet import ConvNet
 from .lenet import LeNet
+from .precode import precode
 from .resnet import ResNet18
 from .vgg import VGG7
 
@@ -24,6 +25,7 @@ MODELS: dict[str, ModelFactory] = {
     "convnet": ConvNet,
     "resnet18": ResNet18,
     "vgg7": VGG7,
+    "precode": precode,  # options: base, base_options, bottleneck, seed, noise
 }
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
