@@ -94,7 +94,8 @@ class _Quantizer(Defense):
         self.norm, self.kappa, self.scope, self.attacker_knows = norm, float(kappa), scope, attacker_knows
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
-        return quantize(update, self.levels, self.norm, self.kappa, self.scope, self.stochastic, ctx.generator)
+        return quantize(update, self.levels, self.norm, self.kappa, self.scope, self.stochastic,
+                        ctx.generator if ctx is not None else None)
 
 
 @register
