@@ -30,7 +30,8 @@ class Parametrization:
 class Pixels(Parametrization):
     """GI-x: the images themselves are the variables (DLG, iDLG, InvertGrad).
 
-    ``init``: "randn" (InvertGrad), "uniform" (DLG/ROG) or "previous" (continue from the last stage);
+    ``init``: "randn" (InvertGrad's N(0, 1) in normalised space, i.e. N(0.5, 0.25²) in pixel space),
+    "uniform" (DLG/ROG: U[0, 1]) or "previous" (continue from the last stage);
     ``box``: clamp to [0, 1] after each step (InvertGrad's boxed constraint)."""
 
     name = "pixels"
@@ -48,7 +49,7 @@ class Pixels(Parametrization):
         elif self.init == "uniform":
             x = torch.rand(size, generator=gen)
         else:
-            x = torch.randn(size, generator=gen)
+            x = 0.5 + 0.25 * torch.randn(size, generator=gen)
         self.x = x.requires_grad_()
         return [self.x]
 

@@ -77,7 +77,7 @@ class InvertGrad(Attack):
 
     name = "invertgrad"
 
-    def __init__(self, iterations: int = 2000, lr: float = 0.1, tv: float = 1e-4, restarts: int = 1,
+    def __init__(self, iterations: int = 2000, lr: float = 0.025, tv: float = 1e-4, restarts: int = 1,
                  signed: bool = True, box: bool = True,
                  distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
                  init: Literal["randn", "uniform"] = "randn", backend: Literal["loop", "vmap"] = "loop"):
