@@ -143,19 +143,9 @@ def search(
     best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
     return Reconstruction(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
-        trace=_merge_trace(trace), seconds=time.perf_counter() - t0,
+        trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
         iterations=sum(s.iterations for s in stages), attack=name,
     )
-
-
-def _merge_trace(rows: list[dict]) -> list[dict]:
-    """One row per (iteration, stage): the minimum loss over restarts at that iteration."""
-    merged: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["iteration"], r["stage"])
-        if key not in merged or r["loss"] < merged[key]["loss"]:
-            merged[key] = dict(r)
-    return [merged[k] for k in sorted(merged)]
 
 
 def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):

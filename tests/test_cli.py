@@ -1,0 +1,82 @@
+"""End to end through the CLI: run directory contents, determinism, bad input → one line + exit 2."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+FAST = ["--set", "attack.options.iterations=6", "--set", "attack.options.restarts=2", "--no-progress"]
+
+
+def gradleak(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gradleak.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_demo_writes_run_directory(tmp_path):
+    out = tmp_path / "demo"
+    r = gradleak("demo", "--out", str(out), *FAST)
+    assert r.returncode == 0, r.stderr
+    for f in ("config.yaml", "observation.safetensors", "observation.json", "reconstruction.png", "trace.csv",
+              "loss.png", "metrics.json", "report.html"):
+        assert (out / f).is_file(), f
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("attack", "psnr", "ssim", "lpips", "label_accuracy", "iterations", "seconds", "seed"):
+        assert key in m
+    assert m["attack"] == "invertgrad" and len(m["psnr"]["per_image"]) == 4
+    assert m["psnr"]["best"] >= m["psnr"]["mean"]
+    assert (m["lpips"] is None) == bool(m["lpips_unavailable"])
+    assert "iterations: 6" in (out / "config.yaml").read_text()
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "invertgrad" in html
+    rows = (out / "trace.csv").read_text().splitlines()
+    assert rows[0].startswith("iteration,stage") and len(rows) == 1 + 6 * 2
+
+
+def test_same_seed_same_numbers(tmp_path):
+    ms = []
+    for i in range(2):
+        r = gradleak("demo", "--out", str(tmp_path / f"r{i}"), *FAST)
+        assert r.returncode == 0, r.stderr
+        m = json.loads((tmp_path / f"r{i}" / "metrics.json").read_text())
+        m.pop("seconds")
+        ms.append(m)
+    assert ms[0] == ms[1]
+
+
+def test_run_config_with_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("seed: 2\ndata: {name: digits, channels: 1, batch_size: 1}\nmodel: {name: lenet}\n"
+                   "client: {protocol: fedavg, local_steps: 2, lr: 0.05}\nattack: {name: idlg, options: {iterations: 2}}\n")
+    r = gradleak("run", str(cfg), "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert m["attack"] == "idlg" and m["label_mode"] == "recover" and m["seed"] == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "data.batch_size=abc"], "data.batch_size"),
+    (["--set", "attack.options.iterationz=3"], "attack.options.iterationz"),
+    (["--set", "model.name=nonet"], "nonet"),
+    (["--set", "data.name=mnist"], "data.name"),
+    (["--set", "defense=[{name: nothing}]"], "defense[0].name"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "o"
+    r = gradleak("demo", "--out", str(out), *args)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_config_file(tmp_path):
+    r = gradleak("run", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "none.yaml" in r.stderr
+
+
+def test_help_explains_every_command():
+    r = gradleak("--help")
+    assert r.returncode == 0 and "demo" in r.stdout and "run" in r.stdout
+    for cmd in ("demo", "run", "list"):
+        r = gradleak(cmd, "--help")
+        assert r.returncode == 0 and len(r.stdout) > 100
