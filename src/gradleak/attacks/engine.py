@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Parametrization
 from gradleak.fl.client import batched_update
-from gradleak.fl.observation import Observation
+from gradleak.fl.observation import Observation, validate_against
 
 Regularizer = Callable[[Tensor, "SearchContext"], Tensor]  # images (R,B,C,H,W) -> (R,)
 
@@ -123,9 +123,10 @@ def search(
 
     Adam stages optimise all restarts as one batched problem (per-element updates keep them independent);
     L-BFGS couples variables through its line search, so L-BFGS schedules run one restart at a time."""
-    model = model if model is not None else obs.build_model()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    if model is None:
+        model = obs.build_model()
+    else:
+        validate_against(model, obs)
     names = list(obs.parameters)
     ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
     gen = torch.Generator().manual_seed(seed)
