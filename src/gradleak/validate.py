@@ -17,7 +17,7 @@ from gradleak.errors import UserError
 def _model_for(fn: Callable) -> type[pydantic.BaseModel]:
     fields: dict[str, Any] = {}
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # unresolvable annotations: validate names only
         hints = {}
     for name, p in inspect.signature(fn).parameters.items():
