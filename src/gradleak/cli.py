@@ -63,6 +63,43 @@ def list_cmd() -> None:
         typer.echo(f"{title}: {', '.join(reg) or '-'}")
 
 
+@app.command("train-prior")
+def train_prior_cmd(
+    data: str = typer.Option(..., "--data", help="Dataset whose public side the prior learns (digits, photos, cifar10, folder, ...)."),
+    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
+    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = the prior-training side)."),
+    resolution: int = typer.Option(32, "--resolution", help="32 or 64."),
+    channels: int = typer.Option(3, "--channels", help="1 or 3."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
+    conditional: bool = typer.Option(False, "--conditional/--unconditional", help="Label-conditioned generator."),
+    latent_dim: int = typer.Option(64, "--latent-dim", help="Size of z."),
+    width: int = typer.Option(32, "--width", help="Base width w of the DCGAN (generator widths 4w, 2w, w at 32x32)."),
+    steps: int = typer.Option(3000, "--steps", help="Total training steps (resume continues up to this)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random translation of real and fake images before D (DiffAugment)."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation, batch order, z and augmentation."),
+    sample_every: int = typer.Option(500, "--sample-every", help="Write samples/step_N.png every N steps (0: only first/last)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Write the resume checkpoint every N steps."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.* when present."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a DCGAN generative prior (and its discriminator) for the GIAS attacks (gi-z, gi-w, gi-zw, ...)."""
+    import torch
+
+    from gradleak.priors.train import TrainConfig, train_prior
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
+                      latent_dim=latent_dim, width=width, conditional=conditional, steps=steps,
+                      batch_size=batch_size, lr=lr, augment=augment, seed=seed, sample_every=sample_every,
+                      checkpoint_every=checkpoint_every)
+    path = train_prior(cfg, out, resume=resume, progress=progress)
+    typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, no traceback."""
     try:

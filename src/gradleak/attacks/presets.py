@@ -106,3 +106,13 @@ def build_attack(name: str, **options) -> Attack:
         raise UserError(f"attack.name: got {name!r}; allowed: {', '.join(ATTACKS)}")
     cls = ATTACKS[name]
     return cls(**validate_options(cls.__init__, options, "attack.options"))
+
+
+# The GIAS family (gi-z, gi-w, gi-zw = gias, gi-zx, gi-w-untrained) and gi-x with +BN / control options
+# register themselves here (see gradleak/attacks/generative.py).
+import gradleak.attacks.generative  # noqa: E402,F401
+
+# ROG (Yue et al., 2023): bicubic / autoencoder representation + enhancement (see gradleak/attacks/rog.py).
+from gradleak.attacks.rog import ROG  # noqa: E402
+
+ATTACKS["rog"] = ROG

@@ -1,0 +1,425 @@
+"""Gradient inversion in alternative spaces (GIAS, Jeon et al., 2021) as presets of the one search engine.
+
+Parametrizations of the unknown batch through a generative prior G_w (:mod:`gradleak.priors`):
+
+* :class:`Latent` — GI-z, eq. (5): min_{z_1..z_B} c(G_w(z_1), …, G_w(z_B)), one latent per image;
+* :class:`GeneratorWeights` — GI-w, eq. (7): min_{w_1..w_B} c(G_{w_1}(z_1), …, G_{w_B}(z_B)) from fixed
+  latents: every image of every restart has its own copy of the generator's weights, held as batched
+  tensors (R·B, *shape) and evaluated with ``torch.vmap`` over ``torch.func.functional_call`` — one
+  vectorised call, no module copies; the copies are independent (each image's gradient only reaches its
+  own copy, tested).
+
+Presets (registered in :data:`gradleak.attacks.presets.ATTACKS`):
+
+=================  ==========================================================================
+``gi-z``           latent search only (optional ‖z‖ penalty, GIML's λ Σ_j ‖z_j‖₂)
+``gi-w``           weight search from fixed random latents of the trained prior
+``gi-zw``/``gias`` Algorithm 1: latent search, then per-image weight search from the found z
+``gi-zx``          latent search, then pixel search from G_w(z) (InvertGrad's signed Adam, box)
+``gi-w-untrained`` weight search of a freshly initialised generator (deep image prior)
+``gi-x``           InvertGrad (GI-x) with the same +BN / control options
+=================  ==========================================================================
+
+Defaults are GIAS appendix G: cosine distance, Adam, lr_z = 3e-2, lr_w = 1e-3, ×0.1 at 3/8, 5/8, 7/8,
+TV 1e-4, best of 4 restarts by the final loss (the restarts run as one batched optimisation).
+Every preset takes ``bn`` (weight of GradInversion's BN-statistics prior, :mod:`.bn_prior`) with
+``bn_source`` exact | public | running, and ``control: true`` — the "random gradient, true labels"
+control: the observed upload is replaced by a random one (:func:`control_observation`), so whatever the
+attack still recovers comes from the prior and the labels, not from the client's data.
+"""
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from gradleak.attacks.bn_prior import BNRegularizer
+from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
+from gradleak.attacks.objectives import DISTANCES
+from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.presets import ATTACKS, Attack, InvertGrad
+from gradleak.errors import UserError
+from gradleak.fl.observation import Observation
+from gradleak.priors.prior import Prior, describe, load_prior
+
+Distance = str  # a key of gradleak.attacks.objectives.DISTANCES (checked at construction)
+PriorSpec = Union[str, Prior, nn.Module]  # built-in name, path, import path, or an object (Python API)
+BNSource = Literal["exact", "public", "running"]
+
+
+# --- parametrizations ------------------------------------------------------------------------------------
+
+class _PriorParam(Parametrization):
+    def __init__(self, prior: Prior):
+        self.prior = prior
+        self.labels: Tensor | None = None  # (B,) true/recovered labels for a conditional prior
+        self.R = self.B = 0
+        self.shape: tuple[int, int, int] = (0, 0, 0)
+
+    def _flat_labels(self) -> Tensor | None:
+        if not self.prior.conditional:
+            return None
+        if self.labels is None:
+            raise UserError(f"prior {self.prior.name!r} is label-conditional: the attack needs labels "
+                            "(attack.labels: oracle or recover)")
+        lab = self.labels
+        return lab.expand(self.R, *lab.shape).reshape(self.R * self.B, *lab.shape[1:])
+
+    def _decode(self, raw: Tensor) -> Tensor:
+        x = self.prior.to_pixels(raw, self.shape)
+        return x.reshape(self.R, self.B, *self.shape)
+
+
+class Latent(_PriorParam):
+    """GI-z: the latents z (R, B, *latent_shape) are the variables; images = G_w(z) in pixel space."""
+
+    name = "z"
+
+    def __init__(self, prior: Prior):
+        super().__init__(prior)
+        self.z: Tensor | None = None
+
+    def start(self, restarts, batch, shape, prev, gen):
+        self.R, self.B, self.shape = restarts, batch, tuple(shape)
+        z = self.prior.sample_latent(restarts * batch, gen)
+        self.z = z.reshape(restarts, batch, *self.prior.latent_shape).requires_grad_()
+        return [self.z]
+
+    def images(self) -> Tensor:
+        raw = self.prior.generate(self.z.reshape(self.R * self.B, *self.prior.latent_shape), self._flat_labels())
+        return self._decode(raw)
+
+    def norm_penalty(self) -> Tensor:
+        """Mean over the batch of ‖z_j‖₂, per restart (R,)."""
+        return self.z.flatten(2).norm(dim=-1).mean(-1)
+
+
+class GeneratorWeights(_PriorParam):
+    """GI-w: per-image copies of the generator weights (R·B, *shape each) are the variables, the latents
+    fixed — taken from a preceding :class:`Latent` stage (GIAS) or drawn at random (GI-w). With
+    ``untrained=True`` the weights start from a fresh initialisation (deep image prior)."""
+
+    name = "w"
+
+    def __init__(self, prior: Prior, latent: Latent | None = None, untrained: bool = False):
+        super().__init__(prior)
+        self.latent, self.untrained = latent, untrained
+        self.w: dict[str, Tensor] = {}
+        self.fixed: dict[str, Tensor] = {}
+        self.z: Tensor | None = None
+        self.net: nn.Module | None = None
+
+    def start(self, restarts, batch, shape, prev, gen):
+        self.R, self.B, self.shape = restarts, batch, tuple(shape)
+        prior = self.prior.untrained(gen) if self.untrained else self.prior
+        self.net = prior.net
+        n = restarts * batch
+        if self.latent is not None and self.latent.z is not None:
+            z = self.latent.z.detach().reshape(n, *prior.latent_shape).clone()
+        else:
+            z = prior.sample_latent(n, gen)
+        self.z = z
+        adapt = set(prior.adapt_names())
+        params = dict(prior.net.named_parameters())
+        self.w = {k: v.detach().unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_()
+                  for k, v in params.items() if k in adapt}
+        self.fixed = {k: v.detach() for k, v in params.items() if k not in adapt}
+        self.fixed |= {k: v.detach() for k, v in prior.net.named_buffers()}
+        return list(self.w.values())
+
+    def raw(self) -> Tensor:
+        """Generator output (R·B, C_g, H_g, W_g): copy k applied to latent k, vectorised with vmap."""
+        net, fixed, labels = self.net, self.fixed, self._flat_labels()
+
+        if labels is None:
+            def one(w, z):
+                return functional_call(net, {**w, **fixed}, (z[None],))[0]
+            return torch.vmap(one)(self.w, self.z)
+
+        def one_c(w, z, y):
+            return functional_call(net, {**w, **fixed}, (z[None], y[None]))[0]
+        return torch.vmap(one_c)(self.w, self.z, labels)
+
+    def images(self) -> Tensor:
+        return self._decode(self.raw())
+
+
+class Snapshots(Parametrization):
+    """Wraps a stage's parametrization and keeps a detached copy of all restarts' images every ``every``
+    optimiser steps (and at the start), shared across stages: ``store`` gets (iteration, images (R,B,C,H,W))."""
+
+    def __init__(self, inner: Parametrization, every: int, store: list, counter: list):
+        self.inner, self.every, self.store, self.counter = inner, every, store, counter
+        self.name = inner.name
+
+    def start(self, restarts, batch, shape, prev, gen):
+        v = self.inner.start(restarts, batch, shape, prev, gen)
+        if self.counter[0] == 0:
+            self._keep()
+        return v
+
+    def images(self):
+        return self.inner.images()
+
+    def _keep(self):
+        with torch.no_grad():
+            self.store.append((self.counter[0], self.inner.images().detach().clamp(0, 1).clone()))
+
+    def project(self):
+        self.inner.project()
+        self.counter[0] += 1
+        if self.counter[0] % self.every == 0:
+            self._keep()
+
+
+# --- the control --------------------------------------------------------------------------------------------
+
+def control_observation(obs: Observation, seed: int = 0) -> Observation:
+    """The "random gradient, true labels" control (GIAS §5.3 spirit): a copy of ``obs`` whose upload is
+    replaced by Gaussian noise with each tensor's shape, support (zeros stay zero, e.g. after sparsity)
+    and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept."""
+    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    update = {}
+    for name, t in obs.update.items():
+        r = torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t != 0).to(t.dtype)
+        update[name] = r * (t.norm() / r.norm().clamp_min(1e-30))
+    return Observation(model_spec=obs.model_spec, parameters=obs.parameters, buffers=obs.buffers, update=update,
+                       protocol=obs.protocol, num_images=obs.num_images, image_shape=obs.image_shape,
+                       labels=obs.labels, bn_stats=None, defenses=obs.defenses,
+                       extra={**obs.extra, "control": "random update, true labels"})
+
+
+# --- presets -----------------------------------------------------------------------------------------------
+
+def _check_distance(distance: str) -> None:
+    if distance != "auto" and distance not in DISTANCES:
+        raise UserError(f"attack.options.distance: got {distance!r}; allowed: {', '.join(DISTANCES)}, auto")
+
+
+class _PriorMixin:
+    """Shared by every GIAS preset and GI-x: +BN regularizer, control, snapshots."""
+
+    bn: float = 0.0
+    bn_source: str = "exact"
+    bn_data: str | None = None
+    control: bool = False
+    snapshot_every: int = 0
+
+    def _setup_common(self, bn, bn_source, bn_data, control, snapshot_every):
+        if bn < 0:
+            raise UserError(f"attack.options.bn: got {bn}; allowed: a weight >= 0")
+        if bn_source not in ("exact", "public", "running"):
+            raise UserError(f"attack.options.bn_source: got {bn_source!r}; allowed: exact, public, running")
+        self.bn, self.bn_source, self.bn_data = float(bn), bn_source, bn_data
+        self.control, self.snapshot_every = bool(control), int(snapshot_every)
+        self._snapshots: list = []
+        self._counter = [0]
+
+    def _default_bn_data(self) -> str | None:
+        return self.bn_data
+
+    def _bn_regularizers(self) -> list:
+        if not self.bn:
+            return []
+        source = self.bn_source
+        if self.control and source == "exact":  # the control sees nothing of the client's batch
+            source = "public"
+        data = self._default_bn_data()
+        return [(self.bn, BNRegularizer(source, data))]
+
+    def _wrap(self, stages: list[Stage]) -> list[Stage]:
+        if self.snapshot_every > 0:
+            for s in stages:
+                s.parametrization = Snapshots(s.parametrization, self.snapshot_every, self._snapshots, self._counter)
+        return stages
+
+    def _run(self, obs, labels, seed, model, progress, stages, objective) -> Reconstruction:
+        if self.control:
+            obs = control_observation(obs, seed)
+        self._snapshots.clear()
+        self._counter[0] = 0
+        rec = search(obs, self._wrap(stages), objective, labels, restarts=self.restarts, seed=seed, model=model,
+                     backend=self.backend, progress=progress, name=self.name + (" (control)" if self.control else ""))
+        rec.extra["control"] = self.control
+        if self.snapshot_every > 0:
+            rec.extra["snapshots"] = list(self._snapshots)
+        return rec
+
+
+class GIX(_PriorMixin, InvertGrad):
+    """GI-x (Geiping et al., 2020 = :class:`InvertGrad`) with the +BN prior (GI-x+BN = GradInversion's
+    fidelity term, Yin et al., 2021), the control and snapshots. ``bn_data`` names the public dataset
+    for ``bn_source: public``."""
+
+    name = "gi-x"
+
+    def __init__(self, iterations: int = 2000, lr: float = 0.025, tv: float = 1e-4, restarts: int = 1,
+                 signed: bool = True, box: bool = True, distance: Distance = "cosine",
+                 init: Literal["randn", "uniform"] = "randn", bn: float = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+                 backend: Literal["loop", "vmap"] = "loop"):
+        _check_distance(distance)
+        InvertGrad.__init__(self, iterations, lr, tv, restarts, signed, box, distance, init, backend)
+        self._setup_common(bn, bn_source, bn_data, control, snapshot_every)
+
+    def objective(self, obs):
+        obj = InvertGrad.objective(self, obs)
+        obj.regularizers = list(obj.regularizers) + self._bn_regularizers()
+        return obj
+
+    def __call__(self, obs, labels=None, seed=0, model=None, progress=True):
+        return self._run(obs, labels, seed, model, progress, self.stages(), self.objective(obs))
+
+
+class GenerativeAttack(_PriorMixin, Attack):
+    """Base of the GIAS presets: loads the prior, builds the objective (distance + TV + optional ‖z‖ and
+    BN terms), passes the labels to conditional priors, runs the search."""
+
+    name = "gias-base"
+
+    def _setup(self, prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
+               snapshot_every, space, backend):
+        Attack.__init__(self, restarts, backend)
+        _check_distance(distance)
+        for key, v in (("lr_z", lr_z), ("lr_w", lr_w)):
+            if v <= 0:
+                raise UserError(f"attack.options.{key}: got {v}; allowed: a learning rate > 0")
+        if z_penalty < 0 or tv < 0:
+            raise UserError(f"attack.options: tv and z_penalty must be >= 0, got {tv}, {z_penalty}")
+        self.prior_spec, self.space = prior, space
+        self.lr_z, self.lr_w, self.tv, self.distance, self.z_penalty = lr_z, lr_w, tv, distance, z_penalty
+        self._setup_common(bn, bn_source, bn_data, control, snapshot_every)
+        self._prior: Prior | None = None
+        self._latent: Latent | None = None
+        _ = self.prior  # load now: a bad prior is a one-line error before anything runs
+
+    @property
+    def prior(self) -> Prior:
+        if self._prior is None:
+            self._prior = load_prior(self.prior_spec, space=self.space)
+        return self._prior
+
+    def _default_bn_data(self):
+        return self.bn_data or self.prior.meta.get("dataset")
+
+    def objective(self, obs: Observation) -> Objective:
+        distance = self.distance
+        if distance == "auto":
+            from gradleak.defenses.estimate import choose_distance
+
+            distance = choose_distance(obs)
+        regs = self._bn_regularizers()
+        if self.z_penalty and self._latent is not None:
+            lat = self._latent
+            regs.append((self.z_penalty, lambda images, ctx: lat.norm_penalty()))
+        return Objective(distance=distance, tv=self.tv, regularizers=regs)
+
+    def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
+                 progress: bool = True) -> Reconstruction:
+        if self.prior.conditional and labels is None:
+            raise UserError(f"prior {self.prior.name!r} is label-conditional: the attack needs labels "
+                            "(attack.labels: oracle or recover)")
+        self._latent = None
+        stages = self.stages()
+        for s in stages:
+            if isinstance(s.parametrization, _PriorParam):
+                s.parametrization.labels = labels
+            if isinstance(s.parametrization, Latent):
+                self._latent = s.parametrization
+        rec = self._run(obs, labels, seed, model, progress, stages, self.objective(obs))
+        rec.extra["prior"] = describe(self.prior)
+        return rec
+
+
+class GIZ(GenerativeAttack):
+    """GI-z: latent-space search, GIAS eq. (5)."""
+
+    name = "gi-z"
+
+    def __init__(self, prior: PriorSpec, iterations: int = 2000, restarts: int = 4, lr_z: float = 3e-2, tv: float = 1e-4,
+                 distance: Distance = "cosine", z_penalty: float = 0.0, bn: float = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
+        self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
+                    snapshot_every, space, backend)
+        self.iterations = iterations
+
+    def stages(self):
+        return [Stage("z", Latent(self.prior), self.iterations, self.lr_z)]
+
+
+class GIW(GenerativeAttack):
+    """GI-w: per-image generator-weight search from fixed random latents, GIAS eq. (7)."""
+
+    name = "gi-w"
+    untrained = False
+
+    def __init__(self, prior: PriorSpec, iterations: int = 2000, restarts: int = 4, lr_w: float = 1e-3, tv: float = 1e-4,
+                 distance: Distance = "cosine", bn: float = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
+        self._setup(prior, restarts, 3e-2, lr_w, tv, distance, 0.0, bn, bn_source, bn_data, control,
+                    snapshot_every, space, backend)
+        self.iterations = iterations
+
+    def stages(self):
+        return [Stage("w", GeneratorWeights(self.prior, None, untrained=self.untrained), self.iterations, self.lr_w)]
+
+
+class GIWUntrained(GIW):
+    """GI-w from an untrained generator of the prior's architecture (deep image prior, Ulyanov et al., 2018)."""
+
+    name = "gi-w-untrained"
+    untrained = True
+
+
+class GIZW(GenerativeAttack):
+    """GI-z/w = GIAS, Algorithm 1: latent search (eq. 5), then per-image weight search (eq. 7) from the
+    latents found — each image's copy of w starts from the prior's weights."""
+
+    name = "gi-zw"
+
+    def __init__(self, prior: PriorSpec, iterations_z: int = 1000, iterations_w: int = 1000, restarts: int = 4,
+                 lr_z: float = 3e-2, lr_w: float = 1e-3, tv: float = 1e-4, distance: Distance = "cosine",
+                 z_penalty: float = 0.0, bn: float = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
+                 control: bool = False, snapshot_every: int = 0, space: Literal["z", "w", "w+"] = "w+",
+                 backend: Literal["loop", "vmap"] = "loop"):
+        self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
+                    snapshot_every, space, backend)
+        self.iterations_z, self.iterations_w = iterations_z, iterations_w
+
+    def stages(self):
+        lat = Latent(self.prior)
+        return [Stage("z", lat, self.iterations_z, self.lr_z),
+                Stage("w", GeneratorWeights(self.prior, lat), self.iterations_w, self.lr_w)]
+
+
+class GIZX(GenerativeAttack):
+    """GI-z/x: latent search, then pixel search starting from G_w(z) (signed Adam, [0, 1] box)."""
+
+    name = "gi-zx"
+
+    def __init__(self, prior: PriorSpec, iterations_z: int = 1000, iterations_x: int = 1000, restarts: int = 4,
+                 lr_z: float = 3e-2, lr_x: float = 0.01, signed: bool = True, tv: float = 1e-4,
+                 distance: Distance = "cosine", z_penalty: float = 0.0, bn: float = 0.0,
+                 bn_source: BNSource = "exact", bn_data: str | None = None, control: bool = False,
+                 snapshot_every: int = 0, space: Literal["z", "w", "w+"] = "w+",
+                 backend: Literal["loop", "vmap"] = "loop"):
+        self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
+                    snapshot_every, space, backend)
+        if lr_x <= 0:
+            raise UserError(f"attack.options.lr_x: got {lr_x}; allowed: a learning rate > 0")
+        self.iterations_z, self.iterations_x, self.lr_x, self.signed = iterations_z, iterations_x, lr_x, signed
+
+    def stages(self):
+        return [Stage("z", Latent(self.prior), self.iterations_z, self.lr_z),
+                Stage("x", Pixels(init="previous", box=True), self.iterations_x, self.lr_x, signed=self.signed)]
+
+
+GENERATIVE_ATTACKS: dict[str, type[Attack]] = {
+    "gi-x": GIX, "gi-z": GIZ, "gi-w": GIW, "gi-zw": GIZW, "gias": GIZW, "gi-zx": GIZX,
+    "gi-w-untrained": GIWUntrained,
+}
+ATTACKS.update(GENERATIVE_ATTACKS)

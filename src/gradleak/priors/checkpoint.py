@@ -1,0 +1,123 @@
+"""Prior files: ``<stem>.safetensors`` (tensors) + ``<stem>.json`` (architecture and provenance).
+
+Two kinds, both read without executing code (safetensors + JSON only):
+
+* a *prior* (``kind: "prior"``): the generator alone — what attacks load and what ``gradleak/assets``
+  ships;
+* a *training checkpoint* (``kind: "checkpoint"``): generator, discriminator, both Adam states and the
+  data/noise RNG state, so ``train-prior`` resumes exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from gradleak.errors import UserError
+
+FORMAT = "gradleak-prior"
+VERSION = 1
+
+
+def _atomic_pair(stem: Path, tensors: dict[str, Tensor], meta: dict) -> tuple[Path, Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
+    tmp_js.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp_st.replace(st)
+    tmp_js.replace(js)
+    return st, js
+
+
+def read_pair(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and metadata of ``path`` (given as the stem, the .safetensors or the .json)."""
+    stem = Path(path)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    for f in (st, js):
+        if not f.is_file():
+            raise UserError(f"prior: file not found: {f}")
+    try:
+        meta = json.loads(js.read_text())
+        tensors = load_file(str(st))
+    except Exception as err:  # noqa: BLE001 - corrupt files are one line
+        raise UserError(f"prior: cannot read {st} / {js}: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"prior: {js} is not a gradleak prior file (format {meta.get('format')!r})")
+    return tensors, meta
+
+
+def _prefixed(prefix: str, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}/{k}": v for k, v in sd.items()}
+
+
+def _strip(prefix: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    p = prefix + "/"
+    return {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+
+
+def save_prior(path: str | Path, generator: nn.Module, arch: str, config: dict, info: dict | None = None):
+    """Write the generator as a prior file pair; ``info`` (dataset, command, seed, …) goes to the JSON."""
+    meta = {"format": FORMAT, "version": VERSION, "kind": "prior", "arch": arch, "config": config,
+            **(info or {})}
+    return _atomic_pair(Path(path).with_suffix(""), _prefixed("generator", generator.state_dict()), meta)
+
+
+def _optim_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, v in state.items():
+            if isinstance(v, Tensor):
+                tensors[f"{prefix}/{idx}/{key}"] = v
+            else:
+                scalars[f"{idx}/{key}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optim_state(tensors: dict[str, Tensor], meta: dict, prefix: str) -> dict:
+    state: dict = {}
+    for k, v in _strip(prefix, tensors).items():
+        idx, key = k.split("/", 1)
+        state.setdefault(int(idx), {})[key] = v
+    for k, v in meta["scalars"].items():
+        idx, key = k.split("/", 1)
+        state.setdefault(int(idx), {})[key] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d, rng: torch.Generator,
+                    step: int, meta: dict, extra: dict[str, Tensor] | None = None) -> tuple[Path, Path]:
+    """Training checkpoint (resume point): G, D, both optimisers, the RNG state, the step, ``extra`` tensors."""
+    tensors = _prefixed("generator", G.state_dict()) | _prefixed("discriminator", D.state_dict())
+    tensors |= _prefixed("extra", extra or {})
+    tg, mg = _optim_tensors(opt_g, "opt_g")
+    td, md = _optim_tensors(opt_d, "opt_d")
+    tensors |= tg | td
+    tensors["rng"] = rng.get_state()
+    full = {"format": FORMAT, "version": VERSION, "kind": "checkpoint", "step": step, "opt_g": mg, "opt_d": md,
+            **meta}
+    return _atomic_pair(Path(path).with_suffix(""), tensors, full)
+
+
+def load_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d,
+                    rng: torch.Generator) -> tuple[dict, dict[str, Tensor]]:
+    """Restore everything :func:`save_checkpoint` wrote (in place); returns the metadata and ``extra``."""
+    tensors, meta = read_pair(path)
+    if meta.get("kind") != "checkpoint":
+        raise UserError(f"prior: {path} is not a training checkpoint (kind {meta.get('kind')!r})")
+    G.load_state_dict(_strip("generator", tensors))
+    D.load_state_dict(_strip("discriminator", tensors))
+    opt_g.load_state_dict(_optim_state(tensors, meta["opt_g"], "opt_g"))
+    opt_d.load_state_dict(_optim_state(tensors, meta["opt_d"], "opt_d"))
+    rng.set_state(tensors["rng"])
+    return meta, _strip("extra", tensors)
+
+
+def generator_state(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return _strip("generator", tensors)

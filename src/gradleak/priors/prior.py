@@ -1,0 +1,261 @@
+"""A generative image prior G_w for the GIAS attacks, and how to load one.
+
+:class:`Prior` wraps a generator module ``net(latent, labels=None) → images`` with what the attacks need:
+the latent shape, how to draw initial latents, the generator's output range, which parameters GI-w
+adapts, and :meth:`Prior.to_pixels` — the map from the generator's output to the victim's [0, 1] pixel
+space, channel count and resolution (linear range map; grey → RGB by repetition, RGB → grey by BT.601
+luma; ``torch.nn.functional.interpolate``, bilinear, antialiased when shrinking).
+
+:func:`load_prior` accepts
+
+* a built-in name: ``digits`` / ``photos`` — DCGANs trained on the public split of the built-in
+  datasets by ``gradleak train-prior`` and shipped in ``gradleak/assets`` (see their JSON for the exact
+  command and seed);
+* a path: a gradleak prior (``.safetensors`` + ``.json``, or the ``train-prior`` output directory), or a
+  StyleGAN2 checkpoint in rosinality's ``stylegan2-pytorch`` layout (``.pt``/``.pth`` read with
+  ``torch.load(weights_only=True)``, or ``.safetensors``), searched in W+ (``space="w+"``, default), W or Z;
+* an import path ``package.module:factory``: ``factory()`` returns an ``nn.Module`` with
+  ``forward(latent[, labels])`` and a ``latent_dim`` (int) or ``latent_shape`` (tuple) attribute;
+  optional attributes ``output_range`` (default (−1, 1)), ``num_classes`` (> 0: conditional, labels are
+  passed) and ``sample_latent(n, generator)`` (default N(0, I)). Or the factory returns a :class:`Prior`.
+
+Generators run in eval mode: every attack evaluates images one weight copy at a time (GI-w), so BN
+layers use their running statistics (recalibrated by ``train-prior``).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradleak.errors import UserError, bad_value
+from gradleak.priors.checkpoint import generator_state, read_pair
+from gradleak.priors.dcgan import DCGANGenerator, calibrate_bn, dcgan_init_
+
+BUILTIN_PRIORS = {"digits": "prior-digits", "photos": "prior-photos"}
+LUMA = (0.299, 0.587, 0.114)
+
+
+class Prior:
+    """A generator and the conventions the attacks need (see the module docstring)."""
+
+    def __init__(self, net: nn.Module, latent_shape: tuple[int, ...], *, output_range=(-1.0, 1.0),
+                 num_classes: int = 0, adapt: Callable[[str], bool] | None = None,
+                 sampler: Callable[[int, torch.Generator], Tensor] | None = None, name: str = "",
+                 meta: dict | None = None, reinit: Callable[[nn.Module], None] | None = None):
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.latent_shape = tuple(int(s) for s in latent_shape)
+        self.output_range = (float(output_range[0]), float(output_range[1]))
+        self.num_classes = int(num_classes or 0)
+        self._adapt = adapt
+        self._sampler = sampler
+        self._reinit = reinit
+        self.name = name
+        self.meta = dict(meta or {})
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def __repr__(self) -> str:
+        return f"Prior({self.name!r}, latent {self.latent_shape}, {type(self.net).__name__})"
+
+    # --- latents and weights -------------------------------------------------------------------------
+    def sample_latent(self, n: int, generator: torch.Generator) -> Tensor:
+        """Initial latents (n, *latent_shape): N(0, I) unless the generator defines its own sampler."""
+        if self._sampler is not None:
+            return self._sampler(n, generator).reshape(n, *self.latent_shape).detach().clone()
+        return torch.randn(n, *self.latent_shape, generator=generator)
+
+    def adapt_names(self) -> list[str]:
+        """Names of the parameters GI-w searches (per image); the rest stay fixed."""
+        return [n for n, _ in self.net.named_parameters() if self._adapt is None or self._adapt(n)]
+
+    def generate(self, latent: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Raw generator output for latents (N, *latent_shape)."""
+        if self.conditional:
+            if labels is None:
+                raise UserError(f"prior {self.name!r} is label-conditional: the attack needs labels "
+                                "(attack.labels: oracle or recover)")
+            return self.net(latent, labels)
+        return self.net(latent)
+
+    def untrained(self, generator: torch.Generator) -> "Prior":
+        """The same architecture freshly initialised from ``generator`` (deep image prior, GI-w-untrained);
+        BN running statistics are recalibrated on random latents so eval mode is well scaled."""
+        net = copy.deepcopy(self.net)
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self._reinit is not None:
+                self._reinit(net)
+            else:
+                for m in net.modules():
+                    if hasattr(m, "reset_parameters") and m is not net:
+                        m.reset_parameters()
+            g = torch.Generator().manual_seed(seed + 1)
+            K = self.num_classes
+
+            def inputs(_i):
+                z = self.sample_latent(64, g)
+                return (z, torch.randint(0, K, (64,), generator=g)) if K else (z,)
+
+            calibrate_bn(net, inputs, batches=4)
+        return Prior(net, self.latent_shape, output_range=self.output_range, num_classes=self.num_classes,
+                     adapt=self._adapt, sampler=self._sampler, name=f"{self.name} (untrained)",
+                     meta={**self.meta, "untrained": True}, reinit=self._reinit)
+
+    # --- output → victim pixel space ------------------------------------------------------------------
+    def to_pixels(self, raw: Tensor, shape: tuple[int, int, int]) -> Tensor:
+        """(N, C_g, H_g, W_g) generator output → (N, C, H, W) in the victim's [0, 1] space (not clamped,
+        so gradients flow; the engine clamps the final reconstruction)."""
+        lo, hi = self.output_range
+        x = (raw - lo) / (hi - lo)
+        return match_shape(x, shape)
+
+
+def match_shape(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Channels (grey ↔ RGB) and resolution of (N, C, H, W) images to ``shape`` = (C, H, W)."""
+    C, H, W = (int(s) for s in shape)
+    have = x.shape[1]
+    if have != C:
+        if have == 1:
+            x = x.expand(-1, C, -1, -1)
+        elif have == 3 and C == 1:
+            x = (x * x.new_tensor(LUMA).reshape(1, 3, 1, 1)).sum(1, keepdim=True)
+        else:
+            raise UserError(f"prior: generator gives {have} channels, the victim takes {C}; allowed: 1 ↔ 3")
+    if tuple(x.shape[-2:]) != (H, W):
+        shrink = x.shape[-2] > H or x.shape[-1] > W
+        x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False, antialias=shrink)
+    return x
+
+
+# --- loading -----------------------------------------------------------------------------------------
+
+def _dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
+    cfg = meta.get("config", {})
+    try:
+        net = DCGANGenerator(**cfg)
+    except TypeError as err:
+        raise UserError(f"prior {name}: bad DCGAN config {cfg}: {err}") from None
+    try:
+        net.load_state_dict(generator_state(tensors))
+    except RuntimeError as err:
+        raise UserError(f"prior {name}: weights do not match the DCGAN config: {str(err).splitlines()[0]}") from None
+    return Prior(net, net.latent_shape, output_range=meta.get("output_range", (-1.0, 1.0)),
+                 num_classes=net.num_classes, name=name, meta=meta, reinit=dcgan_init_)
+
+
+def _stylegan_prior(sd: dict[str, Tensor], latent_avg: Tensor | None, name: str, space: str) -> Prior:
+    from gradleak.priors.stylegan2 import StyleGAN2Latent, stylegan2_from_state_dict
+
+    g = stylegan2_from_state_dict(sd)
+    net = StyleGAN2Latent(g, space)
+    meta = {"arch": "stylegan2", "space": space, "config": g.config(), "has_latent_avg": latent_avg is not None}
+    return Prior(net, net.latent_shape, output_range=(-1.0, 1.0), adapt=net.adapt, sampler=net.sample_latent,
+                 name=name, meta=meta)
+
+
+def _from_module(obj, name: str) -> Prior:
+    if isinstance(obj, Prior):
+        return obj
+    if not isinstance(obj, nn.Module):
+        raise bad_value("attack.options.prior", name, "a factory returning an nn.Module or a gradleak Prior")
+    shape = getattr(obj, "latent_shape", None)
+    if shape is None and getattr(obj, "latent_dim", None) is not None:
+        shape = (int(obj.latent_dim),)
+    if shape is None:
+        raise bad_value("attack.options.prior", name, "a generator module with a latent_dim or latent_shape attribute")
+    sampler = getattr(obj, "sample_latent", None)
+    return Prior(obj, tuple(shape), output_range=getattr(obj, "output_range", (-1.0, 1.0)),
+                 num_classes=int(getattr(obj, "num_classes", 0) or 0), sampler=sampler, name=name,
+                 adapt=getattr(obj, "adapt", None), meta={"arch": "module", "import": name})
+
+
+def _import(path: str):
+    module_name, _, attr = path.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except Exception as err:  # noqa: BLE001 - user code failing to import is one line
+        raise bad_value("attack.options.prior", path,
+                        f"an importable 'package.module:factory' (import failed: {type(err).__name__}: {err})") from None
+    if not callable(target):
+        raise bad_value("attack.options.prior", path, "an import path naming a callable")
+    return target()
+
+
+def builtin_path(name: str) -> Path:
+    """The shipped prior file (``.safetensors``; its ``.json`` beside it)."""
+    return Path(str(resources.files("gradleak") / "assets" / f"{BUILTIN_PRIORS[name]}.safetensors"))
+
+
+def _looks_stylegan(keys) -> bool:
+    return any(k == "conv1.conv.modulation.weight" or k.endswith(".conv1.conv.modulation.weight") for k in keys)
+
+
+def load_prior(spec, space: str = "w+") -> Prior:
+    """Load a prior from a built-in name, a path or an import path (see the module docstring), or pass
+    a :class:`Prior` / generator ``nn.Module`` through. ``space``: StyleGAN2 search space (w+, w, z)."""
+    if isinstance(spec, Prior):
+        return spec
+    if isinstance(spec, nn.Module):
+        return _from_module(spec, type(spec).__name__)
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise bad_value("attack.options.prior", spec, _allowed())
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if text in BUILTIN_PRIORS and not path.exists():
+        tensors, meta = read_pair(builtin_path(text))
+        return _dcgan_prior(tensors, meta, text)
+    if path.is_dir():
+        path = path / "prior.safetensors"
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if path.exists():
+        if path.suffix == ".safetensors" and path.with_suffix(".json").exists():
+            tensors, meta = read_pair(path)
+            if meta.get("kind") == "checkpoint":
+                meta = {**meta, "config": _checkpoint_config(meta)}
+            if meta.get("arch") == "stylegan2":
+                return _stylegan_prior(generator_state(tensors), tensors.get("latent_avg"), text, space)
+            return _dcgan_prior(tensors, meta, text)
+        from gradleak.priors.stylegan2 import read_state_dict
+
+        sd, avg = read_state_dict(path)
+        if not _looks_stylegan(sd):
+            raise bad_value("attack.options.prior", text, "a gradleak prior (.safetensors + .json) or a StyleGAN2 "
+                            "checkpoint in rosinality's layout (g_ema keys)")
+        return _stylegan_prior(sd, avg, text, space)
+    if ":" in text and not path.exists():
+        return _from_module(_import(text), text)
+    raise bad_value("attack.options.prior", text, _allowed())
+
+
+def _checkpoint_config(meta: dict) -> dict:
+    if "generator_config" not in meta:
+        raise UserError("prior: training checkpoint without generator_config")
+    return meta["generator_config"]
+
+
+def _allowed() -> str:
+    return (f"{', '.join(BUILTIN_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
+            "a StyleGAN2 .pt/.pth/.safetensors), or an import path 'package.module:factory'")
+
+
+def describe(prior: Prior) -> dict:
+    """JSON-ready summary for reports."""
+    n = sum(p.numel() for p in prior.net.parameters())
+    return {"name": prior.name, "latent_shape": list(prior.latent_shape), "parameters": n,
+            "conditional": prior.conditional, "arch": prior.meta.get("arch"),
+            "dataset": prior.meta.get("dataset")}
