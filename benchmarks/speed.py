@@ -1,10 +1,10 @@
 """Attack speed and quality over a fixed matrix (issue 2): LeNet / ConvNet / ResNet-18, batch 1 and 4,
 FedSGD and FedAvg (τ = 5, local batch = half the batch), InvertGrad with a fixed iteration budget.
-Prints iterations per second (single process, 1 torch thread unless --threads) and mean PSNR.
+Prints iterations per second (1 torch thread per worker process) and mean PSNR.
 Also compares the two re-run backends (loop over restarts with autograd.grad vs vmap over
 torch.func.grad) on BatchNorm-free LeNet.
 
-    python benchmarks/speed.py [--iterations 200] [--threads 1] [--workers 2]
+    python benchmarks/speed.py [--iterations 100] [--workers 2]
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def backend_compare(iterations: int) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     todo = list(matrix(args.iterations))
