@@ -1,0 +1,323 @@
+"""ROG: Reconstruction from Obfuscated Gradients (Yue et al., 2023, §4–5), a preset of the search engine.
+
+    Z* = argmin_Z ‖ Δ'(dec(Z)) − Δ̃ ‖²                                              (eq. 14)
+
+The unknown batch is searched in a low-dimensional representation Z and decoded to images; the client's
+FedAvg update Δ' (τ local steps, unrolled by :func:`gradleak.fl.client.batched_update`) is matched to the
+observed, obfuscated upload Δ̃ in L2. After the search the decoded images are post-processed by a trained
+enhancement network (:mod:`gradleak.priors.enhancer`).
+
+Representations (``representation``):
+
+* ``bicubic`` (§4.2's realisation) — Z is a low-resolution image, R/``scale`` × R/``scale`` (default 4);
+  dec = bicubic upsampling ``F.interpolate(mode="bicubic", align_corners=False)``; initialised by encoding
+  (bicubic downsampling) an image drawn from U(0, 1);
+* ``autoencoder`` — Z is the spatial latent (d_z values) of an autoencoder trained on public data
+  (``gradleak train-autoencoder``), dec its decoder, initialised as enc(U(0, 1) image);
+* ``pixels`` — no projection (the "enhancement-only" ablation: the identity enc/dec).
+
+Objective (``distance``): ``l2`` (eq. 14); ``tanh_sign`` for signSGD uploads (eq. 15,
+:func:`gradleak.attacks.objectives.tanh_sign_distance`); ``masked_l2`` — L2 on the observed support,
+for sparsified uploads (Top-k, Soteria's pruned columns), where the dropped entries are unknown rather than
+zero; ``auto`` (default) picks from what the attacker was told about the defense (``sign`` → tanh_sign,
+``topk``/``gradient_sparsity``/``soteria`` → masked_l2, anything else → l2) or, when told nothing, from
+:func:`gradleak.defenses.estimate.choose_distance`.
+
+Optimiser: Adam with cosine decay to 0 (§4.2), ``iterations`` (paper: 100), ``restarts`` batched.
+
+Post-processing (:meth:`ROG.postprocess`, the preset's hook, run after the search):
+
+1. signSGD (the distance used is ``tanh_sign``; ``sign_postprocess``): the sign carries no magnitude, so
+   each image is normalised by its maximum absolute value (after centring) and histogram-equalised
+   (:func:`normalize_maxabs`, :func:`equalize_hist`), as §4.3 does;
+2. enhancement (``enhancer``): ``auto`` (the built-in enhancer for this image shape, if any), ``none``, a
+   built-in name (``photos64``, ``digits32``) or a path to a ``train-enhancer`` result.
+
+``Reconstruction.images`` are the final (post-processed) images; ``extra["raw"]`` holds the search
+output (decoded, clamped to [0, 1]), ``extra["normalized"]`` the signSGD-normalised images when that step
+ran, ``extra["enhanced"]`` the enhanced ones, ``extra["enhancer"]`` / ``extra["distance"]`` what was used.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from gradleak.attacks.engine import Objective, Reconstruction, Stage
+from gradleak.attacks.objectives import DISTANCES
+from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.presets import Attack
+from gradleak.errors import UserError, bad_value
+from gradleak.fl.observation import Observation
+
+SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
+
+
+# --- distance ----------------------------------------------------------------------------------------------
+
+def masked_l2_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
+    """Σ ‖m ⊙ Δ' − Δ̃‖² with m = [Δ̃ ≠ 0]: eq. (14) on the entries that survived a sparsifying φ."""
+    R = trial[0].shape[0]
+    total = torch.zeros(R, dtype=trial[0].dtype)
+    for t, o in zip(trial, observed):
+        m = (o != 0).to(t.dtype)
+        total = total + (t * m - o).reshape(R, -1).pow(2).sum(1)
+    return total
+
+
+DISTANCES.setdefault("masked_l2", masked_l2_distance)
+
+
+def relative(dist, observed: list[Tensor]):
+    """``dist / ‖Δ̃‖²``: the same minimiser, but the loss is O(1) instead of O(η²‖g‖²) — FedAvg updates are
+    tiny (η = 5e-3), and with raw values Adam's ε (1e-8) would dominate its step size (the ROG code divides
+    Δ̃ by η for the same reason)."""
+    scale = float(sum(o.double().pow(2).sum() for o in observed))
+    scale = scale if scale > 0 else 1.0
+
+    def scaled(trial: list[Tensor], obs: list[Tensor]) -> Tensor:
+        return dist(trial, obs) / scale
+
+    scaled.__name__ = f"relative_{getattr(dist, '__name__', 'distance')}"
+    return scaled
+
+
+def rog_distance(obs: Observation) -> str:
+    """The distance ``distance: auto`` resolves to (see the module docstring)."""
+    told = [d for d in obs.defenses if d.get("attacker_knows", True) is not False]
+    names = {d.get("name") for d in told}
+    if "sign" in names:
+        return "tanh_sign"
+    if names & SPARSE_TOLD:
+        return "masked_l2"
+    if len(told) < len(obs.defenses):  # something was applied that the attacker was not told about
+        from gradleak.defenses.estimate import choose_distance
+
+        return {"cosine": "l2", "masked_cosine": "masked_l2"}.get(choose_distance(obs), "tanh_sign")
+    return "l2"
+
+
+# --- representations ---------------------------------------------------------------------------------------
+
+def bicubic_up(z: Tensor, size: tuple[int, int]) -> Tensor:
+    """dec: bicubic upsampling of (..., C, h, w) to (..., C, *size), differentiable."""
+    lead = z.shape[:-3]
+    out = F.interpolate(z.reshape(-1, *z.shape[-3:]), size=size, mode="bicubic", align_corners=False)
+    return out.reshape(*lead, *out.shape[-3:])
+
+
+def bicubic_down(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """enc: bicubic downsampling of (..., C, H, W) to (..., C, *size)."""
+    lead = x.shape[:-3]
+    out = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=size, mode="bicubic", align_corners=False)
+    return out.reshape(*lead, *out.shape[-3:])
+
+
+class Bicubic(Parametrization):
+    """ROG §4.2: Z = a (R, B, C, ⌈H/s⌉, ⌈W/s⌉) low-resolution image; images = bicubic upsampling of Z.
+    ``init="uniform"``: Z = enc(X'), X' ~ U(0, 1) at full resolution; ``"previous"``: enc(previous stage)."""
+
+    name = "bicubic"
+
+    def __init__(self, scale: int = 4, init: str = "uniform"):
+        if scale < 1:
+            raise bad_value("attack.options.scale", scale, "an integer >= 1")
+        if init not in ("uniform", "previous"):
+            raise ValueError(f"Bicubic init must be uniform | previous, got {init!r}")
+        self.scale, self.init = scale, init
+        self.z: Tensor | None = None
+        self.size: tuple[int, int] = (0, 0)
+
+    def low_size(self, shape: tuple[int, int, int]) -> tuple[int, int]:
+        H, W = shape[-2:]
+        return (-(-H // self.scale), -(-W // self.scale))
+
+    def start(self, restarts, batch, shape, prev, gen):
+        self.size = tuple(shape[-2:])
+        low = self.low_size(shape)
+        if self.init == "previous" and prev is not None:
+            x = prev.detach()
+        else:
+            x = torch.rand((restarts, batch, *shape), generator=gen)
+        self.z = bicubic_down(x, low).detach().clone().requires_grad_()
+        return [self.z]
+
+    def images(self) -> Tensor:
+        return bicubic_up(self.z, self.size)
+
+
+class AutoencoderLatent(Parametrization):
+    """Z = the autoencoder's spatial latent (R, B, c_z, h, w); images = dec(Z); init Z = enc(X'), X' ~ U(0, 1)."""
+
+    name = "autoencoder"
+
+    def __init__(self, autoencoder: nn.Module):
+        self.ae = autoencoder.eval()
+        for p in self.ae.parameters():
+            p.requires_grad_(False)
+        self.z: Tensor | None = None
+        self.lead: tuple[int, int] = (0, 0)
+
+    def start(self, restarts, batch, shape, prev, gen):
+        want = (self.ae.channels, self.ae.resolution, self.ae.resolution)
+        if tuple(shape) != want:
+            raise UserError(f"attack.options.autoencoder: trained for images {want}; the observation's images are "
+                            f"{tuple(shape)} (train one with gradleak train-autoencoder at this size)")
+        x = prev.detach() if prev is not None else torch.rand((restarts, batch, *shape), generator=gen)
+        with torch.no_grad():
+            z = self.ae.encode(x.reshape(-1, *shape))
+        self.lead = (restarts, batch)
+        self.z = z.reshape(restarts, batch, *z.shape[1:]).clone().requires_grad_()
+        return [self.z]
+
+    def images(self) -> Tensor:
+        x = self.ae.decode(self.z.reshape(-1, *self.z.shape[2:]))
+        return x.reshape(*self.lead, *x.shape[1:])
+
+
+# --- post-processing ----------------------------------------------------------------------------------------
+
+def normalize_maxabs(x: Tensor) -> Tensor:
+    """§4.3: each image (…, C, H, W), centred on its mean, divided by its maximum absolute value over all
+    coordinates, mapped from [−1, 1] to [0, 1]."""
+    dims = (-3, -2, -1)
+    c = x - x.mean(dims, keepdim=True)
+    return (c / c.abs().amax(dims, keepdim=True).clamp_min(1e-12) + 1) / 2
+
+
+def equalize_hist(x: Tensor, nbins: int = 256) -> Tensor:
+    """Histogram equalisation of each image (…, C, H, W) over all its values jointly (as
+    ``skimage.exposure.equalize_hist``: the normalised cumulative histogram, interpolated at the values
+    from the bin centres). Output in [0, 1]."""
+    lead = x.shape[:-3]
+    flat = x.reshape(-1, x.shape[-3:].numel()).to(torch.float64)
+    out = torch.empty_like(flat)
+    for i, v in enumerate(flat):
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            out[i] = 0.5
+            continue
+        hist = torch.histc(v, bins=nbins, min=lo, max=hi)
+        cdf = hist.cumsum(0) / hist.sum()
+        width = (hi - lo) / nbins
+        centers = lo + width * (torch.arange(nbins, dtype=torch.float64) + 0.5)
+        out[i] = _interp(v, centers, cdf)
+    return out.reshape(*lead, *x.shape[-3:]).to(x.dtype).clamp(0, 1)
+
+
+def _interp(v: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """np.interp for increasing ``xp`` (constant beyond the ends)."""
+    idx = torch.searchsorted(xp, v).clamp(1, xp.numel() - 1)
+    x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
+    t = ((v - x0) / (x1 - x0)).clamp(0, 1)
+    return f0 + t * (f1 - f0)
+
+
+# --- the preset ---------------------------------------------------------------------------------------------
+
+PostHook = Callable[..., Tensor]  # (images (B, C, H, W), obs, labels | None) -> images
+
+
+class ROG(Attack):
+    """ROG (Yue et al., 2023): search in a low-dimensional representation (bicubic ×``scale`` by default),
+    L2 to the obfuscated FedAvg upload (tanh–sign for signSGD, masked for sparsified uploads), Adam with
+    cosine decay from a U(0, 1) start, then post-processing (signSGD normalisation + histogram
+    equalisation, the trained enhancer). See the module docstring for every option."""
+
+    name = "rog"
+
+    def __init__(self, iterations: Annotated[int, Field(ge=1)] = 100, lr: Annotated[float, Field(gt=0)] = 0.05,
+                 restarts: Annotated[int, Field(ge=1)] = 1,
+                 representation: Literal["bicubic", "autoencoder", "pixels"] = "bicubic",
+                 scale: Annotated[int, Field(ge=1)] = 4, autoencoder: str | None = None,
+                 distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
+                 tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
+                 sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
+                 post: PostHook | None = None, backend: Literal["loop", "vmap"] = "loop"):
+        super().__init__(restarts, backend)
+        self.iterations, self.lr, self.representation, self.scale = iterations, lr, representation, scale
+        self.distance, self.tv, self.sign_postprocess, self.post = distance, tv, sign_postprocess, post
+        self._ae = None
+        if representation == "autoencoder":
+            if not autoencoder:
+                raise bad_value("attack.options.autoencoder", autoencoder,
+                                "a train-autoencoder output (directory or .safetensors) when representation is "
+                                "autoencoder")
+            from gradleak.priors.autoencoder import load_autoencoder
+
+            self._ae = load_autoencoder(autoencoder)
+        self.autoencoder = autoencoder
+        self.enhancer = enhancer
+        self._enh = None
+        if enhancer not in ("auto", "none"):
+            from gradleak.priors.enhancer import load_enhancer
+
+            self._enh = load_enhancer(enhancer, "attack.options.enhancer")
+        self._param: Parametrization | None = None
+        self._distance_used = distance
+
+    def parametrization(self) -> Parametrization:
+        if self.representation == "bicubic":
+            return Bicubic(self.scale)
+        if self.representation == "autoencoder":
+            return AutoencoderLatent(self._ae)
+        return Pixels(init="uniform")
+
+    def stages(self) -> list[Stage]:
+        self._param = self.parametrization()
+        return [Stage(self.representation, self._param, self.iterations, self.lr, optimizer="adam",
+                      schedule="cosine")]
+
+    def objective(self, obs: Observation) -> Objective:
+        d = rog_distance(obs) if self.distance == "auto" else self.distance
+        self._distance_used = d
+        dist = DISTANCES[d]
+        if d in ("l2", "masked_l2"):
+            dist = relative(dist, [obs.update[n] for n in obs.parameters])
+        return Objective(distance=dist, tv=self.tv)
+
+    def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0,
+                 model: nn.Module | None = None, progress: bool = True) -> Reconstruction:
+        rec = super().__call__(obs, labels=labels, seed=seed, model=model, progress=progress)
+        return self.postprocess(rec, obs, labels)
+
+    # the preset's post-processing hook ------------------------------------------------------------------
+    def resolve_enhancer(self, obs: Observation):
+        """The enhancer object to use (None: no enhancement)."""
+        if self._enh is not None or self.enhancer == "none":
+            return self._enh
+        from gradleak.priors.enhancer import auto_enhancer, load_enhancer
+
+        C, H, _ = obs.image_shape
+        name = auto_enhancer(C, H)
+        return None if name is None else load_enhancer(name, "attack.options.enhancer")
+
+    def postprocess(self, rec: Reconstruction, obs: Observation, labels: Tensor | None) -> Reconstruction:
+        """Sign normalisation / equalisation (signSGD), enhancement, then the user's ``post`` hook."""
+        raw = rec.images
+        x = raw
+        extra: dict = {"raw": raw.clone(), "distance": self._distance_used}
+        sign_mode = self.sign_postprocess
+        if sign_mode == "auto":
+            sign_mode = "equalize" if self._distance_used == "tanh_sign" else "none"
+        if sign_mode != "none":
+            unclamped = self._param.images().detach()[rec.best_restart] if self._param is not None else raw
+            x = normalize_maxabs(unclamped)
+            if sign_mode == "equalize":
+                x = equalize_hist(x)
+            extra["normalized"] = x.clone()
+        enh = self.resolve_enhancer(obs)
+        extra["enhancer"] = None if enh is None else enh.name
+        if enh is not None:
+            lab = labels if labels is not None else rec.labels
+            x = enh(x, lab)
+            extra["enhanced"] = x.clone()
+        if self.post is not None:
+            x = self.post(x, obs, labels)
+        rec.images = x.detach().clamp(0, 1)
+        rec.extra.update(extra)
+        return rec
+
