@@ -100,6 +100,129 @@ def train_prior_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("train-enhancer")
+def train_enhancer_cmd(
+    data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),
+    out: Path = typer.Option(..., "--out", help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
+    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
+    resolution: int = typer.Option(64, "--resolution", help="Training image size (a multiple of 2^depth)."),
+    channels: int = typer.Option(3, "--channels", help="1 or 3."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
+    width: int = typer.Option(16, "--width", help="U-Net base width (encoder widths w, 2w, 4w, 4w, 4w)."),
+    depth: int = typer.Option(4, "--depth", help="Number of 2x downsamplings in the U-Net (ROG: 4)."),
+    disc_width: int = typer.Option(16, "--disc-width", help="PatchGAN discriminator base width."),
+    conditional: bool = typer.Option(False, "--conditional/--unconditional", help="Label-conditional enhancer."),
+    steps: int = typer.Option(2000, "--steps", help="Training steps."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
+    adv_weight: float = typer.Option(0.01, "--adv-weight", help="Weight of the adversarial loss (L1 has weight 1; 0 = L1 only)."),
+    crops: bool = typer.Option(True, "--crops/--no-crops", help="Half of each batch: random crops of the images loaded at twice the resolution."),
+    max_noise: float = typer.Option(0.3, "--max-noise", help="Largest Gaussian noise sigma of the synthetic degradation."),
+    max_blur: float = typer.Option(1.0, "--max-blur", help="Largest Gaussian blur sigma (pixels) of the synthetic degradation."),
+    rog_pairs: int = typer.Option(0, "--rog-pairs", help="Also train on ROG outputs of this many public batches (0 = synthetic degradations only)."),
+    rog_iterations: int = typer.Option(100, "--rog-iterations", help="ROG iterations per generated batch."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation, batches, degradations."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train ROG's enhancement network (U-Net + PatchGAN, L1 + adversarial) on degraded public images."""
+    import torch
+
+    from gradleak.priors.enhancer import EnhancerConfig, train_enhancer
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = EnhancerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
+                         depth=depth, disc_width=disc_width, conditional=conditional, steps=steps,
+                         batch_size=batch_size, lr=lr, adv_weight=adv_weight, crops=crops, max_noise=max_noise,
+                         max_blur=max_blur, rog_pairs=rog_pairs,
+                         rog_iterations=rog_iterations, seed=seed)
+    path = train_enhancer(cfg, out, progress=progress)
+    typer.echo(f"enhancer written: {path} (+ .json); use it with attack.options.enhancer={out}")
+
+
+@app.command("train-autoencoder")
+def train_autoencoder_cmd(
+    data: str = typer.Option(..., "--data", help="Dataset whose public side the autoencoder learns."),
+    out: Path = typer.Option(..., "--out", help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
+    split: str = typer.Option("public", "--split"),
+    resolution: int = typer.Option(64, "--resolution"),
+    channels: int = typer.Option(3, "--channels", help="1 or 3."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
+    latent_dim: int = typer.Option(768, "--latent-dim", help="d_z: a multiple of (resolution/downsample)^2."),
+    downsample: int = typer.Option(4, "--downsample", help="Spatial reduction of the latent (power of two)."),
+    width: int = typer.Option(32, "--width", help="Convolution width."),
+    steps: int = typer.Option(2000, "--steps"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the autoencoder of ROG's learned low-dimensional representation (attack.options.representation=autoencoder)."""
+    import torch
+
+    from gradleak.priors.autoencoder import AutoencoderConfig, train_autoencoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = AutoencoderConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
+                            latent_dim=latent_dim, downsample=downsample, width=width, steps=steps,
+                            batch_size=batch_size, lr=lr, seed=seed)
+    path = train_autoencoder(cfg, out, progress=progress)
+    typer.echo(f"autoencoder written: {path} (+ .json); use it with attack.options.representation=autoencoder "
+               f"attack.options.autoencoder={out}")
+
+
+@app.command("tradeoff")
+def tradeoff_cmd(
+    out: Path = typer.Option(Path("runs/tradeoff"), "--out", help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
+    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5",
+                                           "fedcdp:0", "quantize", "topk"]), "--settings",
+                                 help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
+                                      "fedcdp:<snr_db>, quantize[:bits], qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
+    attacks: str = typer.Option("rog,invertgrad", "--attacks", help="Comma-separated: rog, invertgrad."),
+    rounds: int = typer.Option(30, "--rounds", help="FedAvg communication rounds (paper: 100)."),
+    clients: int = typer.Option(100, "--clients", help="Number of clients."),
+    per_round: int = typer.Option(10, "--per-round", help="Clients sampled per round."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration of the non-IID split."),
+    task: str = typer.Option("digits", "--task", help="Classification task (dataset; public side = training, private = test)."),
+    task_lr: float = typer.Option(0.05, "--task-lr", help="Local SGD learning rate of the trained clients."),
+    attack_batch: int = typer.Option(4, "--attack-batch", help="Images of the attacked client."),
+    attack_batches: int = typer.Option(1, "--attack-batches", help="Attacked clients (batches) per setting and attack."),
+    attack_resolution: int = typer.Option(64, "--attack-resolution", help="Resolution of the attacked photos."),
+    rog_iterations: int = typer.Option(100, "--rog-iterations"),
+    invertgrad_iterations: int = typer.Option(300, "--invertgrad-iterations"),
+    enhancer: str = typer.Option("auto", "--enhancer", help="ROG enhancer: auto, none, a built-in name or a path."),
+    model_options: Optional[str] = typer.Option(None, "--model-options", help="Victim options as YAML, e.g. '{c1: 8, c2: 16, hidden: 128}'."),
+    workers: int = typer.Option(2, "--workers", help="Worker processes (1 torch thread each)."),
+    seed: int = typer.Option(0, "--seed", help="Client split/sampling, victim init, attacked batches."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Privacy-utility trade-off (ROG Fig. 9a): FedAvg accuracy vs ROG/InvertGrad leakage per defense setting."""
+    import yaml
+
+    from gradleak.experiments.tradeoff import TradeoffConfig, format_table, run_tradeoff
+
+    options = {}
+    if model_options:
+        try:
+            options = yaml.safe_load(model_options)
+        except yaml.YAMLError:
+            options = None
+        if not isinstance(options, dict):
+            raise UserError(f"tradeoff.model_options: got {model_options!r}; allowed: a YAML mapping of the victim's options")
+    cfg = TradeoffConfig(settings=[s for s in settings.split(",") if s.strip()],
+                         attacks=[a.strip() for a in attacks.split(",") if a.strip()], task=task, rounds=rounds,
+                         num_clients=clients, clients_per_round=per_round, alpha=alpha, task_lr=task_lr,
+                         attack_batch=attack_batch, attack_batches=attack_batches, attack_resolution=attack_resolution,
+                         rog_iterations=rog_iterations, invertgrad_iterations=invertgrad_iterations, enhancer=enhancer,
+                         model_options=options, workers=workers, seed=seed)
+    summary = run_tradeoff(cfg, out, progress=progress)
+    typer.echo(format_table(summary))
+    typer.echo(f"written: {out}/results.json, tradeoff.md, tradeoff_psnr.png, reconstructions.png")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, no traceback."""
     try:

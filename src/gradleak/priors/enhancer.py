@@ -4,12 +4,12 @@ PatchGAN discriminator to undo image degradation, applied to the search output a
 * :class:`UNet` — convolution–InstanceNorm–ReLU blocks, four 2× downsamplings (max-pool), bilinear
   upsampling with skip connections to the matching encoder block; it predicts a residual (output =
   input + U(input)). Optionally class-conditional: a learned label embedding is broadcast as extra
-  input channels. Input sizes that are not multiples of 16 are reflect-padded and cropped back.
+  input channels. Inputs are padded (reflect) to a multiple of 16 (at least 32) and cropped back.
 * :class:`PatchDiscriminator` — pix2pix's PatchGAN, conditioned on the degraded input (it sees
   [degraded, candidate] concatenated), one logit per overlapping patch.
 * :func:`degrade` — the synthetic training pairs of appendix A: random downsampling (nearest, bilinear or
-  bicubic, factor in [1.5, 4], back up with bicubic like ROG's decoder), Gaussian blur and Gaussian
-  noise, applied **in a random order**, every draw from one ``torch.Generator`` (deterministic).
+  bicubic, factor in [2, 5]), Gaussian blur and Gaussian noise, applied **in a random order**, then bicubic
+  upsampling back (ROG's decoder); every draw from one ``torch.Generator`` (deterministic).
 * :func:`train_enhancer` — L1 + λ·adversarial (non-saturating) loss, Adam, on the public side of a
   dataset with flips / 90° rotations; optionally also on actual ROG outputs of public images
   (``rog_pairs``): public batches are put through a simulated FedAvg client and the ROG search (without
@@ -133,8 +133,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         H, W = x.shape[-2:]
-        m = 2 ** self.depth
-        ph, pw = (-H) % m, (-W) % m
+        m = 2 ** self.depth  # pad to a multiple of 2^depth, and ≥ 2·2^depth (InstanceNorm needs > 1 value)
+        ph, pw = max((-H) % m, 2 * m - H), max((-W) % m, 2 * m - W)
         inp = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(H, W) > max(ph, pw) else "replicate") if ph or pw else x
         h = inp - 0.5
         if self.embed is not None:
@@ -178,12 +178,13 @@ class PatchDiscriminator(nn.Module):
 
 @dataclass
 class Degradation:
-    """Ranges of the synthetic degradation (appendix A): downsampling factor, blur σ (pixels), noise σ."""
+    """Ranges of the synthetic degradation (appendix A): downsampling factor, blur σ and noise σ (drawn
+    uniformly per image; σ in pixels of the resolution the step runs at)."""
 
-    min_factor: float = 1.5
-    max_factor: float = 4.0
-    max_blur: float = 1.5
-    max_noise: float = 0.08
+    min_factor: float = 2.0
+    max_factor: float = 5.0
+    max_blur: float = 1.0
+    max_noise: float = 0.3
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -206,8 +207,10 @@ def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
 
 def degrade(x: Tensor, gen: torch.Generator, cfg: Degradation | None = None) -> Tensor:
     """Degrade every image of (N, C, H, W) independently: downsampling (random mode among nearest /
-    bilinear / bicubic, random factor, then bicubic back to H×W), Gaussian blur and Gaussian noise, in a
-    random order. Deterministic given ``gen``'s state; the result is clamped to [0, 1]."""
+    bilinear / bicubic, random factor), Gaussian blur and Gaussian noise (per channel) **in a random
+    order**, then bicubic upsampling back to H×W (ROG's decoder). Blur or noise that comes after the
+    downsampling acts on the low-resolution image, so upsampled noise becomes the blotchy colour error the
+    ROG search leaves. Deterministic given ``gen``'s state; the result is clamped to [0, 1]."""
     cfg = cfg or Degradation()
     out = []
     H, W = x.shape[-2:]
@@ -218,14 +221,13 @@ def degrade(x: Tensor, gen: torch.Generator, cfg: Degradation | None = None) -> 
                 f = _uniform(gen, cfg.min_factor, cfg.max_factor)
                 mode = DOWN_MODES[int(torch.randint(0, 3, (), generator=gen))]
                 size = (max(2, round(H / f)), max(2, round(W / f)))
-                kw = {} if mode == "nearest" else {"align_corners": False}
-                y = F.interpolate(y, size=size, mode=mode, **kw)
-                y = F.interpolate(y, size=(H, W), mode="bicubic", align_corners=False)
+                y = F.interpolate(y, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
             elif op == 1:
                 y = gaussian_blur(y, _uniform(gen, 0.0, cfg.max_blur))
             else:
-                s = _uniform(gen, 0.0, cfg.max_noise)
-                y = y + s * torch.randn(y.shape, generator=gen, dtype=y.dtype)
+                y = y + _uniform(gen, 0.0, cfg.max_noise) * torch.randn(y.shape, generator=gen, dtype=y.dtype)
+        if tuple(y.shape[-2:]) != (H, W):
+            y = F.interpolate(y, size=(H, W), mode="bicubic", align_corners=False)
         out.append(y.clamp(0, 1))
     return torch.cat(out)
 
@@ -333,6 +335,8 @@ class EnhancerConfig:
     lr: float = 2e-4
     adv_weight: float = 0.01
     crops: bool = True  # also random R×R crops of the public images loaded at 2R (more variety)
+    max_noise: float = 0.3  # Degradation.max_noise
+    max_blur: float = 1.0  # Degradation.max_blur
     rog_pairs: int = 0  # batches of actual ROG outputs of public images to train on as well
     rog_iterations: int = 100
     rog_batch: int = 8
@@ -343,7 +347,8 @@ def _check(cfg: EnhancerConfig) -> None:
     checks = [("width", cfg.width >= 1, "an integer >= 1"), ("depth", 1 <= cfg.depth <= 6, "an integer in 1..6"),
               ("disc_width", cfg.disc_width >= 1, "an integer >= 1"), ("steps", cfg.steps >= 1, "an integer >= 1"),
               ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", cfg.lr > 0, "a number > 0"),
-              ("adv_weight", cfg.adv_weight >= 0, "a number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
+              ("adv_weight", cfg.adv_weight >= 0, "a number >= 0"), ("max_noise", cfg.max_noise >= 0, "a number >= 0"),
+              ("max_blur", cfg.max_blur >= 0, "a number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
               ("rog_iterations", cfg.rog_iterations >= 1, "an integer >= 1"),
               ("rog_batch", cfg.rog_batch >= 1, "an integer >= 1")]
     for key, ok, allowed in checks:
@@ -377,11 +382,12 @@ def _batch(data, big, cfg: EnhancerConfig, gen: torch.Generator) -> tuple[Tensor
 
 def rog_output_pairs(cfg: EnhancerConfig, progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(search outputs, originals, labels) of the ROG search (bicubic, no enhancement) run on
-    ``cfg.rog_pairs`` batches of public images through a simulated FedAvg client (VGG-7 width 8, τ = 5,
-    lr 5e-3, fresh seeded init per batch)."""
+    ``cfg.rog_pairs`` batches of public images through a simulated FedAvg client (ROG's LeNet-5 at the
+    default width of :mod:`gradleak.experiments.victims`, τ = 5, lr 5e-3, fresh seeded init per batch)."""
     from gradleak.attacks.rog import ROG
     from gradleak.case import Case, capture
     from gradleak.data import load_dataset, sample_batch
+    from gradleak.experiments.victims import ROG_LENET5
     from gradleak.fl.protocol import Protocol
     from gradleak.models import build_model, init_model
 
@@ -389,7 +395,7 @@ def rog_output_pairs(cfg: EnhancerConfig, progress: bool = False) -> tuple[Tenso
     outs, origs, labs = [], [], []
     for k in range(cfg.rog_pairs):
         x, y = sample_batch(data, min(cfg.rog_batch, len(data)), distinct_labels=False, seed=cfg.seed + 1000 + k)
-        model = build_model("vgg7", data.num_classes, cfg.channels, cfg.resolution, width=8, hidden=64)
+        model = build_model(ROG_LENET5, data.num_classes, cfg.channels, cfg.resolution)
         init_model(model, cfg.seed + k)
         obs = capture(Case(model, x, y, Protocol(kind="fedavg", local_steps=5, lr=5e-3), give_labels=True), seed=k)
         rec = ROG(iterations=cfg.rog_iterations, enhancer="none")(obs, labels=y, seed=k, model=model, progress=progress)
@@ -417,7 +423,10 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = UNet(cfg.channels, cfg.width, cfg.depth, num_classes=ncls)
-        D = PatchDiscriminator(cfg.channels, cfg.disc_width)
+        n_layers = 3  # pix2pix's 70×70 PatchGAN; fewer stride-2 stages for small images (≥ 4×4 maps)
+        while n_layers > 1 and cfg.resolution // 2 ** n_layers < 4:
+            n_layers -= 1
+        D = PatchDiscriminator(cfg.channels, cfg.disc_width, n_layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
@@ -426,12 +435,13 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) 
     vgen = torch.Generator().manual_seed(cfg.seed + 1)
     vidx = torch.randperm(len(data), generator=vgen)[:min(32, len(data))]
     vx, vy = data.images[vidx], data.labels[vidx]
-    vdeg = degrade(vx, vgen)
+    deg = Degradation(max_noise=cfg.max_noise, max_blur=cfg.max_blur)
+    vdeg = degrade(vx, vgen, deg)
     bar = tqdm(range(cfg.steps), desc="train-enhancer", disable=not progress, dynamic_ncols=True)
     l1_hist = []
     for step in bar:
         x, y = _batch(data, big, cfg, gen)
-        xd = degrade(x, gen)
+        xd = degrade(x, gen, deg)
         if pairs is not None and step % 2 == 1:  # every other step: actual ROG outputs
             j = torch.randint(0, pairs[0].shape[0], (cfg.batch_size,), generator=gen)
             xd, x, y = pairs[0][j], pairs[1][j], pairs[2][j]
@@ -451,7 +461,7 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) 
             loss_g = loss_g + cfg.adv_weight * bce(d_out, torch.ones_like(d_out))
         loss_g.backward()
         opt_g.step()
-        l1_hist.append(float(l1))
+        l1_hist.append(float(l1.detach()))
         if step % 20 == 0:
             bar.set_postfix(l1=f"{sum(l1_hist[-20:]) / len(l1_hist[-20:]):.4f}")
     bar.close()
