@@ -40,6 +40,7 @@ class Stage:
     optimizer: Literal["adam", "lbfgs"] = "adam"
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     signed: bool = False  # use sign of the gradient (InvertGrad's signed Adam)
+    line_search: Literal["strong_wolfe"] | None = None  # L-BFGS only
 
 
 @dataclass
@@ -168,7 +169,7 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
         if label_var is not None:
             variables = variables + [label_var]
         if stage.optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=None)
+            opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
         else:
             opt = torch.optim.Adam(variables, lr=stage.lr)
         sched = _scheduler(opt, stage)

@@ -45,18 +45,22 @@ class Attack:
 
 class DLG(Attack):
     """Deep Leakage from Gradients (Zhu et al., 2019): L2 gradient distance (eq. 4), L-BFGS over dummy
-    images and dummy soft labels jointly, uniform random start."""
+    images and dummy soft labels jointly, uniform random start. ``line_search="strong_wolfe"`` (default)
+    keeps L-BFGS from diverging, which the original fixed-step L-BFGS (``"none"``) does on some images."""
 
     name = "dlg"
     default_labels: LabelMode = "learn"
 
     def __init__(self, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
+                 line_search: Literal["strong_wolfe", "none"] = "strong_wolfe",
                  backend: Literal["loop", "vmap"] = "loop"):
         super().__init__(restarts, backend)
-        self.iterations, self.lr = iterations, lr
+        self.iterations, self.lr, self.line_search = iterations, lr, line_search
 
     def stages(self):
-        return [Stage("x", Pixels(init="uniform"), self.iterations, self.lr, optimizer="lbfgs", schedule="constant")]
+        ls = None if self.line_search == "none" else self.line_search
+        return [Stage("x", Pixels(init="uniform"), self.iterations, self.lr, optimizer="lbfgs", schedule="constant",
+                      line_search=ls)]
 
     def objective(self, obs):
         return Objective(distance="l2")
