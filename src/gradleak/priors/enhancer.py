@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -58,6 +59,7 @@ def save_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tuple
     st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
+    os.chmod(tmp_st, 0o644)  # safetensors creates the file private; these are shareable weights
     tmp_js.write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2, sort_keys=True) + "\n")
     tmp_st.replace(st)
     tmp_js.replace(js)
