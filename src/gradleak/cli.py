@@ -115,7 +115,7 @@ def train_enhancer_cmd(
     steps: int = typer.Option(2000, "--steps", help="Training steps."),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
-    adv_weight: float = typer.Option(0.01, "--adv-weight", help="Weight of the adversarial loss (L1 has weight 1; 0 = L1 only)."),
+    adv_weight: float = typer.Option(0.001, "--adv-weight", help="Weight of the adversarial loss (L1 has weight 1; 0 = L1 only)."),
     crops: bool = typer.Option(True, "--crops/--no-crops", help="Half of each batch: random crops of the images loaded at twice the resolution."),
     max_noise: float = typer.Option(0.3, "--max-noise", help="Largest Gaussian noise sigma of the synthetic degradation."),
     max_blur: float = typer.Option(1.0, "--max-blur", help="Largest Gaussian blur sigma (pixels) of the synthetic degradation."),

@@ -126,7 +126,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
         loss.backward()
         opt.step()
         sched.step()
-        hist.append(float(loss))
+        hist.append(float(loss.detach()))
         if step % 20 == 0:
             bar.set_postfix(mse=f"{sum(hist[-20:]) / len(hist[-20:]):.5f}")
     bar.close()

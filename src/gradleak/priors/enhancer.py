@@ -335,7 +335,7 @@ class EnhancerConfig:
     steps: int = 2000
     batch_size: int = 16
     lr: float = 2e-4
-    adv_weight: float = 0.01
+    adv_weight: float = 0.001
     crops: bool = True  # also random R×R crops of the public images loaded at 2R (more variety)
     max_noise: float = 0.3  # Degradation.max_noise
     max_blur: float = 1.0  # Degradation.max_blur
