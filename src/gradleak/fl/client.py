@@ -108,7 +108,8 @@ def batched_update(
     ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts. Both give the same numbers on
     BatchNorm-free models (tested); through train-mode BatchNorm the vmap path's second-order term is
     wrong in torch 2.13 (checked against finite differences), so it is refused there.
-    ``benchmarks/speed.py`` measures which is faster (on this CPU they were within 10%).
+    ``benchmarks/speed.py`` measures which is faster (small conv net here: loop 25 vs vmap 18 it/s for
+    FedSGD, 6.0 vs 6.5 it/s for FedAvg τ=5).
     """
     R = x.shape[0]
     ys = y
