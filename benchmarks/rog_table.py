@@ -175,6 +175,14 @@ def main() -> None:
             lines.append(f"| {SETTINGS[s][0]} |" + "".join(f" {m(s, c, 'lpips'):.3f} |" for c in cols))
     else:
         lines += ["", "LPIPS: unavailable here (weights not installed)."]
+    import torch
+
+    from gradleak.metrics import psnr, ssim
+
+    origs = torch.cat([r["originals"].float() for r in results if r["attack"] == "rog" and r["setting"] == chosen[0]])
+    gray = torch.full_like(origs, 0.5)
+    lines += ["", f"No-information reference (every pixel 0.5, same images): PSNR {float(psnr(gray, origs).mean()):.2f} dB, "
+                  f"SSIM {float(ssim(gray, origs).mean()):.3f}."]
     text = "\n".join(lines + ["", *checks, "", f"total wall time {wall / 60:.1f} min ({len(jobs)} runs, "
                                                f"{args.workers} workers)"])
     print(text)

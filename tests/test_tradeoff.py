@@ -120,3 +120,14 @@ def test_tradeoff_cli_tiny(tmp_path, cli):
     assert not (tmp_path / "bad").exists()
     r = cli("tradeoff", "--out", str(tmp_path / "bad"), "--model-options", "[1, 2]")
     assert r.returncode == 2 and "tradeoff.model_options" in r.stderr
+
+
+def test_rog_lenet5_victim_and_precode_wrap():
+    from gradleak.experiments.victims import ROG_LENET5
+    from gradleak.models import build_model, init_model
+
+    m = init_model(build_model(ROG_LENET5, 12, 3, 16, c1=2, c2=2, hidden=8), 0)
+    assert m(torch.rand(2, 3, 16, 16)).shape == (2, 12)
+    p = init_model(build_model("precode", 12, 3, 16, base=ROG_LENET5, base_options={"c1": 2, "c2": 2, "hidden": 8},
+                               bottleneck=4), 0)
+    assert p(torch.rand(2, 3, 16, 16)).shape == (2, 12)

@@ -41,7 +41,8 @@ class LeNet5(nn.Module):
 
     def reset_parameters(self) -> None:
         for m in (self.conv1, self.conv2, self.fc1, self.classifier):
-            m.reset_parameters()
+            if hasattr(m, "reset_parameters"):  # PRECODE moves the head out (classifier = Identity)
+                m.reset_parameters()
 
 
 def rog_lenet5(num_classes: int, in_channels: int = 3, resolution: int = 32, c1: int = 16, c2: int = 32,
