@@ -2,8 +2,10 @@
 
 1. DLG and iDLG on LeNet (DLG's sigmoid LeNet, DLG's uniform init), batch 1, built-in digits (32×32, 1 channel):
    mean PSNR over 8 images must be ≥ 30 dB.
-2. InvertGrad vs DLG on ConvNet, batch 1, built-in photos 32×32: InvertGrad's mean PSNR must be
-   clearly above DLG's.
+2. InvertGrad vs DLG on ConvNet (width 16, BatchNorm in eval mode as in Inverting Gradients), batch 1,
+   built-in photos 32×32: InvertGrad's mean PSNR must be clearly above DLG's. (With train-mode BN at
+   batch 1 every feature map is normalised by its own mean and spread, which the upload then no longer
+   carries; InvertGrad stalls there at ≈ 8 dB — see the README.)
 
     python benchmarks/baselines.py [--images 8] [--workers 2] [--part lenet|convnet|all]
 """
@@ -25,10 +27,10 @@ def cases(n: int, part: str) -> list[tuple[str, list[str]]]:
             out.append(("idlg / lenet / digits", digits + ["attack.name=idlg", "attack.options.iterations=50"]))
         if part in ("convnet", "all"):
             photos = [f"seed={seed}", "data.name=photos", "data.channels=3", "data.batch_size=1",
-                      "model.name=convnet", "model.options.width=16"]
+                      "model.name=convnet", "model.options.width=16", "client.bn_mode=eval"]
             out.append(("dlg / convnet / photos", photos + ["attack.name=dlg", "attack.options.iterations=30"]))
             out.append(("invertgrad / convnet / photos", photos + ["attack.name=invertgrad",
-                                                               "attack.options.iterations=1000"]))
+                                                               "attack.options.iterations=2000"]))
     return out
 
 
