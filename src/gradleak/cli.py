@@ -174,6 +174,36 @@ def train_autoencoder_cmd(
                f"attack.options.autoencoder={out}")
 
 
+@app.command("train-tagger")
+def train_tagger_cmd(
+    data: str = typer.Option(..., "--data", help="Dataset whose public side the tagger learns (digits, photos, cifar10, folder, ...)."),
+    out: Path = typer.Option(..., "--out", help="Directory: tagger.safetensors + tagger.json."),
+    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
+    resolution: int = typer.Option(32, "--resolution"),
+    channels: int = typer.Option(1, "--channels", help="1 or 3."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
+    width: int = typer.Option(16, "--width", help="CNN base width (stages w, 2w, 4w)."),
+    steps: int = typer.Option(1500, "--steps"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay)."),
+    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the split held out to measure the tagger."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation, hold-out draw, batches."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train the semantic tagger (classes + public-data attribute tags) behind the Jaccard metric (ROGS eq. 21)."""
+    import torch
+
+    from gradleak.metrics.tagger import TaggerConfig, train_tagger
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TaggerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
+                       steps=steps, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
+    path = train_tagger(cfg, out, progress=progress)
+    typer.echo(f"tagger written: {path} (+ .json); use it with --set metrics.tagger={out}")
+
+
 @app.command("tradeoff")
 def tradeoff_cmd(
     out: Path = typer.Option(Path("runs/tradeoff"), "--out", help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),

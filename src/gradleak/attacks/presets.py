@@ -120,3 +120,8 @@ import gradleak.attacks.generative  # noqa: E402,F401
 from gradleak.attacks.rog import ROG  # noqa: E402
 
 ATTACKS["rog"] = ROG
+
+# ROGS (Yue et al., 2023, §6): ROG + inversion into a class-conditional generator (see gradleak/attacks/rogs.py).
+from gradleak.attacks.rogs import ROGS  # noqa: E402
+
+ATTACKS["rogs"] = ROGS

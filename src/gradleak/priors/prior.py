@@ -14,6 +14,8 @@ luma; ``torch.nn.functional.interpolate``, bilinear, antialiased when shrinking)
 * a path: a gradleak prior (``.safetensors`` + ``.json``, or the ``train-prior`` output directory), or a
   StyleGAN2 checkpoint in rosinality's ``stylegan2-pytorch`` layout (``.pt``/``.pth`` read with
   ``torch.load(weights_only=True)``, or ``.safetensors``), searched in W+ (``space="w+"``, default), W or Z;
+* a pytorch-pretrained-BigGAN directory (``config.json`` + ``pytorch_model.bin``), see
+  :mod:`gradleak.priors.biggan` (class-conditional; latents from the truncated normal);
 * an import path ``package.module:factory``: ``factory()`` returns an ``nn.Module`` with
   ``forward(latent[, labels])`` and a ``latent_dim`` (int) or ``latent_shape`` (tuple) attribute;
   optional attributes ``output_range`` (default (−1, 1)), ``num_classes`` (> 0: conditional, labels are
@@ -218,6 +220,10 @@ def load_prior(spec, space: str = "w+") -> Prior:
     if text in BUILTIN_PRIORS and not path.exists():
         tensors, meta = read_pair(builtin_path(text))
         return _dcgan_prior(tensors, meta, text)
+    if _looks_biggan_files(path):
+        from gradleak.priors.biggan import load_biggan
+
+        return load_biggan(path)
     if path.is_dir():
         path = path / "prior.safetensors"
     if path.suffix == ".json":
@@ -242,6 +248,15 @@ def load_prior(spec, space: str = "w+") -> Prior:
     raise bad_value("attack.options.prior", text, _allowed())
 
 
+def _looks_biggan_files(path: Path) -> bool:
+    """A pytorch-pretrained-BigGAN directory (config.json + weights) or its weights file."""
+    from gradleak.priors.biggan import CONFIG_NAME, WEIGHTS_NAMES
+
+    if path.is_dir():
+        return (path / CONFIG_NAME).is_file() and any((path / n).is_file() for n in WEIGHTS_NAMES)
+    return path.is_file() and path.name in WEIGHTS_NAMES and (path.parent / CONFIG_NAME).is_file()
+
+
 def _checkpoint_config(meta: dict) -> dict:
     if "generator_config" not in meta:
         raise UserError("prior: training checkpoint without generator_config")
@@ -250,7 +265,7 @@ def _checkpoint_config(meta: dict) -> dict:
 
 def _allowed() -> str:
     return (f"{', '.join(BUILTIN_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
-            "a StyleGAN2 .pt/.pth/.safetensors), or an import path 'package.module:factory'")
+            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory), or an import path 'package.module:factory'")
 
 
 def describe(prior: Prior) -> dict:

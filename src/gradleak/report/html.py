@@ -24,6 +24,7 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "ssim": ("SSIM", "", ".4f", True),
     "lpips": ("LPIPS", "", ".4f", False),
     "mse": ("MSE", "", ".3e", False),
+    "jaccard": ("Jaccard (tags)", "", ".3f", True),
 }
 
 #: Scalar run facts shown in the "run" table, in this order.
@@ -35,6 +36,9 @@ RUN_FACTS: dict[str, str] = {
     "seed": "seed",
     "best_restart": "best restart",
     "defenses": "defenses",
+    "tagger": "tagger",
+    "generator": "ROGS generator",
+    "perceptual": "ROGS perceptual term",
 }
 
 DEFAULT_IMAGES: tuple[tuple[str, str], ...] = (
@@ -117,6 +121,10 @@ def _fact(key: str, v: Any) -> str:
         return _num(v, ".2f", " s")
     if key == "defenses":
         return _defenses(v)
+    if key == "tagger" and isinstance(v, dict):
+        parts = [f"threshold {v['threshold']}" if "threshold" in v else "",
+                 f"top-k {v['top_k']}" if v.get("top_k") else "", f"{v['tags']} tags" if "tags" in v else ""]
+        return f"{v.get('name', '')} ({', '.join(p for p in parts if p)})" if any(parts) else str(v.get("name", ""))
     return _value(v)
 
 
@@ -180,6 +188,15 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
             used.add(key)
             facts.append((label, _fact(key, metrics[key])))
 
+    tags = []
+    if isinstance(metrics.get("tags"), list):
+        used.add("tags")
+        for i, t in enumerate(metrics["tags"]):
+            if isinstance(t, dict):
+                tags.append({"index": str(i), "original": ", ".join(map(str, t.get("original", []))) or "(none)",
+                             "reconstruction": ", ".join(map(str, t.get("reconstruction", []))) or "(none)",
+                             "jaccard": _num(t.get("jaccard"), ".3f")})
+
     other = [(k, _value(v)) for k, v in metrics.items() if k not in used]
 
     figures = []
@@ -197,6 +214,7 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
         "summary": summary,
         "facts": facts,
         "per_image": per_image,
+        "tags": tags,
         "other": other,
         "figures": figures,
         "config_yaml": config_yaml or "",

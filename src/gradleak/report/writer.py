@@ -9,12 +9,36 @@ from gradleak.attacks.engine import Reconstruction
 from gradleak.config import RunConfig
 from gradleak.fl.observation import Observation
 from gradleak.metrics import apply_match, lpips_status, score_images
+from gradleak.report.html import DEFAULT_IMAGES
 
 
 def score(rec: Reconstruction, originals: Tensor, lpips_dir: str | None = None) -> dict:
     """Match reconstructions to originals (optimal assignment) and score them; LPIPS if weights exist."""
     net, reason = lpips_status(lpips_dir)
     return score_images(rec.images, originals, lpips_model=net, lpips_reason=reason)
+
+
+def semantic(matched: Tensor, originals: Tensor, cfg) -> dict:
+    """Tags of originals and matched reconstructions and their Jaccard index (eq. 21), or why unavailable."""
+    from gradleak.metrics.semantic import load_tagger, semantic_scores, tagger_unavailable
+
+    shape = tuple(originals.shape[1:])
+    tagger = load_tagger(cfg.tagger, threshold=cfg.tagger_threshold, top_k=cfg.tagger_top_k, shape=shape)
+    if tagger is None:
+        why = "metrics.tagger is none" if cfg.tagger == "none" else tagger_unavailable(shape)
+        return {"jaccard": None, "jaccard_unavailable": why}
+    out = semantic_scores(tagger, matched, originals)
+    return {"jaccard": out["jaccard"], "jaccard_unavailable": None, "tags": out["tags"], "tagger": out["tagger"]}
+
+
+def rogs_path_rows(rec: Reconstruction, originals: Tensor, order: list[int]) -> tuple[list[Tensor], list[str]]:
+    """Figure 10: ROG's output, the inversion path (start … end), the originals; matched to the originals."""
+    rows = [apply_match(rec.extra["rog"], order)]
+    labels = ["ROG input"]
+    for it, images in rec.extra["rogs_path"]:
+        rows.append(apply_match(images, order))
+        labels.append(f"step {it}")
+    return rows + [originals], labels + ["original"]
 
 
 def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstruction, originals: Tensor,
@@ -32,9 +56,22 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
     reconstruction_grid(originals, matched, captions, out / "reconstruction.png")
     write_trace_csv(rec.trace, out / "trace.csv")
     loss_plot(rec.trace, out / "loss.png")
+    sem = semantic(matched, originals, cfg.metrics)
+    images = list(DEFAULT_IMAGES)
+    extra: dict = {}
+    if "rogs_path" in rec.extra:
+        from gradleak.attacks.perceptual import describe_perceptual
+        from gradleak.report import image_rows
+
+        rows, labels = rogs_path_rows(rec, originals, scores["order"])
+        image_rows(rows, labels, out / "rogs_path.png")
+        images.append(("ROGS optimisation path (Figure 10): ROG input, generator from a random latent of the "
+                       "class, steps, end; originals last", "rogs_path.png"))
+        extra = {"generator": rec.extra.get("generator"), "perceptual": describe_perceptual(rec.extra["perceptual"])}
     metrics = {
         "attack": rec.attack,
         **{k: scores[k] for k in ("psnr", "ssim", "mse", "lpips", "lpips_unavailable")},
+        **sem,
         "label_mode": label_mode,
         "label_accuracy": label_acc,
         "iterations": rec.iterations,
@@ -43,7 +80,8 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
         "best_restart": rec.best_restart,
         "restart_losses": [float(v) for v in rec.losses],
         "defenses": obs.defenses,
+        **extra,
     }
-    write_report(out, metrics, config_yaml)
+    write_report(out, metrics, config_yaml, images=images)
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics

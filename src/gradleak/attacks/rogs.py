@@ -1,0 +1,213 @@
+"""ROGS: semantic-level reconstruction (Yue et al., 2023, §6) — ROG followed by inversion into a
+class-conditional generator's latent space.
+
+    z* = argmin_z  L(G(z, y), X̂)                                                     (eq. 19)
+    L(X1, X2) = λ1 ‖X1 − X2‖₂ + λ2 LPIPS(X1, X2)                                       (eq. 20)
+
+X̂ is ROG's reconstruction (after its enhancement), y the class the attacker uses (given, or recovered from
+the update — ``attack.labels``), G a class-conditional generator. The search starts from a random latent of
+class y (the prior's sampler: N(0, I) for the DCGAN priors, truncated normal for BigGAN) and runs Adam for
+``rogs_iterations`` (paper: 1000) with λ1 = λ2 = 1; the output is G(z*, y). All images (and
+``rogs_restarts`` random starts each, best kept by loss) are optimised together as one batch.
+
+Generators (``generator``): ``auto`` (the shipped conditional DCGAN for the images' dataset shape —
+:data:`BUILTIN_CONDITIONAL`, trained by ``gradleak train-prior --conditional`` on public data), a built-in
+name, a path (a ``train-prior --conditional`` result, or a pytorch-pretrained-BigGAN directory,
+:mod:`gradleak.priors.biggan`) or an import path (see :func:`gradleak.priors.load_prior`).
+
+The perceptual term: LPIPS where its weights are installed, otherwise the feature distance named in
+``extra["perceptual"]`` (see :mod:`gradleak.attacks.perceptual`) — the report says which and why.
+
+``Reconstruction.images`` are G(z*, y); ``extra["rog"]`` holds ROG's output X̂, ``extra["rogs_path"]`` the
+optimisation path ``[(iteration, images), …]`` from the start image to the end (Figure 10),
+``extra["rogs_loss"]`` the final eq. (20) value per image.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Literal, Sequence
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from gradleak.attacks.engine import Reconstruction
+from gradleak.attacks.perceptual import Distance, build_perceptual
+from gradleak.attacks.rog import ROG, PostHook
+from gradleak.errors import UserError, bad_value
+from gradleak.fl.observation import Observation
+
+#: dataset → shipped class-conditional DCGAN (``gradleak/assets/<stem>.safetensors`` + ``.json``)
+BUILTIN_CONDITIONAL = {"digits": "prior-digits-cond"}
+
+
+def builtin_conditional_path(name: str) -> Path:
+    return Path(str(resources.files("gradleak") / "assets" / f"{BUILTIN_CONDITIONAL[name]}.safetensors"))
+
+
+def auto_generator(channels: int, resolution: int) -> str | None:
+    """The shipped conditional generator whose images have this shape (grey ↔ RGB and resizing are applied by
+    the prior, so only an exact shape match is chosen automatically)."""
+    import json
+
+    for name in BUILTIN_CONDITIONAL:
+        p = builtin_conditional_path(name)
+        if p.is_file():
+            cfg = json.loads(p.with_suffix(".json").read_text()).get("config", {})
+            if cfg.get("channels") == channels and cfg.get("resolution") == resolution:
+                return name
+    return None
+
+
+def load_conditional(spec: str, shape: tuple[int, int, int]):
+    """A class-conditional :class:`~gradleak.priors.Prior` for ROGS (see the module docstring)."""
+    from gradleak.priors.checkpoint import read_pair
+    from gradleak.priors.prior import _dcgan_prior, load_prior
+
+    text = str(spec).strip()
+    if text == "auto":
+        name = auto_generator(int(shape[0]), int(shape[-1]))
+        if name is None:
+            raise UserError(f"attack.options.generator: no shipped class-conditional generator for {shape[0]}-channel "
+                            f"{shape[-1]}×{shape[-1]} images (shipped: {', '.join(BUILTIN_CONDITIONAL)}); train one with "
+                            "gradleak train-prior --conditional and give its directory")
+        text = name
+    if text in BUILTIN_CONDITIONAL and not Path(text).exists():
+        tensors, meta = read_pair(builtin_conditional_path(text))
+        prior = _dcgan_prior(tensors, meta, f"{text} (conditional)")
+    else:
+        prior = load_prior(text)
+    if not prior.conditional:
+        raise bad_value("attack.options.generator", text, "a class-conditional generator (ROGS starts from a latent of "
+                        "the recovered class)")
+    return prior
+
+
+@dataclass
+class Inversion:
+    images: Tensor        # (B, C, H, W) in [0, 1]: G(z*, y)
+    latents: Tensor       # (B, *latent_shape)
+    losses: Tensor        # (B,) final eq. (20) value
+    path: list            # [(iteration, (B, C, H, W) images)]
+    trace: list[dict]     # mean loss per recorded iteration
+
+
+def path_steps(iterations: int, n: int = 6) -> list[int]:
+    """Iterations at which Figure 10's path is drawn: 0, then roughly geometric, then the last."""
+    if iterations <= n:
+        return list(range(iterations + 1))
+    inner = torch.logspace(0, torch.log10(torch.tensor(float(iterations))), n - 1)[:-1]
+    steps = sorted({0, *(int(round(float(s))) for s in inner), iterations})
+    return steps
+
+
+def invert(prior, targets: Tensor, labels: Tensor, *, iterations: int = 1000, lr: float = 0.05,
+           lambda_l2: float = 1.0, lambda_perceptual: float = 1.0, perceptual: Distance | None = None,
+           restarts: int = 1, seed: int = 0, record: Sequence[int] | None = None) -> Inversion:
+    """Eq. (19)–(20) for a batch: Adam on z for every (restart, image) at once; the best restart per image by
+    its final loss. ``targets`` (B, C, H, W) in [0, 1]; ``labels`` (B,) class indices of the generator."""
+    if targets.dim() != 4:
+        raise UserError(f"rogs: targets must be (B, C, H, W), got shape {tuple(targets.shape)}")
+    B = targets.shape[0]
+    labels = torch.as_tensor(labels).reshape(-1).long()
+    if labels.numel() != B:
+        raise UserError(f"rogs: {B} images but {labels.numel()} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= prior.num_classes):
+        raise UserError(f"rogs: labels {labels.tolist()} outside the generator's classes 0..{prior.num_classes - 1}")
+    if iterations < 0 or restarts < 1:
+        raise UserError(f"rogs: iterations must be >= 0 and restarts >= 1, got {iterations}, {restarts}")
+    shape = tuple(targets.shape[1:])
+    gen = torch.Generator().manual_seed(seed)
+    z = prior.sample_latent(restarts * B, gen).requires_grad_()
+    y = labels.repeat(restarts)
+    tgt = targets.detach().float().repeat(restarts, 1, 1, 1)
+    opt = torch.optim.Adam([z], lr=lr)
+    record = sorted(set(path_steps(iterations) if record is None else record))
+
+    def images() -> Tensor:
+        return prior.to_pixels(prior.generate(z, y), shape)
+
+    def loss_of(x: Tensor) -> Tensor:
+        l2 = (x - tgt).flatten(1).norm(dim=1)
+        per = lambda_l2 * l2
+        if perceptual is not None and lambda_perceptual:
+            per = per + lambda_perceptual * perceptual(x, tgt)
+        return per
+
+    path, trace = [], []
+    for it in range(iterations + 1):
+        x = images()
+        per = loss_of(x)
+        if it in record:
+            path.append((it, x.detach().clamp(0, 1).reshape(restarts, B, *shape)))
+            trace.append({"stage": "rogs", "iteration": it, "loss": float(per.detach().mean())})
+        if it == iterations:
+            break
+        opt.zero_grad(set_to_none=True)
+        per.sum().backward()
+        opt.step()
+    final = per.detach().reshape(restarts, B)
+    best = final.argmin(0)
+    pick = torch.arange(B)
+    path = [(it, imgs[best, pick]) for it, imgs in path]
+    zz = z.detach().reshape(restarts, B, *z.shape[1:])[best, pick]
+    return Inversion(images=path[-1][1], latents=zz, losses=final[best, pick], path=path, trace=trace)
+
+
+class ROGS(ROG):
+    """ROG, then inversion of its output into a class-conditional generator (eq. 19–20). ROG's options are
+    unchanged; ``rogs_*``, ``generator``, ``lambda_*`` and ``perceptual`` control the inversion (module docstring)."""
+
+    name = "rogs"
+
+    def __init__(self, iterations: Annotated[int, Field(ge=1)] = 100, lr: Annotated[float, Field(gt=0)] = 0.05,
+                 restarts: Annotated[int, Field(ge=1)] = 1,
+                 representation: Literal["bicubic", "autoencoder", "pixels"] = "bicubic",
+                 scale: Annotated[int, Field(ge=1)] = 4, autoencoder: str | None = None,
+                 distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
+                 tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
+                 sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
+                 post: PostHook | None = None, backend: Literal["loop", "vmap"] = "loop",
+                 generator: str = "auto", rogs_iterations: Annotated[int, Field(ge=0)] = 1000,
+                 rogs_lr: Annotated[float, Field(gt=0)] = 0.05, rogs_restarts: Annotated[int, Field(ge=1)] = 1,
+                 lambda_l2: Annotated[float, Field(ge=0)] = 1.0,
+                 lambda_perceptual: Annotated[float, Field(ge=0)] = 1.0,
+                 perceptual: Literal["auto", "lpips", "enhancer", "tagger", "none"] = "auto",
+                 lpips_dir: str | None = None):
+        super().__init__(iterations=iterations, lr=lr, restarts=restarts, representation=representation, scale=scale,
+                         autoencoder=autoencoder, distance=distance, tv=tv, enhancer=enhancer,
+                         sign_postprocess=sign_postprocess, post=post, backend=backend)
+        self.generator, self.rogs_iterations, self.rogs_lr = generator, rogs_iterations, rogs_lr
+        self.rogs_restarts, self.lambda_l2, self.lambda_perceptual = rogs_restarts, lambda_l2, lambda_perceptual
+        self.perceptual, self.lpips_dir = perceptual, lpips_dir
+        self._prior = None if generator == "auto" else load_conditional(generator, (0, 0, 0))
+
+    def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0,
+                 model: nn.Module | None = None, progress: bool = True) -> Reconstruction:
+        shape = tuple(obs.image_shape)
+        prior = self._prior or load_conditional("auto", shape)           # fail before the (long) ROG search
+        dist, record = build_perceptual(self.perceptual, shape, self.lpips_dir)
+        rec = super().__call__(obs, labels=labels, seed=seed, model=model, progress=progress)
+        return self.semantic(rec, prior, dist, record, labels, seed)
+
+    def semantic(self, rec: Reconstruction, prior, dist: Distance, record: dict, labels: Tensor | None,
+                 seed: int = 0) -> Reconstruction:
+        """Replace ROG's output by G(z*, y) (eq. 19–20); keep ROG's in ``extra["rog"]``."""
+        y = labels if labels is not None else rec.labels
+        if y is None:
+            raise UserError("rogs: needs the class of each image (attack.labels: oracle or recover)")
+        y = y.argmax(-1) if y.dim() == 2 else y
+        t0 = time.perf_counter()
+        inv = invert(prior, rec.images, y, iterations=self.rogs_iterations, lr=self.rogs_lr,
+                     lambda_l2=self.lambda_l2, lambda_perceptual=self.lambda_perceptual, perceptual=dist,
+                     restarts=self.rogs_restarts, seed=seed)
+        rec.extra.update({"rog": rec.images.clone(), "rogs_path": inv.path, "rogs_loss": inv.losses.tolist(),
+                          "perceptual": record, "generator": prior.name})
+        rec.images = inv.images
+        rec.trace = list(rec.trace) + inv.trace
+        rec.seconds += time.perf_counter() - t0
+        rec.iterations += self.rogs_iterations
+        return rec

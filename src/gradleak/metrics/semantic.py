@@ -1,0 +1,201 @@
+"""Semantic similarity (ROGS, Yue et al., 2023, §6): tag both images, compare the tag sets.
+
+    J(A, B) = |A ∩ B| / |A ∪ B|                                                       (eq. 21)
+
+A *tagger* maps images to sets of tags. The paper uses a multi-label classifier trained on OpenImages
+(9,600 tags); none can be downloaded here, so any multi-label classifier can be plugged in
+(:func:`load_tagger`):
+
+* ``auto`` — the built-in tagger for the images' shape, if one is shipped (:data:`BUILTIN_TAGGERS`);
+* a built-in name (``digits``) — trained by ``gradleak train-tagger`` on the *public* split of a built-in
+  dataset: its classes plus the attribute tags of :mod:`gradleak.metrics.attributes` (see the JSON beside
+  the weights for the command and seed);
+* a path to a ``train-tagger`` result (``.safetensors`` + ``.json``, or its directory);
+* an import path ``package.module:factory`` — ``factory()`` returns either an ``nn.Module`` giving one
+  logit per tag, (N, T), with a ``tag_names`` attribute (list of T strings; optional ``input_channels`` /
+  ``input_resolution`` to which images are converted, ``outputs = "probabilities"`` when it already applies
+  the sigmoid), or any callable ``images -> list of tag lists`` (used as is).
+
+A model tagger keeps the tags whose probability is ≥ ``threshold`` (default 0.5), then at most the
+``top_k`` most probable of them (default: no limit). Empty sets: J(∅, ∅) = 1 (identical), J(A, ∅) = 0.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gradleak.errors import UserError, bad_value
+
+BUILTIN_TAGGERS = {"digits": "tagger-digits"}
+KEY = "metrics.tagger"
+
+
+def jaccard(a: Sequence[str] | set[str], b: Sequence[str] | set[str]) -> float:
+    """Eq. (21): |A ∩ B| / |A ∪ B|; 1.0 when both are empty."""
+    A, B = set(a), set(b)
+    union = A | B
+    return 1.0 if not union else len(A & B) / len(union)
+
+
+class ModelTagger:
+    """A multi-label classifier ``net(images) → (N, T)`` with tag names, a threshold and top-k."""
+
+    def __init__(self, net: nn.Module, tag_names: Sequence[str], *, threshold: float = 0.5, top_k: int | None = None,
+                 name: str = "", input_channels: int | None = None, input_resolution: int | None = None,
+                 outputs: str = "logits", meta: dict | None = None):
+        if not 0.0 <= float(threshold) <= 1.0 or math.isnan(float(threshold)):
+            raise bad_value(f"{KEY}_threshold", threshold, "a probability in [0, 1]")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise bad_value(f"{KEY}_top_k", top_k, "an integer >= 1, or null for no limit")
+        if outputs not in ("logits", "probabilities"):
+            raise bad_value(f"{KEY}.outputs", outputs, "logits, probabilities")
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.tag_names = [str(t) for t in tag_names]
+        self.threshold, self.top_k, self.name = float(threshold), top_k, name or type(net).__name__
+        self.input_channels, self.input_resolution, self.outputs = input_channels, input_resolution, outputs
+        self.meta = dict(meta or {})
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """Images in [0, 1] converted to the channels / resolution the classifier was trained on."""
+        x = images.float()
+        if self.input_channels or self.input_resolution:
+            from gradleak.priors.prior import match_shape
+
+            C = self.input_channels or x.shape[1]
+            R = self.input_resolution or x.shape[-1]
+            x = match_shape(x, (C, R, R if self.input_resolution else x.shape[-1]))
+        return x
+
+    def probabilities(self, images: Tensor) -> Tensor:
+        """(N, T) tag probabilities."""
+        with torch.no_grad():
+            out = self.net(self.prepare(images))
+        if out.dim() != 2 or out.shape[1] != len(self.tag_names):
+            raise UserError(f"{KEY}: {self.name} gave outputs of shape {tuple(out.shape)}; expected (N, "
+                            f"{len(self.tag_names)}) = one per tag name")
+        return out.float() if self.outputs == "probabilities" else torch.sigmoid(out.float())
+
+    def __call__(self, images: Tensor) -> list[list[str]]:
+        """The tags of each image, most probable first."""
+        probs = self.probabilities(images)
+        order = probs.argsort(1, descending=True)
+        out = []
+        for p, idx in zip(probs, order):
+            keep = [int(i) for i in idx if float(p[i]) >= self.threshold]
+            out.append([self.tag_names[i] for i in keep[: self.top_k]])
+        return out
+
+
+Tagger = Callable[[Tensor], list[list[str]]]
+
+
+def describe_tagger(tagger) -> dict:
+    """JSON-ready summary of a tagger (name, threshold, top-k, number of tags)."""
+    if isinstance(tagger, ModelTagger):
+        return {"name": tagger.name, "threshold": tagger.threshold, "top_k": tagger.top_k,
+                "tags": len(tagger.tag_names), "dataset": tagger.meta.get("dataset")}
+    return {"name": getattr(tagger, "name", type(tagger).__name__)}
+
+
+def builtin_tagger_path(name: str) -> Path:
+    return Path(str(resources.files("gradleak") / "assets" / f"{BUILTIN_TAGGERS[name]}.safetensors"))
+
+
+def auto_tagger(channels: int, resolution: int) -> str | None:
+    """The built-in tagger trained on images of this shape (channels and resolution), if shipped."""
+    for name in BUILTIN_TAGGERS:
+        path = builtin_tagger_path(name)
+        if path.is_file():
+            try:
+                meta = json.loads(path.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("channels") == channels and meta.get("resolution") == resolution:
+                return name
+    return None
+
+
+def _allowed() -> str:
+    return (f"auto, none, {', '.join(BUILTIN_TAGGERS)}, a path to a train-tagger result (.safetensors + .json), "
+            "or an import path 'package.module:factory'")
+
+
+def _from_import(path: str, threshold: float, top_k: int | None):
+    module_name, _, attr = path.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+        obj = target()
+    except Exception as err:  # noqa: BLE001 - user code failing is one line
+        raise bad_value(KEY, path, f"an importable 'package.module:factory' (failed: {type(err).__name__}: {err})") from None
+    if isinstance(obj, nn.Module):
+        names = getattr(obj, "tag_names", None)
+        if not names:
+            raise bad_value(KEY, path, "a factory returning an nn.Module with a tag_names attribute (one per output)")
+        return ModelTagger(obj, names, threshold=threshold, top_k=top_k, name=path,
+                           input_channels=getattr(obj, "input_channels", None),
+                           input_resolution=getattr(obj, "input_resolution", None),
+                           outputs=getattr(obj, "outputs", "logits"), meta={"import": path})
+    if callable(obj):
+        return obj
+    raise bad_value(KEY, path, "a factory returning an nn.Module (logits per tag) or a callable images -> tag lists")
+
+
+def load_tagger(spec: str | Path = "auto", *, threshold: float = 0.5, top_k: int | None = None,
+                shape: tuple[int, int, int] | None = None):
+    """A tagger from ``spec`` (see the module docstring). ``auto`` needs ``shape`` = (C, H, W) and returns
+    None when no built-in tagger fits it; ``none`` returns None."""
+    text = str(spec).strip() if spec is not None else "none"
+    if text == "none":
+        return None
+    if text == "auto":
+        if shape is None:
+            raise bad_value(KEY, text, "auto only with the images' shape known")
+        name = auto_tagger(int(shape[0]), int(shape[-1]))
+        if name is None:
+            return None
+        text = name
+    if text in BUILTIN_TAGGERS:
+        from gradleak.metrics.tagger import read_tagger
+
+        return read_tagger(builtin_tagger_path(text), threshold=threshold, top_k=top_k, name=text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        path = path / "tagger.safetensors"
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if path.exists() or path.with_suffix(".safetensors").exists():
+        from gradleak.metrics.tagger import read_tagger
+
+        return read_tagger(path, threshold=threshold, top_k=top_k, name=text)
+    if ":" in text:
+        return _from_import(text, threshold, top_k)
+    raise bad_value(KEY, text, _allowed())
+
+
+def tagger_unavailable(shape: tuple[int, int, int]) -> str:
+    """Why ``auto`` found no tagger for images of ``shape``."""
+    return (f"no built-in tagger for {shape[0]}-channel {shape[-1]}×{shape[-1]} images (built-in: "
+            f"{', '.join(BUILTIN_TAGGERS)}); train one with gradleak train-tagger and set metrics.tagger")
+
+
+def semantic_scores(tagger, reconstructions: Tensor, originals: Tensor) -> dict:
+    """Tags of matched pairs and their Jaccard index (eq. 21): ``{"jaccard": {mean, best, per_image},
+    "tags": [{"original": [...], "reconstruction": [...], "jaccard": j}, ...], "tagger": {...}}``."""
+    a, b = tagger(originals), tagger(reconstructions)
+    per = [jaccard(x, y) for x, y in zip(a, b)]
+    summary = {"mean": math.fsum(per) / len(per) if per else None, "best": max(per) if per else None,
+               "per_image": per}
+    return {"jaccard": summary, "tags": [{"original": list(x), "reconstruction": list(y), "jaccard": j}
+                                         for x, y, j in zip(a, b, per)],
+            "tagger": describe_tagger(tagger)}

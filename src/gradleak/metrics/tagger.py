@@ -1,0 +1,202 @@
+"""The built-in tagger: a small multi-label CNN trained on the *public* split of a dataset
+(what ``gradleak train-tagger`` runs).
+
+Tags: ``class:<name>`` for every class present in the public split, plus the attribute tags of
+:mod:`gradleak.metrics.attributes` (tertile bins fitted on the public split; dominant colour). The targets
+of an image are its class tag and its attribute tags, one per group of mutually exclusive tags; the network
+gives a softmax per group and is trained with the sum of the groups' cross-entropies (Adam, cosine decay), on 90 % of the public split — the other 10 % (fixed by the seed) measures
+held-out class accuracy and tag F1, stored in the JSON.
+
+Network (:class:`TaggerNet`): three 3×3 conv–BN–ReLU stages (widths w, 2w, 4w) each followed by 2× max-pool,
+global average pool, linear head. :meth:`TaggerNet.features` returns the three stage outputs, which ROGS can use
+as a perceptual feature network (see :mod:`gradleak.attacks.rogs`).
+
+Files: ``tagger.safetensors`` (weights) + ``tagger.json`` (tag names, attribute cut points, architecture,
+dataset, command, seed, held-out scores), read with safetensors and JSON only.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gradleak.errors import UserError
+from gradleak.metrics.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
+from gradleak.metrics.semantic import ModelTagger
+
+FORMAT = "gradleak-tagger"
+VERSION = 1
+
+
+class TaggerNet(nn.Module):
+    """(N, channels, R, R) in [0, 1] → (N, num_tags) tag probabilities: a softmax within each group of mutually
+    exclusive tags (``groups``: group sizes in tag order — the classes, then three bins per attribute, then the
+    colours), so a 0.5 threshold keeps at most one tag per group."""
+
+    def __init__(self, channels: int = 1, num_tags: int = 10, width: int = 16, groups: list[int] | None = None):
+        super().__init__()
+        self.channels, self.num_tags, self.width = channels, num_tags, width
+        self.groups = [int(g) for g in (groups or [num_tags])]
+        if sum(self.groups) != num_tags or min(self.groups) < 1:
+            raise UserError(f"tagger: groups {self.groups} must be positive and sum to num_tags {num_tags}")
+        widths = [width, 2 * width, 4 * width]
+        cin, stages = channels, []
+        for w in widths:
+            stages.append(nn.Sequential(nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.head = nn.Linear(cin, num_tags)
+
+    def config(self) -> dict:
+        return {"channels": self.channels, "num_tags": self.num_tags, "width": self.width, "groups": self.groups}
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The output of each stage (before its max-pool)."""
+        h, out = x - 0.5, []
+        for i, stage in enumerate(self.stages):
+            h = stage(h if i == 0 else F.max_pool2d(h, 2))
+            out.append(h)
+        return out
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.head(F.max_pool2d(self.features(x)[-1], 2).mean((2, 3)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([g.softmax(1) for g in self.logits(x).split(self.groups, 1)], 1)
+
+    def loss(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Sum over groups of the cross-entropy to the one tag of each group that is on."""
+        total = x.new_zeros(())
+        for g, t in zip(self.logits(x).split(self.groups, 1), targets.split(self.groups, 1)):
+            total = total + F.cross_entropy(g, t.argmax(1))
+        return total
+
+
+@dataclass
+class TaggerConfig:
+    data: str = "digits"
+    split: str = "public"
+    resolution: int = 32
+    channels: int = 1
+    root: str | None = None
+    width: int = 16
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    holdout: float = 0.1
+    seed: int = 0
+
+
+def _command_line() -> str:
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("gradleak", "cli.py", "__main__.py"):
+        argv[0] = "gradleak"
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def target_matrix(images: Tensor, labels: Tensor, class_names: list[str], tag_names: list[str],
+                  cuts: dict[str, list[float]], colours: bool) -> Tensor:
+    """(N, T) 0/1 targets: the class tag and the attribute tags of each image."""
+    index = {t: i for i, t in enumerate(tag_names)}
+    y = torch.zeros(len(labels), len(tag_names))
+    for i, (lab, attrs) in enumerate(zip(labels.tolist(), attribute_tags(images, cuts, colours))):
+        for t in [f"class:{class_names[lab]}", *attrs]:
+            if t in index:
+                y[i, index[t]] = 1.0
+    return y
+
+
+def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, command: str | None = None) -> Path:
+    """Train the tagger on the public side of ``cfg.data`` and write ``out/tagger.safetensors`` + ``.json``."""
+    from tqdm.auto import tqdm
+
+    from gradleak.data import load_dataset
+
+    if cfg.steps < 1 or cfg.batch_size < 1 or not 0 <= cfg.holdout < 1:
+        raise UserError(f"train-tagger: steps and batch size must be >= 1 and holdout in [0, 1), got {cfg.steps}, "
+                        f"{cfg.batch_size}, {cfg.holdout}")
+    data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root,
+                        seed=cfg.seed)
+    names = data.class_names or [str(i) for i in range(data.num_classes)]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(data), generator=gen)
+    n_hold = int(round(cfg.holdout * len(data)))
+    hold, train = perm[:n_hold], perm[n_hold:]
+    x, lab = data.images[train], data.labels[train]
+    cuts = fit_bins(x)
+    classes = [f"class:{names[c]}" for c in sorted(set(data.labels.tolist()))]
+    tag_names = classes + attribute_vocabulary(cuts, attribute_values(x)["colour"])
+    colours = any(t.startswith("colour:") for t in tag_names)
+    y = target_matrix(x, lab, names, tag_names, cuts, colours)
+    torch.manual_seed(cfg.seed)
+    groups = [len(classes)] + [3] * len(cuts) + ([len(tag_names) - len(classes) - 3 * len(cuts)] if colours else [])
+    net = TaggerNet(cfg.channels, len(tag_names), cfg.width, groups)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    t0 = time.perf_counter()
+    net.train()
+    for _ in tqdm(range(cfg.steps), desc=f"train-tagger {cfg.data}", disable=not progress, dynamic_ncols=True):
+        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        loss = net.loss(x[idx], y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    seconds = time.perf_counter() - t0
+    held = {}
+    if n_hold:
+        tagger = ModelTagger(net, tag_names, outputs="probabilities")
+        xh, lh = data.images[hold], data.labels[hold]
+        pred = tagger(xh)
+        truth = [[t for t, v in zip(tag_names, row) if v > 0]
+                 for row in target_matrix(xh, lh, names, tag_names, cuts, colours)]
+        from gradleak.metrics.semantic import jaccard
+
+        cls_ok = [f"class:{names[int(c)]}" in p for c, p in zip(lh, pred)]
+        held = {"images": n_hold, "class_accuracy": sum(cls_ok) / n_hold,
+                "mean_jaccard_to_truth": sum(jaccard(a, b) for a, b in zip(pred, truth)) / n_hold}
+    meta = {"format": FORMAT, "version": VERSION, "arch": net.config(), "tag_names": tag_names, "cuts": cuts,
+            "colours": colours, "dataset": cfg.data, "split": cfg.split, "channels": cfg.channels,
+            "resolution": cfg.resolution, "seed": cfg.seed, "command": command or _command_line(),
+            "train_config": asdict(cfg), "train_seconds": round(seconds, 1), "held_out": held,
+            "torch": torch.__version__}
+    from gradleak.priors.enhancer import save_pair
+
+    st, _ = save_pair(Path(out) / "tagger", net.state_dict(), meta)
+    return st
+
+
+def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None = None, name: str = "") -> ModelTagger:
+    """Load a ``train-tagger`` result (safetensors + JSON only)."""
+    from safetensors.torch import load_file
+
+    stem = Path(path)
+    if stem.is_dir():
+        stem = stem / "tagger"
+    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    for f in (st, js):
+        if not f.is_file():
+            raise UserError(f"metrics.tagger: file not found: {str(f)!r}")
+    try:
+        meta = json.loads(js.read_text())
+        tensors = load_file(str(st))
+    except Exception as err:  # noqa: BLE001 - corrupt files are one line
+        raise UserError(f"metrics.tagger: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
+    if meta.get("format") != FORMAT:
+        raise UserError(f"metrics.tagger: {path} is not a gradleak tagger (format {meta.get('format')!r})")
+    net = TaggerNet(**meta["arch"])
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as err:
+        raise UserError(f"metrics.tagger: weights do not match {path}'s architecture: {str(err).splitlines()[0]}") from None
+    return ModelTagger(net, meta["tag_names"], threshold=threshold, top_k=top_k, name=name or str(path),
+                       input_channels=meta["channels"], input_resolution=meta["resolution"], outputs="probabilities",
+                       meta=meta)
