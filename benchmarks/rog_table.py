@@ -53,23 +53,31 @@ VICTIM_OPTIONS = {"c1": 16, "c2": 32, "hidden": 256}
 RESOLUTION, BATCH = 64, 8
 
 
-def capture_setting(setting: int, seed: int):
+def capture_case(defense: list, seed: int, precode: int | None = None, *, data_name: str = "photos",
+                 resolution: int = RESOLUTION, channels: int = 3, batch: int = BATCH):
+    """The ROG benchmark's client: a private batch (labels not distinct), the reduced ROG LeNet-5 (optionally
+    PRECODE-wrapped) initialised from ``seed``, FedAvg τ = 5 at lr 5e-3, the ``defense`` chain, labels given.
+    Returns (model, images, observation)."""
     import gradleak as gl
     from gradleak.models import build_model, init_model
 
-    label, defense, precode = SETTINGS[setting]
-    data = gl.load_dataset("photos", split="private", resolution=RESOLUTION, channels=3)
-    x, y = gl.sample_batch(data, BATCH, distinct_labels=False, seed=seed)
+    data = gl.load_dataset(data_name, split="private", resolution=resolution, channels=channels)
+    x, y = gl.sample_batch(data, batch, distinct_labels=False, seed=seed)
     if precode:
         name, opts = "precode", {"base": VICTIM, "base_options": VICTIM_OPTIONS, "bottleneck": precode, "seed": seed}
     else:
         name, opts = VICTIM, dict(VICTIM_OPTIONS)
-    model = init_model(build_model(name, data.num_classes, 3, RESOLUTION, **opts), seed)
-    model.gradleak_spec = {"name": name, "num_classes": data.num_classes, "in_channels": 3,
-                           "resolution": RESOLUTION, "options": opts}
+    model = init_model(build_model(name, data.num_classes, channels, resolution, **opts), seed)
+    model.gradleak_spec = {"name": name, "num_classes": data.num_classes, "in_channels": channels,
+                           "resolution": resolution, "options": opts}
     case = gl.Case(model, x, y, gl.Protocol(kind="fedavg", local_steps=5, lr=5e-3), gl.build_defenses(defense),
                    model.gradleak_spec, give_labels=True)
     return model, x, gl.capture(case, seed=seed)
+
+
+def capture_setting(setting: int, seed: int):
+    _label, defense, precode = SETTINGS[setting]
+    return capture_case(defense, seed, precode)
 
 
 def run_job(args: tuple[int, str, int, int]) -> dict:

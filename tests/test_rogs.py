@@ -166,6 +166,10 @@ def test_builtin_tagger_ships_and_tags_private_images(name):
     j_noise = sum(jaccard(a, b) for a, b in zip(tagger(noise), tags[:8])) / 8
     j_self = sum(jaccard(a, b) for a, b in zip(tagger(x[:8]), tags[:8])) / 8
     assert j_self == 1.0 and j_noise < 0.5
+    # auto: the dataset's tagger, with the images converted (grey digits drawn as RGB get the same tags)
+    rgb = load_tagger("auto", shape=(3, 32, 32), dataset=meta["dataset"])
+    assert rgb is not None and rgb(x[:8].repeat(1, 3, 1, 1)) == tags[:8]
+    assert load_tagger("auto", shape=(3, 32, 32), dataset="photos") is None
 
 
 def test_train_tagger_cli(tmp_path, cli):

@@ -1,30 +1,35 @@
 """Image attributes that a tagger can learn from public data alone (the non-class tags of the built-in tagger).
 
-Each attribute is a function of the pixels (``N x C x H x W`` in [0, 1]), computed batched:
+Each attribute is a function of the pixels (``N x C x H x W`` in [0, 1]), computed batched. Tone and colour:
 
-* ``brightness`` — mean luma (BT.601);
-* ``contrast`` — standard deviation of luma;
-* ``edges`` — edge density: fraction of pixels whose Sobel gradient magnitude of luma exceeds 0.25;
+* ``brightness`` — mean luma (BT.601) — for digits, how much ink (bold / thin strokes);
 * ``colourfulness`` — Hasler & Süsstrunk (2003): √(σ_rg² + σ_yb²) + 0.3·√(μ_rg² + μ_yb²);
-* ``centre_x`` / ``centre_y`` — horizontal / vertical centre of the luma mass, in [0, 1];
 * ``colour`` — dominant colour: the hue sextant (red, yellow, green, cyan, blue, magenta) of the mean colour
   of the saturated pixels, or ``grey`` when fewer than 5 % of the pixels have saturation ≥ 0.25.
+
+Layout, from the moments of the luma mass (coordinates in [0, 1]; robust to blur, unlike edge or contrast
+statistics, so a blurred but faithful reconstruction keeps them):
+
+* ``centre_x`` / ``centre_y`` — centre of mass (where the subject is);
+* ``spread`` — √(μ20 + μ02), the subject's size;
+* ``aspect`` — √(μ20 / μ02), wide or tall;
+* ``slant`` — μ11 / μ02, the shear of the mass (left- or right-leaning strokes).
 
 The continuous ones are binned into ``low`` / ``mid`` / ``high`` at the tertiles of the *public* split
 (:func:`fit_bins`), so every tag is defined by public data; an attribute whose public values fall in a
 single bin (e.g. colourfulness on grey digits) carries no information and is dropped. A tag reads
-``"<attribute>:<value>"``, e.g. ``"edges:high"``, ``"colour:blue"``.
+``"<attribute>:<value>"``, e.g. ``"slant:high"``, ``"colour:blue"``. (Edge density and contrast were tried
+first and dropped: a few tenths of a dB of blur move them across a bin, so they measured sharpness, not content.)
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 LUMA = (0.299, 0.587, 0.114)
 HUES = ("red", "yellow", "green", "cyan", "blue", "magenta")
 BINS = ("low", "mid", "high")
-CONTINUOUS = ("brightness", "contrast", "edges", "colourfulness", "centre_x", "centre_y")
+CONTINUOUS = ("brightness", "colourfulness", "centre_x", "centre_y", "spread", "aspect", "slant")
 
 
 def luma(x: Tensor) -> Tensor:
@@ -38,14 +43,6 @@ def _rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
 
 
-def edge_density(x: Tensor, threshold: float = 0.25) -> Tensor:
-    """Fraction of pixels whose Sobel gradient magnitude (of luma, replicate padding) exceeds ``threshold``."""
-    y = F.pad(luma(x)[:, None], (1, 1, 1, 1), mode="replicate")
-    kx = x.new_tensor([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]).reshape(1, 1, 3, 3) / 4
-    gx, gy = F.conv2d(y, kx), F.conv2d(y, kx.transpose(-1, -2))
-    return ((gx.square() + gy.square()).sqrt() > threshold).float().mean((1, 2, 3))
-
-
 def colourfulness(x: Tensor) -> Tensor:
     """Hasler & Süsstrunk's colourfulness (0 for grey images)."""
     r, g, b = _rgb(x).unbind(1)
@@ -55,15 +52,25 @@ def colourfulness(x: Tensor) -> Tensor:
     return std + 0.3 * mean
 
 
-def mass_centre(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Centre of the luma mass (column, row) in [0, 1]; 0.5 for an all-black image."""
+def mass_moments(x: Tensor) -> dict[str, Tensor]:
+    """Centre, spread, aspect and slant of the luma mass (see the module docstring); an all-black image gives
+    centre 0.5 and zero spread, aspect 1, slant 0."""
     y = luma(x)
     H, W = y.shape[-2:]
-    total = y.sum((1, 2)).clamp_min(1e-8)
-    cols = (y.sum(1) * torch.linspace(0, 1, W, dtype=y.dtype)).sum(1) / total
-    rows = (y.sum(2) * torch.linspace(0, 1, H, dtype=y.dtype)).sum(1) / total
-    empty = y.sum((1, 2)) < 1e-8
-    return cols.masked_fill(empty, 0.5), rows.masked_fill(empty, 0.5)
+    m = y.sum((1, 2))
+    empty = m < 1e-8
+    m = m.clamp_min(1e-8)
+    xs, ys = torch.linspace(0, 1, W, dtype=y.dtype), torch.linspace(0, 1, H, dtype=y.dtype)
+    cx = (y.sum(1) * xs).sum(1) / m
+    cy = (y.sum(2) * ys).sum(1) / m
+    dx, dy = xs[None, None, :] - cx[:, None, None], ys[None, :, None] - cy[:, None, None]
+    mu20, mu02, mu11 = ((y * dx * dx).sum((1, 2)) / m, (y * dy * dy).sum((1, 2)) / m,
+                        (y * dx * dy).sum((1, 2)) / m)
+    eps = 1e-8
+    return {"centre_x": cx.masked_fill(empty, 0.5), "centre_y": cy.masked_fill(empty, 0.5),
+            "spread": (mu20 + mu02).clamp_min(0).sqrt().masked_fill(empty, 0.0),
+            "aspect": ((mu20 + eps) / (mu02 + eps)).sqrt().masked_fill(empty, 1.0),
+            "slant": (mu11 / (mu02 + eps)).masked_fill(empty, 0.0)}
 
 
 def dominant_colour(x: Tensor, min_saturation: float = 0.25, min_fraction: float = 0.05) -> list[str]:
@@ -83,10 +90,8 @@ def dominant_colour(x: Tensor, min_saturation: float = 0.25, min_fraction: float
 def attribute_values(x: Tensor) -> dict[str, Tensor | list[str]]:
     """Every attribute of every image: continuous ones as (N,) tensors, ``colour`` as a list of names."""
     x = x.detach().float().clamp(0, 1)
-    y = luma(x)
-    cx, cy = mass_centre(x)
-    return {"brightness": y.mean((1, 2)), "contrast": y.flatten(1).std(1, unbiased=False), "edges": edge_density(x),
-            "colourfulness": colourfulness(x), "centre_x": cx, "centre_y": cy, "colour": dominant_colour(x)}
+    return {"brightness": luma(x).mean((1, 2)), "colourfulness": colourfulness(x), **mass_moments(x),
+            "colour": dominant_colour(x)}
 
 
 def fit_bins(public: Tensor) -> dict[str, list[float]]:

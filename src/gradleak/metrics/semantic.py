@@ -6,7 +6,8 @@ A *tagger* maps images to sets of tags. The paper uses a multi-label classifier 
 (9,600 tags); none can be downloaded here, so any multi-label classifier can be plugged in
 (:func:`load_tagger`):
 
-* ``auto`` — the built-in tagger for the images' shape, if one is shipped (:data:`BUILTIN_TAGGERS`);
+* ``auto`` — the built-in tagger of the run's dataset, or else one trained on images of this shape, if one is
+  shipped (:data:`BUILTIN_TAGGERS`);
 * a built-in name (``digits``) — trained by ``gradleak train-tagger`` on the *public* split of a built-in
   dataset: its classes plus the attribute tags of :mod:`gradleak.metrics.attributes` (see the JSON beside
   the weights for the command and seed);
@@ -152,16 +153,19 @@ def _from_import(path: str, threshold: float, top_k: int | None):
 
 
 def load_tagger(spec: str | Path = "auto", *, threshold: float = 0.5, top_k: int | None = None,
-                shape: tuple[int, int, int] | None = None):
-    """A tagger from ``spec`` (see the module docstring). ``auto`` needs ``shape`` = (C, H, W) and returns
-    None when no built-in tagger fits it; ``none`` returns None."""
+                shape: tuple[int, int, int] | None = None, dataset: str | None = None):
+    """A tagger from ``spec`` (see the module docstring); ``none`` returns None. ``auto``: the built-in tagger
+    of ``dataset`` when there is one (images are converted to its channels and resolution), else the one
+    trained on images of ``shape`` = (C, H, W), else None."""
     text = str(spec).strip() if spec is not None else "none"
     if text == "none":
         return None
     if text == "auto":
-        if shape is None:
-            raise bad_value(KEY, text, "auto only with the images' shape known")
-        name = auto_tagger(int(shape[0]), int(shape[-1]))
+        if dataset in BUILTIN_TAGGERS and builtin_tagger_path(dataset).is_file():
+            text = dataset
+        elif shape is None:
+            return None
+        name = text if text != "auto" else auto_tagger(int(shape[0]), int(shape[-1]))
         if name is None:
             return None
         text = name
@@ -183,9 +187,10 @@ def load_tagger(spec: str | Path = "auto", *, threshold: float = 0.5, top_k: int
     raise bad_value(KEY, text, _allowed())
 
 
-def tagger_unavailable(shape: tuple[int, int, int]) -> str:
+def tagger_unavailable(shape: tuple[int, int, int], dataset: str | None = None) -> str:
     """Why ``auto`` found no tagger for images of ``shape``."""
-    return (f"no built-in tagger for {shape[0]}-channel {shape[-1]}×{shape[-1]} images (built-in: "
+    what = f"dataset {dataset!r} or " if dataset else ""
+    return (f"no built-in tagger for {what}{shape[0]}-channel {shape[-1]}×{shape[-1]} images (built-in: "
             f"{', '.join(BUILTIN_TAGGERS)}); train one with gradleak train-tagger and set metrics.tagger")
 
 

@@ -7,9 +7,10 @@ of an image are its class tag and its attribute tags, one per group of mutually 
 gives a softmax per group and is trained with the sum of the groups' cross-entropies (Adam, cosine decay), on 90 % of the public split — the other 10 % (fixed by the seed) measures
 held-out class accuracy and tag F1, stored in the JSON.
 
-Network (:class:`TaggerNet`): three 3×3 conv–BN–ReLU stages (widths w, 2w, 4w) each followed by 2× max-pool,
-global average pool, linear head. :meth:`TaggerNet.features` returns the three stage outputs, which ROGS can use
-as a perceptual feature network (see :mod:`gradleak.attacks.rogs`).
+Network (:class:`TaggerNet`): three 3×3 conv–BN–ReLU stages (widths w, 2w, 4w), 2× max-pool between them, the
+last stage average-pooled to 4×4 and flattened (so the layout tags can see where things are), a linear head.
+:meth:`TaggerNet.features` returns the three stage outputs (a perceptual feature network for
+:mod:`gradleak.attacks.perceptual`, ``perceptual: tagger``).
 
 Files: ``tagger.safetensors`` (weights) + ``tagger.json`` (tag names, attribute cut points, architecture,
 dataset, command, seed, held-out scores), read with safetensors and JSON only.
@@ -52,7 +53,7 @@ class TaggerNet(nn.Module):
             stages.append(nn.Sequential(nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()))
             cin = w
         self.stages = nn.ModuleList(stages)
-        self.head = nn.Linear(cin, num_tags)
+        self.head = nn.Linear(cin * 16, num_tags)
 
     def config(self) -> dict:
         return {"channels": self.channels, "num_tags": self.num_tags, "width": self.width, "groups": self.groups}
@@ -66,7 +67,7 @@ class TaggerNet(nn.Module):
         return out
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.head(F.max_pool2d(self.features(x)[-1], 2).mean((2, 3)))
+        return self.head(F.adaptive_avg_pool2d(self.features(x)[-1], 4).flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([g.softmax(1) for g in self.logits(x).split(self.groups, 1)], 1)

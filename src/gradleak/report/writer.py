@@ -18,14 +18,15 @@ def score(rec: Reconstruction, originals: Tensor, lpips_dir: str | None = None) 
     return score_images(rec.images, originals, lpips_model=net, lpips_reason=reason)
 
 
-def semantic(matched: Tensor, originals: Tensor, cfg) -> dict:
+def semantic(matched: Tensor, originals: Tensor, cfg, dataset: str | None = None) -> dict:
     """Tags of originals and matched reconstructions and their Jaccard index (eq. 21), or why unavailable."""
     from gradleak.metrics.semantic import load_tagger, semantic_scores, tagger_unavailable
 
     shape = tuple(originals.shape[1:])
-    tagger = load_tagger(cfg.tagger, threshold=cfg.tagger_threshold, top_k=cfg.tagger_top_k, shape=shape)
+    tagger = load_tagger(cfg.tagger, threshold=cfg.tagger_threshold, top_k=cfg.tagger_top_k, shape=shape,
+                         dataset=dataset)
     if tagger is None:
-        why = "metrics.tagger is none" if cfg.tagger == "none" else tagger_unavailable(shape)
+        why = "metrics.tagger is none" if cfg.tagger == "none" else tagger_unavailable(shape, dataset)
         return {"jaccard": None, "jaccard_unavailable": why}
     out = semantic_scores(tagger, matched, originals)
     return {"jaccard": out["jaccard"], "jaccard_unavailable": None, "tags": out["tags"], "tagger": out["tagger"]}
@@ -56,7 +57,7 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
     reconstruction_grid(originals, matched, captions, out / "reconstruction.png")
     write_trace_csv(rec.trace, out / "trace.csv")
     loss_plot(rec.trace, out / "loss.png")
-    sem = semantic(matched, originals, cfg.metrics)
+    sem = semantic(matched, originals, cfg.metrics, cfg.data.name)
     images = list(DEFAULT_IMAGES)
     extra: dict = {}
     if "rogs_path" in rec.extra:
