@@ -1,0 +1,259 @@
+"""GIAS Table 1 at small scale (issue 4 acceptance), plus Figure 1 (reconstruction over iterations and cost).
+
+Setting, on both built-in datasets (``digits``, 1 channel; ``photos``, RGB), 32×32:
+* ``--batches`` (default 20) private batches of 4 images with distinct labels (run seeds 0, 1, …);
+* FedSGD, BatchNorm in train mode, the batch's BN statistics shared (needed by the exact +BN prior);
+* victim: the InvertGrad ConvNet at width 2 with BatchNorm (≈ 3k parameters) — fewer gradient entries
+  than unknown pixels (4·C·32·32 = 4096 digits, 12288 photos), so the problem is under-determined and the
+  prior has to supply what the gradient cannot;
+* columns: GI-x (InvertGrad), GI-z, GI-w, GI-z/w (GIAS), GI-x+BN, GI-z/w+BN; the GI-z with the prior of
+  the *other* dataset (wrong domain); the random-gradient control (same prior, true labels, the upload
+  replaced by noise of the same norm) for GI-z and GI-z/w; all of it again at gradient sparsity 0.95
+  (top-k; the attacker compares on the observed support — masked cosine);
+* GIAS appendix G defaults: cosine distance, Adam, lr_z 3e-2, lr_w 1e-3, ×0.1 at 3/8, 5/8, 7/8, TV 1e-4,
+  best of 4 restarts (batched) by the final loss. Every attack gets the same budget of ``--iterations``
+  (default 800) steps: GI-z/w splits it into half z, half w.
+* priors: the shipped DCGAN priors ``digits`` / ``photos`` (trained on the public split only).
+
+Prints a Markdown table per dataset (mean PSNR, SSIM, LPIPS when its weights are installed, best-in-batch
+PSNR, seconds per reconstruction) and the acceptance checks; writes ``--out``/``table.md``,
+``grid_<dataset>.png`` (first batch, every column) and ``figure1.png`` (GI-x, GI-z, GI-z/x, GI-z/w on one
+photos batch: the image over iterations, PSNR vs iteration and seconds per iteration).
+
+    python benchmarks/gias_table.py [--batches 20] [--iterations 800] [--workers 2] [--out runs/gias_table]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from _common import ROOT, parallel_map
+
+DATASETS = {"digits": (1, "photos"), "photos": (3, "digits")}  # channels, wrong-domain prior
+VICTIM = ("convnet", {"width": 2, "batchnorm": True})
+BATCH, RESOLUTION, BN_WEIGHT = 4, 32, 1e-2
+# column -> (attack, options); "{prior}" / "{wrong}" are filled per dataset
+COLUMNS = {
+    "GI-x": ("gi-x", {}),
+    "GI-z": ("gi-z", {"prior": "{prior}"}),
+    "GI-w": ("gi-w", {"prior": "{prior}"}),
+    "GI-z/w": ("gi-zw", {"prior": "{prior}"}),
+    "GI-x+BN": ("gi-x", {"bn": BN_WEIGHT}),
+    "GI-z/w+BN": ("gi-zw", {"prior": "{prior}", "bn": BN_WEIGHT}),
+    "GI-z wrong prior": ("gi-z", {"prior": "{wrong}"}),
+    "GI-z control": ("gi-z", {"prior": "{prior}", "control": True}),
+    "GI-z/w control": ("gi-zw", {"prior": "{prior}", "control": True}),
+}
+SPARSITIES = (0.0, 0.95)
+FIGURE1 = ("GI-x", "GI-z", "GI-z/x", "GI-z/w")
+
+
+def capture(dataset: str, sparsity: float, seed: int):
+    import gradleak as gl
+    from gradleak.models import build_model, init_model
+
+    channels = DATASETS[dataset][0]
+    data = gl.load_dataset(dataset, split="private", resolution=RESOLUTION, channels=channels)
+    x, y = gl.sample_batch(data, BATCH, distinct_labels=True, seed=seed)
+    name, opts = VICTIM
+    model = init_model(build_model(name, data.num_classes, channels, RESOLUTION, **opts), seed)
+    model.gradleak_spec = {"name": name, "num_classes": data.num_classes, "in_channels": channels,
+                           "resolution": RESOLUTION, "options": dict(opts)}
+    defense = [{"name": "topk", "sparsity": sparsity}] if sparsity else []
+    case = gl.Case(model, x, y, gl.Protocol(kind="fedsgd", bn_mode="train", share_bn_stats=True),
+                   gl.build_defenses(defense), model.gradleak_spec, give_labels=True)
+    return model, x, gl.capture(case, seed=seed)
+
+
+def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: float, snapshot_every: int = 0):
+    from gradleak.attacks.presets import build_attack
+
+    prior, wrong = dataset, DATASETS[dataset][1]
+    opts = {k: (v.format(prior=prior, wrong=wrong) if isinstance(v, str) else v) for k, v in options.items()}
+    opts["distance"] = "masked_cosine" if sparsity else "cosine"
+    if attack in ("gi-zw", "gi-zx"):
+        opts |= {"iterations_z": iterations // 2, ("iterations_w" if attack == "gi-zw" else "iterations_x"):
+                 iterations - iterations // 2}
+    else:
+        opts["iterations"] = iterations
+    if attack == "gi-x":
+        opts["restarts"] = 4
+    if opts.get("bn"):
+        opts["bn_source"] = "exact"
+    if snapshot_every:
+        opts["snapshot_every"] = snapshot_every
+    return build_attack(attack, **opts)
+
+
+def run_job(args: tuple[str, float, str, int, int]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
+
+    dataset, sparsity, column, iterations, seed = args
+    model, x, obs = capture(dataset, sparsity, seed)
+    attack = build(dataset, *COLUMNS[column], iterations, sparsity)
+    rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
+    weights, reason = lpips_status()
+    s = score_images(rec.images, x, lpips_model=load_lpips() if weights is not None else None, lpips_reason=reason)
+    return {"dataset": dataset, "sparsity": sparsity, "column": column, "seed": seed, "seconds": rec.seconds,
+            "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"],
+            "lpips": None if s["lpips"] is None else s["lpips"]["per_image"],
+            "images": apply_match(rec.images, s["order"]).to(torch.float16) if seed == 0 else None,
+            "originals": x.to(torch.float16) if seed == 0 else None}
+
+
+def figure1_job(args: tuple[str, int, int]) -> dict:
+    """One batch, the four Figure 1 attacks with snapshots; PSNR of the best restart per snapshot."""
+    import torch
+
+    torch.set_num_threads(1)
+    from gradleak.metrics import score_images
+
+    dataset, iterations, seed = args
+    model, x, obs = capture(dataset, 0.0, seed)
+    presets = {"GI-x": ("gi-x", {}), "GI-z": ("gi-z", {"prior": "{prior}"}),
+               "GI-z/x": ("gi-zx", {"prior": "{prior}"}), "GI-z/w": ("gi-zw", {"prior": "{prior}"})}
+    out = {"originals": x, "rows": {}}
+    for name in FIGURE1:
+        attack = build(dataset, *presets[name], iterations, 0.0, snapshot_every=max(1, iterations // 8))
+        rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
+        snaps = [(it, imgs[rec.best_restart]) for it, imgs in rec.extra["snapshots"]]
+        curve = [(it, float(score_images(im, x)["psnr"]["mean"])) for it, im in snaps]
+        out["rows"][name] = {"snaps": snaps, "curve": curve, "sec_per_it": rec.seconds / rec.iterations}
+    return out
+
+
+def draw_figure1(fig: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gradleak.report.grid import tensor_to_pil
+
+    rows = fig["rows"]
+    n = max(len(r["snaps"]) for r in rows.values())
+    f = plt.figure(figsize=(2 + 1.1 * (n + 1), 2.0 + 1.1 * len(rows) + 2.6))
+    gs = f.add_gridspec(len(rows) + 2, n + 1, height_ratios=[1] * len(rows) + [0.25, 2.4])
+    for i, (name, r) in enumerate(rows.items()):
+        for j, (it, im) in enumerate(r["snaps"]):
+            ax = f.add_subplot(gs[i, j])
+            ax.imshow(tensor_to_pil(im[0].float()), cmap="gray" if im.shape[1] == 1 else None)
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"it {it}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9)
+        ax = f.add_subplot(gs[i, n])
+        ax.imshow(tensor_to_pil(fig["originals"][0]), cmap="gray" if fig["originals"].shape[1] == 1 else None)
+        ax.set_xticks([]), ax.set_yticks([])
+        if i == 0:
+            ax.set_title("original", fontsize=8)
+    ax = f.add_subplot(gs[-1, : (n + 1) // 2 + 1])
+    for name, r in rows.items():
+        ax.plot(*zip(*r["curve"]), marker="o", ms=3, label=name)
+    ax.set_xlabel("iteration"), ax.set_ylabel("PSNR (dB), batch mean"), ax.legend(fontsize=8)
+    ax = f.add_subplot(gs[-1, (n + 1) // 2 + 2:])
+    ax.bar(list(rows), [1e3 * r["sec_per_it"] for r in rows.values()], color="tab:gray")
+    ax.set_ylabel("ms / iteration (4 restarts)"), ax.tick_params(axis="x", labelsize=8)
+    f.tight_layout()
+    f.savefig(path, dpi=110)
+    plt.close(f)
+
+
+def mean(xs):
+    return statistics.mean(xs) if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--iterations", type=int, default=800)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--datasets", default="digits,photos")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "gias_table"))
+    args = ap.parse_args()
+    datasets = args.datasets.split(",")
+    jobs = [(d, sp, col, args.iterations, b) for b in range(args.batches) for d in datasets for sp in SPARSITIES
+            for col in COLUMNS if not (sp and ("wrong" in col or "control" in col))]
+    t0 = time.time()
+    results = parallel_map(run_job, jobs, args.workers)
+    fig = figure1_job(("photos" if "photos" in datasets else datasets[0], args.iterations, 0))
+    wall = time.time() - t0
+
+    def cell(d, sp, col, key, how=mean):
+        vals = [v for r in results if (r["dataset"], r["sparsity"], r["column"]) == (d, sp, col) and r[key] is not None
+                for v in (r[key] if isinstance(r[key], list) else [r[key]])]
+        return how(vals) if vals else None
+
+    def best(d, sp, col):
+        return mean([max(r["psnr"]) for r in results if (r["dataset"], r["sparsity"], r["column"]) == (d, sp, col)])
+
+    have_lpips = any(r["lpips"] is not None for r in results)
+    lines = [f"GIAS Table 1 (small scale): ConvNet width 2 + BN (train mode, FedSGD), batch {BATCH} distinct labels, "
+             f"{RESOLUTION}×{RESOLUTION}, {args.batches} batches = {args.batches * BATCH} images per cell, "
+             f"{args.iterations} iterations per attack, best of 4 restarts, oracle labels", ""]
+    checks, fails = [], 0
+    for d in datasets:
+        for sp in SPARSITIES:
+            lines += [f"**{d}, sparsity {sp}**", "",
+                      "| attack | PSNR (dB) | SSIM | LPIPS | best-in-batch PSNR | s / reconstruction |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for col in COLUMNS:
+                if cell(d, sp, col, "psnr") is None:
+                    continue
+                lp = cell(d, sp, col, "lpips")
+                lines.append(f"| {col} | {cell(d, sp, col, 'psnr'):.2f} | {cell(d, sp, col, 'ssim'):.3f} | "
+                             f"{'n/a' if lp is None else f'{lp:.3f}'} | {best(d, sp, col):.2f} | "
+                             f"{cell(d, sp, col, 'seconds'):.1f} |")
+            lines.append("")
+            p = {c: cell(d, sp, c, "psnr") for c in COLUMNS}
+            tests = [
+                ("GI-z/w > GI-z", p["GI-z/w"] > p["GI-z"]),
+                (f"GI-z/w − GI-x = {p['GI-z/w'] - p['GI-x']:.2f} dB ≥ 1.8", p["GI-z/w"] - p["GI-x"] >= 1.8),
+                ("GI-z/w+BN ≥ GI-x+BN", p["GI-z/w+BN"] >= p["GI-x+BN"]),
+            ]
+            if not sp:
+                tests += [
+                    (f"wrong-domain prior worse for GI-z ({p['GI-z wrong prior']:.2f} < {p['GI-z']:.2f})",
+                     p["GI-z wrong prior"] < p["GI-z"]),
+                    (f"control below the attack: GI-z {p['GI-z control']:.2f} < {p['GI-z']:.2f}, "
+                     f"GI-z/w {p['GI-z/w control']:.2f} < {p['GI-z/w']:.2f}",
+                     p["GI-z control"] < p["GI-z"] and p["GI-z/w control"] < p["GI-z/w"]),
+                ]
+            for text, ok in tests:
+                checks.append(f"- {d}, sparsity {sp}: {text}: {'yes' if ok else 'NO'}")
+                fails += not ok
+    if not have_lpips:
+        lines.append("LPIPS: unavailable here (AlexNet / LPIPS weights not installed; see README, Metrics).")
+    fig_lines = [f"Figure 1 ({'photos' if 'photos' in datasets else datasets[0]}, batch 0): ms per iteration "
+                 + ", ".join(f"{k} {1e3 * r['sec_per_it']:.0f}" for k, r in fig["rows"].items())
+                 + "; final PSNR " + ", ".join(f"{k} {r['curve'][-1][1]:.2f}" for k, r in fig["rows"].items())]
+    text = "\n".join(lines + ["", *checks, "", *fig_lines, "",
+                              f"total wall time {wall / 60:.1f} min ({len(jobs)} runs, {args.workers} workers)"])
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text + "\n")
+    draw_figure1(fig, out / "figure1.png")
+    from gradleak.report import image_rows
+
+    for d in datasets:
+        first = {(r["sparsity"], r["column"]): r for r in results if r["dataset"] == d and r["seed"] == 0}
+        rows, labels = [], []
+        for (sp, col), r in first.items():
+            if not rows:
+                rows.append(r["originals"].float()), labels.append("original")
+            rows.append(r["images"].float()), labels.append(f"{col} @{sp}" if sp else col)
+        image_rows(rows, labels, out / f"grid_{d}.png", scale=2)
+    print(f"\nwrote {out}/table.md, figure1.png, grid_*.png")
+    if fails:
+        print(f"{fails} acceptance check(s) failed")
+
+
+if __name__ == "__main__":
+    main()
