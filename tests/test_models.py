@@ -327,3 +327,15 @@ def test_pretrain_zero_steps_and_bad_input():
         pretrain(model, images, torch.full((16,), 9), steps=1)
     with pytest.raises(UserError, match="images"):
         pretrain(model, images[0], labels, steps=1)
+
+
+def test_lenet_width_and_batchnorm_options():
+    plain = build_model("lenet", 10, 1, 32)
+    small = build_model("lenet", 10, 1, 32, width=4, batchnorm=True)
+    assert [k for k in plain.state_dict()] == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias",
+                                               "body.4.weight", "body.4.bias", "classifier.weight", "classifier.bias"]
+    assert small.classifier.in_features == 4 * 8 * 8
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in small.modules()) == 3
+    assert small(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(UserError, match="lenet option width"):
+        build_model("lenet", 10, 1, 32, width=0)
