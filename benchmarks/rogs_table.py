@@ -1,6 +1,6 @@
 """ROG vs ROGS under 3-bit quantisation, with Table 2's calibration rows (issue 7 acceptance).
 
-Setting: built-in ``digits`` (private side, 32×32 grey — the only built-in set whose public and private sides
+Setting (``--defense``, default 3-bit quantisation): built-in ``digits`` (private side, 32×32 grey — the only built-in set whose public and private sides
 share their classes, so a conditional generator and a tagger trained on public data cover the private images),
 batches of ``--batch`` (default 8, labels not distinct) drawn with seeds 0, 1, …; the ROG benchmark's client
 (``rog_table.capture_case``: reduced ROG LeNet-5, FedAvg τ = 5, lr 5e-3, labels given) with uniform 3-bit
@@ -21,7 +21,9 @@ tag sets (eq. 21; threshold 0.5), Jaccard on the attribute tags only (class tags
 (the two images get the same class tag). Written to ``--out`` (default ``runs/rogs_table``): ``table.md``,
 ``rows.png`` (original, ROG, ROGS, same-class, noise for the first batch) and ``rogs_path.png`` (Figure 10).
 
-    python benchmarks/rogs_table.py [--batches 4] [--batch 8] [--rogs-iterations 1000] [--workers 2]
+    python benchmarks/rogs_table.py [--batches 8] [--batch 8] [--rogs-iterations 1000] [--workers 2]
+                                    [--defense quantize|qsgd|sign|none] [--perceptual auto|enhancer|none|...]
+                                    [--latent-constraint sphere|none]
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from pathlib import Path
 from _common import ROOT, parallel_map  # noqa: F401  (puts src/ on sys.path)
 from rog_table import capture_case
 
-DEFENSE = [{"name": "quantize", "bits": 3}]
+DEFENSES = {"quantize": [{"name": "quantize", "bits": 3}], "qsgd": [{"name": "qsgd", "bits": 3}],
+            "sign": [{"name": "sign"}], "none": []}
 DATA, RESOLUTION, CHANNELS = "digits", 32, 1
 REPEATS = 5
 ROWS = ["rog", "rogs", "start", "same_class", "noise"]
@@ -61,7 +64,7 @@ def pair_scores(images, originals, tagger, lpips_net) -> dict:
             "tags": [(a, b) for a, b in zip(ta, tb)]}
 
 
-def run_job(args: tuple[int, int, int]) -> dict:
+def run_job(args: tuple[int, int, int, str, str, str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -70,13 +73,15 @@ def run_job(args: tuple[int, int, int]) -> dict:
     from gradleak.metrics import apply_match, load_lpips, lpips_status, match
     from gradleak.metrics.semantic import load_tagger
 
-    seed, batch, rogs_iterations = args
-    model, x, obs = capture_case(DEFENSE, seed, data_name=DATA, resolution=RESOLUTION, channels=CHANNELS, batch=batch)
+    seed, batch, rogs_iterations, defense, perceptual, constraint = args
+    model, x, obs = capture_case(DEFENSES[defense], seed, data_name=DATA, resolution=RESOLUTION, channels=CHANNELS,
+                                 batch=batch)
     tagger = load_tagger("digits")
     weights, _reason = lpips_status()
     net = load_lpips() if weights is not None else None
     t0 = time.perf_counter()
-    rec = ROGS(iterations=100, enhancer="digits32", rogs_iterations=rogs_iterations)(
+    rec = ROGS(iterations=100, enhancer="digits32", rogs_iterations=rogs_iterations, perceptual=perceptual,
+               latent_constraint=constraint)(
         obs, labels=obs.labels, seed=seed, model=model, progress=False)
     seconds = time.perf_counter() - t0
     order = match(rec.extra["rog"], x)  # one assignment (from ROG's output) for every row of this batch
@@ -115,14 +120,21 @@ def run_job(args: tuple[int, int, int]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rogs-iterations", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--defense", choices=sorted(DEFENSES), default="quantize",
+                    help="the obfuscation: quantize (3-bit, the acceptance setting), qsgd (3-bit), sign, none")
+    ap.add_argument("--perceptual", default="auto", help="ROGS perceptual term: auto, lpips, enhancer, tagger, none")
+    ap.add_argument("--latent-constraint", choices=["sphere", "none"], default="sphere",
+                    help="ROGS latent projection (sphere: the starting norm; none: eq. 19 as written)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "rogs_table"))
     args = ap.parse_args()
     t0 = time.time()
-    results = parallel_map(run_job, [(b, args.batch, args.rogs_iterations) for b in range(args.batches)], args.workers)
+    jobs = [(b, args.batch, args.rogs_iterations, args.defense, args.perceptual, args.latent_constraint)
+            for b in range(args.batches)]
+    results = parallel_map(run_job, jobs, args.workers)
     wall = time.time() - t0
     n = sum(len(r["rog"]["psnr"]) for r in results)
     have_lpips = results[0]["rog"]["lpips"] is not None
@@ -138,9 +150,9 @@ def main() -> None:
 
     perc = describe_perceptual(results[0]["perceptual"])
     lines = [f"ROG vs ROGS — {DATA} (private) {RESOLUTION}×{RESOLUTION}×{CHANNELS}, {args.batches} batch(es) of "
-             f"{args.batch} = {n} images, FedAvg τ = 5, lr 5e-3, quantize 3 bits, ROG LeNet-5 (c1 16, c2 32, hidden "
+             f"{args.batch} = {n} images, FedAvg τ = 5, lr 5e-3, defense {DEFENSES[args.defense] or 'none'}, ROG LeNet-5 (c1 16, c2 32, hidden "
              f"256), labels given; ROG 100 iterations + enhancer digits32; ROGS {args.rogs_iterations} iterations into "
-             f"prior-digits-cond, λ1 = λ2 = 1; tagger: built-in digits (threshold 0.5)", "",
+             f"prior-digits-cond, λ1 = λ2 = 1, latent constraint {args.latent_constraint}; tagger: built-in digits (threshold 0.5)", "",
              "| row |" + "".join(f" {h} |" for _, h, _ in cols), "|---|" + "---:|" * len(cols)]
     for row in ROWS:
         lines.append(f"| {NAMES[row]} |" + "".join(f" {mean(row, k):{f}} |" for k, _, f in cols))
@@ -155,6 +167,14 @@ def main() -> None:
               f"- ROG and ROGS far above random noise (≥ noise + 0.2 and ≥ 2× noise): {'yes' if far else 'NO'} "
               f"(noise {j['noise']:.3f})",
               f"- ROGS vs the class label alone (generator start): {j['start']:.3f} → {j['rogs']:.3f}"]
+    import torch
+
+    diff = torch.tensor([b - a for r in results for a, b in zip(r["rog"]["jaccard"], r["rogs"]["jaccard"])])
+    boot = diff[torch.randint(len(diff), (2000, len(diff)), generator=torch.Generator().manual_seed(0))].mean(1)
+    lo, hi = (float(v) for v in torch.quantile(boot, torch.tensor([0.025, 0.975])))
+    lines.append(f"- paired ROGS − ROG Jaccard per image: mean {float(diff.mean()):+.3f}, bootstrap 95 % interval "
+                 f"[{lo:+.3f}, {hi:+.3f}]; ROGS higher on {int((diff > 0).sum())}, equal on {int((diff == 0).sum())}, "
+                 f"lower on {int((diff < 0).sum())} of {len(diff)} images")
     first = results[0]
     lines += ["", "Tags of the first batch (Table 1 style; original | ROG | ROGS):", "",
               "| # | original | ROG | ROGS |", "|---|---|---|---|"]

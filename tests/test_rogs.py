@@ -214,6 +214,13 @@ def test_invert_reduces_objective_and_records_path():
     with torch.no_grad():
         l2 = (inv.images - target).flatten(1).norm(dim=1)
         torch.testing.assert_close(inv.losses, l2 + perc(inv.images, target), atol=1e-4, rtol=1e-4)
+    # the sphere constraint keeps every latent at its starting norm; unconstrained latents move off it
+    z0 = prior.sample_latent(3, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(inv.latents.norm(dim=1), z0.norm(dim=1))
+    free = invert(prior, target, y, iterations=60, lr=0.05, seed=1, perceptual=perc, constraint="none")
+    assert not torch.allclose(free.latents.norm(dim=1), z0.norm(dim=1)) and (free.losses < start.losses).all()
+    with pytest.raises(UserError):
+        invert(prior, target, y, iterations=1, constraint="ball")
     # restarts: all (restart, image) pairs in one batch, the best restart kept per image
     best = invert(prior, target, y, iterations=60, lr=0.05, seed=1, perceptual=perc, restarts=3)
     assert best.losses.shape == (3,) and best.images.shape == target.shape and torch.isfinite(best.losses).all()
