@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from gradleak.attacks.presets import InvertGrad, build_attack
@@ -47,3 +49,13 @@ def test_attack_options_validated():
         build_attack("invertgrad", lr="fast")
     with pytest.raises(UserError, match="attack.name"):
         build_attack("nope")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_examples_build(path):
+    """Every shipped example config validates and builds its case and attack (nothing is run)."""
+    from gradleak.run import prepare
+
+    prep = prepare(load_config(path, []))
+    assert prep.case.images.shape[0] == prep.case.labels.shape[0] > 0
