@@ -17,9 +17,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def _summary(metrics: dict, out: Path) -> None:
     lp = metrics.get("lpips")
     lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
+    jac = metrics.get("jaccard")
+    jac_txt = f", Jaccard (tags) {jac['mean']:.3f}" if jac else ""
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
-        f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}, label accuracy "
+        f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{metrics['label_accuracy']:.2f}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
 
