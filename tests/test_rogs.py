@@ -405,3 +405,30 @@ def test_report_shows_tags_side_by_side(tmp_path):
     html = write_report(tmp_path, {"jaccard": None, "jaccard_unavailable": "no tagger"}, "").read_text()
     assert "unavailable: no tagger" in html
 
+
+
+def test_rogs_run_directory_end_to_end(tmp_path, cli):
+    cfg = tmp_path / "rogs.yaml"
+    cfg.write_text("seed: 1\n"
+                   "data: {name: digits, split: private, resolution: 32, channels: 1, batch_size: 2}\n"
+                   "model: {name: lenet}\n"
+                   "client: {protocol: fedavg, local_steps: 2, lr: 0.005}\n"
+                   "defense: [{name: quantize, bits: 3}]\n"
+                   "attack: {name: rogs, labels: oracle, options: {iterations: 3, rogs_iterations: 5}}\n"
+                   "metrics: {tagger_top_k: 4}\n")
+    r = cli("run", cfg, "--out", tmp_path / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "Jaccard (tags)" in r.stdout
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= m["jaccard"]["mean"] <= 1 and len(m["tags"]) == 2 and m["jaccard_unavailable"] is None
+    assert all(len(t["reconstruction"]) <= 4 for t in m["tags"]) and m["tagger"]["top_k"] == 4
+    assert m["generator"] and m["perceptual"]
+    assert (tmp_path / "run" / "rogs_path.png").is_file()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Semantic tags" in html and "ROGS optimisation path" in html
+    r = cli("run", cfg, "--out", tmp_path / "bad", "--set", "metrics.tagger_threshold=2", "--no-progress")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    r = cli("run", cfg, "--out", tmp_path / "bad2", "--set", "attack.options.perceptual=alexnet", "--no-progress")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad2").exists()
+    r = cli("run", cfg, "--out", tmp_path / "bad3", "--set", "metrics.tagger=no_such_tagger", "--no-progress")
+    assert r.returncode == 2 and "metrics.tagger" in r.stderr and not (tmp_path / "bad3").exists()

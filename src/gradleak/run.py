@@ -54,6 +54,11 @@ def build_case(cfg: RunConfig) -> Case:
 
 
 def prepare(cfg: RunConfig) -> Prepared:
+    from gradleak.metrics.semantic import load_tagger
+
+    d, mc = cfg.data, cfg.metrics
+    load_tagger(mc.tagger, threshold=mc.tagger_threshold, top_k=mc.tagger_top_k,  # a bad tagger fails here, early
+                shape=(d.channels, d.resolution, d.resolution), dataset=d.name)
     attack = build_attack(cfg.attack.name, **cfg.attack.options)
     mode = attack.default_labels if cfg.attack.labels == "default" else cfg.attack.labels
     case = build_case(cfg)

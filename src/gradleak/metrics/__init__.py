@@ -4,6 +4,8 @@
 * :mod:`.lpips` - LPIPS (AlexNet, v0.1) implemented locally; weights loaded from disk only.
 * :mod:`.matching` - Hungarian matching of reconstructions to originals.
 * :mod:`.score` - ``score_images``: match, then a JSON-ready summary of all metrics.
+* :mod:`.semantic` - semantic similarity (ROGS eq. 21): taggers, ``jaccard``, ``semantic_scores``;
+  :mod:`.attributes` / :mod:`.tagger` - the built-in tagger's public-data attributes and training.
 """
 
 from .image import PSNR_CAP_DB, SSIM_WIN_SIZE, mse, psnr, ssim
@@ -19,6 +21,7 @@ from .lpips import (
 )
 from .matching import MATCH_BY, apply_match, match, pairwise_cost
 from .score import sanitize_images, score_images
+from .semantic import ModelTagger, jaccard, load_tagger, semantic_scores
 
 __all__ = [
     "mse",
@@ -40,4 +43,8 @@ __all__ = [
     "pairwise_cost",
     "score_images",
     "sanitize_images",
+    "ModelTagger",
+    "jaccard",
+    "load_tagger",
+    "semantic_scores",
 ]
