@@ -255,6 +255,87 @@ def tradeoff_cmd(
     typer.echo(f"written: {out}/results.json, tradeoff.md, tradeoff_psnr.png, reconstructions.png")
 
 
+@app.command("giml-tasks")
+def giml_tasks_cmd(
+    out: Path = typer.Option(..., "--out", help="Task-set directory: tasks.json, task_NNNNNN.safetensors/.json (Observations), truth.json."),
+    data: str = typer.Option("digits", "--data", help="Dataset of the clients' private images."),
+    split: str = typer.Option("private", "--split", help="Split the clients hold (GIML never sees these images, only their uploads)."),
+    resolution: int = typer.Option(32, "--resolution"),
+    channels: int = typer.Option(1, "--channels", help="1 or 3."),
+    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
+    clients: int = typer.Option(200, "--clients", help="Clients M (paper: 200)."),
+    rounds: int = typer.Option(4, "--rounds", help="FL rounds (paper: 4); the global model moves between rounds."),
+    per_round: Optional[int] = typer.Option(None, "--per-round", help="Clients reporting per round (default: all)."),
+    batch: int = typer.Option(4, "--batch", help="Images per client, B."),
+    model: str = typer.Option("lenet", "--model", help="Victim architecture."),
+    model_options: str = typer.Option("{width: 12, batchnorm: true}", "--model-options", help="Victim options as YAML."),
+    protocol: str = typer.Option("fedsgd", "--protocol", help="fedsgd or fedavg."),
+    local_steps: int = typer.Option(1, "--local-steps", help="FedAvg local steps."),
+    client_lr: float = typer.Option(0.1, "--client-lr", help="FedAvg local learning rate."),
+    server_lr: float = typer.Option(0.5, "--server-lr", help="Server step: theta <- theta - lr * mean upload."),
+    sparsity: float = typer.Option(0.0, "--sparsity", help="Top-k gradient sparsity applied to every upload (0 = none)."),
+    labels: bool = typer.Option(True, "--labels/--no-labels", help="Threat model: the server is told each client's labels."),
+    seed: int = typer.Option(0, "--seed", help="Client data, victim init, participation."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Simulate an FL run and save every client upload as a GIML task (theta_i, g_i)."""
+    import yaml
+
+    from gradleak.giml import TaskSetConfig, make_task_set
+    from gradleak.priors.train import _command_line
+
+    try:
+        options = yaml.safe_load(model_options)
+    except yaml.YAMLError:
+        options = None
+    if not isinstance(options, dict):
+        raise UserError(f"giml-tasks --model-options: got {model_options!r}; allowed: a YAML mapping of the victim's options")
+    cfg = TaskSetConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, clients=clients,
+                        rounds=rounds, per_round=per_round, batch=batch, model=model, model_options=options,
+                        protocol=protocol, local_steps=local_steps, client_lr=client_lr, server_lr=server_lr,
+                        sparsity=sparsity, give_labels=labels, seed=seed)
+    ts = make_task_set(cfg, out, progress=progress, command=_command_line())
+    typer.echo(f"{len(ts)} tasks written to {out}; train a prior from them with: gradleak giml --tasks {out} --out DIR")
+
+
+@app.command("giml")
+def giml_cmd(
+    tasks: Path = typer.Option(..., "--tasks", help="Task-set directory (gradleak giml-tasks, or a folder of Observation files)."),
+    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
+    steps: int = typer.Option(100, "--steps", help="Outer GIML steps (resume continues up to this)."),
+    tasks_per_step: int = typer.Option(4, "--tasks-per-step", help="N: tasks sampled per step."),
+    tau: int = typer.Option(5, "--tau", help="tau: meta gradient steps on w' per outer step."),
+    lam: float = typer.Option(1e-3, "--lambda", help="lambda: weight of sum_j ||z_j|| in the latent search."),
+    alpha: float = typer.Option(0.1, "--alpha", help="alpha: step size of the meta gradient descent."),
+    beta: float = typer.Option(0.5, "--beta", help="beta: w <- (1-beta) w + beta w'."),
+    latent_iterations: int = typer.Option(50, "--latent-iterations", help="Iterations of each latent search (Adam)."),
+    lr_z: float = typer.Option(3e-2, "--lr-z", help="Latent-search learning rate."),
+    tv: float = typer.Option(1e-4, "--tv", help="TV weight in the cost c."),
+    distance: str = typer.Option("auto", "--distance", help="Gradient distance d: cosine, l2, masked_cosine, tanh_sign, auto."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="Start from this DCGAN prior (default: an untrained generator)."),
+    latent_dim: int = typer.Option(64, "--latent-dim", help="Untrained generator: size of z."),
+    width: int = typer.Option(16, "--width", help="Untrained generator: DCGAN base width."),
+    seed: int = typer.Option(0, "--seed", help="Initial w, task sampling, latent initialisation."),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="K: checkpoint, generator snapshot and sample grid every K steps."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.* when present."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """GIML (Algorithm 2): meta-learn a generative prior from the uploads alone; the result is a GIAS prior."""
+    import torch
+
+    from gradleak.giml import GIMLConfig, train_giml
+    from gradleak.priors.train import _command_line
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = GIMLConfig(steps=steps, tasks_per_step=tasks_per_step, tau=tau, lam=lam, alpha=alpha, beta=beta,
+                     latent_iterations=latent_iterations, lr_z=lr_z, tv=tv, distance=distance, prior=prior,
+                     latent_dim=latent_dim, width=width, seed=seed, checkpoint_every=checkpoint_every)
+    path = train_giml(cfg, tasks, out, resume=resume, progress=progress, command=_command_line())
+    typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, no traceback."""
     try:
