@@ -72,8 +72,8 @@ class ModelTagger:
             from gradleak.priors.prior import match_shape
 
             C = self.input_channels or x.shape[1]
-            R = self.input_resolution or x.shape[-1]
-            x = match_shape(x, (C, R, R if self.input_resolution else x.shape[-1]))
+            H, W = (self.input_resolution,) * 2 if self.input_resolution else x.shape[-2:]
+            x = match_shape(x, (C, H, W))
         return x
 
     def probabilities(self, images: Tensor) -> Tensor:
