@@ -1,10 +1,10 @@
 """ROG vs ROGS under 3-bit quantisation, with Table 2's calibration rows (issue 7 acceptance).
 
-Setting (``--defense``, default 3-bit quantisation): built-in ``digits`` (private side, 32×32 grey — the only built-in set whose public and private sides
+Setting: built-in ``digits`` (private side, 32×32 grey — the only built-in set whose public and private sides
 share their classes, so a conditional generator and a tagger trained on public data cover the private images),
-batches of ``--batch`` (default 8, labels not distinct) drawn with seeds 0, 1, …; the ROG benchmark's client
-(``rog_table.capture_case``: reduced ROG LeNet-5, FedAvg τ = 5, lr 5e-3, labels given) with uniform 3-bit
-quantisation (``quantize bits=3``).
+``--batches`` batches of ``--batch`` (default 8 × 8, labels not distinct) drawn with seeds 0, 1, …; the ROG
+benchmark's client (``rog_table.capture_case``: reduced ROG LeNet-5, FedAvg τ = 5, lr 5e-3, labels given) with
+``--defense`` (default ``quantize``: uniform 3-bit quantisation; also ``qsgd``, ``sign``, ``none``).
 
 Rows:
 * **ROG** — bicubic ×4, 100 Adam iterations, relative L2, the shipped ``digits32`` enhancer;
@@ -150,9 +150,10 @@ def main() -> None:
 
     perc = describe_perceptual(results[0]["perceptual"])
     lines = [f"ROG vs ROGS — {DATA} (private) {RESOLUTION}×{RESOLUTION}×{CHANNELS}, {args.batches} batch(es) of "
-             f"{args.batch} = {n} images, FedAvg τ = 5, lr 5e-3, defense {DEFENSES[args.defense] or 'none'}, ROG LeNet-5 (c1 16, c2 32, hidden "
-             f"256), labels given; ROG 100 iterations + enhancer digits32; ROGS {args.rogs_iterations} iterations into "
-             f"prior-digits-cond, λ1 = λ2 = 1, latent constraint {args.latent_constraint}; tagger: built-in digits (threshold 0.5)", "",
+             f"{args.batch} = {n} images, FedAvg τ = 5, lr 5e-3, defense {DEFENSES[args.defense] or 'none'}, "
+             f"ROG LeNet-5 (c1 16, c2 32, hidden 256), labels given; ROG 100 iterations + enhancer digits32; ROGS "
+             f"{args.rogs_iterations} iterations into prior-digits-cond, λ1 = λ2 = 1, latent constraint "
+             f"{args.latent_constraint}; tagger: built-in digits (threshold 0.5)", "",
              "| row |" + "".join(f" {h} |" for _, h, _ in cols), "|---|" + "---:|" * len(cols)]
     for row in ROWS:
         lines.append(f"| {NAMES[row]} |" + "".join(f" {mean(row, k):{f}} |" for k, _, f in cols))
@@ -163,7 +164,8 @@ def main() -> None:
     j = {row: mean(row, "jaccard") for row in ROWS}
     raises = j["rogs"] > j["rog"]
     far = all(j[r] >= j["noise"] + 0.2 and j[r] >= 2 * j["noise"] for r in ("rog", "rogs"))
-    lines += ["", f"- ROGS raises mean Jaccard over ROG: {'yes' if raises else 'NO'} ({j['rog']:.3f} → {j['rogs']:.3f})",
+    lines += ["", f"- ROGS raises mean Jaccard over ROG: {'yes' if raises else 'NO'} "
+                  f"({j['rog']:.3f} → {j['rogs']:.3f})",
               f"- ROG and ROGS far above random noise (≥ noise + 0.2 and ≥ 2× noise): {'yes' if far else 'NO'} "
               f"(noise {j['noise']:.3f})",
               f"- ROGS vs the class label alone (generator start): {j['start']:.3f} → {j['rogs']:.3f}"]
@@ -190,10 +192,13 @@ def main() -> None:
     (out / "table.md").write_text(text + "\n")
     from gradleak.report import image_rows
 
-    image_rows([first["originals"].float()] + [first[r]["images"].float() for r in ("rog", "rogs", "same_class", "noise")],
+    shown = ("rog", "rogs", "same_class", "noise")
+    image_rows([first["originals"].float()] + [first[r]["images"].float() for r in shown],
                ["original", "ROG", "ROGS", "same class", "noise"], out / "rows.png", scale=2)
-    image_rows([first["rog"]["images"].float()] + [im.float() for _, im in first["path"]] + [first["originals"].float()],
-               ["ROG input"] + [f"step {it}" for it, _ in first["path"]] + ["original"], out / "rogs_path.png", scale=2)
+    path_rows = [im.float() for _, im in first["path"]]
+    image_rows([first["rog"]["images"].float()] + path_rows + [first["originals"].float()],
+               ["ROG input"] + [f"step {it}" for it, _ in first["path"]] + ["original"], out / "rogs_path.png",
+               scale=2)
     print(f"\nwritten to {out}", file=sys.stderr)
     sys.exit(0 if raises and far else 1)
 

@@ -78,8 +78,8 @@ def load_conditional(spec: str, shape: tuple[int, int, int]):
         name = auto_generator(int(shape[0]), int(shape[-1]))
         if name is None:
             raise UserError(f"attack.options.generator: no shipped class-conditional generator for {shape[0]}-channel "
-                            f"{shape[-1]}×{shape[-1]} images (shipped: {', '.join(BUILTIN_CONDITIONAL)}); train one with "
-                            "gradleak train-prior --conditional and give its directory")
+                            f"{shape[-1]}×{shape[-1]} images (shipped: {', '.join(BUILTIN_CONDITIONAL)}); train one "
+                            "with gradleak train-prior --conditional and give its directory")
         text = name
     if text in BUILTIN_CONDITIONAL and not Path(text).exists():
         tensors, meta = read_pair(builtin_conditional_path(text))

@@ -138,7 +138,8 @@ def _from_import(path: str, threshold: float, top_k: int | None):
             target = getattr(target, part)
         obj = target()
     except Exception as err:  # noqa: BLE001 - user code failing is one line
-        raise bad_value(KEY, path, f"an importable 'package.module:factory' (failed: {type(err).__name__}: {err})") from None
+        raise bad_value(KEY, path, f"an importable 'package.module:factory' (failed: {type(err).__name__}: "
+                                   f"{err})") from None
     if isinstance(obj, nn.Module):
         names = getattr(obj, "tag_names", None)
         if not names:

@@ -4,8 +4,9 @@
 Tags: ``class:<name>`` for every class present in the public split, plus the attribute tags of
 :mod:`gradleak.metrics.attributes` (tertile bins fitted on the public split; dominant colour). The targets
 of an image are its class tag and its attribute tags, one per group of mutually exclusive tags; the network
-gives a softmax per group and is trained with the sum of the groups' cross-entropies (Adam, cosine decay), on 90 % of the public split — the other 10 % (fixed by the seed) measures
-held-out class accuracy and tag F1, stored in the JSON.
+gives a softmax per group and is trained with the sum of the groups' cross-entropies (Adam, cosine decay) on 90 %
+of the public split — the other 10 % (fixed by the seed) measures held-out class accuracy and the mean Jaccard of
+the predicted to the true tags, stored in the JSON.
 
 Network (:class:`TaggerNet`): three 3×3 conv–BN–ReLU stages (widths w, 2w, 4w), 2× max-pool between them, the
 last stage average-pooled to 4×4 and flattened (so the layout tags can see where things are), a linear head.
@@ -197,7 +198,8 @@ def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None =
     try:
         net.load_state_dict(tensors)
     except RuntimeError as err:
-        raise UserError(f"metrics.tagger: weights do not match {path}'s architecture: {str(err).splitlines()[0]}") from None
+        raise UserError(f"metrics.tagger: weights do not match {path}'s architecture: "
+                        f"{str(err).splitlines()[0]}") from None
     return ModelTagger(net, meta["tag_names"], threshold=threshold, top_k=top_k, name=name or str(path),
                        input_channels=meta["channels"], input_resolution=meta["resolution"], outputs="probabilities",
                        meta=meta)
