@@ -276,6 +276,19 @@ def test_rogs_preset_end_to_end_and_option_errors():
         with pytest.raises(UserError) as e:
             build_attack("rogs", **bad)
         assert "\n" not in str(e.value)
+    # class_map: victim class k → generator class class_map[k]
+    rec2 = build_attack("rogs", iterations=2, rogs_iterations=0, class_map=list(range(9, -1, -1)))(
+        obs, labels=obs.labels, model=m, progress=False)
+    start = load_conditional("digits", (1, 32, 32)).sample_latent(2, torch.Generator().manual_seed(0))
+    prior = load_conditional("digits", (1, 32, 32))
+    torch.testing.assert_close(rec2.images, prior.to_pixels(prior.generate(start, 9 - obs.labels), (1, 32, 32))
+                               .clamp(0, 1))
+    for bad in ([], [1, -2], ["a"]):
+        with pytest.raises(UserError):
+            build_attack("rogs", class_map=bad)
+    with pytest.raises(UserError, match="class_map"):
+        build_attack("rogs", iterations=1, rogs_iterations=0, class_map=[0])(obs, labels=torch.tensor([0, 5]),
+                                                                            model=m, progress=False)
     with pytest.raises(UserError, match="class-conditional"):
         build_attack("rogs", generator="photos")                            # the unconditional GIAS prior
 

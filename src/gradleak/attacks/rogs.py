@@ -16,6 +16,9 @@ Unconstrained (``none``, eq. 19 as written), the small DCGAN priors follow a poo
 lose the class: under 3-bit QSGD the class tag of ROGS's output agreed with the original's on 56 % of 64 images
 unconstrained and 73 % with the sphere (mean Jaccard 0.375 → 0.437; ``benchmarks/rogs_table.py --defense qsgd``).
 
+``class_map`` maps the victim's class k to the generator's class ``class_map[k]`` (e.g. CIFAR-10 classes to
+ImageNet classes for BigGAN); without it the two must coincide.
+
 Generators (``generator``): ``auto`` (the shipped conditional DCGAN for the images' dataset shape —
 :data:`BUILTIN_CONDITIONAL`, trained by ``gradleak train-prior --conditional`` on public data), a built-in
 name, a path (a ``train-prior --conditional`` result, or a pytorch-pretrained-BigGAN directory,
@@ -194,13 +197,19 @@ class ROGS(ROG):
                  lambda_l2: Annotated[float, Field(ge=0)] = 1.0,
                  lambda_perceptual: Annotated[float, Field(ge=0)] = 1.0,
                  perceptual: Literal["auto", "lpips", "enhancer", "tagger", "none"] = "auto",
-                 latent_constraint: Literal["sphere", "none"] = "sphere", lpips_dir: str | None = None):
+                 latent_constraint: Literal["sphere", "none"] = "sphere", class_map: list[int] | None = None,
+                 lpips_dir: str | None = None):
         super().__init__(iterations=iterations, lr=lr, restarts=restarts, representation=representation, scale=scale,
                          autoencoder=autoencoder, distance=distance, tv=tv, enhancer=enhancer,
                          sign_postprocess=sign_postprocess, post=post, backend=backend)
         self.generator, self.rogs_iterations, self.rogs_lr = generator, rogs_iterations, rogs_lr
         self.rogs_restarts, self.lambda_l2, self.lambda_perceptual = rogs_restarts, lambda_l2, lambda_perceptual
         self.perceptual, self.lpips_dir, self.latent_constraint = perceptual, lpips_dir, latent_constraint
+        if class_map is not None and (not class_map or any(isinstance(c, bool) or not isinstance(c, int) or c < 0
+                                                           for c in class_map)):
+            raise bad_value("attack.options.class_map", class_map, "a list of generator class indices (>= 0), one "
+                            "per class of the victim's task")
+        self.class_map = class_map
         self._prior = None if generator == "auto" else load_conditional(generator, (0, 0, 0))
 
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0,
@@ -218,6 +227,11 @@ class ROGS(ROG):
         if y is None:
             raise UserError("rogs: needs the class of each image (attack.labels: oracle or recover)")
         y = y.argmax(-1) if y.dim() == 2 else y
+        if self.class_map is not None:
+            if int(y.max()) >= len(self.class_map):
+                raise UserError(f"attack.options.class_map: has {len(self.class_map)} entries; label {int(y.max())} "
+                                "has none")
+            y = torch.tensor(self.class_map)[y.long()]
         t0 = time.perf_counter()
         inv = invert(prior, rec.images, y, iterations=self.rogs_iterations, lr=self.rogs_lr,
                      lambda_l2=self.lambda_l2, lambda_perceptual=self.lambda_perceptual, perceptual=dist,
