@@ -436,6 +436,8 @@ def test_rogs_run_directory_end_to_end(tmp_path, cli):
     assert 0 <= m["jaccard"]["mean"] <= 1 and len(m["tags"]) == 2 and m["jaccard_unavailable"] is None
     assert all(len(t["reconstruction"]) <= 4 for t in m["tags"]) and m["tagger"]["top_k"] == 4
     assert m["generator"] and m["perceptual"]
+    before = m["rog_before_inversion"]
+    assert set(before) == {"psnr", "ssim", "jaccard"} and 0 <= before["jaccard"] <= 1
     assert (tmp_path / "run" / "rogs_path.png").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Semantic tags" in html and "ROGS optimisation path" in html

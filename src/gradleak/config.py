@@ -56,7 +56,7 @@ class AttackConfig(_Section):
 
 class MetricsConfig(_Section):
     lpips_dir: str | None = None
-    tagger: str = "auto"                     # semantic tags / Jaccard (ROGS eq. 21): auto | none | name | path | import path
+    tagger: str = "auto"  # semantic tags / Jaccard (ROGS eq. 21): auto | none | built-in name | path | import path
     tagger_threshold: float = Field(0.5, ge=0, le=1)
     tagger_top_k: int | None = Field(None, ge=1)
 

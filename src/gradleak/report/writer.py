@@ -68,7 +68,11 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
         image_rows(rows, labels, out / "rogs_path.png")
         images.append(("ROGS optimisation path (Figure 10): ROG input, generator from a random latent of the "
                        "class, steps, end; originals last", "rogs_path.png"))
-        extra = {"generator": rec.extra.get("generator"), "perceptual": describe_perceptual(rec.extra["perceptual"])}
+        rog = score_images(rec.extra["rog"], originals)  # ROG's own output, before the inversion, for comparison
+        rog_sem = semantic(apply_match(rec.extra["rog"], rog["order"]), originals, cfg.metrics, cfg.data.name)
+        extra = {"generator": rec.extra.get("generator"), "perceptual": describe_perceptual(rec.extra["perceptual"]),
+                 "rog_before_inversion": {"psnr": rog["psnr"]["mean"], "ssim": rog["ssim"]["mean"],
+                                          "jaccard": (rog_sem["jaccard"] or {}).get("mean")}}
     metrics = {
         "attack": rec.attack,
         **{k: scores[k] for k in ("psnr", "ssim", "mse", "lpips", "lpips_unavailable")},
