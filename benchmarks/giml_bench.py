@@ -5,7 +5,7 @@ inversion from many gradients of the same data (appendix D, Figure A3), at small
     32×32, 1 channel), ``--rounds`` (default 4) FedSGD rounds of a LeNet (width 12, BatchNorm in train mode —
     the issue-4 victim), every upload at gradient sparsity 0.95 (top-k), labels given; the global model moves
     between rounds (server step 0.5). GIML (Algorithm 2) trains an untrained DCGAN (latent 64, width 16) on
-    those uploads for ``--giml-steps`` (default 400) steps, N = 4, τ = 5, λ = 1e-3, α = 0.1, β = 0.5, 50
+    those uploads for ``--giml-steps`` (default 600) steps, N = 4, τ = 5, λ = 1e-3, α = 0.1, β = 0.5, 50
     latent-search iterations; it never sees an image. Then GI-z and GI-z/w (GIAS defaults, best of 4
     restarts, ``--iterations`` 300 in all, half z / half w for GI-z/w, masked cosine) invert ``--batches``
     (default 10) fresh private batches (images no task client held, distinct labels, same victim and
@@ -16,7 +16,7 @@ inversion from many gradients of the same data (appendix D, Figure A3), at small
     per iteration, best restart, mean over batches).
 (b) Multi-gradient. A client with 8 private digits uploads T gradients, each on 4 random images of them, at
     θ_t re-initialised every step or trained every step (lr 0.5); min_x Σ_t c(x; θ_t, g_t) (signed Adam,
-    ``--multi-iterations`` 500) for T = 1, 2, 4, 8 on ``--multi-datasets`` (default 4) local datasets;
+    ``--multi-iterations`` 1000) for T = 1, 2, 4, 8 on ``--multi-datasets`` (default 8) local datasets;
     LeNet width 12 without BN (the vectorised re-run). PSNR per image in the dataset's own order (the
     attacker knows which images each gradient used). Writes ``multi_gradient.png``.
 
@@ -208,12 +208,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--giml-steps", type=int, default=400)
+    ap.add_argument("--giml-steps", type=int, default=600)
     ap.add_argument("--latent-iterations", type=int, default=50)
     ap.add_argument("--batches", type=int, default=10)
     ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--multi-datasets", type=int, default=4)
-    ap.add_argument("--multi-iterations", type=int, default=500)
+    ap.add_argument("--multi-datasets", type=int, default=8)
+    ap.add_argument("--multi-iterations", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: proves the pipeline end to end")

@@ -307,7 +307,8 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
             line_plot([h["step"] for h in history],
                       {"meta cost before τ steps": [h["meta"][0] for h in history],
                        "meta cost after τ steps": [h["meta"][-1] for h in history]},
-                      out / "loss.png", xlabel="GIML step", ylabel="Σ_i c (N tasks)", title="GIML meta cost")
+                      out / "loss.png", xlabel="GIML step", ylabel="Σ_i c (N tasks)", title="GIML meta cost",
+                      markers=False)
 
     out.mkdir(parents=True, exist_ok=True)
     if step == 0 and not (out / "steps" / "step_000000.safetensors").is_file():
