@@ -182,6 +182,13 @@ def test_bad_inputs_are_one_line_errors(tasks, tmp_path):
         observe_sequence(_victim(), torch.rand(3, 1, 32, 32), torch.arange(3), steps=2, subset=4)
     with pytest.raises(UserError, match="setting"):
         observe_sequence(_victim(), torch.rand(3, 1, 32, 32), torch.arange(3), steps=2, setting="frozen")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tasks.root, mixed)
+    meta = json.loads((mixed / "task_000005.json").read_text())
+    meta["model"]["options"]["width"] = 5
+    (mixed / "task_000005.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="another victim"):
+        TaskSet.load(mixed)
     bad = tmp_path / "bad"
     shutil.copytree(tasks.root, bad)
     (bad / "tasks.json").write_text("{not json")

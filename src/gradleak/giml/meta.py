@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -335,6 +336,8 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
     except KeyboardInterrupt:
         checkpoint(step, w, rng_state)  # the last completed step: nothing done is lost
         bar.close()
+        print(f"giml: interrupted; step {step} is saved in {ckpt}.json — run the same command again to resume",
+              file=sys.stderr)
         raise
     bar.close()
     if not ckpt.with_suffix(".json").is_file() or json.loads(ckpt.with_suffix(".json").read_text())["step"] != step:

@@ -49,8 +49,9 @@ def observe_sequence(model: nn.Module, images: Tensor, labels: Tensor, steps: in
                      setting: Literal["reinit", "trained"] = "reinit", lr: float = 0.1, seed: int = 0,
                      defenses: list | None = None, model_spec: dict | None = None) -> GradientSequence:
     """Simulate the client of the module docstring: T FedSGD uploads, each on ``subset`` random images of
-    ``images`` (n, C, H, W); θ re-initialised (``reinit``, from seeds seed·10⁶ + t) or trained with step
-    ``lr`` on each upload (``trained``, starting from ``model``'s parameters). ``model`` is not modified."""
+    ``images`` (n, C, H, W). θ_1 is ``model``'s parameters in both settings; afterwards θ is re-initialised
+    (``reinit``, from seeds seed·10⁶ + t) or trained with step ``lr`` on each upload (``trained``).
+    ``model`` is not modified."""
     import gradleak as gl
     from gradleak.models import init_model
 
@@ -65,7 +66,7 @@ def observe_sequence(model: nn.Module, images: Tensor, labels: Tensor, steps: in
     gen = torch.Generator().manual_seed(seed)
     obs_list, subsets = [], []
     for t in range(steps):
-        if setting == "reinit":
+        if setting == "reinit" and t > 0:
             init_model(model, seed * 1_000_000 + t)
         idx = torch.randperm(n, generator=gen)[:subset].sort().values
         case = gl.Case(model, images[idx], labels[idx], gl.Protocol(kind="fedsgd"), list(defenses or []),

@@ -114,14 +114,23 @@ class TaskSet:
             meta = {"format": FORMAT, "source": "observation files"}
         if not entries:
             raise UserError(f"giml --tasks: {root} holds no tasks (no {INDEX} and no observation .safetensors/.json pairs)")
+        for e in entries:
+            if not (root / f"{e['file']}.safetensors").is_file() or not (root / f"{e['file']}.json").is_file():
+                raise UserError(f"giml --tasks: task file {root / e['file']}.safetensors/.json is missing")
         ts = cls(root, entries, meta)
-        first = ts[0]
-        first.build_model()  # validates shapes once
-        for i in (len(ts) // 2, len(ts) - 1):
-            other = ts[i]
-            if other.model_spec != first.model_spec or tuple(other.image_shape) != tuple(first.image_shape):
-                raise UserError(f"giml --tasks: task {entries[i]['file']} has another victim architecture or image "
-                                "shape than the first task; all tasks must share one")
+        ts[0].build_model()  # validates the tensors' shapes once; the rest must declare the same victim
+        ref = None
+        for e in entries:
+            try:
+                m = json.loads((root / f"{e['file']}.json").read_text())
+                key = (json.dumps(m["model"], sort_keys=True), tuple(m["image_shape"]))
+            except (ValueError, KeyError, TypeError) as err:
+                raise UserError(f"giml --tasks: cannot read {root / e['file']}.json: {err}") from None
+            if ref is None:
+                ref = key
+            elif key != ref:
+                raise UserError(f"giml --tasks: task {e['file']} has another victim architecture or image shape "
+                                "than the first task; all tasks must share one")
         return ts
 
 
