@@ -1,3 +1,6 @@
+import sys
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -7,3 +10,29 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run ``gradleak ARGS`` in-process through the real entry point (exit codes, one-line errors)."""
+    from gradleak.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run

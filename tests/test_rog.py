@@ -1,7 +1,6 @@
 """ROG: bicubic / autoencoder representations, the preset end to end, post-processing, the enhancement
 network (U-Net, PatchGAN, degradations, training + file round trip) and the autoencoder."""
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -26,30 +25,6 @@ def _obs(defense=(), B=2, R=16, C=3, steps=2):
     case = gl.Case(m, x, y, gl.Protocol(kind="fedavg", local_steps=steps, lr=5e-3),
                    gl.build_defenses(list(defense)), give_labels=True)
     return m, x, y, gl.capture(case)
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``gradleak ARGS`` in-process through the real entry point (exit codes, one-line errors)."""
-    from gradleak.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return _Result(code, out.out, out.err)
-
-    return run
 
 
 # --- representations -------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """ROGS (semantic reconstruction) and the semantic similarity metric: Jaccard (eq. 21), the tagger interface and
 the built-in tagger, the latent inversion (eq. 19–20), the perceptual fallback, the BigGAN loader, reports."""
 import json
-import sys
 
 import pytest
 import torch
@@ -18,29 +17,6 @@ from gradleak.metrics.semantic import (BUILTIN_TAGGERS, ModelTagger, builtin_tag
 from gradleak.models import build_model, init_model
 from gradleak.priors import DCGANGenerator, Prior, load_prior
 from gradleak.priors.biggan import BigGAN, BigGANConfig, SNConv2d, SNLinear
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    from gradleak.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return _Result(code, out.out, out.err)
-
-    return run
 
 
 # --- Jaccard (eq. 21) --------------------------------------------------------------------------------------
@@ -417,7 +393,6 @@ def test_report_shows_tags_side_by_side(tmp_path):
     assert "digits (threshold 0.5, 25 tags)" in html and "instead of LPIPS" in html
     html = write_report(tmp_path, {"jaccard": None, "jaccard_unavailable": "no tagger"}, "").read_text()
     assert "unavailable: no tagger" in html
-
 
 
 def test_rogs_run_directory_end_to_end(tmp_path, cli):

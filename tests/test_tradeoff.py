@@ -1,6 +1,5 @@
 """FedAvg simulation (Dirichlet split, training under defenses) and the privacy–utility trade-off command."""
 import json
-import sys
 
 import pytest
 import torch
@@ -10,30 +9,6 @@ from gradleak.defenses import build_defenses
 from gradleak.errors import UserError
 from gradleak.experiments.tradeoff import TradeoffConfig, parse_setting
 from gradleak.fl.simulation import FedAvgConfig, dirichlet_split, simulate_fedavg
-
-
-class _Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run ``gradleak ARGS`` in-process through the real entry point (exit codes, one-line errors)."""
-    from gradleak.cli import main
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["gradleak", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return _Result(code, out.out, out.err)
-
-    return run
 
 
 def test_dirichlet_split_sizes_determinism_and_alpha():
