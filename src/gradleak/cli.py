@@ -282,7 +282,7 @@ def giml_tasks_cmd(
     import yaml
 
     from gradleak.giml import TaskSetConfig, make_task_set
-    from gradleak.priors.train import _command_line
+    from gradleak.priors.train import command_line
 
     try:
         options = yaml.safe_load(model_options)
@@ -294,7 +294,7 @@ def giml_tasks_cmd(
                         rounds=rounds, per_round=per_round, batch=batch, model=model, model_options=options,
                         protocol=protocol, local_steps=local_steps, client_lr=client_lr, server_lr=server_lr,
                         sparsity=sparsity, give_labels=labels, seed=seed)
-    ts = make_task_set(cfg, out, progress=progress, command=_command_line())
+    ts = make_task_set(cfg, out, progress=progress, command=command_line())
     typer.echo(f"{len(ts)} tasks written to {out}; train a prior from them with: gradleak giml --tasks {out} --out DIR")
 
 
@@ -325,14 +325,14 @@ def giml_cmd(
     import torch
 
     from gradleak.giml import GIMLConfig, train_giml
-    from gradleak.priors.train import _command_line
+    from gradleak.priors.train import command_line
 
     if threads:
         torch.set_num_threads(threads)
     cfg = GIMLConfig(steps=steps, tasks_per_step=tasks_per_step, tau=tau, lam=lam, alpha=alpha, beta=beta,
                      latent_iterations=latent_iterations, lr_z=lr_z, tv=tv, distance=distance, prior=prior,
                      latent_dim=latent_dim, width=width, seed=seed, checkpoint_every=checkpoint_every)
-    path = train_giml(cfg, tasks, out, resume=resume, progress=progress, command=_command_line())
+    path = train_giml(cfg, tasks, out, resume=resume, progress=progress, command=command_line())
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 

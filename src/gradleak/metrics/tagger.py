@@ -18,9 +18,6 @@ dataset, command, seed, held-out scores), read with safetensors and JSON only.
 """
 from __future__ import annotations
 
-import json
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +29,7 @@ from torch import Tensor, nn
 from gradleak.errors import UserError
 from gradleak.metrics.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
 from gradleak.metrics.semantic import ModelTagger
+from gradleak.priors.train import command_line
 
 FORMAT = "gradleak-tagger"
 VERSION = 1
@@ -96,13 +94,6 @@ class TaggerConfig:
     seed: int = 0
 
 
-def _command_line() -> str:
-    argv = list(sys.argv)
-    if argv and Path(argv[0]).name in ("gradleak", "cli.py", "__main__.py"):
-        argv[0] = "gradleak"
-    return " ".join(shlex.quote(a) for a in argv)
-
-
 def target_matrix(images: Tensor, labels: Tensor, class_names: list[str], tag_names: list[str],
                   cuts: dict[str, list[float]], colours: bool) -> Tensor:
     """(N, T) 0/1 targets: the class tag and the attribute tags of each image."""
@@ -165,9 +156,9 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
         cls_ok = [f"class:{names[int(c)]}" in p for c, p in zip(lh, pred)]
         held = {"images": n_hold, "class_accuracy": sum(cls_ok) / n_hold,
                 "mean_jaccard_to_truth": sum(jaccard(a, b) for a, b in zip(pred, truth)) / n_hold}
-    meta = {"format": FORMAT, "version": VERSION, "arch": net.config(), "tag_names": tag_names, "cuts": cuts,
+    meta = {"format": FORMAT, "kind": "tagger", "version": VERSION, "arch": net.config(), "tag_names": tag_names, "cuts": cuts,
             "colours": colours, "dataset": cfg.data, "split": cfg.split, "channels": cfg.channels,
-            "resolution": cfg.resolution, "seed": cfg.seed, "command": command or _command_line(),
+            "resolution": cfg.resolution, "seed": cfg.seed, "command": command or command_line(),
             "train_config": asdict(cfg), "train_seconds": round(seconds, 1), "held_out": held,
             "torch": torch.__version__}
     from gradleak.priors.enhancer import save_pair
@@ -178,22 +169,9 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
 
 def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None = None, name: str = "") -> ModelTagger:
     """Load a ``train-tagger`` result (safetensors + JSON only)."""
-    from safetensors.torch import load_file
+    from gradleak.priors.enhancer import read_pair
 
-    stem = Path(path)
-    if stem.is_dir():
-        stem = stem / "tagger"
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for f in (st, js):
-        if not f.is_file():
-            raise UserError(f"metrics.tagger: file not found: {str(f)!r}")
-    try:
-        meta = json.loads(js.read_text())
-        tensors = load_file(str(st))
-    except Exception as err:  # noqa: BLE001 - corrupt files are one line
-        raise UserError(f"metrics.tagger: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"metrics.tagger: {path} is not a gradleak tagger (format {meta.get('format')!r})")
+    tensors, meta = read_pair(path, "tagger", "metrics.tagger", fmt=FORMAT)
     net = TaggerNet(**meta["arch"])
     try:
         net.load_state_dict(tensors)

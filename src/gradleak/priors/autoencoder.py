@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradleak.errors import bad_value
-from gradleak.priors.enhancer import augment, command_line, read_pair, save_pair
+from gradleak.priors.enhancer import augment, read_pair, save_pair
+from gradleak.priors.train import command_line
 
 
 def latent_layout(resolution: int, latent_dim: int, downsample: int, key: str = "autoencoder") -> tuple[int, int]:

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -39,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradleak.errors import UserError, bad_value
+from gradleak.priors.train import command_line
 
 FORMAT = "gradleak-rog"
 VERSION = 1
@@ -66,9 +65,9 @@ def save_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tuple
     return st, js
 
 
-def read_pair(path: str | Path, kind: str, key: str) -> tuple[dict[str, Tensor], dict]:
+def read_pair(path: str | Path, kind: str, key: str, fmt: str = FORMAT) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a file pair written by :func:`save_pair` (``path``: stem, .safetensors,
-    .json, or a directory holding ``<kind>.safetensors``); ``kind`` must match. Errors name ``key``."""
+    .json, or a directory holding ``<kind>.safetensors``); ``fmt`` and ``kind`` must match. Errors name ``key``."""
     from safetensors.torch import load_file
 
     stem = Path(path)
@@ -85,18 +84,11 @@ def read_pair(path: str | Path, kind: str, key: str) -> tuple[dict[str, Tensor],
         tensors = load_file(str(st))
     except Exception as err:  # noqa: BLE001 - corrupt files are one line
         raise UserError(f"{key}: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
-    if meta.get("format") != FORMAT or meta.get("kind") != kind:
+    if meta.get("format") != fmt or meta.get("kind") != kind:
         raise UserError(f"{key}: {str(js)!r} is not a gradleak {kind} file "
                         f"(format {meta.get('format')!r}, kind {meta.get('kind')!r})")
     return tensors, meta
 
-
-def command_line() -> str:
-    """The command that is running, for provenance in the JSON metadata."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("cli.py", "__main__.py", "gradleak")):
-        argv[0] = "gradleak"
-    return " ".join(shlex.quote(a) for a in argv)
 
 
 # --- networks --------------------------------------------------------------------------------------------

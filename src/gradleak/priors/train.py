@@ -65,7 +65,8 @@ def _augment(x: Tensor, gen: torch.Generator, on: bool) -> Tensor:
     return translate(x, torch.randint(-pad, pad + 1, (x.shape[0], 2), generator=gen), pad)
 
 
-def _command_line() -> str:
+def command_line() -> str:
+    """The command that is running, for provenance in the JSON metadata of trained files."""
     argv = list(sys.argv)
     if argv and Path(argv[0]).name in ("gradleak", "cli.py", "__main__.py"):
         argv[0] = "gradleak"
@@ -114,7 +115,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
         meta, extra = load_checkpoint(ckpt, G, D, opt_g, opt_d, rng)
         step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
         perm, pos = extra["epoch_order"], int(meta["epoch_position"])
-    command = command or _command_line()
+    command = command or command_line()
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
     def snapshot(s: int) -> None:
