@@ -35,6 +35,14 @@ def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress:
     _summary(metrics, out)
 
 
+def _set_threads(threads: int) -> None:
+    """``--threads N``: torch CPU threads for this command (0 keeps torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
@@ -88,12 +96,9 @@ def train_prior_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a DCGAN generative prior (and its discriminator) for the GIAS attacks (gi-z, gi-w, gi-zw, ...)."""
-    import torch
-
     from gradleak.priors.train import TrainConfig, train_prior
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     cfg = TrainConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
                       latent_dim=latent_dim, width=width, conditional=conditional, steps=steps,
                       batch_size=batch_size, lr=lr, augment=augment, seed=seed, sample_every=sample_every,
@@ -128,12 +133,9 @@ def train_enhancer_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train ROG's enhancement network (U-Net + PatchGAN, L1 + adversarial) on degraded public images."""
-    import torch
-
     from gradleak.priors.enhancer import EnhancerConfig, train_enhancer
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     cfg = EnhancerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
                          depth=depth, disc_width=disc_width, conditional=conditional, steps=steps,
                          batch_size=batch_size, lr=lr, adv_weight=adv_weight, crops=crops, max_noise=max_noise,
@@ -162,12 +164,9 @@ def train_autoencoder_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the autoencoder of ROG's learned low-dimensional representation (attack.options.representation=autoencoder)."""
-    import torch
-
     from gradleak.priors.autoencoder import AutoencoderConfig, train_autoencoder
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     cfg = AutoencoderConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
                             latent_dim=latent_dim, downsample=downsample, width=width, steps=steps,
                             batch_size=batch_size, lr=lr, seed=seed)
@@ -194,12 +193,9 @@ def train_tagger_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the semantic tagger (classes + public-data attribute tags) behind the Jaccard metric (ROGS eq. 21)."""
-    import torch
-
     from gradleak.metrics.tagger import TaggerConfig, train_tagger
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     cfg = TaggerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
                        steps=steps, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
     path = train_tagger(cfg, out, progress=progress)
@@ -322,13 +318,10 @@ def giml_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """GIML (Algorithm 2): meta-learn a generative prior from the uploads alone; the result is a GIAS prior."""
-    import torch
-
     from gradleak.giml import GIMLConfig, train_giml
     from gradleak.priors.train import command_line
 
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     cfg = GIMLConfig(steps=steps, tasks_per_step=tasks_per_step, tau=tau, lam=lam, alpha=alpha, beta=beta,
                      latent_iterations=latent_iterations, lr_z=lr_z, tv=tv, distance=distance, prior=prior,
                      latent_dim=latent_dim, width=width, seed=seed, checkpoint_every=checkpoint_every)
