@@ -62,8 +62,6 @@ def capture(dataset: str, sparsity: float, seed: int):
     x, y = gl.sample_batch(data, BATCH, distinct_labels=True, seed=seed)
     name, opts = VICTIM
     model = init_model(build_model(name, data.num_classes, channels, RESOLUTION, **opts), seed)
-    model.gradleak_spec = {"name": name, "num_classes": data.num_classes, "in_channels": channels,
-                           "resolution": RESOLUTION, "options": dict(opts)}
     defense = [{"name": "topk", "sparsity": sparsity}] if sparsity else []
     case = gl.Case(model, x, y, gl.Protocol(kind="fedsgd", bn_mode="train", share_bn_stats=True),
                    gl.build_defenses(defense), model.gradleak_spec, give_labels=True)
@@ -267,7 +265,7 @@ def main() -> None:
                 rows.append(r["originals"].float()), labels.append("original")
             rows.append(r["images"].float()), labels.append(f"{col} @{sp}" if sp else col)
         image_rows(rows, labels, out / f"grid_{d}.png", scale=2)
-    print(f"\nwrote {out}/table.md, figure1.png, grid_*.png")
+    print(f"\nwrote {out}/table.md, {'figure1.png, ' if fig is not None else ''}grid_*.png")
     if fails:
         print(f"{fails} acceptance check(s) failed")
 

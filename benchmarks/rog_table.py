@@ -68,8 +68,6 @@ def capture_case(defense: list, seed: int, precode: int | None = None, *, data_n
     else:
         name, opts = VICTIM, dict(VICTIM_OPTIONS)
     model = init_model(build_model(name, data.num_classes, channels, resolution, **opts), seed)
-    model.gradleak_spec = {"name": name, "num_classes": data.num_classes, "in_channels": channels,
-                           "resolution": resolution, "options": opts}
     case = gl.Case(model, x, y, gl.Protocol(kind="fedavg", local_steps=5, lr=5e-3), gl.build_defenses(defense),
                    model.gradleak_spec, give_labels=True)
     return model, x, gl.capture(case, seed=seed)

@@ -339,3 +339,12 @@ def test_lenet_width_and_batchnorm_options():
     assert small(torch.rand(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(UserError, match="lenet option width"):
         build_model("lenet", 10, 1, 32, width=0)
+
+
+def test_build_model_records_the_spec_that_rebuilds_it():
+    model = build_model("LeNet", 10, 1, 32, width=4, batchnorm=True)
+    assert model.gradleak_spec == {"name": "lenet", "num_classes": 10, "in_channels": 1, "resolution": 32,
+                                   "options": {"width": 4, "batchnorm": True}}
+    spec = model.gradleak_spec
+    again = build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["resolution"], **spec["options"])
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}

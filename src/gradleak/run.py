@@ -44,8 +44,6 @@ def build_case(cfg: RunConfig) -> Case:
         public = load_dataset(d.name, split=public_split,
                               resolution=d.resolution, channels=d.channels, root=d.root)
         pretrain(model, public.images, public.labels, steps=m.pretrain_steps, lr=m.pretrain_lr, seed=cfg.seed)
-    model.gradleak_spec = {"name": m.name, "num_classes": private.num_classes, "in_channels": d.channels,
-                           "resolution": d.resolution, "options": dict(m.options)}
     c = cfg.client
     protocol = Protocol(kind=c.protocol, local_steps=c.local_steps, lr=c.lr, local_batch_size=c.local_batch_size,
                         epochs=c.epochs, bn_mode=c.bn_mode, share_bn_stats=c.share_bn_stats)

@@ -168,8 +168,6 @@ def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolu
         name, options = cfg.model, dict(cfg.model_options)
     model = build_model(name, num_classes, 3, resolution, **options)
     init_model(model, seed)
-    model.gradleak_spec = {"name": name, "num_classes": num_classes, "in_channels": 3, "resolution": resolution,
-                           "options": options}
     return model
 
 

@@ -88,7 +88,8 @@ def build_model(
 
     ``options`` are the factory's keyword options (e.g. ``width``, ``batchnorm``, ``stem``); an
     unknown one raises :class:`UserError` naming it and the allowed ones. The returned module has
-    ``gradleak_name`` (the name) and ``gradleak_options`` (the options given) attributes.
+    ``gradleak_name`` (the name), ``gradleak_options`` (the options given) and ``gradleak_spec`` (everything
+    needed to rebuild it: what an Observation records, :func:`gradleak.case.model_spec_of`) attributes.
     """
     if not isinstance(name, str) or not name.strip():
         raise bad_value("model", name, _allowed_names())
@@ -111,6 +112,8 @@ def build_model(
         raise bad_value("model", name, "a factory returning a torch.nn.Module")
     model.gradleak_name = name
     model.gradleak_options = dict(options)
+    model.gradleak_spec = {"name": name, "num_classes": num_classes, "in_channels": in_channels,
+                           "resolution": resolution, "options": dict(options)}
     return model
 
 
