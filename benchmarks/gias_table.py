@@ -14,7 +14,8 @@ Setting, on both built-in datasets (``digits``, 1 channel; ``photos``, RGB), 32�
   replaced by noise of the same norm) for GI-z/w (GI-z's on request); all of it again at gradient sparsity 0.95
   (top-k; the attacker compares on the observed support — masked cosine);
 * GIAS appendix G defaults: cosine distance, Adam, lr_z 3e-2, lr_w 1e-3, ×0.1 at 3/8, 5/8, 7/8, TV 1e-4,
-  best of 4 restarts (batched) by the final loss. Every attack gets the same budget of ``--iterations``
+  best of 4 restarts (batched) by the final loss. lr_w is relative to each weight tensor's RMS (StyleGAN2's
+  equalised learning rate, for which appendix G set it; see ``GeneratorWeights``). Every attack gets the same budget of ``--iterations``
   (default 300) steps: GI-z/w splits it into half z, half w.
 * priors: the shipped DCGAN priors ``digits`` / ``photos`` (trained on the public split only).
 

@@ -173,3 +173,29 @@ def test_untrained_prior_is_seeded_and_differs():
     for (n, p), q in zip(a.net.named_parameters(), b.net.parameters()):
         assert torch.equal(p, q), n
     assert not torch.equal(next(a.net.parameters()), next(prior.net.parameters()))
+
+
+def test_relative_lr_w_steps_each_tensor_in_proportion_to_its_scale():
+    """relative=True optimises w / RMS(w): the same images at the start, and one Adam step of size η moves
+    every tensor by η·RMS (equalised learning rate) instead of η."""
+    prior = _prior()
+    with torch.no_grad():
+        for i, p in enumerate(prior.net.parameters()):
+            p.mul_(10.0 ** (i % 3 - 1))  # tensors at different scales
+    gen = torch.Generator().manual_seed(0)
+    absolute, relative = GeneratorWeights(prior, relative=False), GeneratorWeights(prior, relative=True)
+    va, vr = absolute.start(1, 2, (1, 16, 16), None, gen), relative.start(1, 2, (1, 16, 16), None, gen)
+    relative.z = absolute.z.clone()
+    torch.testing.assert_close(relative.images(), absolute.images())
+    lr = 1e-3
+    for param, variables in ((absolute, va), (relative, vr)):
+        before = {k: t.detach().clone() for k, t in param.w.items()}
+        opt = torch.optim.Adam(variables, lr=lr)
+        (1e6 * param.images().square().sum()).backward()  # gradients ≫ Adam's eps
+        opt.step()
+        for k, t in param.w.items():
+            step = (t.detach() - before[k]).abs().max()
+            rms = before[k][0].pow(2).mean().sqrt()
+            expected = lr * (rms if param.relative and rms > 0 else 1.0)
+            if step > 0:  # a parameter the loss reaches moves by ≈ one Adam step
+                assert abs(float(step) - float(expected)) < 0.05 * float(expected), k

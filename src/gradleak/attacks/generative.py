@@ -96,17 +96,30 @@ class Latent(_PriorParam):
         return self.z.flatten(2).norm(dim=-1).mean(-1)
 
 
+def _rms_or_one(t: Tensor) -> Tensor:
+    rms = t.pow(2).mean().sqrt()
+    return rms if rms > 0 else torch.ones(())
+
+
 class GeneratorWeights(_PriorParam):
     """GI-w: per-image copies of the generator weights (R·B, *shape each) are the variables, the latents
     fixed — taken from a preceding :class:`Latent` stage (GIAS) or drawn at random (GI-w). With
-    ``untrained=True`` the weights start from a fresh initialisation (deep image prior)."""
+    ``untrained=True`` the weights start from a fresh initialisation (deep image prior).
+
+    ``relative=True`` (the presets' default) optimises u_k = w_k / s_k, s_k the RMS of the prior's tensor k
+    (1 for an all-zero tensor): an Adam step of size η on u moves w_k by ≈ η·s_k, the *equalised learning
+    rate* of StyleGAN (Karras et al., 2018, §4.1). GIAS appendix G's η_w = 1e-3 was set for StyleGAN2, whose
+    stored weights are unit-scale, i.e. a relative step of 1e-3; ``relative`` keeps that meaning for a
+    generator without equalised layers (a DCGAN's conv weights are ~0.02, where an absolute 1e-3 is a 5 %
+    change per step). ``relative=False`` steps w itself."""
 
     name = "w"
 
-    def __init__(self, prior: Prior, latent: Latent | None = None, untrained: bool = False):
+    def __init__(self, prior: Prior, latent: Latent | None = None, untrained: bool = False, relative: bool = True):
         super().__init__(prior)
-        self.latent, self.untrained = latent, untrained
-        self.w: dict[str, Tensor] = {}
+        self.latent, self.untrained, self.relative = latent, untrained, relative
+        self.u: dict[str, Tensor] = {}  # the variables, w / scale
+        self.scale: dict[str, Tensor] = {}
         self.fixed: dict[str, Tensor] = {}
         self.z: Tensor | None = None
         self.net: nn.Module | None = None
@@ -123,11 +136,18 @@ class GeneratorWeights(_PriorParam):
         self.z = z
         adapt = set(prior.adapt_names())
         params = dict(prior.net.named_parameters())
-        self.w = {k: v.detach().unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_()
+        self.scale = {k: _rms_or_one(v.detach()) if self.relative else torch.ones(()) for k, v in params.items()
+                      if k in adapt}
+        self.u = {k: (v.detach() / self.scale[k]).unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_()
                   for k, v in params.items() if k in adapt}
         self.fixed = {k: v.detach() for k, v in params.items() if k not in adapt}
         self.fixed |= {k: v.detach() for k, v in prior.net.named_buffers()}
-        return list(self.w.values())
+        return list(self.u.values())
+
+    @property
+    def w(self) -> dict[str, Tensor]:
+        """The per-copy generator weights (R·B, *shape) = scale · u."""
+        return {k: u * self.scale[k] for k, u in self.u.items()}
 
     def raw(self) -> Tensor:
         """Generator output (R·B, C_g, H_g, W_g): copy k applied to latent k, vectorised with vmap."""
@@ -359,13 +379,15 @@ class GIW(GenerativeAttack):
     def __init__(self, prior: PriorSpec, iterations: int = 2000, restarts: int = 4, lr_w: float = 1e-3, tv: float = 1e-4,
                  distance: Distance = "cosine", bn: float = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
-                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
+                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop",
+                 lr_w_relative: bool = True):
         self._setup(prior, restarts, 3e-2, lr_w, tv, distance, 0.0, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
-        self.iterations = iterations
+        self.iterations, self.lr_w_relative = iterations, lr_w_relative
 
     def stages(self):
-        return [Stage("w", GeneratorWeights(self.prior, None, untrained=self.untrained), self.iterations, self.lr_w)]
+        w = GeneratorWeights(self.prior, None, untrained=self.untrained, relative=self.lr_w_relative)
+        return [Stage("w", w, self.iterations, self.lr_w)]
 
 
 class GIWUntrained(GIW):
@@ -385,15 +407,16 @@ class GIZW(GenerativeAttack):
                  lr_z: float = 3e-2, lr_w: float = 1e-3, tv: float = 1e-4, distance: Distance = "cosine",
                  z_penalty: float = 0.0, bn: float = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
                  control: bool = False, snapshot_every: int = 0, space: Literal["z", "w", "w+"] = "w+",
-                 backend: Literal["loop", "vmap"] = "loop"):
+                 backend: Literal["loop", "vmap"] = "loop", lr_w_relative: bool = True):
         self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
-        self.iterations_z, self.iterations_w = iterations_z, iterations_w
+        self.iterations_z, self.iterations_w, self.lr_w_relative = iterations_z, iterations_w, lr_w_relative
 
     def stages(self):
         lat = Latent(self.prior)
         return [Stage("z", lat, self.iterations_z, self.lr_z),
-                Stage("w", GeneratorWeights(self.prior, lat), self.iterations_w, self.lr_w)]
+                Stage("w", GeneratorWeights(self.prior, lat, relative=self.lr_w_relative), self.iterations_w,
+                      self.lr_w)]
 
 
 class GIZX(GenerativeAttack):
