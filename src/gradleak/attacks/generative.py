@@ -20,8 +20,9 @@ Presets (registered in :data:`gradleak.attacks.presets.ATTACKS`):
 ``gi-x``           InvertGrad (GI-x) with the same +BN / control options
 =================  ==========================================================================
 
-Defaults are GIAS appendix G: cosine distance, Adam, lr_z = 3e-2, lr_w = 1e-3, ×0.1 at 3/8, 5/8, 7/8,
-TV 1e-4, best of 4 restarts by the final loss (the restarts run as one batched optimisation).
+Defaults are GIAS appendix G: cosine distance, Adam, lr_z = 3e-2, lr_w = 1e-3 (a step relative to each
+weight tensor's RMS, as StyleGAN2's equalised layers make it; see :class:`GeneratorWeights`), ×0.1 at 3/8,
+5/8, 7/8, TV 1e-4, best of 4 restarts by the final loss (the restarts run as one batched optimisation).
 Every preset takes ``bn`` (weight of GradInversion's BN-statistics prior, :mod:`.bn_prior`) with
 ``bn_source`` exact | public | running, and ``control: true`` — the "random gradient, true labels"
 control: the observed upload is replaced by a random one (:func:`control_observation`), so whatever the
