@@ -1,7 +1,7 @@
 """The search engine: batched restarts are independent, the schedule decays, presets behave."""
 import torch
 
-from gradleak.attacks.engine import Objective, Stage, _scheduler, search
+from gradleak.attacks.engine import Objective, Stage, lr_scheduler, search
 from gradleak.attacks.objectives import cosine_distance, l2_distance, total_variation
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.attacks.presets import DLG, IDLG, InvertGrad
@@ -41,7 +41,7 @@ def test_batched_restarts_equal_independent_runs():
 def test_multistep_schedule_decays_at_fractions():
     x = torch.zeros(1, requires_grad=True)
     opt = torch.optim.Adam([x], lr=1.0)
-    sched = _scheduler(opt, Stage("x", Pixels(), 80, 1.0))
+    sched = lr_scheduler(opt, Stage("x", Pixels(), 80, 1.0))
     lrs = []
     for _ in range(80):
         lrs.append(opt.param_groups[0]["lr"])

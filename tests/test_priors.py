@@ -240,3 +240,24 @@ def test_train_prior_cli_runs_and_resumes(tmp_path):
     assert (out / "samples" / "step_000003.png").is_file()
     r = _cli("train-prior", "--data", "nope", "--out", str(tmp_path / "x"), "--steps", "1", "--no-progress")
     assert r.returncode == 2 and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_file_pair_round_trip_and_one_line_errors(tmp_path):
+    from gradleak.filepair import read_pair, write_pair
+
+    t = {"a": torch.arange(6.0).reshape(2, 3)}
+    st, js = write_pair(tmp_path / "sub" / "enhancer.json", t, {"format": "gradleak-x", "kind": "enhancer"})
+    assert st.name == "enhancer.safetensors" and js.name == "enhancer.json"
+    assert sorted(p.name for p in st.parent.iterdir()) == ["enhancer.json", "enhancer.safetensors"]  # no temp files
+    for path in (st, js, st.with_suffix(""), st.parent):  # either file, the stem, or the directory + kind
+        tensors, meta = read_pair(path, "model.x", "gradleak-x", kind="enhancer")
+        assert torch.equal(tensors["a"], t["a"]) and meta["kind"] == "enhancer"
+    with pytest.raises(UserError, match=r"^model\.x: .* is not a gradleak tagger file"):
+        read_pair(st, "model.x", "gradleak-x", kind="tagger")
+    with pytest.raises(UserError, match=r"^model\.x: .* is not a gradleak y file"):
+        read_pair(st, "model.x", "gradleak-y")
+    js.write_text("{not json")
+    with pytest.raises(UserError, match=r"^model\.x: cannot read"):
+        read_pair(st, "model.x", "gradleak-x")
+    with pytest.raises(UserError, match=r"^model\.x: file not found"):
+        read_pair(tmp_path / "missing", "model.x", "gradleak-x")

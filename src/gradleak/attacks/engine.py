@@ -82,7 +82,8 @@ class Reconstruction:
     extra: dict = field(default_factory=dict)
 
 
-def _scheduler(opt, stage: Stage):
+def lr_scheduler(opt, stage: Stage):
+    """The learning-rate schedule named by ``stage.schedule`` (see :class:`Stage`); None for constant."""
     n = stage.iterations
     if stage.schedule == "multistep":
         ms = sorted({max(1, int(n * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
@@ -172,7 +173,7 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
             opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
         else:
             opt = torch.optim.Adam(variables, lr=stage.lr)
-        sched = _scheduler(opt, stage)
+        sched = lr_scheduler(opt, stage)
         last = torch.full((R,), math.inf)
 
         def closure():

@@ -74,7 +74,7 @@ def auto_generator(channels: int, resolution: int) -> str | None:
 def load_conditional(spec: str, shape: tuple[int, int, int]):
     """A class-conditional :class:`~gradleak.priors.Prior` for ROGS (see the module docstring)."""
     from gradleak.priors.checkpoint import read_pair
-    from gradleak.priors.prior import _dcgan_prior, load_prior
+    from gradleak.priors.prior import dcgan_prior, load_prior
 
     text = str(spec).strip()
     if text == "auto":
@@ -86,7 +86,7 @@ def load_conditional(spec: str, shape: tuple[int, int, int]):
         text = name
     if text in BUILTIN_CONDITIONAL and not Path(text).exists():
         tensors, meta = read_pair(builtin_conditional_path(text))
-        prior = _dcgan_prior(tensors, meta, f"{text} (conditional)")
+        prior = dcgan_prior(tensors, meta, f"{text} (conditional)")
     else:
         prior = load_prior(text)
     if not prior.conditional:

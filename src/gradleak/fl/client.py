@@ -70,7 +70,7 @@ def client_update(
     return delta if create_graph else {n: d.detach() for n, d in delta.items()}
 
 
-def _update_functional(model: nn.Module, protocol: Protocol, names: list[str]):
+def update_functional(model: nn.Module, protocol: Protocol, names: list[str]):
     """``(params, buffers, x, y) -> tuple(upload)`` built from ``torch.func.grad``, for ``vmap``."""
     def loss(p, b, xb, yb):
         return batch_loss(model, p, b, xb, yb)
@@ -125,7 +125,7 @@ def batched_update(
             "(vmap over torch.func.grad gives wrong second-order gradients through BatchNorm here, see tests)"
         )
     _set_mode(model, protocol)
-    fn = _update_functional(model, protocol, names)
+    fn = update_functional(model, protocol, names)
     bufs = {n: t.expand(R, *t.shape).clone() for n, t in buffers.items()}
     out = torch.vmap(fn, in_dims=(None, 0, 0, 0))({n: p.detach() for n, p in params.items()}, bufs, x, ys)
     return dict(zip(names, out))

@@ -52,7 +52,8 @@ from gradleak.attacks.objectives import DISTANCES
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 from gradleak.giml.tasks import TaskSet
-from gradleak.priors.checkpoint import FORMAT, VERSION, _atomic_pair, generator_state, read_pair, save_prior
+from gradleak.filepair import write_pair
+from gradleak.priors.checkpoint import FORMAT, VERSION, generator_state, read_pair, save_prior
 from gradleak.priors.dcgan import DCGANGenerator, dcgan_init_
 from gradleak.priors.prior import Prior, load_prior
 
@@ -291,7 +292,7 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
                 "generator_config": prior.net.config(), "output_range": list(prior.output_range), "step": s,
                 "giml_config": config, "tasks_fingerprint": ts.fingerprint(), "history": history,
                 "seconds": elapsed + time.perf_counter() - t0, "command": command}
-        _atomic_pair(ckpt, tensors, meta)
+        write_pair(ckpt, tensors, meta)
 
     def snapshot(s: int, weights: Weights) -> None:
         _save_prior_file(prior, weights, out / "steps" / f"step_{s:06d}", {**info, "giml_step": s})

@@ -11,7 +11,7 @@ Two ways θ_t evolves (:func:`observe_sequence`): ``reinit`` — θ re-initialis
 random models), and ``trained`` — θ_{t+1} = θ_t − η g_t (the model trained on the uploads, as FL would).
 
 All T gradient re-runs and R restarts are one vectorised call: ``torch.vmap`` over
-``torch.func.grad`` of the client loss (:func:`gradleak.fl.client._update_functional`), with θ_t, the
+``torch.func.grad`` of the client loss (:func:`gradleak.fl.client.update_functional`), with θ_t, the
 gathered subsets x[S_t] and labels batched along R·T — no Python loop over images or steps.
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gradleak.attacks.engine import Reconstruction, Stage, _scheduler
+from gradleak.attacks.engine import Reconstruction, Stage, lr_scheduler
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError, bad_value
-from gradleak.fl.client import _update_functional
+from gradleak.fl.client import update_functional
 from gradleak.fl.observation import Observation
 
 SETTINGS = ("reinit", "trained")
@@ -111,7 +111,7 @@ def multi_gradient_cost(model: nn.Module, seq: GradientSequence, images: Tensor,
     params, buffers, observed, names = _stack(seq)
     R, T = images.shape[0], len(seq.observations)
     model.train(protocol.bn_mode == "train")
-    fn = _update_functional(model, protocol, names)
+    fn = update_functional(model, protocol, names)
     rep = lambda t: t.unsqueeze(0).expand(R, *t.shape).reshape(R * T, *t.shape[1:])  # noqa: E731
     x = images[:, seq.subsets].reshape(R * T, seq.subsets.shape[1], *images.shape[2:])  # x_{S_t}, (R·T, b, C, H, W)
     y = rep(labels[seq.subsets])
@@ -149,7 +149,7 @@ class MultiGradientInversion:
         gen = torch.Generator().manual_seed(seed)
         (x,) = stage.parametrization.start(self.restarts, seq.size, shape, None, gen)
         opt = torch.optim.Adam([x], lr=self.lr)
-        sched = _scheduler(opt, stage)
+        sched = lr_scheduler(opt, stage)
         trace, t0 = [], time.perf_counter()
         for i in tqdm(range(self.iterations), desc=f"multi-gradient T={len(seq.observations)}", disable=not progress,
                       leave=False, dynamic_ncols=True):

@@ -9,47 +9,22 @@ Two kinds, both read without executing code (safetensors + JSON only):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import UserError
+from gradleak.filepair import write_pair
 
 FORMAT = "gradleak-prior"
 VERSION = 1
 
 
-def _atomic_pair(stem: Path, tensors: dict[str, Tensor], meta: dict) -> tuple[Path, Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
-    tmp_js.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    tmp_st.replace(st)
-    tmp_js.replace(js)
-    return st, js
-
-
 def read_pair(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and metadata of ``path`` (given as the stem, the .safetensors or the .json)."""
-    stem = Path(path)
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for f in (st, js):
-        if not f.is_file():
-            raise UserError(f"prior: file not found: {f}")
-    try:
-        meta = json.loads(js.read_text())
-        tensors = load_file(str(st))
-    except Exception as err:  # noqa: BLE001 - corrupt files are one line
-        raise UserError(f"prior: cannot read {st} / {js}: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise UserError(f"prior: {js} is not a gradleak prior file (format {meta.get('format')!r})")
-    return tensors, meta
+    """Tensors and metadata of a prior or checkpoint pair (``path``: the stem, the .safetensors or the .json)."""
+    return filepair.read_pair(path, "prior", FORMAT)
 
 
 def _prefixed(prefix: str, sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -65,7 +40,7 @@ def save_prior(path: str | Path, generator: nn.Module, arch: str, config: dict, 
     """Write the generator as a prior file pair; ``info`` (dataset, command, seed, …) goes to the JSON."""
     meta = {"format": FORMAT, "version": VERSION, "kind": "prior", "arch": arch, "config": config,
             **(info or {})}
-    return _atomic_pair(Path(path).with_suffix(""), _prefixed("generator", generator.state_dict()), meta)
+    return write_pair(Path(path).with_suffix(""), _prefixed("generator", generator.state_dict()), meta)
 
 
 def _optim_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict]:
@@ -102,7 +77,7 @@ def save_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d, 
     tensors["rng"] = rng.get_state()
     full = {"format": FORMAT, "version": VERSION, "kind": "checkpoint", "step": step, "opt_g": mg, "opt_d": md,
             **meta}
-    return _atomic_pair(Path(path).with_suffix(""), tensors, full)
+    return write_pair(Path(path).with_suffix(""), tensors, full)
 
 
 def load_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -36,7 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import UserError, bad_value
+from gradleak.filepair import write_pair
 from gradleak.priors.train import command_line
 
 FORMAT = "gradleak-rog"
@@ -48,47 +49,14 @@ DOWN_MODES = ("nearest", "bilinear", "bicubic")
 # --- file pairs (safetensors + JSON), shared with gradleak.priors.autoencoder ------------------------------
 
 def save_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tuple[Path, Path]:
-    """Write ``<stem>.safetensors`` + ``<stem>.json`` atomically (temp files, then rename)."""
-    from safetensors.torch import save_file
-
-    stem = Path(path)
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
-    os.chmod(tmp_st, 0o644)  # safetensors creates the file private; these are shareable weights
-    tmp_js.write_text(json.dumps({"format": FORMAT, "version": VERSION, **meta}, indent=2, sort_keys=True) + "\n")
-    tmp_st.replace(st)
-    tmp_js.replace(js)
-    return st, js
+    """Write an enhancer / autoencoder / tagger file pair (:func:`gradleak.filepair.write_pair`); ``meta``
+    carries its ``kind``, the format defaults to this module's."""
+    return write_pair(path, tensors, {"format": FORMAT, "version": VERSION, **meta})
 
 
 def read_pair(path: str | Path, kind: str, key: str, fmt: str = FORMAT) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and metadata of a file pair written by :func:`save_pair` (``path``: stem, .safetensors,
-    .json, or a directory holding ``<kind>.safetensors``); ``fmt`` and ``kind`` must match. Errors name ``key``."""
-    from safetensors.torch import load_file
-
-    stem = Path(path)
-    if stem.is_dir():
-        stem = stem / kind
-    if stem.suffix in (".safetensors", ".json"):
-        stem = stem.with_suffix("")
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-    for f in (st, js):
-        if not f.is_file():
-            raise UserError(f"{key}: file not found: {str(f)!r}")
-    try:
-        meta = json.loads(js.read_text())
-        tensors = load_file(str(st))
-    except Exception as err:  # noqa: BLE001 - corrupt files are one line
-        raise UserError(f"{key}: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
-    if meta.get("format") != fmt or meta.get("kind") != kind:
-        raise UserError(f"{key}: {str(js)!r} is not a gradleak {kind} file "
-                        f"(format {meta.get('format')!r}, kind {meta.get('kind')!r})")
-    return tensors, meta
-
+    """Tensors and metadata of a pair written by :func:`save_pair`; ``fmt`` and ``kind`` must match."""
+    return filepair.read_pair(path, key, fmt, kind)
 
 
 # --- networks --------------------------------------------------------------------------------------------

@@ -143,7 +143,8 @@ def match_shape(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
 
 # --- loading -----------------------------------------------------------------------------------------
 
-def _dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
+def dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
+    """A :class:`Prior` around a DCGAN generator rebuilt from a checkpoint's config and tensors."""
     cfg = meta.get("config", {})
     try:
         net = DCGANGenerator(**cfg)
@@ -219,7 +220,7 @@ def load_prior(spec, space: str = "w+") -> Prior:
     path = Path(text).expanduser()
     if text in BUILTIN_PRIORS and not path.exists():
         tensors, meta = read_pair(builtin_path(text))
-        return _dcgan_prior(tensors, meta, text)
+        return dcgan_prior(tensors, meta, text)
     if _looks_biggan_files(path):
         from gradleak.priors.biggan import load_biggan
 
@@ -235,7 +236,7 @@ def load_prior(spec, space: str = "w+") -> Prior:
                 meta = {**meta, "config": _checkpoint_config(meta)}
             if meta.get("arch") == "stylegan2":
                 return _stylegan_prior(generator_state(tensors), tensors.get("latent_avg"), text, space)
-            return _dcgan_prior(tensors, meta, text)
+            return dcgan_prior(tensors, meta, text)
         from gradleak.priors.stylegan2 import read_state_dict
 
         sd, avg = read_state_dict(path)
