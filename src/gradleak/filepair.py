@@ -1,5 +1,6 @@
 """Weight files as a pair: ``<stem>.safetensors`` (tensors) + ``<stem>.json`` (format, kind, architecture,
-provenance). Used by priors and their training checkpoints, enhancers, autoencoders and taggers.
+provenance). Used by observations, priors and their training checkpoints, enhancers, autoencoders and
+taggers.
 
 Reading never executes code from the files (safetensors + JSON only); writing goes through temporary files
 and renames, so an interrupted save never leaves a half-written pair.
@@ -36,9 +37,9 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
     return st, js
 
 
-def read_pair(path: str | Path, key: str, fmt: str, kind: str | None = None) -> tuple[dict[str, Tensor], dict]:
+def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = None) -> tuple[dict[str, Tensor], dict]:
     """Tensors and metadata of a pair (``path``: the stem, either file, or — with ``kind`` — a directory
-    holding ``<kind>.safetensors``). The JSON's ``format`` must be ``fmt`` and, when given, its ``kind``
+    holding ``<kind>.safetensors``). When given, the JSON's ``format`` must be ``fmt`` and its ``kind``
     ``kind``; every error is one line that names the config ``key``."""
     stem = Path(path)
     if kind is not None and stem.is_dir():
@@ -53,7 +54,7 @@ def read_pair(path: str | Path, key: str, fmt: str, kind: str | None = None) -> 
         tensors = load_file(str(st))
     except Exception as err:  # noqa: BLE001 - corrupt files are one line
         raise UserError(f"{key}: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
-    if meta.get("format") != fmt or (kind is not None and meta.get("kind") != kind):
+    if (fmt is not None and meta.get("format") != fmt) or (kind is not None and meta.get("kind") != kind):
         what = kind or fmt.removeprefix("gradleak-")
         raise UserError(f"{key}: {str(js)!r} is not a gradleak {what} file "
                         f"(format {meta.get('format')!r}, kind {meta.get('kind')!r})")

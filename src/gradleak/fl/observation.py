@@ -6,16 +6,15 @@ validates every tensor's shape against the model and refuses NaN/inf, naming the
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from gradleak.errors import UserError
+from gradleak.filepair import read_pair, write_pair
 from gradleak.fl.protocol import Protocol
 
 Params = dict[str, Tensor]
@@ -79,27 +78,14 @@ class Observation:
             "defenses": self.defenses,
             "extra": self.extra,
         }
-        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-        tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
-        save_file(tensors, str(tmp_st))
-        tmp_js.write_text(json.dumps(meta, indent=2))
-        tmp_st.replace(st)
-        tmp_js.replace(js)
-        return st, js
+        return write_pair(stem, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path, validate: bool = True) -> "Observation":
         """Load and validate; raises UserError naming the file, key or tensor at fault."""
         stem = Path(path).with_suffix("")
-        st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-        for f in (st, js):
-            if not f.exists():
-                raise UserError(f"observation: file not found: {f}")
-        try:
-            meta = json.loads(js.read_text())
-            tensors = load_file(str(st))
-        except Exception as err:  # corrupt file: one line, no traceback
-            raise UserError(f"observation: cannot read {st} / {js}: {err}") from None
+        tensors, meta = read_pair(stem, "observation", None)
+        js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
         for key in ("model", "protocol", "num_images", "image_shape"):
             if key not in meta:
                 raise UserError(f"observation: {js} lacks the metadata key {key!r}")
