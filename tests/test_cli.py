@@ -80,3 +80,20 @@ def test_help_explains_every_command():
     for cmd in ("demo", "run", "list"):
         r = gradleak(cmd, "--help")
         assert r.returncode == 0 and len(r.stdout) > 100
+
+
+def test_list_describes_one_entry_from_its_signature(cli):
+    r = cli("list", "gi-zw")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("gi-zw (attack) — gradleak.attacks.generative.GIZW")
+    assert "Algorithm 1" in r.stdout  # the docstring's equation reference
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("  ")}
+    assert "(required)" in rows["prior"] and rows["prior"].endswith("attack.options.prior")
+    assert "0.001" in rows["lr_w"] and "True" in rows["lr_w_relative"]
+    r = cli("list", "lenet")  # the case fills num_classes / in_channels / resolution: not options
+    rows = {line.split()[0] for line in r.stdout.splitlines() if line.startswith("  ")}
+    assert rows == {"init", "width", "batchnorm"}
+    r = cli("list", "precode")  # a model and a defense: both
+    assert "precode (model)" in r.stdout and "precode (defense)" in r.stdout
+    r = cli("list", "gi-q")
+    assert r.returncode == 2 and r.stderr.startswith("error: list: got 'gi-q'; allowed: digits") and r.stderr.count("\n") == 1

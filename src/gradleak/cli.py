@@ -62,15 +62,26 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
 
 
 @app.command("list")
-def list_cmd() -> None:
-    """List the registered datasets, models, defenses and attacks."""
+def list_cmd(name: Optional[str] = typer.Argument(
+        None, help="A registered name (e.g. gi-zw, topk, lenet, digits): show its options, defaults and source.")) -> None:
+    """List the registered datasets, models, defenses and attacks, or describe one of them."""
     from gradleak.attacks.presets import ATTACKS
     from gradleak.data import DATASETS
     from gradleak.defenses import DEFENSES
     from gradleak.models import MODELS
+    from gradleak.registry_help import describe_entry
 
-    for title, reg in (("datasets", DATASETS), ("models", MODELS), ("defenses", DEFENSES), ("attacks", ATTACKS)):
-        typer.echo(f"{title}: {', '.join(reg) or '-'}")
+    registries = (("dataset", "data", DATASETS), ("model", "model", MODELS), ("defense", "defense", DEFENSES),
+                  ("attack", "attack", ATTACKS))
+    if name is None:
+        for title, _, reg in registries:
+            typer.echo(f"{title}s: {', '.join(reg) or '-'}")
+        return
+    found = [describe_entry(name, title, section, reg[name]) for title, section, reg in registries if name in reg]
+    if not found:  # e.g. precode is both a model and a defense: both are shown
+        every = ", ".join(dict.fromkeys(n for _, _, reg in registries for n in reg))
+        raise UserError(f"list: got {name!r}; allowed: {every}")
+    typer.echo("\n\n".join(found))
 
 
 @app.command("train-prior")
