@@ -172,6 +172,13 @@ def test_stylegan2_checkpoint_loads_in_w_plus(tmp_path, fmt):
     with torch.no_grad():
         torch.testing.assert_close(pw.generate(w1), prior.generate(w1[:, None].expand(-1, 6, -1)))
     assert not any(n.startswith("g.style.") for n in prior.adapt_names())  # GI-w adapts synthesis only
+    # equalised-lr layers: GI-w's relative step falls back to the absolute one (scale 1 for every tensor)
+    from gradleak.attacks.generative import GeneratorWeights
+
+    assert prior.equalized_lr and not load_prior("digits").equalized_lr
+    gw = GeneratorWeights(prior, relative=True)
+    gw.start(1, 1, (3, 32, 32), None, torch.Generator().manual_seed(0))
+    assert all(float(s) == 1.0 for s in gw.scale.values())
 
 
 class _Evil:

@@ -112,7 +112,8 @@ class GeneratorWeights(_PriorParam):
     rate* of StyleGAN (Karras et al., 2018, §4.1). GIAS appendix G's η_w = 1e-3 was set for StyleGAN2, whose
     stored weights are unit-scale, i.e. a relative step of 1e-3; ``relative`` keeps that meaning for a
     generator without equalised layers (a DCGAN's conv weights are ~0.02, where an absolute 1e-3 is a 5 %
-    change per step). ``relative=False`` steps w itself."""
+    change per step). ``relative=False``, or a prior whose layers are already equalised
+    (``Prior.equalized_lr``: the StyleGAN2 loader), steps w itself."""
 
     name = "w"
 
@@ -137,7 +138,8 @@ class GeneratorWeights(_PriorParam):
         self.z = z
         adapt = set(prior.adapt_names())
         params = dict(prior.net.named_parameters())
-        self.scale = {k: _rms_or_one(v.detach()) if self.relative else torch.ones(()) for k, v in params.items()
+        relative = self.relative and not prior.equalized_lr
+        self.scale = {k: _rms_or_one(v.detach()) if relative else torch.ones(()) for k, v in params.items()
                       if k in adapt}
         self.u = {k: (v.detach() / self.scale[k]).unsqueeze(0).repeat(n, *[1] * v.dim()).requires_grad_()
                   for k, v in params.items() if k in adapt}

@@ -50,8 +50,12 @@ class Prior:
     def __init__(self, net: nn.Module, latent_shape: tuple[int, ...], *, output_range=(-1.0, 1.0),
                  num_classes: int = 0, adapt: Callable[[str], bool] | None = None,
                  sampler: Callable[[int, torch.Generator], Tensor] | None = None, name: str = "",
-                 meta: dict | None = None, reinit: Callable[[nn.Module], None] | None = None):
+                 meta: dict | None = None, reinit: Callable[[nn.Module], None] | None = None,
+                 equalized_lr: bool = False):
         self.net = net.eval()
+        # True when the generator's layers already use StyleGAN's equalised learning rate (unit-scale stored
+        # weights): GI-w then steps the weights as they are instead of relative to each tensor's RMS
+        self.equalized_lr = bool(equalized_lr)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.latent_shape = tuple(int(s) for s in latent_shape)
@@ -113,7 +117,7 @@ class Prior:
             calibrate_bn(net, inputs, batches=4)
         return Prior(net, self.latent_shape, output_range=self.output_range, num_classes=self.num_classes,
                      adapt=self._adapt, sampler=self._sampler, name=f"{self.name} (untrained)",
-                     meta={**self.meta, "untrained": True}, reinit=self._reinit)
+                     meta={**self.meta, "untrained": True}, reinit=self._reinit, equalized_lr=self.equalized_lr)
 
     # --- output → victim pixel space ------------------------------------------------------------------
     def to_pixels(self, raw: Tensor, shape: tuple[int, int, int]) -> Tensor:
@@ -165,7 +169,7 @@ def _stylegan_prior(sd: dict[str, Tensor], latent_avg: Tensor | None, name: str,
     net = StyleGAN2Latent(g, space)
     meta = {"arch": "stylegan2", "space": space, "config": g.config(), "has_latent_avg": latent_avg is not None}
     return Prior(net, net.latent_shape, output_range=(-1.0, 1.0), adapt=net.adapt, sampler=net.sample_latent,
-                 name=name, meta=meta)
+                 name=name, meta=meta, equalized_lr=True)
 
 
 def _from_module(obj, name: str) -> Prior:
@@ -181,7 +185,8 @@ def _from_module(obj, name: str) -> Prior:
     sampler = getattr(obj, "sample_latent", None)
     return Prior(obj, tuple(shape), output_range=getattr(obj, "output_range", (-1.0, 1.0)),
                  num_classes=int(getattr(obj, "num_classes", 0) or 0), sampler=sampler, name=name,
-                 adapt=getattr(obj, "adapt", None), meta={"arch": "module", "import": name})
+                 adapt=getattr(obj, "adapt", None), meta={"arch": "module", "import": name},
+                 equalized_lr=bool(getattr(obj, "equalized_lr", False)))
 
 
 def _import(path: str):
