@@ -97,3 +97,24 @@ def test_list_describes_one_entry_from_its_signature(cli):
     assert "precode (model)" in r.stdout and "precode (defense)" in r.stdout
     r = cli("list", "gi-q")
     assert r.returncode == 2 and r.stderr.startswith("error: list: got 'gi-q'; allowed: digits") and r.stderr.count("\n") == 1
+
+
+def test_usage_errors_are_exit_2_without_traceback(cli):
+    r = cli("demo", "--bogus")
+    assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
+    r = cli("list", "cifar10")  # a registry entry that is a functools.partial
+    assert r.returncode == 0 and r.stdout.startswith("cifar10 (dataset) — gradleak.data.cifar.load_cifar")
+
+
+def test_every_registered_name_can_be_described():
+    from gradleak.attacks.presets import ATTACKS
+    from gradleak.data import DATASETS
+    from gradleak.defenses import DEFENSES
+    from gradleak.models import MODELS
+    from gradleak.registry_help import describe_entry
+
+    for kind, section, reg in (("dataset", "data", DATASETS), ("model", "model", MODELS),
+                               ("defense", "defense", DEFENSES), ("attack", "attack", ATTACKS)):
+        for name, entry in reg.items():
+            text = describe_entry(name, kind, section, entry)
+            assert text.startswith(f"{name} ({kind}) — gradleak.") and "options" in text

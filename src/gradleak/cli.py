@@ -350,13 +350,16 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:  # usage errors (bad option, missing argument)
+        if isinstance(err, _click_exception()):
             err.show()
             sys.exit(2)
         raise
+
+
+def _click_exception() -> type:
+    """click's ClickException, whether typer depends on click (typer < 0.2x) or vendors it (typer._click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the first paragraph of its docstring (which cites the equation it implements), w
 option with its default, read from the signature that the config is checked against."""
 from __future__ import annotations
 
+import functools
 import inspect
 import textwrap
 from typing import Any
@@ -24,13 +25,14 @@ def _annotation(p: inspect.Parameter) -> str:
 
 def describe_entry(name: str, kind: str, section: str, entry: Any) -> str:
     """Text block for registry ``entry`` (a class or a factory function) registered as ``name``."""
-    target = entry.__init__ if inspect.isclass(entry) else entry
+    target = entry.__init__ if inspect.isclass(entry) else entry  # a partial keeps its bound arguments out
     params = [p for p in inspect.signature(target).parameters.values()
               if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
               and p.name not in _FILLED.get(section, ())]
-    doc = inspect.getdoc(entry) or ""
+    source = entry.func if isinstance(entry, functools.partial) else entry
+    doc = inspect.getdoc(source) or ""
     summary = doc.split("\n\n")[0].replace("\n", " ").strip()
-    lines = [f"{name} ({kind}) — {entry.__module__}.{entry.__qualname__}"]
+    lines = [f"{name} ({kind}) — {source.__module__}.{source.__qualname__}"]
     if summary:
         lines += textwrap.wrap(summary, 100)
     if section == "defense":
