@@ -118,3 +118,14 @@ def test_every_registered_name_can_be_described():
         for name, entry in reg.items():
             text = describe_entry(name, kind, section, entry)
             assert text.startswith(f"{name} ({kind}) — gradleak.") and "options" in text
+
+
+def test_attack_options_out_of_range_are_one_line(cli, tmp_path):
+    for key, value, allowed in (("lr", "-1", "greater than 0"), ("iterations", "0", "greater than or equal to 1"),
+                                ("tv", "-0.1", "greater than or equal to 0")):
+        out = tmp_path / key
+        r = cli("demo", "--out", out, "--set", f"attack.options.{key}={value}")
+        assert r.returncode == 2 and r.stderr.startswith(f"error: attack.options.{key}: got") and allowed in r.stderr
+        assert not out.exists()
+    r = cli("list", "invertgrad")
+    assert any(line.split()[:3] == ["lr", "0.025", "float"] and "> 0" in line for line in r.stdout.splitlines())

@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import pydantic
+from pydantic import Field
 
 from gradleak.errors import UserError
+
+# constrained option types for factory signatures (checked by validate_options, shown by ``gradleak list``)
+Iterations = Annotated[int, Field(ge=1)]
+Steps = Annotated[int, Field(ge=0)]  # a stage of a multi-stage attack, which may be skipped
+LearningRate = Annotated[float, Field(gt=0)]
+Weight = Annotated[float, Field(ge=0)]  # a regulariser's weight
 
 
 def _model_for(fn: Callable) -> type[pydantic.BaseModel]:

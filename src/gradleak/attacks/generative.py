@@ -44,6 +44,7 @@ from gradleak.attacks.presets import ATTACKS, Attack, InvertGrad
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.priors.prior import Prior, describe, load_prior
+from gradleak.validate import Iterations, LearningRate, Steps, Weight
 
 Distance = str  # a key of gradleak.attacks.objectives.DISTANCES (checked at construction)
 PriorSpec = Union[str, Prior, nn.Module]  # built-in name, path, import path, or an object (Python API)
@@ -278,10 +279,10 @@ class GIX(_PriorMixin, InvertGrad):
 
     name = "gi-x"
 
-    def __init__(self, iterations: int = 2000, lr: float = 0.025, tv: float = 1e-4, restarts: int = 1,
+    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = 0.025, tv: Weight = 1e-4, restarts: Iterations = 1,
                  signed: bool = True, box: bool = True, distance: Distance = "cosine",
-                 init: Literal["randn", "uniform"] = "randn", bn: float = 0.0, bn_source: BNSource = "exact",
-                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+                 init: Literal["randn", "uniform"] = "randn", bn: Weight = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
                  backend: Literal["loop", "vmap"] = "loop"):
         _check_distance(distance)
         InvertGrad.__init__(self, iterations, lr, tv, restarts, signed, box, distance, init, backend)
@@ -361,9 +362,9 @@ class GIZ(GenerativeAttack):
 
     name = "gi-z"
 
-    def __init__(self, prior: PriorSpec, iterations: int = 2000, restarts: int = 4, lr_z: float = 3e-2, tv: float = 1e-4,
-                 distance: Distance = "cosine", z_penalty: float = 0.0, bn: float = 0.0, bn_source: BNSource = "exact",
-                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4, lr_z: LearningRate = 3e-2, tv: Weight = 1e-4,
+                 distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
                  space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
@@ -379,9 +380,9 @@ class GIW(GenerativeAttack):
     name = "gi-w"
     untrained = False
 
-    def __init__(self, prior: PriorSpec, iterations: int = 2000, restarts: int = 4, lr_w: float = 1e-3, tv: float = 1e-4,
-                 distance: Distance = "cosine", bn: float = 0.0, bn_source: BNSource = "exact",
-                 bn_data: str | None = None, control: bool = False, snapshot_every: int = 0,
+    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4,
+                 distance: Distance = "cosine", bn: Weight = 0.0, bn_source: BNSource = "exact",
+                 bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
                  space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop",
                  lr_w_relative: bool = True):
         self._setup(prior, restarts, 3e-2, lr_w, tv, distance, 0.0, bn, bn_source, bn_data, control,
@@ -406,10 +407,10 @@ class GIZW(GenerativeAttack):
 
     name = "gi-zw"
 
-    def __init__(self, prior: PriorSpec, iterations_z: int = 1000, iterations_w: int = 1000, restarts: int = 4,
-                 lr_z: float = 3e-2, lr_w: float = 1e-3, tv: float = 1e-4, distance: Distance = "cosine",
-                 z_penalty: float = 0.0, bn: float = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
-                 control: bool = False, snapshot_every: int = 0, space: Literal["z", "w", "w+"] = "w+",
+    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_w: Steps = 1000, restarts: Iterations = 4,
+                 lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4, distance: Distance = "cosine",
+                 z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
+                 control: bool = False, snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
                  backend: Literal["loop", "vmap"] = "loop", lr_w_relative: bool = True):
         self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
@@ -427,11 +428,11 @@ class GIZX(GenerativeAttack):
 
     name = "gi-zx"
 
-    def __init__(self, prior: PriorSpec, iterations_z: int = 1000, iterations_x: int = 1000, restarts: int = 4,
-                 lr_z: float = 3e-2, lr_x: float = 0.01, signed: bool = True, tv: float = 1e-4,
-                 distance: Distance = "cosine", z_penalty: float = 0.0, bn: float = 0.0,
+    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_x: Steps = 1000, restarts: Iterations = 4,
+                 lr_z: LearningRate = 3e-2, lr_x: LearningRate = 0.01, signed: bool = True, tv: Weight = 1e-4,
+                 distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0,
                  bn_source: BNSource = "exact", bn_data: str | None = None, control: bool = False,
-                 snapshot_every: int = 0, space: Literal["z", "w", "w+"] = "w+",
+                 snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
                  backend: Literal["loop", "vmap"] = "loop"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)

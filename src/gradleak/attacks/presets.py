@@ -14,7 +14,7 @@ from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
-from gradleak.validate import validate_options
+from gradleak.validate import Iterations, LearningRate, Weight, validate_options
 
 LabelMode = Literal["oracle", "recover", "learn"]
 
@@ -25,7 +25,7 @@ class Attack:
     name = "attack"
     default_labels: LabelMode = "oracle"
 
-    def __init__(self, restarts: int = 1, backend: Literal["loop", "vmap"] = "loop"):
+    def __init__(self, restarts: Iterations = 1, backend: Literal["loop", "vmap"] = "loop"):
         if restarts < 1:
             raise UserError(f"attack.restarts: got {restarts}; allowed: integer >= 1")
         self.restarts, self.backend = restarts, backend
@@ -51,7 +51,7 @@ class DLG(Attack):
     name = "dlg"
     default_labels: LabelMode = "learn"
 
-    def __init__(self, iterations: int = 300, lr: float = 1.0, restarts: int = 1,
+    def __init__(self, iterations: Iterations = 300, lr: LearningRate = 1.0, restarts: Iterations = 1,
                  line_search: Literal["strong_wolfe", "none"] = "strong_wolfe",
                  backend: Literal["loop", "vmap"] = "loop"):
         super().__init__(restarts, backend)
@@ -81,7 +81,8 @@ class InvertGrad(Attack):
 
     name = "invertgrad"
 
-    def __init__(self, iterations: int = 2000, lr: float = 0.025, tv: float = 1e-4, restarts: int = 1,
+    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = 0.025, tv: Weight = 1e-4,
+                 restarts: Iterations = 1,
                  signed: bool = True, box: bool = True,
                  distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
                  init: Literal["randn", "uniform"] = "randn", backend: Literal["loop", "vmap"] = "loop"):
