@@ -225,6 +225,9 @@ def test_import_path_generator():
     assert x.shape == (3, 3, 32, 32) and 0 <= x.min() and x.max() <= 1
     with pytest.raises(UserError, match="import failed"):
         load_prior("tests.no_such_module:factory")
+    with pytest.raises(UserError, match=r"^attack\.options\.prior: got 'tests\.test_priors:TinyGenerator\.forward'; "
+                                        r"allowed: a factory callable without arguments \(calling it failed: TypeError"):
+        load_prior("tests.test_priors:TinyGenerator.forward")  # needs arguments
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

@@ -200,7 +200,11 @@ def _import(path: str):
                         f"an importable 'package.module:factory' (import failed: {type(err).__name__}: {err})") from None
     if not callable(target):
         raise bad_value("attack.options.prior", path, "an import path naming a callable")
-    return target()
+    try:
+        return target()
+    except Exception as err:  # noqa: BLE001 - a failing user factory is one line too
+        raise bad_value("attack.options.prior", path, f"a factory callable without arguments (calling it failed: "
+                        f"{type(err).__name__}: {err})") from None
 
 
 def builtin_path(name: str) -> Path:
