@@ -9,7 +9,8 @@ Setting, on both built-in datasets (``digits``, 1 channel; ``photos``, RGB), 32�
   ≈ 11.2k independent constraints against 12,288 unknown pixels; on 1-channel digits (4,096 unknowns)
   it is not under-determined by count — train-mode BN (the batch's own statistics removed) and sigmoid
   saturation still leave GI-x far off there;
-* columns: GI-x (InvertGrad), GI-z, GI-w, GI-z/w (GIAS), GI-x+BN, GI-z/w+BN; the GI-z with the prior of
+* columns: GI-x (InvertGrad), GI-z, GI-w, GI-z/w (GIAS), GI-x+BN, GI-z/w+BN (exact batch statistics), the
+  same two with the public-data proxy statistics (no statistics shared, Yin et al.); the GI-z with the prior of
   the *other* dataset (wrong domain); the random-gradient control (same prior, true labels, the upload
   replaced by noise of the same norm) for GI-z/w (GI-z's on request); all of it again at gradient sparsity 0.95
   (top-k; the attacker compares on the observed support — masked cosine);
@@ -46,6 +47,9 @@ COLUMNS = {
     "GI-z/w": ("gi-zw", {"prior": "{prior}"}),
     "GI-x+BN": ("gi-x", {"bn": BN_WEIGHT}),
     "GI-z/w+BN": ("gi-zw", {"prior": "{prior}", "bn": BN_WEIGHT}),
+    # +BN without shared statistics: Yin et al.'s proxy, 64 public images of the same dataset at θ_0
+    "GI-x+BN public": ("gi-x", {"bn": BN_WEIGHT, "bn_source": "public", "bn_data": "{dataset}"}),
+    "GI-z/w+BN public": ("gi-zw", {"prior": "{prior}", "bn": BN_WEIGHT, "bn_source": "public"}),
     "GI-z wrong prior": ("gi-z", {"prior": "{wrong}"}),
     "GI-z control": ("gi-z", {"prior": "{prior}", "control": True}),  # not in the default --columns
     "GI-z/w control": ("gi-zw", {"prior": "{prior}", "control": True}),
@@ -73,7 +77,8 @@ def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: f
     from gradleak.attacks.presets import build_attack
 
     prior, wrong = dataset, DATASETS[dataset][1]
-    opts = {k: (v.format(prior=prior, wrong=wrong) if isinstance(v, str) else v) for k, v in options.items()}
+    opts = {k: (v.format(prior=prior, wrong=wrong, dataset=dataset) if isinstance(v, str) else v)
+            for k, v in options.items()}
     opts["distance"] = "masked_cosine" if sparsity else "cosine"
     if attack in ("gi-zw", "gi-zx"):
         opts |= {"iterations_z": iterations // 2, ("iterations_w" if attack == "gi-zw" else "iterations_x"):
@@ -83,7 +88,7 @@ def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: f
     if attack == "gi-x":
         opts["restarts"] = 4
     if opts.get("bn"):
-        opts["bn_source"] = "exact"
+        opts.setdefault("bn_source", "exact")
     if snapshot_every:
         opts["snapshot_every"] = snapshot_every
     return build_attack(attack, **opts)
