@@ -63,7 +63,7 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
 
 @app.command("list")
 def list_cmd(name: Optional[str] = typer.Argument(
-        None, help="A registered name (e.g. gi-zw, topk, lenet, digits): show its options, defaults and source.")) -> None:
+        None, help="A registered name (e.g. gi-zw, topk, lenet): show its options, defaults and source.")) -> None:
     """List the registered datasets, models, defenses and attacks, or describe one of them."""
     from gradleak.attacks.presets import ATTACKS
     from gradleak.data import DATASETS

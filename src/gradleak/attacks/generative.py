@@ -279,7 +279,8 @@ class GIX(_PriorMixin, InvertGrad):
 
     name = "gi-x"
 
-    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = 0.025, tv: Weight = 1e-4, restarts: Iterations = 1,
+    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = 0.025, tv: Weight = 1e-4,
+                 restarts: Iterations = 1,
                  signed: bool = True, box: bool = True, distance: Distance = "cosine",
                  init: Literal["randn", "uniform"] = "randn", bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
@@ -362,8 +363,9 @@ class GIZ(GenerativeAttack):
 
     name = "gi-z"
 
-    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4, lr_z: LearningRate = 3e-2, tv: Weight = 1e-4,
-                 distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact",
+    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4,
+                 lr_z: LearningRate = 3e-2, tv: Weight = 1e-4, distance: Distance = "cosine", z_penalty: Weight = 0.0,
+                 bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
                  space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
@@ -380,7 +382,8 @@ class GIW(GenerativeAttack):
     name = "gi-w"
     untrained = False
 
-    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4,
+    def __init__(self, prior: PriorSpec, iterations: Iterations = 2000, restarts: Iterations = 4,
+                 lr_w: LearningRate = 1e-3, tv: Weight = 1e-4,
                  distance: Distance = "cosine", bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
                  space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop",
@@ -407,7 +410,8 @@ class GIZW(GenerativeAttack):
 
     name = "gi-zw"
 
-    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_w: Steps = 1000, restarts: Iterations = 4,
+    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_w: Steps = 1000,
+                 restarts: Iterations = 4,
                  lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4, distance: Distance = "cosine",
                  z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
                  control: bool = False, snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
@@ -428,7 +432,8 @@ class GIZX(GenerativeAttack):
 
     name = "gi-zx"
 
-    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_x: Steps = 1000, restarts: Iterations = 4,
+    def __init__(self, prior: PriorSpec, iterations_z: Steps = 1000, iterations_x: Steps = 1000,
+                 restarts: Iterations = 4,
                  lr_z: LearningRate = 3e-2, lr_x: LearningRate = 0.01, signed: bool = True, tv: Weight = 1e-4,
                  distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0,
                  bn_source: BNSource = "exact", bn_data: str | None = None, control: bool = False,
