@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -274,6 +275,7 @@ def main() -> None:
     print(f"\nwrote {out}/table.md, {'figure1.png, ' if fig is not None else ''}grid_*.png")
     if fails:
         print(f"{fails} acceptance check(s) failed")
+    sys.exit(1 if fails else 0)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -274,6 +275,7 @@ def main() -> None:
                                                  indent=1))
     plots(out, cols, res, multi, args.giml_steps)
     print(f"\nwrote {out}/table.md, psnr_vs_step.png, loss_vs_iteration.png, multi_gradient.png, giml/samples.png")
+    sys.exit(0 if all(ok for _, ok in checks) else 1)  # an acceptance check failed
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""Every benchmark script runs end to end at a tiny size (a few seconds each), so a refactor that breaks one is
+caught here rather than an hour into a measurement. Exit 1 is allowed: at these sizes acceptance checks may
+fail, which the scripts report with exit 1. speed.py and baselines.py have no small size (ResNet-18, fixed
+budgets) and are not run here."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CASES = {
+    "gias_table": (["--batches", "1", "--iterations", "2", "--datasets", "digits", "--columns",
+                    "GI-x,GI-z/w,GI-z/w+BN public,GI-z/w control", "--no-figure"], ["table.md", "grid_digits.png"]),
+    "rog_table": (["--batches", "1", "--rog-iterations", "2", "--invertgrad-iterations", "2", "--settings", "0,4"],
+                  ["table.md"]),
+    "rogs_table": (["--batches", "1", "--batch", "2", "--rogs-iterations", "2"], []),
+    "giml_bench": (["--smoke"], ["table.md", "results.json", "psnr_vs_step.png", "multi_gradient.png"]),
+    "defense_sweep": (["--iterations", "2", "--images", "1"], []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_benchmark_runs_at_a_tiny_size(name, tmp_path):
+    args, files = CASES[name]
+    out = tmp_path / ("out.md" if name == "defense_sweep" else "out")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args, "--workers", "1",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert out.exists()
+    for f in files:
+        assert (out / f).is_file(), f
+
+
+def test_gi_w_copies_benchmark_checks_and_prints():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gi_w_copies.py"), "--repeats", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| 4 × 4 = 16 |" in r.stdout
