@@ -3,7 +3,7 @@
 Setting, on both built-in datasets (``digits``, 1 channel; ``photos``, RGB), 32×32:
 * ``--batches`` (default 20) private batches of 4 images with distinct labels (run seeds 0, 1, …);
 * FedSGD, BatchNorm in train mode, the batch's BN statistics shared (needed by the exact +BN prior);
-* victim: DLG's sigmoid LeNet (width 12) with a BatchNorm after each convolution (train mode), freshly
+* victim: DLG's sigmoid LeNet (width 12, ``--victim-width``) with a BatchNorm after each convolution (train mode), freshly
   initialised per batch. On photos the upload is under-determined: 15.9k gradient entries, but the
   linear layer's gradient (7.7k of them) is a rank-4 outer product carrying only 4·(768+10) numbers, so
   ≈ 11.2k independent constraints against 12,288 unknown pixels; on 1-channel digits (4,096 unknowns)
@@ -38,7 +38,7 @@ from pathlib import Path
 from _common import ROOT, parallel_map
 
 DATASETS = {"digits": (1, "photos"), "photos": (3, "digits")}  # channels, wrong-domain prior
-VICTIM = ("lenet", {"width": 12, "batchnorm": True})
+VICTIM, WIDTH = "lenet", 12  # DLG LeNet + BatchNorm; --victim-width changes the width
 BATCH, RESOLUTION, BN_WEIGHT = 4, 32, 1e-2
 # column -> (attack, options); "{prior}" / "{wrong}" are filled per dataset
 COLUMNS = {
@@ -59,15 +59,14 @@ SPARSITIES = (0.0, 0.95)
 FIGURE1 = ("GI-x", "GI-z", "GI-z/x", "GI-z/w")
 
 
-def capture(dataset: str, sparsity: float, seed: int):
+def capture(dataset: str, sparsity: float, seed: int, width: int = WIDTH):
     import gradleak as gl
     from gradleak.models import build_model, init_model
 
     channels = DATASETS[dataset][0]
     data = gl.load_dataset(dataset, split="private", resolution=RESOLUTION, channels=channels)
     x, y = gl.sample_batch(data, BATCH, distinct_labels=True, seed=seed)
-    name, opts = VICTIM
-    model = init_model(build_model(name, data.num_classes, channels, RESOLUTION, **opts), seed)
+    model = init_model(build_model(VICTIM, data.num_classes, channels, RESOLUTION, width=width, batchnorm=True), seed)
     defense = [{"name": "topk", "sparsity": sparsity}] if sparsity else []
     case = gl.Case(model, x, y, gl.Protocol(kind="fedsgd", bn_mode="train", share_bn_stats=True),
                    gl.build_defenses(defense), model.gradleak_spec, give_labels=True)
@@ -95,14 +94,14 @@ def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: f
     return build_attack(attack, **opts)
 
 
-def run_job(args: tuple[str, float, str, int, int]) -> dict:
+def run_job(args: tuple[str, float, str, int, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
     from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
 
-    dataset, sparsity, column, iterations, seed = args
-    model, x, obs = capture(dataset, sparsity, seed)
+    dataset, sparsity, column, iterations, seed, width = args
+    model, x, obs = capture(dataset, sparsity, seed, width)
     attack = build(dataset, *COLUMNS[column], iterations, sparsity)
     rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
     weights, reason = lpips_status()
@@ -114,15 +113,15 @@ def run_job(args: tuple[str, float, str, int, int]) -> dict:
             "originals": x.to(torch.float16) if seed == 0 else None}
 
 
-def figure1_job(args: tuple[str, int, int]) -> dict:
+def figure1_job(args: tuple[str, int, int, int]) -> dict:
     """One batch, the four Figure 1 attacks with snapshots; PSNR of the best restart per snapshot."""
     import torch
 
     torch.set_num_threads(1)
     from gradleak.metrics import score_images
 
-    dataset, iterations, seed = args
-    model, x, obs = capture(dataset, 0.0, seed)
+    dataset, iterations, seed, width = args
+    model, x, obs = capture(dataset, 0.0, seed, width)
     presets = {"GI-x": ("gi-x", {}), "GI-z": ("gi-z", {"prior": "{prior}"}),
                "GI-z/x": ("gi-zx", {"prior": "{prior}"}), "GI-z/w": ("gi-zw", {"prior": "{prior}"})}
     out = {"originals": x, "rows": {}}
@@ -205,17 +204,21 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--datasets", default="digits,photos")
+    ap.add_argument("--victim-width", type=int, default=WIDTH,
+                    help="victim LeNet width: 12 (15.9k gradient entries, ≈ 800 survive sparsity 0.95) or e.g. 48 "
+                         "(≈ 7.4k survive; about twice the time)")
     ap.add_argument("--columns", default=",".join(c for c in COLUMNS if c != "GI-z control"),
                     help="comma-separated subset of the columns")
     ap.add_argument("--no-figure", action="store_true", help="skip Figure 1")
     ap.add_argument("--out", default=str(ROOT / "runs" / "gias_table"))
     args = ap.parse_args()
     datasets = args.datasets.split(",")
-    jobs = [(d, sp, col, args.iterations, b) for b in range(args.batches) for d in datasets for sp in SPARSITIES
+    jobs = [(d, sp, col, args.iterations, b, args.victim_width) for b in range(args.batches) for d in datasets for sp in SPARSITIES
             for col in args.columns.split(",") if not (sp and ("wrong" in col or "control" in col or col == "GI-w"))]
     t0 = time.time()
     results = parallel_map(run_job, jobs, args.workers)
-    fig = None if args.no_figure else figure1_job(("photos" if "photos" in datasets else datasets[0], args.iterations, 0))
+    fig = None if args.no_figure else figure1_job(("photos" if "photos" in datasets else datasets[0], args.iterations, 0,
+                                                 args.victim_width))
     wall = time.time() - t0
 
     def cell(d, sp, col, key, how=mean):
@@ -227,7 +230,7 @@ def main() -> None:
         return mean([max(r["psnr"]) for r in results if (r["dataset"], r["sparsity"], r["column"]) == (d, sp, col)])
 
     have_lpips = any(r["lpips"] is not None for r in results)
-    lines = [f"GIAS Table 1 (small scale): LeNet width 12 + BN (train mode, FedSGD), batch {BATCH} distinct labels, "
+    lines = [f"GIAS Table 1 (small scale): LeNet width {args.victim_width} + BN (train mode, FedSGD), batch {BATCH} distinct labels, "
              f"{RESOLUTION}×{RESOLUTION}, {args.batches} batches = {args.batches * BATCH} images per cell, "
              f"{args.iterations} iterations per attack, best of 4 restarts, oracle labels", ""]
     checks, fails = [], 0
