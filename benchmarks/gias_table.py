@@ -3,8 +3,8 @@
 Setting, on both built-in datasets (``digits``, 1 channel; ``photos``, RGB), 32×32:
 * ``--batches`` (default 20) private batches of 4 images with distinct labels (run seeds 0, 1, …);
 * FedSGD, BatchNorm in train mode, the batch's BN statistics shared (needed by the exact +BN prior);
-* victim: DLG's sigmoid LeNet (width 12, ``--victim-width``) with a BatchNorm after each convolution (train mode), freshly
-  initialised per batch. On photos the upload is under-determined: 15.9k gradient entries, but the
+* victim: DLG's sigmoid LeNet (width 12, ``--victim-width``) with a BatchNorm after each convolution (train
+  mode), freshly initialised per batch. On photos the upload is under-determined: 15.9k gradient entries, but the
   linear layer's gradient (7.7k of them) is a rank-4 outer product carrying only 4·(768+10) numbers, so
   ≈ 11.2k independent constraints against 12,288 unknown pixels; on 1-channel digits (4,096 unknowns)
   it is not under-determined by count — train-mode BN (the batch's own statistics removed) and sigmoid
