@@ -10,6 +10,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts and sizes: a bad value is argparse's one-line error and exit 2."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
+    return value
+
+
 def _init_worker() -> None:
     import torch
 

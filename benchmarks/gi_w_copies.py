@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import _common  # noqa: F401 - puts this checkout's src first on sys.path
+from _common import positive_int  # (importing _common puts this checkout's src first on sys.path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=positive_int, default=20)
     ap.add_argument("--prior", default="photos")
     args = ap.parse_args()
     import torch

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, parallel_map
+from _common import ROOT, parallel_map, positive_int
 
 DATASETS = {"digits": (1, "photos"), "photos": (3, "digits")}  # channels, wrong-domain prior
 VICTIM, WIDTH = "lenet", 12  # DLG LeNet + BatchNorm; --victim-width changes the width
@@ -200,11 +200,11 @@ def mean(xs):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument("--iterations", type=int, default=300)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batches", type=positive_int, default=20)
+    ap.add_argument("--iterations", type=positive_int, default=300)
+    ap.add_argument("--workers", type=positive_int, default=2)
     ap.add_argument("--datasets", default="digits,photos")
-    ap.add_argument("--victim-width", type=int, default=WIDTH,
+    ap.add_argument("--victim-width", type=positive_int, default=WIDTH,
                     help="victim LeNet width: 12 (15.9k gradient entries, ≈ 800 survive sparsity 0.95) or e.g. 48 "
                          "(≈ 7.4k survive; about twice the time)")
     ap.add_argument("--columns", default=",".join(c for c in COLUMNS if c != "GI-z control"),
@@ -213,6 +213,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "gias_table"))
     args = ap.parse_args()
     datasets = args.datasets.split(",")
+    for key, given, allowed in (("--datasets", datasets, DATASETS), ("--columns", args.columns.split(","), COLUMNS)):
+        unknown = [g for g in given if g not in allowed]
+        if unknown:
+            ap.error(f"argument {key}: got {unknown[0]!r}; allowed: {', '.join(allowed)}")
     jobs = [(d, sp, col, args.iterations, b, args.victim_width) for b in range(args.batches) for d in datasets for sp in SPARSITIES
             for col in args.columns.split(",") if not (sp and ("wrong" in col or "control" in col or col == "GI-w"))]
     t0 = time.time()

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
     "gias_table": (["--batches", "1", "--iterations", "2", "--datasets", "digits", "--columns",
-                    "GI-x,GI-z/w,GI-z/w+BN public,GI-z/w control", "--no-figure"], ["table.md", "grid_digits.png"]),
+                    "GI-x,GI-z/w,GI-z/w+BN public,GI-z/w control", "--no-figure", "--victim-width", "6"],
+                   ["table.md", "grid_digits.png"]),
     "rog_table": (["--batches", "1", "--rog-iterations", "2", "--invertgrad-iterations", "2", "--settings", "0,4"],
                   ["table.md"]),
     "rogs_table": (["--batches", "1", "--batch", "2", "--rogs-iterations", "2"], []),
@@ -33,6 +35,17 @@ def test_benchmark_runs_at_a_tiny_size(name, tmp_path):
     assert out.exists()
     for f in files:
         assert (out / f).is_file(), f
+    if name == "gias_table":
+        assert "LeNet width 6 + BN" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("args", [["--victim-width", "0"], ["--batches", "x"], ["--columns", "GI-q"],
+                                  ["--datasets", "cifar"]])
+def test_gias_table_bad_arguments_are_one_line(args, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gias_table.py"), *args, "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("gias_table.py: error: argument ")
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
 
 
 def test_gi_w_copies_benchmark_checks_and_prints():
@@ -40,3 +53,13 @@ def test_gi_w_copies_benchmark_checks_and_prints():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| 4 × 4 = 16 |" in r.stdout
+
+
+def test_gias_table_victim_width_reaches_the_victim(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gias_table
+
+    model, x, obs = gias_table.capture("digits", 0.95, 0, width=6)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.out_channels == 6 for c in convs)
+    assert x.shape == (4, 1, 32, 32) and obs.num_images == 4
