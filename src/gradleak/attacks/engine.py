@@ -80,6 +80,7 @@ class Reconstruction:
     iterations: int
     attack: str = ""
     extra: dict = field(default_factory=dict)
+    analysis: object | None = None  # a typed per-attack analysis with to_dict() (e.g. R-GAP's RankAnalysis)
 
 
 def lr_scheduler(opt, stage: Stage):

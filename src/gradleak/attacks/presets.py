@@ -126,3 +126,9 @@ ATTACKS["rog"] = ROG
 from gradleak.attacks.rogs import ROGS  # noqa: E402
 
 ATTACKS["rogs"] = ROGS
+
+# R-GAP (Zhu & Blaschko, 2021), closed form, and R-GAP + generative prior (GIAS appendix C); the analytic
+# FC-layer attacks (see gradleak/attacks/rgap.py and gradleak/attacks/analytic.py).
+from gradleak.attacks.rgap import RGAP, RGAPGenerative  # noqa: E402
+
+ATTACKS.update({"rgap": RGAP, "rgap-gen": RGAPGenerative})

@@ -15,6 +15,7 @@ from .convnet import ConvNet
 from .lenet import LeNet
 from .precode import precode
 from .resnet import ResNet18
+from .rgapnets import CNN6, CNN10, MLP
 from .vgg import VGG7
 
 ModelFactory = Callable[..., nn.Module]
@@ -26,6 +27,9 @@ MODELS: dict[str, ModelFactory] = {
     "resnet18": ResNet18,
     "vgg7": VGG7,
     "precode": precode,  # options: base, base_options, bottleneck, seed, noise
+    "cnn6": CNN6,  # R-GAP standard form (options: width, bias, slope)
+    "cnn10": CNN10,
+    "mlp": MLP,  # options: width, depth, activation
 }
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
