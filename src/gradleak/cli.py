@@ -24,6 +24,10 @@ def _summary(metrics: dict, out: Path) -> None:
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{metrics['label_accuracy']:.2f}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
+    for row in (metrics.get("rank_analysis") or {}).get("layers", []):  # R-GAP: per-layer rank analysis
+        typer.echo(f"  layer {row['layer']} {row['name']} ({row['kind']}): {row['unknowns']} unknowns, "
+                   f"{row['forward_constraints']} + {row['gradient_constraints']} constraints, rank {row['rank']}"
+                   f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
 
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:

@@ -129,6 +129,8 @@ ATTACKS["rogs"] = ROGS
 
 # R-GAP (Zhu & Blaschko, 2021), closed form, and R-GAP + generative prior (GIAS appendix C); the analytic
 # FC-layer attacks (see gradleak/attacks/rgap.py and gradleak/attacks/analytic.py).
+from gradleak.attacks.analytic import FCAnalytic, FCAnalyticBatch  # noqa: E402
 from gradleak.attacks.rgap import RGAP, RGAPGenerative  # noqa: E402
 
-ATTACKS.update({"rgap": RGAP, "rgap-gen": RGAPGenerative})
+ATTACKS.update({"rgap": RGAP, "rgap-gen": RGAPGenerative, "fc-analytic": FCAnalytic,
+                "fc-analytic-batch": FCAnalyticBatch})

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from gradleak.attacks.engine import Reconstruction, Stage, lr_scheduler
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation, validate_against
+from gradleak.validate import Iterations, LearningRate, Steps
 
 DT = torch.float64
 ACTIVATIONS = (nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Identity)
@@ -86,6 +87,7 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
     (residuals, pooling in ``forward``) is refused as well."""
     layers: list[tuple[str, nn.Module]] = []
     acts: list[nn.Module | None] = []
+    act_names: dict[int, str] = {}
     for name, m in model.named_modules():
         if any(True for _ in m.children()):
             continue
@@ -108,6 +110,7 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
             if not layers or acts[-1] is not None:
                 raise _refuse(name, m, "does not follow a Conv2d/Linear layer")
             acts[-1] = m
+            act_names[id(m)] = name
         elif isinstance(m, nn.Flatten):
             continue
         elif isinstance(m, nn.ReLU):
@@ -124,7 +127,7 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
         name, m = layers[-1] if layers else ("<model>", model)
         raise _refuse(name, m, "is the last layer; R-GAP needs a final Linear layer (the classifier)")
     if acts[-1] is not None:
-        raise _refuse(layers[-1][0], acts[-1], "follows the final layer (the logits must feed the loss directly)")
+        raise _refuse(act_names[id(acts[-1])], acts[-1], "follows the final layer (the logits must feed the loss directly)")
     own = {n for n, _ in model.named_parameters()}
     chain_params = {f"{n}.{p}" for n, m in layers for p, _ in m.named_parameters(recurse=False)}
     if own != chain_params:
@@ -373,6 +376,7 @@ class RankAnalysis:
     """R-GAP's per-layer rank analysis and what the recursion recovered (``inputs``: x̂_r per layer, input first,
     kept out of :meth:`to_dict`)."""
 
+    key = "rank_analysis"  # where a run's metrics.json holds it
     layers: list[LayerRank]
     label: int
     inputs: list[Tensor] = field(default_factory=list, repr=False)
@@ -532,7 +536,7 @@ class RGAP:
     name = "rgap"
     default_labels = "oracle"
 
-    def __init__(self, rcond: float = 1e-10, max_unknowns: int = 8192):
+    def __init__(self, rcond: float = 1e-10, max_unknowns: Iterations = 8192):
         if not 0 < rcond < 1:
             raise UserError(f"attack.options.rcond: got {rcond}; allowed: a number in (0, 1)")
         if max_unknowns < 1:
@@ -618,14 +622,15 @@ class RGAPGenerative(RGAP):
     layer reading the image; ``auto`` = the rank-deficient ones) are solved by searching the prior's latent z
     through f_{θ,r}(G_w(z)) — plus w from the found z when ``iterations_w`` > 0 — the others in closed form.
     ``fill``: ``replace`` (eq. 11: x_r = f_{θ,r}(G(z*))) or ``nullspace`` (closed-form row-space part + the
-    prior's null-space part). GIAS appendix G step sizes: lr_z 3e-2, lr_w 1e-3 (relative)."""
+    prior's null-space part). GIAS appendix G step sizes: lr_z 3e-2, lr_w 1e-3 (relative). ``prior``: a built-in
+    name (digits, photos), a path or import path, or a :class:`gradleak.priors.Prior` (Python API)."""
 
     name = "rgap-gen"
 
-    def __init__(self, prior: str = "digits", generative_layers: Union[list[int], Literal["auto"]] = "auto",
-                 iterations: int = 500, iterations_w: int = 0, restarts: int = 4, lr_z: float = 3e-2,
-                 lr_w: float = 1e-3, fill: Literal["replace", "nullspace"] = "replace", space: str = "w+",
-                 rcond: float = 1e-10, max_unknowns: int = 8192):
+    def __init__(self, prior: Any = "digits", generative_layers: Union[list[int], Literal["auto"]] = "auto",
+                 iterations: Iterations = 500, iterations_w: Steps = 0, restarts: Iterations = 4,
+                 lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, fill: Literal["replace", "nullspace"] = "replace",
+                 space: Literal["z", "w", "w+"] = "w+", rcond: float = 1e-10, max_unknowns: Iterations = 8192):
         super().__init__(rcond, max_unknowns)
         from gradleak.priors.prior import load_prior
 

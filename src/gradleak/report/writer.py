@@ -87,6 +87,8 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
         "defenses": obs.defenses,
         **extra,
     }
+    if rec.analysis is not None and hasattr(rec.analysis, "to_dict"):  # e.g. R-GAP's per-layer rank analysis
+        metrics[getattr(rec.analysis, "key", "analysis")] = rec.analysis.to_dict()
     write_report(out, metrics, config_yaml, images=images)
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
