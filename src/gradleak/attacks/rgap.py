@@ -119,10 +119,8 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
                             nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
                             nn.modules.pooling._AdaptiveMaxPoolNd, nn.Dropout)):
             raise _refuse(name, m, "is not a linear layer or an invertible activation")
-        elif any(True for _ in m.parameters(recurse=False)) or not isinstance(m, nn.Module):
-            raise _refuse(name, m, "is not a Conv2d/Linear layer")
         else:
-            raise _refuse(name, m, "is not part of the form")
+            raise _refuse(name, m, "is not a Conv2d/Linear layer or an invertible activation")
     if not layers or not isinstance(layers[-1][1], nn.Linear):
         name, m = layers[-1] if layers else ("<model>", model)
         raise _refuse(name, m, "is the last layer; R-GAP needs a final Linear layer (the classifier)")
@@ -306,6 +304,7 @@ class PSDSolve:
     B = U Pᵀ (r × n); for r < n, x = Bᵀ(BBᵀ)⁻²B c (the pseudo-inverse A⁺b when c = Aᵀb)."""
 
     rank: int
+    condition: float  # max/min |U_ii| over the kept pivots: an estimate of κ(A) (pivoted Cholesky's diagonal)
     B: Tensor
     U: np.ndarray  # (r, n) upper triangular in pivoted column order
     piv: np.ndarray  # 0-based pivot order
@@ -343,7 +342,8 @@ def psd_solve(G: Tensor, rcond: float) -> PSDSolve:
     B = torch.zeros(rank, n, dtype=DT)
     B[:, torch.from_numpy(piv)] = torch.from_numpy(U)
     S_chol = None if rank == n else torch.linalg.cholesky(B @ B.T)
-    return PSDSolve(rank, B, U, piv, S_chol)
+    d = np.abs(np.diag(U)) if rank else np.ones(1)
+    return PSDSolve(rank, float(d.max() / d.min()), B, U, piv, S_chol)
 
 
 # --- the report: rank analysis ------------------------------------------------------------------------------
@@ -361,6 +361,7 @@ class LayerRank:
     rank: int  # numerical rank of A_r
     solver: str = "closed form"  # closed form | gradient (top layer) | generative (z / zw)
     residual: float = 0.0  # ‖A_r x̂_r − b_r‖ / ‖b_r‖ of the solution used
+    condition: float = 1.0  # estimated condition number of A_r on its row space (noise amplification)
 
     @property
     def deficiency(self) -> int:
@@ -395,11 +396,12 @@ class RankAnalysis:
 
     def table(self) -> str:
         head = f"{'layer':>5} {'name':<18} {'kind':<6} {'unknowns':>8} {'fwd':>7} {'grad':>8} {'rank':>7} " \
-               f"{'deficit':>7} {'residual':>9}  solver"
+               f"{'deficit':>7} {'cond':>8} {'residual':>9}  solver"
         lines = [head]
         for r in self.layers:
             lines.append(f"{r.layer:>5} {r.name[-18:]:<18} {r.kind:<6} {r.unknowns:>8} {r.forward_constraints:>7} "
-                         f"{r.gradient_constraints:>8} {r.rank:>7} {r.deficiency:>7} {r.residual:>9.2e}  {r.solver}")
+                         f"{r.gradient_constraints:>8} {r.rank:>7} {r.deficiency:>7} {r.condition:>8.1e} {r.residual:>9.2e}  "
+                         f"{r.solver}")
         return "\n".join(lines)
 
 
@@ -471,20 +473,21 @@ def _relative_residual(system: LayerSystem, x: Tensor) -> float:
 
 
 class LayerSolver:
-    """How an R-GAP layer is solved when it is not solved in closed form (R-GAP + generative prior)."""
+    """Solves a chosen layer's system other than in closed form (R-GAP + generative prior): gets the system, the
+    chain, θ_0, the closed-form solution and its factorisation; returns x_r (flat) and a label for the report."""
 
     def solve(self, system: LayerSystem, chain, params, closed: Tensor, factor: PSDSolve) -> tuple[Tensor, str]:
         raise NotImplementedError
 
 
 def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = None, rcond: float = 1e-10,
-                        max_unknowns: int = 8192, solvers: dict[int, "LayerSolver"] | None = None,
-                        generative_layers: Union[list[int], Literal["auto"], None] = None,
+                        max_unknowns: int = 8192, layer_solver: LayerSolver | None = None,
+                        solver_layers: Union[list[int], Literal["auto"]] = "auto",
                         ) -> tuple[Tensor, RankAnalysis]:
     """Run R-GAP on ``obs``; returns the image (1, C, H, W) (unclamped) and the rank analysis.
 
-    ``solvers``/``generative_layers``: layers (1-based) solved by ``solvers['gen']`` instead of the closed form;
-    ``"auto"`` = the rank-deficient ones."""
+    With ``layer_solver``, the layers ``solver_layers`` (1-based; ``"auto"`` = the rank-deficient ones) are solved
+    by it instead of the closed form."""
     chain = parse_chain(model, tuple(obs.image_shape))
     grads = observed_gradient(obs)
     params = {k: v.to(DT) for k, v in obs.parameters.items()}
@@ -512,13 +515,12 @@ def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = 
         factor = psd_solve(G, rcond)
         x = factor.solve(c)
         solver = "closed form"
-        use_gen = generative_layers == "auto" and factor.rank < system.unknowns
-        use_gen = use_gen or (isinstance(generative_layers, (list, tuple)) and layer.index in generative_layers)
-        if use_gen and solvers:
-            x, solver = solvers["gen"].solve(system, chain, obs.parameters, x, factor)
+        chosen = factor.rank < system.unknowns if solver_layers == "auto" else layer.index in solver_layers
+        if layer_solver is not None and chosen:
+            x, solver = layer_solver.solve(system, chain, obs.parameters, x, factor)
         fwd, grd = system.counts
         rows.insert(0, LayerRank(layer.index, layer.name, layer.kind, system.unknowns, fwd, grd, factor.rank, solver,
-                                 _relative_residual(system, x)))
+                                 _relative_residual(system, x), factor.condition))
         inputs.insert(0, x.reshape(layer.in_shape))
         k_above, above = system.k, layer
     image = inputs[0].reshape(1, *obs.image_shape)
@@ -535,6 +537,7 @@ class RGAP:
 
     name = "rgap"
     default_labels = "oracle"
+    generative_layers: Union[list[int], Literal["auto"]] = "auto"  # only used with a layer solver (rgap-gen)
 
     def __init__(self, rcond: float = 1e-10, max_unknowns: Iterations = 8192):
         if not 0 < rcond < 1:
@@ -549,16 +552,16 @@ class RGAP:
         validate_against(model, obs)
         return model
 
-    def _solvers(self, obs, labels, seed, progress) -> tuple[dict, object]:
-        return {}, None
+    def _layer_solver(self, labels: Tensor | None, seed: int) -> LayerSolver | None:
+        return None
 
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
                  progress: bool = True) -> Reconstruction:
         t0 = time.perf_counter()
         model = self._model(obs, model)
         label = None if labels is None else int(labels.reshape(-1)[0])
-        solvers, layers = self._solvers(obs, labels, seed, progress)
-        image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns, solvers, layers)
+        image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
+                                              self._layer_solver(labels, seed), self.generative_layers)
         images = image.to(torch.float32).clamp(0, 1)
         res = torch.tensor([analysis.layers[0].residual])
         return Reconstruction(images=images, all_images=images[None], losses=res, best_restart=0,
@@ -570,10 +573,10 @@ class GenerativeLayerSolver(LayerSolver):
     """GIAS eq. (11): min_z ‖A_r f_{θ,r}(G_w(z)) − b_r‖² / ‖b_r‖² over R restarts (Adam, lr ×0.1 at 3/8, 5/8, 7/8),
     then optionally w per image from the found z; the restart with the lowest residual is kept."""
 
-    def __init__(self, prior, labels, iterations, iterations_w, restarts, lr_z, lr_w, seed, fill, progress):
+    def __init__(self, prior, labels, iterations, iterations_w, restarts, lr_z, lr_w, seed, fill):
         self.prior, self.labels = prior, labels
         self.iterations, self.iterations_w, self.restarts = iterations, iterations_w, restarts
-        self.lr_z, self.lr_w, self.seed, self.fill, self.progress = lr_z, lr_w, seed, fill, progress
+        self.lr_z, self.lr_w, self.seed, self.fill = lr_z, lr_w, seed, fill
 
     def solve(self, system, chain, params, closed, factor):
         from gradleak.attacks.generative import GeneratorWeights, Latent
@@ -651,13 +654,12 @@ class RGAPGenerative(RGAP):
         self.lr_z, self.lr_w, self.fill = float(lr_z), float(lr_w), fill
         self.prior = load_prior(prior, space=space)  # a bad prior fails here, before anything runs
 
-    def _solvers(self, obs, labels, seed, progress):
+    def _layer_solver(self, labels, seed):
         if self.prior.conditional and labels is None:
             raise UserError(f"prior {self.prior.name!r} is label-conditional: the attack needs labels "
                             "(attack.labels: oracle or recover)")
-        solver = GenerativeLayerSolver(self.prior, labels, self.iterations, self.iterations_w, self.restarts,
-                                       self.lr_z, self.lr_w, seed, self.fill, progress)
-        return {"gen": solver}, self.generative_layers
+        return GenerativeLayerSolver(self.prior, labels, self.iterations, self.iterations_w, self.restarts,
+                                     self.lr_z, self.lr_w, seed, self.fill)
 
 
 def analyze_model(model: nn.Module, image_shape: tuple[int, int, int], label: int = 0, seed: int = 0,
