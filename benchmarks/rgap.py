@@ -58,13 +58,15 @@ def gmean(v):
 
 
 def part_a2(batch, channels, names):
-    print("\n== Figure A2: R-GAP per-layer relative error, layer 1 = image (geometric mean over images) ==")
+    print("\n== Figure A2: R-GAP per-layer relative error, layer 1 = image (geometric mean over images); "
+          "plain = R-GAP's unweighted rows, balanced = gradient rows equilibrated (the default) ==")
     curves = {}
-    for name in names:
+    for name, balance in [(n, b) for n in names for b in (False, True)]:
         model = victim(name, channels)
         errs, times, ps = [], [], []
+        name = f"{name} {'balanced' if balance else 'plain'}"
         for x, y in batch:
-            rec = RGAP()(observe(model, x, y), labels=y, model=model, progress=False)
+            rec = RGAP(balance=balance)(observe(model, x, y), labels=y, model=model, progress=False)
             errs.append(layer_errors(rec, model, x))
             times.append(rec.seconds)
             ps.append(scores(rec.images, x))
@@ -138,11 +140,12 @@ def plot(out_dir, a2, a1, a1_recs, ig, batch):
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for name, curve in a2.items():
-        ax.semilogy(range(len(curve), 0, -1), curve[::-1], marker="o", label=name.upper())
+        ax.semilogy(range(len(curve), 0, -1), curve[::-1], marker="o", label=name.replace("cnn", "CNN"),
+                    linestyle="--" if "plain" in name else "-")
     ax.set_xlabel("layer (top = output side, 1 = image)")
     ax.set_ylabel("relative error of the layer input")
     ax.invert_xaxis()
-    ax.set_title("R-GAP error accumulation (GIAS Fig. A2)")
+    ax.set_title("R-GAP error accumulation (GIAS Fig. A2)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "rgap_layer_error.png", dpi=120)

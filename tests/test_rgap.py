@@ -30,12 +30,12 @@ def _determined_net(bias):
                          nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(256, 10, bias=bias))
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_rgap_recovers_a_determined_standard_form_model(bias):
+@pytest.mark.parametrize("bias, balance", [(True, True), (False, True), (True, False)])
+def test_rgap_recovers_a_determined_standard_form_model(bias, balance):
     model = _determined_net(bias)
     x = torch.rand(1, 1, 8, 8)
     obs = _obs(model, x)
-    rec = RGAP()(obs, labels=None, model=model)  # label read from the gradient's sign pattern
+    rec = RGAP(balance=balance)(obs, labels=None, model=model)  # label read from the gradient's sign pattern
     assert rec.images.shape == x.shape and int(rec.labels[0]) == 3
     assert psnr(rec.images, x) >= 60
     assert rec.analysis.rank_deficient == [] and [r.layer for r in rec.analysis.layers] == [1, 2, 3]

@@ -226,6 +226,21 @@ class LayerSystem:
     k: Tensor  # ∂ℓ/∂z_r, output-shaped
     z: Tensor  # Θ_r x_r (pre-activation minus bias), output-shaped
     grad_weight: Tensor  # ∇Θ_r
+    grad_scale: float = 1.0  # weight of the gradient rows (1 = R-GAP's plain concatenation; see balanced_scale)
+
+    def balanced_scale(self) -> float:
+        """The gradient-row weight s that gives both blocks of A_r the same Frobenius norm (row equilibration:
+        |k_r| is small when the loss is, which otherwise leaves the gradient rows nearly unweighted). For a
+        consistent system the solution is the same; with noisy right-hand sides it is weighted better."""
+        m = self.layer.module
+        if isinstance(m, nn.Linear):
+            fwd, grad = float((self.weight ** 2).sum()), float((self.k ** 2).sum()) * self.unknowns
+        else:
+            valid = (_patch_index(self.layer.in_shape, m) >= 0).to(DT)  # (Q, L)
+            O = self.weight.shape[0]
+            fwd = float((self.weight.reshape(O, -1) ** 2).sum(0) @ valid.sum(1))
+            grad = float((self.k.reshape(O, -1) ** 2).sum(0) @ valid.sum(0))
+        return math.sqrt(fwd / grad) if grad > 0 else 1.0
 
     @property
     def unknowns(self) -> int:
@@ -252,18 +267,19 @@ class LayerSystem:
             xf = x.reshape(n, -1)
             fwd = xf @ self.weight.T
             grad = (self.k[None, :, None] * xf[:, None, :]).reshape(n, -1)
-        return torch.cat([fwd, grad], 1)
+        return torch.cat([fwd, self.grad_scale * grad], 1)
 
     def rhs(self) -> Tensor:
-        return torch.cat([self.z.reshape(-1), self.grad_weight.reshape(-1)])
+        return torch.cat([self.z.reshape(-1), self.grad_scale * self.grad_weight.reshape(-1)])
 
     def normal(self) -> tuple[Tensor, Tensor]:
         """(AᵀA, Aᵀb), assembled from the patch structure without forming A."""
         m, n = self.layer.module, self.unknowns
         if isinstance(m, nn.Linear):
             W, k = self.weight, self.k.reshape(-1)
-            G = W.T @ W + (k @ k) * torch.eye(n, dtype=DT)
-            c = W.T @ self.z.reshape(-1) + self.grad_weight.T @ k
+            s2 = self.grad_scale ** 2
+            G = W.T @ W + s2 * (k @ k) * torch.eye(n, dtype=DT)
+            c = W.T @ self.z.reshape(-1) + s2 * (self.grad_weight.T @ k)
             return G, c
         idx = _patch_index(self.layer.in_shape, m)  # (Q, L), -1 = padding
         O = self.weight.shape[0]
@@ -271,12 +287,12 @@ class LayerSystem:
         k = self.k.reshape(O, -1)  # (O, L)
         G = torch.zeros(n * n, dtype=DT)
         _scatter_blocks(G, n, idx.T, Wf.T @ Wf)  # forward rows: Σ_L Σ_qq' (ΘᵀΘ)_qq' at (idx[q,L], idx[q',L])
-        _scatter_blocks(G, n, idx, k.T @ k)  # gradient rows: Σ_q Σ_LL' (kᵀk)_LL' at (idx[q,L], idx[q,L'])
+        _scatter_blocks(G, n, idx, self.grad_scale ** 2 * (k.T @ k))  # gradient rows: Σ_q Σ_LL' (kᵀk)_LL' at (idx[q,L], idx[q,L'])
         c_fwd = torch.nn.grad.conv2d_input((1, *self.layer.in_shape), self.weight, self.z[None],
                                            stride=m.stride, padding=m.padding)[0]
         cols = (k.T @ self.grad_weight.reshape(O, -1)).T  # (Q, L)
         c_grad = F.fold(cols[None], self.layer.in_shape[1:], m.kernel_size, padding=m.padding, stride=m.stride)[0]
-        return G.reshape(n, n), (c_fwd + c_grad).reshape(-1)
+        return G.reshape(n, n), (c_fwd + self.grad_scale ** 2 * c_grad).reshape(-1)
 
 
 def _patch_index(in_shape: tuple[int, ...], m: nn.Conv2d) -> Tensor:
@@ -482,7 +498,7 @@ class LayerSolver:
 
 def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = None, rcond: float = 1e-10,
                         max_unknowns: int = 8192, layer_solver: LayerSolver | None = None,
-                        solver_layers: Union[list[int], Literal["auto"]] = "auto",
+                        solver_layers: Union[list[int], Literal["auto"]] = "auto", balance: bool = False,
                         ) -> tuple[Tensor, RankAnalysis]:
     """Run R-GAP on ``obs``; returns the image (1, C, H, W) (unclamped) and the rank analysis.
 
@@ -511,6 +527,8 @@ def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = 
     k_above, above = k, top
     for layer in reversed(chain[:-1]):
         system = _layer_system(layer, above, params, grads, inputs[0], k_above)
+        if balance:
+            system.grad_scale = system.balanced_scale()
         G, c = system.normal()
         factor = psd_solve(G, rcond)
         x = factor.solve(c)
@@ -532,14 +550,17 @@ def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = 
 class RGAP:
     """R-GAP (Zhu & Blaschko, 2021): closed-form, layer-by-layer inversion of one sample's gradient (module
     docstring). No iterations, no restarts. Labels: given ones are used; without (``attack.labels: learn``) the
-    label is read from the sign pattern of the last layer's gradient. ``rcond``: relative eigenvalue tolerance of
-    the rank decision; ``max_unknowns``: refuse layers with larger inputs (the normal matrix is n×n)."""
+    label is read from the sign pattern of the last layer's gradient. ``balance`` (default) weights each layer's
+    gradient rows so both blocks of A_r have the same norm (:meth:`LayerSystem.balanced_scale`); ``false`` is
+    R-GAP's plain concatenation, whose conditioning suffers when |k_r| is small. ``rcond``: relative eigenvalue
+    tolerance of the rank decision; ``max_unknowns``: refuse layers with larger inputs (the normal matrix is n×n)."""
 
     name = "rgap"
     default_labels = "oracle"
     generative_layers: Union[list[int], Literal["auto"]] = "auto"  # only used with a layer solver (rgap-gen)
 
-    def __init__(self, rcond: float = 1e-10, max_unknowns: Iterations = 8192):
+    def __init__(self, balance: bool = True, rcond: float = 1e-10, max_unknowns: Iterations = 8192):
+        self.balance = bool(balance)
         if not 0 < rcond < 1:
             raise UserError(f"attack.options.rcond: got {rcond}; allowed: a number in (0, 1)")
         if max_unknowns < 1:
@@ -561,7 +582,7 @@ class RGAP:
         model = self._model(obs, model)
         label = None if labels is None else int(labels.reshape(-1)[0])
         image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
-                                              self._layer_solver(labels, seed), self.generative_layers)
+                                              self._layer_solver(labels, seed), self.generative_layers, self.balance)
         images = image.to(torch.float32).clamp(0, 1)
         res = torch.tensor([analysis.layers[0].residual])
         return Reconstruction(images=images, all_images=images[None], losses=res, best_restart=0,
@@ -633,8 +654,9 @@ class RGAPGenerative(RGAP):
     def __init__(self, prior: Any = "digits", generative_layers: Union[list[int], Literal["auto"]] = "auto",
                  iterations: Iterations = 500, iterations_w: Steps = 0, restarts: Iterations = 4,
                  lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, fill: Literal["replace", "nullspace"] = "replace",
-                 space: Literal["z", "w", "w+"] = "w+", rcond: float = 1e-10, max_unknowns: Iterations = 8192):
-        super().__init__(rcond, max_unknowns)
+                 space: Literal["z", "w", "w+"] = "w+", balance: bool = True, rcond: float = 1e-10,
+                 max_unknowns: Iterations = 8192):
+        super().__init__(balance, rcond, max_unknowns)
         from gradleak.priors.prior import load_prior
 
         if generative_layers != "auto" and (not isinstance(generative_layers, (list, tuple)) or not all(
@@ -663,7 +685,7 @@ class RGAPGenerative(RGAP):
 
 
 def analyze_model(model: nn.Module, image_shape: tuple[int, int, int], label: int = 0, seed: int = 0,
-                  rcond: float = 1e-10) -> RankAnalysis:
+                  rcond: float = 1e-10, balance: bool = True) -> RankAnalysis:
     """Attack-free rank analysis of an architecture: R-GAP's systems at a random input (uniform [0, 1]) and the
     model's current weights. The rank of A_r is generic in the data, so this predicts which layers of any
     sample's gradient are under-determined."""
@@ -671,7 +693,7 @@ def analyze_model(model: nn.Module, image_shape: tuple[int, int, int], label: in
 
     x = torch.rand(1, *image_shape, generator=torch.Generator().manual_seed(seed))
     obs = capture(Case(model, x, torch.tensor([label]), give_labels=True))
-    _, analysis = recursive_inversion(obs, model, label, rcond)
+    _, analysis = recursive_inversion(obs, model, label, rcond, balance=balance)
     return analysis
 
 
