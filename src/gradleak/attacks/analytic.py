@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Reconstruction
+from gradleak.attacks.base import ATTACKS, Attack, Reconstruction
 from gradleak.attacks.labels import recover_labels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation, validate_against
@@ -72,7 +72,8 @@ def _labels(obs, model, labels) -> Tensor:
     return labels.clone() if labels is not None else recover_labels(obs, model)
 
 
-class FCAnalytic:
+@ATTACKS.register("fc-analytic")
+class FCAnalytic(Attack):
     """Exact recovery of one sample from a fully connected first layer with bias: x = ∇W_i / ∇b_i."""
 
     name = "fc-analytic"
@@ -95,9 +96,8 @@ class FCAnalytic:
             raise UserError("fc-analytic: the first layer's bias gradient is zero; nothing to invert")
         x = (gb[keep] @ gW[keep]) / (gb[keep] @ gb[keep])
         images = x.reshape(1, *obs.image_shape).float().clamp(0, 1)
-        return Reconstruction(images=images, all_images=images[None], losses=torch.zeros(1), best_restart=0,
-                              labels=_labels(obs, model, labels), trace=[], seconds=time.perf_counter() - t0,
-                              iterations=0, attack=self.name)
+        return Reconstruction(images=images, labels=_labels(obs, model, labels), attack=self.name,
+                              seconds=time.perf_counter() - t0)
 
 
 @dataclass
@@ -105,7 +105,6 @@ class RowIsolation:
     """Which first-layer rows isolate one sample: ``groups`` are rows whose candidates ∇W_i/∇b_i coincide
     (largest first); ``used`` the group behind each returned image (None: no group left, image left grey)."""
 
-    key = "row_isolation"
     rows: int
     active_rows: int
     groups: list[list[int]]
@@ -118,12 +117,13 @@ class RowIsolation:
         return sorted(r for g in self.groups if len(g) >= 2 for r in g)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "active_rows": self.active_rows, "groups": len(self.groups),
+        return {"kind": "fc row isolation", "rows": self.rows, "active_rows": self.active_rows, "groups": len(self.groups),
                 "isolating_rows": self.isolating_rows, "group_sizes": [len(g) for g in self.groups],
                 "image_groups": [None if u is None else self.groups[u] for u in self.used]}
 
 
-class FCAnalyticBatch:
+@ATTACKS.register("fc-analytic-batch")
+class FCAnalyticBatch(Attack):
     """Batch variant: every row's candidate ∇W_i / ∇b_i, rows grouped by agreement (relative distance ≤
     ``agree``), the B largest groups returned as the images. Exact for every sample that some row isolates
     (ReLU first layers make this likely for a wide layer and a small batch; see :class:`RowIsolation`)."""
@@ -168,6 +168,5 @@ class FCAnalyticBatch:
         images = images.clamp(0, 1)
         iso = RowIsolation(rows, int(active.sum()), [groups[j] for j in ranked], [None if u is None else ranked.index(u)
                                                                                   for u in used], cand)
-        return Reconstruction(images=images, all_images=images[None], losses=torch.zeros(1), best_restart=0,
-                              labels=_labels(obs, model, labels), trace=[], seconds=time.perf_counter() - t0,
-                              iterations=0, attack=self.name, analysis=iso)
+        return Reconstruction(images=images, labels=_labels(obs, model, labels), attack=self.name,
+                              seconds=time.perf_counter() - t0, analysis=iso)

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from scipy.linalg import lapack, solve_triangular
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Reconstruction, Stage, lr_scheduler
+from gradleak.attacks.base import ATTACKS, Attack, Reconstruction
+from gradleak.attacks.engine import Stage, lr_scheduler
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation, validate_against
 from gradleak.validate import Iterations, LearningRate, Steps
@@ -393,7 +394,6 @@ class RankAnalysis:
     """R-GAP's per-layer rank analysis and what the recursion recovered (``inputs``: x̂_r per layer, input first,
     kept out of :meth:`to_dict`)."""
 
-    key = "rank_analysis"  # where a run's metrics.json holds it
     layers: list[LayerRank]
     label: int
     inputs: list[Tensor] = field(default_factory=list, repr=False)
@@ -408,7 +408,8 @@ class RankAnalysis:
             d = asdict(r)
             d.update(deficiency=r.deficiency, determined=r.determined)
             rows.append(d)
-        return {"layers": rows, "rank_deficient": self.rank_deficient, "label": self.label}
+        return {"kind": "rgap rank analysis", "layers": rows, "rank_deficient": self.rank_deficient,
+                "label": self.label}
 
     def table(self) -> str:
         head = f"{'layer':>5} {'name':<18} {'kind':<6} {'unknowns':>8} {'fwd':>7} {'grad':>8} {'rank':>7} " \
@@ -547,7 +548,8 @@ def recursive_inversion(obs: Observation, model: nn.Module, label: int | None = 
 
 # --- the attacks ------------------------------------------------------------------------------------------------
 
-class RGAP:
+@ATTACKS.register("rgap")
+class RGAP(Attack):
     """R-GAP (Zhu & Blaschko, 2021): closed-form, layer-by-layer inversion of one sample's gradient (module
     docstring). No iterations, no restarts. Labels: given ones are used; without (``attack.labels: learn``) the
     label is read from the sign pattern of the last layer's gradient. ``balance`` (default) weights each layer's
@@ -583,11 +585,8 @@ class RGAP:
         label = None if labels is None else int(labels.reshape(-1)[0])
         image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
                                               self._layer_solver(labels, seed), self.generative_layers, self.balance)
-        images = image.to(torch.float32).clamp(0, 1)
-        res = torch.tensor([analysis.layers[0].residual])
-        return Reconstruction(images=images, all_images=images[None], losses=res, best_restart=0,
-                              labels=torch.tensor([analysis.label]), trace=[], seconds=time.perf_counter() - t0,
-                              iterations=0, attack=self.name, analysis=analysis)
+        return Reconstruction(images=image.to(torch.float32).clamp(0, 1), labels=torch.tensor([analysis.label]),
+                              attack=self.name, seconds=time.perf_counter() - t0, analysis=analysis)
 
 
 class GenerativeLayerSolver(LayerSolver):
@@ -641,6 +640,7 @@ class GenerativeLayerSolver(LayerSolver):
                                                                              else "") + ")"
 
 
+@ATTACKS.register("rgap-gen")
 class RGAPGenerative(RGAP):
     """R-GAP with a generative prior (GIAS appendix C, eq. 11): the layers in ``generative_layers`` (1 = the
     layer reading the image; ``auto`` = the rank-deficient ones) are solved by searching the prior's latent z

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from torch import nn
 
 from gradleak.errors import bad_value
+from gradleak.registry import Registry
 
 from ._checks import check_int
 from .convnet import ConvNet
@@ -21,16 +22,15 @@ from .vgg import VGG7
 ModelFactory = Callable[..., nn.Module]
 
 #: name -> factory(num_classes, in_channels, resolution, **options) returning an ``nn.Module``.
-MODELS: dict[str, ModelFactory] = {
-    "lenet": LeNet,
-    "convnet": ConvNet,
-    "resnet18": ResNet18,
-    "vgg7": VGG7,
-    "precode": precode,  # options: base, base_options, bottleneck, seed, noise
-    "cnn6": CNN6,  # R-GAP standard form (options: width, bias, slope)
-    "cnn10": CNN10,
-    "mlp": MLP,  # options: width, depth, activation
-}
+MODELS = Registry("model")
+MODELS.register("lenet")(LeNet)
+MODELS.register("convnet")(ConvNet)
+MODELS.register("resnet18")(ResNet18)
+MODELS.register("vgg7")(VGG7)
+MODELS.register("precode")(precode)  # options: base, base_options, bottleneck, seed, noise
+MODELS.register("cnn6")(CNN6)  # R-GAP standard form (options: width, bias, slope)
+MODELS.register("cnn10")(CNN10)
+MODELS.register("mlp")(MLP)  # options: width, depth, activation
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
 
