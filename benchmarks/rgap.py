@@ -27,7 +27,7 @@ from _common import positive_int  # noqa: E402  (puts src/ on the path)
 
 import torch  # noqa: E402
 
-from gradleak.attacks.presets import build_attack  # noqa: E402
+from gradleak.attacks import build_attack  # noqa: E402
 from gradleak.attacks.rgap import RGAP, RGAPGenerative, true_layer_inputs  # noqa: E402
 from gradleak.case import Case, capture  # noqa: E402
 from gradleak.data import load_dataset  # noqa: E402

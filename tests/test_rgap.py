@@ -161,8 +161,9 @@ def test_rgap_gen_solves_the_rank_deficient_layer_through_the_prior():
     assert ns.analysis.layers[0].residual == pytest.approx(closed.analysis.layers[0].residual, abs=1e-9)
     assert not torch.allclose(ns.analysis.inputs[0], closed.analysis.inputs[0])
     # explicit layer list: only layer 1 is generative
-    only = RGAPGenerative(prior=_tiny_prior(), iterations=2, restarts=1, generative_layers=[1])(obs, model=model)
-    assert [r.solver.split(" ")[0] for r in only.analysis.layers] == ["generative", "gradient"]
+    only = RGAPGenerative(prior=_tiny_prior(), iterations=2, iterations_w=2, restarts=1, generative_layers=[1])(
+        obs, model=model)
+    assert [r.solver for r in only.analysis.layers] == ["generative (zw)", "gradient (top layer)"]
     with pytest.raises(UserError, match="generative_layers"):
         build_attack("rgap-gen", generative_layers=[0])
 
