@@ -689,10 +689,16 @@ def analyze_model(model: nn.Module, image_shape: tuple[int, int, int], label: in
     """Attack-free rank analysis of an architecture: R-GAP's systems at a random input (uniform [0, 1]) and the
     model's current weights. The rank of A_r is generic in the data, so this predicts which layers of any
     sample's gradient are under-determined."""
-    from gradleak.case import Case, capture
+    from gradleak.fl.client import client_update, split_state
+    from gradleak.fl.protocol import Protocol
 
     x = torch.rand(1, *image_shape, generator=torch.Generator().manual_seed(seed))
-    obs = capture(Case(model, x, torch.tensor([label]), give_labels=True))
+    params, buffers = split_state(model)
+    update = client_update(model, params, buffers, x, torch.tensor([label]), Protocol())
+    spec = {"name": type(model).__name__, "num_classes": 0, "in_channels": image_shape[0],
+            "resolution": image_shape[-1], "options": {}}
+    obs = Observation(model_spec=spec, parameters=params, buffers=buffers, update=update, protocol=Protocol(),
+                      num_images=1, image_shape=tuple(image_shape))
     _, analysis = recursive_inversion(obs, model, label, rcond, balance=balance)
     return analysis
 
