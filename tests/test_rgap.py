@@ -124,6 +124,14 @@ class _Residual(nn.Module):
         return self.classifier((self.act(self.conv(x)) + x).flatten(1))
 
 
+def test_a_shared_activation_instance_is_one_activation_per_layer():
+    act = nn.LeakyReLU(0.2)  # R-GAP's own CNN6 code shares one instance
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), act, nn.Conv2d(4, 4, 3, 1, 1), act, nn.Flatten(), nn.Linear(256, 10))
+    assert [c.activation is act for c in parse_chain(model, (1, 8, 8))] == [True, True, False]
+    x = torch.rand(1, 1, 8, 8)
+    assert psnr(RGAP()(_obs(model, x), model=model).images, x) >= 60
+
+
 def test_rgap_refuses_a_forward_that_is_not_the_chain_and_accepts_lenet():
     with pytest.raises(UserError, match="forward is not the chain"):
         parse_chain(_Residual(), (1, 8, 8))

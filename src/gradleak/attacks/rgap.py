@@ -89,7 +89,7 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
     layers: list[tuple[str, nn.Module]] = []
     acts: list[nn.Module | None] = []
     act_names: dict[int, str] = {}
-    for name, m in model.named_modules():
+    for name, m in model.named_modules(remove_duplicate=False):  # a shared activation instance counts at every use
         if any(True for _ in m.children()):
             continue
         if isinstance(m, nn.Conv2d):
@@ -111,24 +111,22 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
             if not layers or acts[-1] is not None:
                 raise _refuse(name, m, "does not follow a Conv2d/Linear layer")
             acts[-1] = m
-            act_names[id(m)] = name
+            act_names[len(acts) - 1] = name
         elif isinstance(m, nn.Flatten):
             continue
         elif isinstance(m, nn.ReLU):
             raise _refuse(name, m, "is not invertible (it zeroes negative inputs; R-GAP needs e.g. LeakyReLU)")
-        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
-                            nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-                            nn.modules.pooling._AdaptiveMaxPoolNd, nn.Dropout)):
-            raise _refuse(name, m, "is not a linear layer or an invertible activation")
-        else:
+        else:  # pooling, normalisation, dropout, anything else
             raise _refuse(name, m, "is not a Conv2d/Linear layer or an invertible activation")
     if not layers or not isinstance(layers[-1][1], nn.Linear):
         name, m = layers[-1] if layers else ("<model>", model)
         raise _refuse(name, m, "is the last layer; R-GAP needs a final Linear layer (the classifier)")
     if acts[-1] is not None:
-        raise _refuse(act_names[id(acts[-1])], acts[-1], "follows the final layer (the logits must feed the loss directly)")
+        raise _refuse(act_names[len(acts) - 1], acts[-1], "follows the final layer (the logits must feed the loss directly)")
     own = {n for n, _ in model.named_parameters()}
     chain_params = {f"{n}.{p}" for n, m in layers for p, _ in m.named_parameters(recurse=False)}
+    if len({id(m) for _, m in layers}) != len(layers):
+        raise UserError(f"rgap: model {type(model).__name__} reuses a Conv2d/Linear module; allowed: {_FORM}")
     if own != chain_params:
         extra = sorted(own - chain_params)[0]
         raise UserError(f"rgap: parameter {extra!r} is not a Conv2d/Linear weight or bias; allowed: {_FORM}")
