@@ -45,10 +45,10 @@ def capture(case: Case, seed: int = 0) -> Observation:
                         torch.Generator().manual_seed(seed))
     for d in case.defenses:
         update = d.apply(update, ctx)
-    bn = bn_batch_statistics(case.model, params, buffers, case.images) if case.protocol.share_bn_stats else None
+    bn = bn_batch_statistics(case.model, params, buffers, case.images, case.protocol) if case.protocol.share_bn_stats else None
     return Observation(
         model_spec=case.model_spec or model_spec_of(case.model, case.images),
-        parameters=params, buffers=buffers, update=update, protocol=case.protocol,
+        parameters=params, buffers=buffers, update=update, protocol=case.protocol.server_view(),
         num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
         defenses=[d.describe() for d in case.defenses],

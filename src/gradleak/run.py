@@ -21,7 +21,6 @@ from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
 from gradleak.fl.observation import Observation
-from gradleak.fl.protocol import Protocol
 from gradleak.models import build_model, init_model, pretrain
 
 
@@ -44,9 +43,7 @@ def build_case(cfg: RunConfig) -> Case:
         public = load_dataset(d.name, split=public_split,
                               resolution=d.resolution, channels=d.channels, root=d.root)
         pretrain(model, public.images, public.labels, steps=m.pretrain_steps, lr=m.pretrain_lr, seed=cfg.seed)
-    c = cfg.client
-    protocol = Protocol(kind=c.protocol, local_steps=c.local_steps, lr=c.lr, local_batch_size=c.local_batch_size,
-                        epochs=c.epochs, bn_mode=c.bn_mode, share_bn_stats=c.share_bn_stats)
+    protocol = cfg.client.to_protocol()
     return Case(model=model, images=images, labels=labels, protocol=protocol,
                 defenses=build_defenses(cfg.defense), model_spec=model.gradleak_spec)
 
