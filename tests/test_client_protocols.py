@@ -188,3 +188,28 @@ def test_old_protocol_dicts_load_and_roundtrip():
     assert Protocol.from_dict(q.to_dict()) == q
     with pytest.raises(UserError, match="protocol key 'momentun'"):
         Protocol.from_dict({**old, "momentun": 0.9})
+
+
+def test_observation_of_a_python_sequential_saves_and_loads_back(tmp_path):
+    """The README snippet: an nn.Sequential held in Python — the file loads back given the model object,
+    and without it the error says how."""
+    from gradleak.fl.observation import Observation
+
+    model, (x, y) = _net(True), _data()
+    obs = capture(Case(model, x, y, Protocol(kind="fedavg", optimizer="adam", lr=1e-3, local_batch_size=3,
+                                             epochs=1, update="new_weights")))
+    assert obs.build_model() is model  # usable in memory
+    obs.save(tmp_path / "obs")
+    with pytest.raises(UserError, match="Observation.load\\(path, model=your_model\\)"):
+        Observation.load(tmp_path / "obs")
+    other = _net(True)
+    back = Observation.load(tmp_path / "obs", model=other)
+    assert back.protocol == obs.protocol and back.build_model() is other
+    assert all(torch.equal(back.update[n], obs.update[n]) for n in obs.update)
+    delta = back.as_delta()
+    assert delta.protocol.update == "old_minus_new"
+    assert all(torch.allclose(delta.update[n], back.parameters[n] - back.update[n]) for n in obs.update)
+    # a model whose shapes differ: the first mismatching tensor and both shapes
+    wrong = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1))
+    with pytest.raises(UserError, match=r"param/0.weight has shape \(4, 3, 3, 3\), model expects \(5, 3, 3, 3\)"):
+        Observation.load(tmp_path / "obs", model=wrong)
