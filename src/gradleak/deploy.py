@@ -374,3 +374,23 @@ def verify_command(obs_dir: str | Path, images: str | Path, labels: str | None =
     if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) >= K:
         raise UserError(f"--labels: got {y.tolist()[:8]}; allowed: {x.shape[0]} integers in 0..{K - 1}")
     return verify_observation(obs, x, y)
+
+
+def attack_observation(obs: Observation, attack: str, options: dict | None = None, seed: int = 0,
+                       progress: bool = False):
+    """Run the registered attack ``attack`` (options as its constructor takes them) on ``obs``; the upload is
+    first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`). Labels: the observation's when the
+    attack uses given labels and the server holds them, else recovered from the last layer (or learned, as
+    the attack's default says). Returns ``(reconstruction, label mode used)``."""
+    from gradleak.attacks.labels import recover_labels
+    from gradleak.attacks.presets import build_attack
+
+    atk = build_attack(attack, **(options or {}))
+    obs = obs.as_delta()
+    model = obs.build_model()
+    mode = atk.default_labels
+    if mode == "oracle" and obs.labels is None:
+        mode = "recover"  # the server was not given the labels: recover them as iDLG / Yin et al. do
+    labels = obs.labels if mode == "oracle" else recover_labels(obs, model) if mode == "recover" else None
+    rec = atk(obs, labels=labels, seed=seed, model=model, progress=progress)
+    return rec, mode
