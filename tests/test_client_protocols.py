@@ -213,3 +213,18 @@ def test_observation_of_a_python_sequential_saves_and_loads_back(tmp_path):
     wrong = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1))
     with pytest.raises(UserError, match=r"param/0.weight has shape \(4, 3, 3, 3\), model expects \(5, 3, 3, 3\)"):
         Observation.load(tmp_path / "obs", model=wrong)
+
+
+def test_config_client_section_reaches_the_protocol():
+    from gradleak.config import load_config
+
+    cfg = load_config(None, ["client.protocol=fedavg", "client.momentum=0.9", "client.weight_decay=5e-4",
+                             "client.order=shuffled", "client.seed=1", "client.mean=[0.5]", "client.std=[0.25]",
+                             "client.update=new_minus_old"])
+    p = cfg.client.to_protocol()
+    assert (p.momentum, p.weight_decay, p.order, p.seed, p.mean, p.std, p.update) == (
+        0.9, 5e-4, "shuffled", 1, (0.5,), (0.25,), "new_minus_old")
+    with pytest.raises(UserError, match="^client.optimizer: got 'adam'"):
+        load_config(None, ["client.optimizer=adam"]).client.to_protocol()  # FedSGD has no local optimizer
+    with pytest.raises(UserError, match="client.order"):
+        load_config(None, ["client.order=random"])
