@@ -160,3 +160,41 @@ def test_verify_bad_inputs(cli, deployment):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (args, r.stderr)
     r = cli("verify", d / "imgs", "--images", d / "imgs", "--labels", "0,1,2,3")
     assert r.returncode == 2 and "holds no observation.json" in r.stderr
+
+
+def test_attack_a_captured_observation_with_and_without_truth(cli, deployment):
+    import json
+
+    d = deployment
+    assert _capture(cli, d, "--labels", "0,3,1,4").returncode == 0
+    r = cli("attack", d / "obs", "--attack", "invertgrad", "--set", "iterations=3", "--truth", d / "imgs",
+            "--out", d / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d / "run" / "metrics.json").read_text())
+    assert m["attack"] == "invertgrad" and m["label_mode"] == "oracle" and m["iterations"] == 3
+    assert len(m["psnr"]["per_image"]) == N and "PSNR mean" in r.stdout
+    assert (d / "run" / "report.html").is_file() and (d / "run" / "reconstruction.png").is_file()
+    # no labels, no truth: labels recovered from the last layer, reconstructions and trace, not scored
+    r = cli("capture", "--model", "usernet:make", "--weights", d / "before.pt", "--after", d / "after.safetensors",
+            "--protocol", d / "PROTOCOL.yaml", "--out", d / "obs_nolabels")
+    assert r.returncode == 0
+    r = cli("attack", d / "obs_nolabels", "--attack", "invertgrad", "--set", "attack.options.iterations=2",
+            "--out", d / "run2", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d / "run2" / "metrics.json").read_text())
+    assert m["scored"] is False and m["label_mode"] == "recover" and len(m["labels"]) == N
+    assert "psnr" not in m and (d / "run2" / "trace.csv").is_file() and (d / "run2" / "report.html").is_file()
+
+
+def test_attack_bad_inputs(cli, deployment):
+    d = deployment
+    assert _capture(cli, d).returncode == 0
+    for args, message in [
+        (("--attack", "nosuch"), "attack.name: got 'nosuch'"),
+        (("--attack", "invertgrad", "--set", "iterationz=3"), "iterationz"),
+        (("--attack", "invertgrad", "--set", "iterations"), "--set: got 'iterations'"),
+        (("--attack", "invertgrad", "--truth", d / "nowhere"), "--truth: not found"),
+    ]:
+        r = cli("attack", d / "obs", *args, "--out", d / "run", "--no-progress")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (args, r.stderr)
+        assert not (d / "run").exists()

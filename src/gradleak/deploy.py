@@ -376,21 +376,127 @@ def verify_command(obs_dir: str | Path, images: str | Path, labels: str | None =
     return verify_observation(obs, x, y)
 
 
-def attack_observation(obs: Observation, attack: str, options: dict | None = None, seed: int = 0,
+def attack_observation(obs: Observation, attack, options: dict | None = None, seed: int = 0,
                        progress: bool = False):
-    """Run the registered attack ``attack`` (options as its constructor takes them) on ``obs``; the upload is
-    first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`). Labels: the observation's when the
-    attack uses given labels and the server holds them, else recovered from the last layer (or learned, as
-    the attack's default says). Returns ``(reconstruction, label mode used)``."""
+    """Run the attack ``attack`` (a registered name with ``options`` for its constructor, or an attack
+    object) on ``obs``; the upload is first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`).
+    Labels: the observation's when the attack uses given labels and the server holds them, else recovered
+    from the last layer (iDLG / Yin et al.), or learned, as the attack's default says.
+    Returns ``(reconstruction, label mode used)``."""
+    from gradleak.attacks import build_attack
     from gradleak.attacks.labels import recover_labels
-    from gradleak.attacks.presets import build_attack
 
-    atk = build_attack(attack, **(options or {}))
+    atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
     obs = obs.as_delta()
     model = obs.build_model()
     mode = atk.default_labels
     if mode == "oracle" and obs.labels is None:
-        mode = "recover"  # the server was not given the labels: recover them as iDLG / Yin et al. do
+        mode = "recover"  # the server was not given the labels
     labels = obs.labels if mode == "oracle" else recover_labels(obs, model) if mode == "recover" else None
     rec = atk(obs, labels=labels, seed=seed, model=model, progress=progress)
     return rec, mode
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """``--set KEY=VALUE`` attack options (value parsed as YAML; ``attack.options.`` prefix optional)."""
+    out: dict = {}
+    for a in sets:
+        key, eq, value = a.partition("=")
+        key = key.strip().removeprefix("attack.options.")
+        if not eq or not key or "." in key:
+            raise UserError(f"--set: got {a!r}; allowed: KEY=VALUE with an option of the attack, e.g. iterations=500")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: got {value!r}; allowed: a YAML value") from None
+    return out
+
+
+def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: int, truth) -> "Any":
+    """A RunConfig recording what was attacked (config.yaml of the run directory)."""
+    import pydantic
+
+    from gradleak.config import RunConfig
+
+    C, H, _ = obs.image_shape
+    client = obs.protocol.to_dict()
+    client["protocol"] = client.pop("kind")
+    raw = {"seed": seed, "model": {"name": obs.model_spec.get("name"), "options": obs.model_spec.get("options", {})},
+           "client": client, "attack": {"name": attack, "labels": mode, "options": options},
+           "data": {"name": "folder", "root": str(truth) if truth else None, "resolution": H, "channels": C,
+                    "batch_size": obs.num_images, "distinct_labels": False},
+           "metrics": {"tagger": "none"}}
+    try:
+        return RunConfig.model_validate(raw)
+    except pydantic.ValidationError:  # an input shape a run config cannot describe: keep the rest
+        raw.pop("data")
+        return RunConfig.model_validate(raw)
+
+
+def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
+                   truth: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
+    """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
+    (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
+    (:func:`gradleak.audit.write_run`); without it the directory holds the reconstructions, the loss trace
+    and the recovered labels. Every input is loaded and checked before anything is written."""
+    import time
+
+    from gradleak.attacks import build_attack
+    from gradleak.attacks.labels import label_accuracy
+    from gradleak.audit import AuditResult, Environment, Timing, score, write_run
+    from gradleak.case import Case
+
+    t0 = time.perf_counter()
+    obs = load_observation(observation)
+    options = parse_sets(sets)
+    atk = build_attack(attack, **options)
+    x = y_true = None
+    if truth is not None:
+        x, y_true = load_images(truth, obs.image_shape, "--truth")
+        if x.shape[0] != obs.num_images:
+            raise UserError(f"--truth: got {x.shape[0]} images; allowed: the client's {obs.num_images}")
+        y_true = obs.labels if obs.labels is not None else y_true
+    model = obs.build_model()
+    t1 = time.perf_counter()
+    rec, mode = attack_observation(obs, atk, seed=seed, progress=progress)
+    t2 = time.perf_counter()
+    cfg = _run_config(obs, attack, options, mode, seed, truth)
+    out = Path(out)
+    if x is not None:
+        scores, matched = score(rec.images, x, cfg)
+        acc = label_accuracy(rec.labels, y_true) if rec.labels is not None and y_true is not None else None
+        case = Case(model=model, images=x, labels=y_true if y_true is not None else torch.full((x.shape[0],), -1),
+                    protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
+        result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
+                             label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
+                                                                               time.perf_counter() - t2),
+                             environment=Environment.current(), matched=matched,
+                             notes=[f"attacked a saved observation: {observation}"])
+        return write_run(result, out)
+    return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)
+
+
+def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:
+    from gradleak.audit import Environment
+    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
+    from gradleak.imagegrid import image_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_yaml = cfg.to_yaml()
+    atomic_write_text(out / "config.yaml", config_yaml)
+    obs.save(out / "observation")
+    image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
+    images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
+    if rec.trace:
+        write_trace_csv(rec.trace, out / "trace.csv")
+        loss_plot(rec.trace, out / "loss.png")
+        images.append(("Attack objective", "loss.png"))
+    metrics = {**rec.describe(), "scored": False, "label_mode": mode,
+               "labels": rec.labels.tolist() if rec.labels is not None else None,
+               "seed": cfg.seed, "defenses": obs.defenses,
+               "timing": {"prepare": round(timing.prepare, 3), "attack": round(timing.attack, 3)},
+               "environment": vars(Environment.current()),
+               "notes": [f"attacked a saved observation: {source}; no --truth, so nothing is scored"]}
+    write_report(out, metrics, config_yaml, images=images)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
