@@ -342,7 +342,7 @@ def verify_observation(obs: Observation, images: Tensor, labels: Tensor) -> Veri
         raise UserError(f"--images: got {images.shape[0]} images; allowed: the client's {obs.num_images}")
     model = obs.build_model()
     rerun = client_update(model, obs.parameters, obs.buffers, images, labels, obs.protocol)
-    names = list(obs.parameters)
+    names = [n for n, _ in model.named_parameters() if n in obs.update]  # the model's layer order
     layers = {n: _rel(rerun, obs.update, [n]) for n in names}
     overall = _rel(rerun, obs.update, names)
     worst = max(layers, key=layers.get)
