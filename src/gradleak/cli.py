@@ -347,6 +347,40 @@ def giml_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("capture")
+def capture_cmd(
+    protocol: Path = typer.Option(..., "--protocol", help="PROTOCOL.yaml: model (num_classes, channels, resolution, options), num_images, client settings, labels."),
+    out: Path = typer.Option(..., "--out", help="Observation directory to write (observation.safetensors + .json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model factory: a registered name or 'package.module:factory' (current directory importable)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Global weights sent to the client (safetensors or weights-only torch file)."),
+    after: Optional[Path] = typer.Option(None, "--after", help="The client's weights after its local round."),
+    update: Optional[Path] = typer.Option(None, "--update", help="Or: the upload itself (in the convention client.update states)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Side information: the client's labels, e.g. 3,1,4 (or a file)."),
+    bn_stats: Optional[Path] = typer.Option(None, "--bn-stats", help="Side information: shared BN batch statistics (<layer>.mean/.var)."),
+) -> None:
+    """Build an Observation from a captured update (weights before/after a real local round, or the upload)."""
+    from gradleak.deploy import capture_observation
+
+    path = capture_observation(out, protocol, model, weights, after, update, labels, bn_stats)
+    typer.echo(f"observation written: {path}/observation.safetensors (+ .json)\n"
+               f"next: gradleak verify {path} --images DIR   (check the protocol reproduces the update)")
+
+
+@app.command("verify")
+def verify_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    images: Path = typer.Option(..., "--images", help="The client's true images: a directory (sorted by name) or a tensor file."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="The client's labels in the images' order, e.g. 3,1,4 (or a file)."),
+) -> None:
+    """Re-run the stated protocol on the true batch: per-layer relative distance to the captured update and a verdict (exit 1 if it does not reproduce)."""
+    from gradleak.deploy import verify_command
+
+    result = verify_command(observation, images, labels)
+    typer.echo(result.report())
+    if not result.reproduces:
+        sys.exit(1)
+
+
 @app.command("sweep")
 def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML: base config, axes (lists of values), zip groups, batches."),
@@ -364,6 +398,27 @@ def sweep_cmd(
     rows = run_sweep(sweep, out, workers=workers, use_ray=ray or ray_address is not None, ray_address=ray_address,
                      threads=threads, progress=progress)
     typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
+
+
+@app.command("attack")
+def attack_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    attack: str = typer.Option(..., "--attack", help="A registered attack (gradleak list)."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
+    seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
+    progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+) -> None:
+    """Run any registered attack on a saved or captured Observation and write its run directory."""
+    from gradleak.deploy import attack_command
+
+    metrics = attack_command(observation, attack, set_, out, truth, seed, progress)
+    if "psnr" in metrics:
+        _summary(metrics, out)
+    else:
+        typer.echo(f"{metrics['attack']}: recovered labels {metrics['labels']} ({metrics['label_mode']}); not scored "
+                   f"(no --truth)\nrun directory: {out} (open report.html)")
 
 
 def main() -> None:

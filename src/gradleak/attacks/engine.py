@@ -111,6 +111,7 @@ def search(
 
     Adam stages optimise all restarts as one batched problem (per-element updates keep them independent);
     L-BFGS couples variables through its line search, so L-BFGS schedules run one restart at a time."""
+    obs = obs.as_delta()  # the upload as θ_0 − θ_τ, whatever convention the client stated
     if model is None:
         model = obs.build_model()
     else:
