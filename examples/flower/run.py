@@ -25,7 +25,6 @@ and Ray (``flwr[simulation]``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import gradleak as gl
+from gradleak.atomic import atomic_write_json
 from gradleak.integrations.flower import load_index
 
 SPEC = {"name": "lenet", "num_classes": 10, "in_channels": 1, "resolution": 32, "options": {}}
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["dp_aggregate"] = r
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(args.out / "results.json", results)
     return results
 
 

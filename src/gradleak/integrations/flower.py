@@ -32,7 +32,6 @@ client-side noise (``LocalDpMod``) changes what the server holds per client.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Union
@@ -149,12 +148,11 @@ class ServerRecorder:
         return self.out / rel
 
     def write_index(self) -> Path:
+        from gradleak.atomic import atomic_write_json
+
         self.out.mkdir(parents=True, exist_ok=True)
-        path, tmp = self.out / "index.json", self.out / "index.json.tmp"
-        tmp.write_text(json.dumps({"format": "gradleak-flower-capture", "model": self.spec,
-                                   "captures": self.index}, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(self.out / "index.json", {"format": "gradleak-flower-capture", "model": self.spec,
+                                                            "captures": self.index})
 
 
 def _single_array_record(content: RecordDict, key: str | None, what: str) -> ArrayRecord:
