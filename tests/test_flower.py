@@ -147,3 +147,54 @@ def test_flower_simulation_engine_end_to_end(tmp_path):
         for name, delta in _truth(tmp_path / "truth", e).items():
             assert torch.equal(obs.update[name], delta), name
     assert json.loads((out / "results.json").read_text())["plain"][0]["images"] == 1
+
+
+def test_legacy_strategy_capture_equals_the_clients_update(tmp_path):
+    """The legacy API (flwr.server.strategy.FedAvg, Parameters / FitRes): same capture, same exactness."""
+    import torch.nn.functional as F
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.client_proxy import ClientProxy
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    from gradleak.integrations.flower import LegacyGradleakCapture
+
+    class Proxy(ClientProxy):
+        def get_properties(self, *a, **k): raise NotImplementedError
+        def get_parameters(self, *a, **k): raise NotImplementedError
+        def fit(self, *a, **k): raise NotImplementedError
+        def evaluate(self, *a, **k): raise NotImplementedError
+        def reconnect(self, *a, **k): raise NotImplementedError
+
+    manager = SimpleClientManager()
+    for cid in ("a", "b"):
+        manager.register(Proxy(cid))
+    spec = {"name": "lenet", "num_classes": 10, "in_channels": 1, "resolution": 32, "options": {}}
+    net = build_model("lenet", 10, 1, 32)
+    global_params = ndarrays_to_parameters([v.numpy() for v in net.state_dict().values()])
+    capture = LegacyGradleakCapture(LegacyFedAvg(min_fit_clients=2, min_available_clients=2), tmp_path, spec,
+                                    Protocol(kind="fedavg", lr=0.05, local_steps=1))
+    instructions = capture.configure_fit(1, global_params, manager)
+    results, truth = [], {}
+    for i, (proxy, fit_ins) in enumerate(instructions):
+        client = build_model("lenet", 10, 1, 32)
+        client.load_state_dict({k: torch.from_numpy(a) for k, a in
+                                zip(client.state_dict(), parameters_to_ndarrays(fit_ins.parameters))})
+        before = {k: v.detach().clone() for k, v in client.named_parameters()}
+        opt = torch.optim.SGD(client.parameters(), lr=0.05)
+        F.cross_entropy(client(torch.rand(1, 1, 32, 32)), torch.tensor([i])).backward()
+        opt.step()
+        truth[proxy.cid] = {k: before[k] - v.detach() for k, v in client.named_parameters()}
+        params = ndarrays_to_parameters([v.detach().numpy() for v in client.state_dict().values()])
+        results.append((proxy, FitRes(Status(Code.OK, ""), params, 1, {})))
+    aggregated, _ = capture.aggregate_fit(1, results, [])
+    assert aggregated is not None
+    index = load_index(tmp_path)
+    assert sorted(e["node_id"] for e in index if e["kind"] == "client") == ["a", "b"]
+    for e in (e for e in index if e["kind"] == "client"):
+        obs = Observation.load(tmp_path / e["path"])
+        for name, delta in truth[e["node_id"]].items():
+            assert torch.equal(obs.update[name], delta), name
+    agg = Observation.load(tmp_path / next(e["path"] for e in index if e["kind"] == "aggregate"))
+    for name in agg.update:  # FedAvg with equal weights: the mean of the two updates
+        assert torch.allclose(agg.update[name], (truth["a"][name] + truth["b"][name]) / 2, atol=1e-7)

@@ -304,6 +304,105 @@ class GradleakCapture(Strategy):
         return self.strategy.aggregate_evaluate(server_round, replies)
 
 
+class LegacyGradleakCapture:
+    """The same capture for a legacy ``flwr.server.strategy`` strategy (``configure_fit`` /
+    ``aggregate_fit`` with ``Parameters``). Legacy parameters are an unnamed list of arrays: they are
+    matched to the model's ``state_dict()`` keys in order (Flower's PyTorch convention
+    ``[v.cpu().numpy() for v in net.state_dict().values()]``). Node ids are the ClientProxy ``cid``;
+    ``num_examples`` is ``FitRes.num_examples``. Built lazily as a subclass of the legacy Strategy."""
+
+    def __new__(cls, strategy, out, model, protocol, **kwargs):
+        return _legacy_class()(strategy, out, model, protocol, **kwargs)
+
+
+def _legacy_class():
+    from flwr.common import parameters_to_ndarrays
+    from flwr.server.strategy import Strategy as LegacyStrategy
+
+    class _LegacyCapture(LegacyStrategy):
+        def __init__(self, strategy, out, model, protocol, *, capture_aggregate: bool = True,
+                     rounds: Iterable[int] | None = None, defenses: list[dict] | None = None,
+                     aggregate_defenses: list[dict] | None = None):
+            if not isinstance(strategy, LegacyStrategy):
+                raise UserError(f"flower capture: strategy: got {type(strategy).__name__}; allowed: a "
+                                "flwr.server.strategy.Strategy (legacy API)")
+            from gradleak.models import build_model
+
+            self.strategy = strategy
+            self.recorder = ServerRecorder(out, model, protocol)
+            spec = self.recorder.spec
+            self._keys = list(build_model(spec["name"], spec["num_classes"], spec["in_channels"],
+                                          spec["resolution"], **spec.get("options", {})).state_dict())
+            self.capture_aggregate = capture_aggregate
+            self.rounds = None if rounds is None else set(rounds)
+            self.defenses, self.aggregate_defenses = list(defenses or []), list(aggregate_defenses or [])
+            self._sent: dict[str, tuple[StateDict, dict]] = {}
+            self._global: StateDict | None = None
+
+        def __repr__(self) -> str:
+            return f"LegacyGradleakCapture({self.strategy!r})"
+
+        def _state(self, parameters, what: str) -> StateDict:
+            arrays = parameters_to_ndarrays(parameters)
+            if len(arrays) != len(self._keys):
+                raise UserError(f"flower capture: {what}: got {len(arrays)} arrays; allowed: {len(self._keys)}, the "
+                                f"state_dict of model {self.recorder.spec['name']!r} in order")
+            return {k: torch.from_numpy(a.copy()) for k, a in zip(self._keys, arrays)}
+
+        def _active(self, server_round: int) -> bool:
+            return self.rounds is None or server_round in self.rounds
+
+        def initialize_parameters(self, client_manager):
+            return self.strategy.initialize_parameters(client_manager)
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+            self._sent, self._global = {}, None
+            if self._active(server_round):
+                self._global = self._state(parameters, f"round {server_round}, global parameters")
+                for proxy, fit_ins in instructions:
+                    self._sent[proxy.cid] = (self._state(fit_ins.parameters, f"round {server_round}, FitIns to "
+                                                         f"client {proxy.cid}"), dict(fit_ins.config))
+            return instructions
+
+        def aggregate_fit(self, server_round, results, failures):
+            if self._active(server_round):
+                for proxy, fit_res in results:
+                    what = f"round {server_round}, FitRes from client {proxy.cid}"
+                    if proxy.cid not in self._sent:
+                        raise UserError(f"flower capture: {what}: this client was not sent FitIns this round")
+                    sent, cfg = self._sent[proxy.cid]
+                    self.recorder.record(server_round, proxy.cid, sent, self._state(fit_res.parameters, what),
+                                         fit_res.num_examples, self.recorder.protocol_for(server_round, proxy.cid, cfg),
+                                         extra={"kind": "client", "metrics": dict(fit_res.metrics)},
+                                         defenses=self.defenses)
+            parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+            if self._active(server_round):
+                if self.capture_aggregate and parameters is not None and self._global is not None and results:
+                    ns = [fit_res.num_examples for _, fit_res in results]
+                    cfg = self._sent[results[0][0].cid][1]
+                    self.recorder.record(
+                        server_round, "aggregate", self._global,
+                        self._state(parameters, f"round {server_round}, aggregate"), max(1, sum(ns)),
+                        self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
+                        extra={"kind": "aggregate", "clients": len(ns), "client_examples": ns,
+                               "single_client_protocol_exact": len(ns) == 1},
+                        defenses=self.aggregate_defenses)
+                self.recorder.write_index()
+            return parameters, metrics
+
+        def configure_evaluate(self, server_round, parameters, client_manager):
+            return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+
+        def aggregate_evaluate(self, server_round, results, failures):
+            return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+        def evaluate(self, server_round, parameters):
+            return self.strategy.evaluate(server_round, parameters)
+
+    return _LegacyCapture
+
+
 def load_index(out: str | Path) -> list[dict]:
     """The captures listed in ``OUT/index.json`` (dicts with ``path``, ``round``, ``node_id``, …)."""
     path = Path(out) / "index.json"
@@ -318,4 +417,4 @@ def load_index(out: str | Path) -> list[dict]:
     return data["captures"]
 
 
-__all__ = ["GradleakCapture", "ServerRecorder", "UPDATE_CONVENTION", "load_index"]
+__all__ = ["GradleakCapture", "LegacyGradleakCapture", "ServerRecorder", "UPDATE_CONVENTION", "load_index"]
