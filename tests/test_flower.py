@@ -46,11 +46,11 @@ def _truth(truth_dir: Path, entry: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """2 rounds × 3 clients × 1 image each, local training 2 SGD steps; attack one client (DLG, 20 steps)."""
+    """2 rounds × 3 clients × 1 image each, local training 2 SGD steps; attack one client (DLG, 6 L-BFGS steps)."""
     out = tmp_path_factory.mktemp("flower")
     results = _example().main([
         "--out", str(out), "--engine", "inprocess", "--clients", "3", "--images", "1", "--batch-size", "1",
-        "--epochs", "2", "--rounds", "2", "--iterations", "20", "--attack-clients", "1", "--no-dp",
+        "--epochs", "2", "--rounds", "2", "--iterations", "6", "--attack-clients", "1", "--no-dp",
         "--truth-dir", str(out / "truth")])
     return out, results
 
