@@ -27,6 +27,7 @@ from gradleak.case import Case, capture
 from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
+from gradleak.devices import resolve as resolve_device
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -206,6 +207,7 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
     built from ``cfg.attack``."""
     t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)
     attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
@@ -217,7 +219,10 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    rec = attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
+    with torch.device(device):  # the attack computes on the device; capture stayed on the CPU
+        rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=cfg.seed,
+                     model=model.to(device), progress=progress).cpu()
+    model.to("cpu")
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
@@ -225,7 +230,7 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(), matched=matched, before_postprocess=before)
+                       environment=Environment.current(str(device)), matched=matched, before_postprocess=before)
 
 
 def write_run(result: AuditResult, out: str | Path) -> dict:

@@ -352,7 +352,8 @@ def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML: base config, axes (lists of values), zip groups, batches."),
     out: Path = typer.Option(..., "--out", help="Directory: runs/<cell>/b<batch>/, results.csv, summary.csv, plots, sweep.html."),
     workers: int = typer.Option(0, "--workers", help="Local processes (0: one per core; 1: in this process)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a local instance, or a cluster ADDRESS (ray://... or host:port)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance, or the cluster at --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://host:port or host:port); implies --ray."),
     threads: int = typer.Option(1, "--threads", help="torch threads per run (the same on every executor, so numbers match)."),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
 ) -> None:
@@ -360,8 +361,8 @@ def sweep_cmd(
     from gradleak.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(sweep_file)
-    rows = run_sweep(sweep, out, workers=workers, use_ray=ray is not None,
-                     ray_address=None if ray in (None, "local") else ray, threads=threads, progress=progress)
+    rows = run_sweep(sweep, out, workers=workers, use_ray=ray or ray_address is not None, ray_address=ray_address,
+                     threads=threads, progress=progress)
     typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
 
 

@@ -65,6 +65,7 @@ class RunConfig(_Section):
     """A whole audit case. ``seed`` drives the batch draw, the victim's init and the attack."""
 
     seed: int = 0
+    device: str = "cpu"  # where the attack computes: cpu | cuda | cuda:N | mps | auto (gradleak.devices)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
+from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization
 from gradleak.fl.client import batched_update
 from gradleak.fl.observation import Observation, validate_against
@@ -116,7 +117,7 @@ def search(
         validate_against(model, obs)
     names = list(obs.parameters)
     ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     chunk = 1 if any(s.optimizer == "lbfgs" for s in stages) else restarts
     t0 = time.perf_counter()
     total = sum(s.iterations for s in stages) * math.ceil(restarts / chunk)

@@ -56,6 +56,17 @@ class Observation:
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
 
+    def to(self, device) -> "Observation":
+        """A copy with every tensor on ``device`` (the attacker's hardware); metadata shared."""
+        def move(d: Params | None) -> Params | None:
+            return None if d is None else {k: v.to(device) for k, v in d.items()}
+
+        return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
+                           update=move(self.update), protocol=self.protocol, num_images=self.num_images,
+                           image_shape=self.image_shape,
+                           labels=None if self.labels is None else self.labels.to(device),
+                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra)
+
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (path given without or with suffix)."""
         stem = Path(path).with_suffix("")
