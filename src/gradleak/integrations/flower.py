@@ -283,10 +283,10 @@ class GradleakCapture(Strategy):
                                      defenses=self.defenses)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self._active(server_round):
-            if self.capture_aggregate and arrays is not None and self._global is not None:
-                answered = [r for r in replies if not r.has_error() and r.has_content()]
+            answered = [r for r in replies if not r.has_error() and r.has_content()]
+            if self.capture_aggregate and arrays is not None and self._global is not None and answered:
                 ns = [_num_examples(r.content, self.num_examples_key, "aggregate") for r in answered]
-                cfg = self._sent[answered[0].metadata.src_node_id][1] if answered else {}
+                cfg = self._sent[answered[0].metadata.src_node_id][1]
                 self.recorder.record(
                     server_round, "aggregate", self._global, _to_state(arrays), max(1, sum(ns)),
                     self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
