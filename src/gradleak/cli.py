@@ -1,13 +1,13 @@
 """The gradleak command line. Each command is a thin wrapper over the Python API (see README)."""
 from __future__ import annotations
 
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from gradleak.cli_support import checked_out, run_cli, set_threads, version_callback
 from gradleak.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,27 +37,34 @@ def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress:
 
 def _set_threads(threads: int) -> None:
     """``--threads N``: torch CPU threads for this command (0 keeps torch's default)."""
-    if threads:
-        import torch
+    set_threads(threads)
 
-        torch.set_num_threads(threads)
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                       help="Print the gradleak version and exit.")) -> None:
+    """Audit how much private data leaks from federated-learning client updates."""
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to write."),
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
-         progress: bool = typer.Option(True, help="Show a progress bar with the current loss.")) -> None:
+         progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
+    _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
         _run_config(cfg_path, out, set_, progress)
 
 
 @app.command("run")
 def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed, data, model, client, defense, attack, metrics)."),
-            out: Path = typer.Option(..., "--out", help="Run directory to write."),
+            out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
-            progress: bool = typer.Option(True, help="Show a progress bar with the current loss.")) -> None:
+            progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),) -> None:
     """Run any audit case from a YAML config and write its run directory."""
+    _set_threads(threads)
     _run_config(config, out, set_, progress)
 
 
@@ -87,7 +94,7 @@ def list_cmd(name: Optional[str] = typer.Argument(
 @app.command("train-prior")
 def train_prior_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the prior learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = the prior-training side)."),
     resolution: int = typer.Option(32, "--resolution", help="32 or 64."),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
@@ -121,7 +128,7 @@ def train_prior_cmd(
 @app.command("train-enhancer")
 def train_enhancer_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
     resolution: int = typer.Option(64, "--resolution", help="Training image size (a multiple of 2^depth)."),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
@@ -159,7 +166,7 @@ def train_enhancer_cmd(
 @app.command("train-autoencoder")
 def train_autoencoder_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the autoencoder learns."),
-    out: Path = typer.Option(..., "--out", help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
     split: str = typer.Option("public", "--split"),
     resolution: int = typer.Option(64, "--resolution"),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
@@ -189,7 +196,7 @@ def train_autoencoder_cmd(
 @app.command("train-tagger")
 def train_tagger_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the tagger learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: tagger.safetensors + tagger.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: tagger.safetensors + tagger.json."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
     resolution: int = typer.Option(32, "--resolution"),
     channels: int = typer.Option(1, "--channels", help="1 or 3."),
@@ -215,7 +222,7 @@ def train_tagger_cmd(
 
 @app.command("tradeoff")
 def tradeoff_cmd(
-    out: Path = typer.Option(Path("runs/tradeoff"), "--out", help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
+    out: Path = typer.Option(Path("runs/tradeoff"), "--out", callback=checked_out, help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
     settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5",
                                            "fedcdp:0", "quantize", "topk"]), "--settings",
                                  help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
@@ -236,6 +243,7 @@ def tradeoff_cmd(
     model_options: Optional[str] = typer.Option(None, "--model-options", help="Victim options as YAML, e.g. '{c1: 8, c2: 16, hidden: 128}'."),
     workers: int = typer.Option(2, "--workers", help="Worker processes (1 torch thread each)."),
     seed: int = typer.Option(0, "--seed", help="Client split/sampling, victim init, attacked batches."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; each worker process uses 1)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Privacy-utility trade-off (ROG Fig. 9a): FedAvg accuracy vs ROG/InvertGrad leakage per defense setting."""
@@ -243,6 +251,7 @@ def tradeoff_cmd(
 
     from gradleak.experiments.tradeoff import TradeoffConfig, format_table, run_tradeoff
 
+    _set_threads(threads)
     options = {}
     if model_options:
         try:
@@ -264,7 +273,7 @@ def tradeoff_cmd(
 
 @app.command("giml-tasks")
 def giml_tasks_cmd(
-    out: Path = typer.Option(..., "--out", help="Task-set directory: tasks.json, task_NNNNNN.safetensors/.json (Observations), truth.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Task-set directory: tasks.json, task_NNNNNN.safetensors/.json (Observations), truth.json."),
     data: str = typer.Option("digits", "--data", help="Dataset of the clients' private images."),
     split: str = typer.Option("private", "--split", help="Split the clients hold (GIML never sees these images, only their uploads)."),
     resolution: int = typer.Option(32, "--resolution"),
@@ -283,6 +292,7 @@ def giml_tasks_cmd(
     sparsity: float = typer.Option(0.0, "--sparsity", help="Top-k gradient sparsity applied to every upload (0 = none)."),
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Threat model: the server is told each client's labels."),
     seed: int = typer.Option(0, "--seed", help="Client data, victim init, participation."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Simulate an FL run and save every client upload as a GIML task (theta_i, g_i)."""
@@ -291,6 +301,7 @@ def giml_tasks_cmd(
     from gradleak.giml import TaskSetConfig, make_task_set
     from gradleak.priors.train import command_line
 
+    _set_threads(threads)
     try:
         options = yaml.safe_load(model_options)
     except yaml.YAMLError:
@@ -308,7 +319,7 @@ def giml_tasks_cmd(
 @app.command("giml")
 def giml_cmd(
     tasks: Path = typer.Option(..., "--tasks", help="Task-set directory (gradleak giml-tasks, or a folder of Observation files)."),
-    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
     steps: int = typer.Option(100, "--steps", help="Outer GIML steps (resume continues up to this)."),
     tasks_per_step: int = typer.Option(4, "--tasks-per-step", help="N: tasks sampled per step."),
     tau: int = typer.Option(5, "--tau", help="tau: meta gradient steps on w' per outer step."),
@@ -341,25 +352,8 @@ def giml_cmd(
 
 
 def main() -> None:
-    """Entry point: user errors print one line and exit 2, no traceback."""
-    try:
-        app(standalone_mode=False)
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as err:  # usage errors (bad option, missing argument)
-        if isinstance(err, _click_exception()):
-            err.show()
-            sys.exit(2)
-        raise
-
-
-def _click_exception() -> type:
-    """click's ClickException, whether typer depends on click (typer < 0.2x) or vendors it (typer._click)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    """Entry point: user errors one line + exit 2, Ctrl-C exit 130, bugs a traceback (gradleak.cli_support)."""
+    run_cli(app)
 
 
 if __name__ == "__main__":
