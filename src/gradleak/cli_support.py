@@ -51,7 +51,7 @@ def _usage_line(err) -> str:
 def run_cli(app: Callable[..., object]) -> None:
     """Run the typer/click ``app`` under the error policy of the module docstring (exits the process)."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(USAGE)
@@ -66,6 +66,11 @@ def run_cli(app: Callable[..., object]) -> None:
             print(f"error: {_usage_line(err)}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", USAGE) or USAGE)
         raise
+    # typer turns KeyboardInterrupt into Exit(130), which standalone_mode=False *returns* (it would exit 0)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == INTERRUPTED:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
 
 
 # --- --out ---------------------------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def attack_labels(obs: Observation, mode: str, model) -> Tensor | None:
 
 def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> dict:
     """Run the audit and write the run directory; returns the metrics dict."""
+    from gradleak.report.guard import run_dir_guard
     from gradleak.report.writer import write_run_dir
 
     torch.manual_seed(cfg.seed)
@@ -84,4 +85,5 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> dict:
     labels = attack_labels(obs, prep.label_mode, model)
     rec: Reconstruction = prep.attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
     label_acc = label_accuracy(rec.labels, prep.case.labels)
-    return write_run_dir(Path(out), cfg, obs, rec, prep.case.images, label_acc, prep.label_mode)
+    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
+        return write_run_dir(Path(out), cfg, obs, rec, prep.case.images, label_acc, prep.label_mode)
