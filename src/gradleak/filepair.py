@@ -92,3 +92,18 @@ def load_state(module: nn.Module, state: dict[str, Tensor], key: str, path: str 
         detail = next((ln for ln in lines[1:] if ln), lines[0] if lines else type(err).__name__)
         raise UserError(f"{key}: the tensors in {str(path)!r} do not fit the architecture its JSON describes "
                         f"({detail[:200]})") from None
+
+
+def build(cls, meta: dict, key: str, path: str | Path, field: str = "arch"):
+    """``cls(**meta[field])`` with a one-line error naming ``key`` and the file when the JSON's architecture is
+    missing or not what ``cls`` takes."""
+    arch = meta.get(field)
+    if not isinstance(arch, dict):
+        raise UserError(f"{key}: {str(path)!r} has no {field!r} mapping in its JSON; allowed: a file written by gradleak")
+    try:
+        return cls(**arch)
+    except UserError as err:
+        raise UserError(f"{key}: {str(path)!r}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{key}: {str(path)!r} describes an architecture {cls.__name__} cannot build "
+                        f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None

@@ -37,8 +37,8 @@ class Protocol:
             raise bad_value("client.protocol", self.kind, " | ".join(PROTOCOLS))
         if self.local_steps < 1:
             raise bad_value("client.local_steps", self.local_steps, "integer >= 1")
-        if self.lr <= 0:
-            raise bad_value("client.lr", self.lr, "number > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad_value("client.lr", self.lr, "a finite number > 0")
         if self.local_batch_size is not None and self.local_batch_size < 1:
             raise bad_value("client.local_batch_size", self.local_batch_size, "integer >= 1 or null")
         if self.epochs is not None and self.epochs < 1:

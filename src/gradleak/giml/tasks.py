@@ -21,6 +21,7 @@ is one task, in file-name order. All tasks must share the victim architecture.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class TaskSetConfig:
             ("rounds", self.rounds >= 1, "an integer >= 1"),
             ("per_round", self.per_round is None or 1 <= self.per_round <= self.clients, "1..clients or null"),
             ("batch", self.batch >= 1, "an integer >= 1"),
-            ("server_lr", self.server_lr >= 0, "a number >= 0"),
+            ("server_lr", math.isfinite(self.server_lr) and self.server_lr >= 0, "a finite number >= 0"),
+            ("client_lr", math.isfinite(self.client_lr) and self.client_lr > 0, "a finite number > 0"),
+            ("local_steps", self.local_steps >= 1, "an integer >= 1"),
             ("sparsity", 0 <= self.sparsity < 1, "a number in [0, 1)"),
         ):
             if not ok:

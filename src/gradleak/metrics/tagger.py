@@ -18,6 +18,7 @@ dataset, command, seed, held-out scores), read with safetensors and JSON only.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import UserError
 from gradleak.metrics.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
 from gradleak.metrics.semantic import ModelTagger
@@ -112,6 +114,8 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
 
     from gradleak.data import load_dataset
 
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"train-tagger --lr: got {cfg.lr!r}; allowed: a finite number > 0")
     if cfg.steps < 1 or cfg.batch_size < 1 or not 0 <= cfg.holdout < 1:
         raise UserError(f"train-tagger: steps and batch size must be >= 1 and holdout in [0, 1), got {cfg.steps}, "
                         f"{cfg.batch_size}, {cfg.holdout}")
@@ -172,12 +176,12 @@ def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None =
     from gradleak.priors.enhancer import read_pair
 
     tensors, meta = read_pair(path, "tagger", "metrics.tagger", fmt=FORMAT)
-    net = TaggerNet(**meta["arch"])
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise UserError(f"metrics.tagger: weights do not match {path}'s architecture: "
-                        f"{str(err).splitlines()[0]}") from None
+    net = filepair.build(TaggerNet, meta, "metrics.tagger", path)
+    filepair.load_state(net, tensors, "metrics.tagger", path)
+    for k, ok in (("tag_names", isinstance(meta.get("tag_names"), list)), ("channels", meta.get("channels") in (1, 3)),
+                  ("resolution", isinstance(meta.get("resolution"), int))):
+        if not ok:
+            raise UserError(f"metrics.tagger: {str(path)!r} has no valid {k!r} in its JSON")
     return ModelTagger(net, meta["tag_names"], threshold=threshold, top_k=top_k, name=name or str(path),
                        input_channels=meta["channels"], input_resolution=meta["resolution"], outputs="probabilities",
                        meta=meta)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import bad_value
 from gradleak.priors.enhancer import augment, read_pair, save_pair
 from gradleak.priors.train import command_line
@@ -104,7 +105,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
 
     for key, ok, allowed in (("steps", cfg.steps >= 1, "an integer >= 1"),
                              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-                             ("lr", cfg.lr > 0, "a number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
+                             ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
         if not ok:
             raise bad_value(f"train-autoencoder.{key}", getattr(cfg, key), allowed)
     latent_layout(cfg.resolution, cfg.latent_dim, cfg.downsample, "train-autoencoder")
@@ -149,7 +150,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
 def load_autoencoder(path: str | Path, key: str = "attack.options.autoencoder") -> ConvAutoencoder:
     """Load a ``train-autoencoder`` result (directory, stem, .safetensors or .json)."""
     tensors, meta = read_pair(path, "autoencoder", key)
-    ae = ConvAutoencoder(**meta["arch"])
-    ae.load_state_dict(tensors)
+    ae = filepair.build(ConvAutoencoder, meta, key, path)
+    filepair.load_state(ae, tensors, key, path)
     ae.meta = meta
     return ae.eval()

@@ -254,8 +254,8 @@ def load_enhancer(spec: str | Path, key: str = "enhancer") -> Enhancer:
             raise bad_value(key, text, f"{', '.join(BUILTIN_ENHANCERS)}, auto, none, or a path to an enhancer "
                                        "(.safetensors + .json, or a train-enhancer output directory)")
     tensors, meta = read_pair(path, "enhancer", key)
-    net = UNet(**meta["arch"])
-    net.load_state_dict(tensors)
+    net = filepair.build(UNet, meta, key, path)
+    filepair.load_state(net, tensors, key, path)
     return Enhancer(net, meta, text)
 
 
@@ -308,9 +308,10 @@ class EnhancerConfig:
 def _check(cfg: EnhancerConfig) -> None:
     checks = [("width", cfg.width >= 1, "an integer >= 1"), ("depth", 1 <= cfg.depth <= 6, "an integer in 1..6"),
               ("disc_width", cfg.disc_width >= 1, "an integer >= 1"), ("steps", cfg.steps >= 1, "an integer >= 1"),
-              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", cfg.lr > 0, "a number > 0"),
-              ("adv_weight", cfg.adv_weight >= 0, "a number >= 0"), ("max_noise", cfg.max_noise >= 0, "a number >= 0"),
-              ("max_blur", cfg.max_blur >= 0, "a number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
+              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+              ("adv_weight", math.isfinite(cfg.adv_weight) and cfg.adv_weight >= 0, "a finite number >= 0"),
+              ("max_noise", math.isfinite(cfg.max_noise) and cfg.max_noise >= 0, "a finite number >= 0"),
+              ("max_blur", math.isfinite(cfg.max_blur) and cfg.max_blur >= 0, "a finite number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
               ("rog_iterations", cfg.rog_iterations >= 1, "an integer >= 1"),
               ("rog_batch", cfg.rog_batch >= 1, "an integer >= 1")]
     for key, ok, allowed in checks:

@@ -121,17 +121,28 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
     perm, pos = torch.randperm(n, generator=rng), 0
     if resume and ckpt.with_suffix(".json").exists():
         try:
-            saved = json.loads(ckpt.with_suffix(".json").read_text()).get("config", {})
+            saved = json.loads(ckpt.with_suffix(".json").read_text(encoding="utf-8"))
         except ValueError as err:
             raise UserError(f"train-prior: cannot read {ckpt}.json: {err}") from None
+        saved = saved.get("config") if isinstance(saved, dict) else None
+        if not isinstance(saved, dict):
+            raise UserError(f"train-prior: {ckpt}.json is not a train-prior checkpoint (no config object); "
+                            "use a new --out or --no-resume")
         free = ("steps", "sample_every", "checkpoint_every")
         changed = sorted(k for k in config if k not in free and saved.get(k) != config[k])
         if changed:
             raise UserError(f"train-prior: {ckpt}.json was trained with different settings ({', '.join(changed)}); "
                             "use a new --out or --no-resume")
-        meta, extra = load_checkpoint(ckpt, G, D, opt_g, opt_d, rng)
-        step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
-        perm, pos = extra["epoch_order"], int(meta["epoch_position"])
+        try:
+            meta, extra = load_checkpoint(ckpt, G, D, opt_g, opt_d, rng)
+            step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
+            perm, pos = extra["epoch_order"], int(meta["epoch_position"])
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise UserError(f"train-prior: {ckpt}.safetensors/.json is not a complete checkpoint "
+                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+                            "use a new --out or --no-resume") from None
     command = command or command_line()
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
