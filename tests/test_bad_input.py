@@ -367,11 +367,11 @@ def _loaders():
     from gradleak.fl.observation import Observation
     from gradleak.giml.tasks import TaskSet
     from gradleak.metrics.lpips import lpips_status
-    from gradleak.metrics.tagger import read_tagger
-    from gradleak.priors.autoencoder import load_autoencoder
+    from gradleak.nets.tagger import read_tagger
+    from gradleak.nets.autoencoder import load_autoencoder
     from gradleak.priors.biggan import read_biggan_state
     from gradleak.priors.checkpoint import load_checkpoint
-    from gradleak.priors.enhancer import load_enhancer
+    from gradleak.nets.enhancer import load_enhancer
     from gradleak.priors.prior import load_prior
 
     def pair(name):  # a pickle where the tensors belong, a plausible JSON beside it

@@ -8,7 +8,7 @@
   the directory itself when the phase created it — then re-raises. Files that existed before are kept (the
   directory is then marked unfinished by the missing ``metrics.json``).
 
-Each file is itself written atomically (:mod:`gradleak.report.io`), so no file is ever half-written; a
+Each file is itself written atomically (:mod:`gradleak.atomic`), so no file is ever half-written; a
 SIGKILL can leave hidden ``*.tmp`` files, which the next command writing there removes
 (:func:`gradleak.cli_support.clean_tmp`).
 """
