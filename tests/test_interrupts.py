@@ -191,3 +191,37 @@ def test_giml_sigkill_resumes_from_the_last_checkpoint_bit_identically(cli, tmp_
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 2  # killed in step 4: step 3 lost, no more
     assert cli("giml", "--tasks", tasks, "--out", out, *GIML).returncode == 0
     assert _same_tensors(out / "prior.safetensors", full / "prior.safetensors")
+
+
+# --- train-enhancer, train-autoencoder, train-tagger: checkpoint on Ctrl-C, resume -----------------------------
+
+SMALL_TRAINERS = {
+    "train-autoencoder": (["--data", "digits", "--resolution", "16", "--channels", "1", "--latent-dim", "16",
+                           "--downsample", "4", "--width", "4", "--steps", "4", "--batch-size", "4"],
+                          "gradleak.nets.autoencoder", "augment", "autoencoder.safetensors"),
+    "train-tagger": (["--data", "digits", "--resolution", "16", "--width", "4", "--steps", "4", "--batch-size", "8"],
+                     "gradleak.nets.tagger", "TaggerNet.loss", "tagger.safetensors"),
+    "train-enhancer": (["--data", "digits", "--resolution", "16", "--channels", "1", "--width", "4", "--depth", "2",
+                        "--disc-width", "4", "--steps", "4", "--batch-size", "2"],
+                       "gradleak.nets.enhancer", "_batch", "enhancer.safetensors"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(SMALL_TRAINERS))
+def test_trainer_ctrl_c_checkpoints_and_resumes_bit_identically(cli, tmp_path, monkeypatch, command):
+    import importlib
+
+    args, module, name, result = SMALL_TRAINERS[command]
+    assert cli(command, "--out", tmp_path / "full", *args, "--no-progress").returncode == 0
+    assert not (tmp_path / "full" / "checkpoint.json").exists()  # removed once the result is written
+    target = importlib.import_module(module)
+    owner, attr = (getattr(target, name.split(".")[0]), name.split(".")[1]) if "." in name else (target, name)
+    _after_calls(owner, attr, 2, signal.SIGINT, monkeypatch)  # Ctrl-C during step 2
+    out = tmp_path / "cut"
+    _interrupted(cli(command, "--out", out, *args, "--no-progress"))
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 2 and not (out / result).exists()
+    monkeypatch.undo()
+    assert cli(command, "--out", out, *args, "--no-progress").returncode == 0
+    assert _same_tensors(out / result, tmp_path / "full" / result)
+    r = cli(command, "--out", out, *args[:-1], "3", "--no-progress")  # no checkpoint left: a fresh run is fine
+    assert r.returncode == 0

@@ -31,7 +31,9 @@ from torch import Tensor, nn
 from gradleak import filepair
 from gradleak.errors import UserError, bad_value
 from gradleak.nets.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
+from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
+from gradleak.trainstate import TrainState
 
 KEY = "metrics.tagger"
 FORMAT = "gradleak-tagger"
@@ -198,13 +200,19 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     t0 = time.perf_counter()
     net.train()
-    for _ in tqdm(range(cfg.steps), desc=f"train-tagger {cfg.data}", disable=not progress, dynamic_ncols=True):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-        loss = net.loss(x[idx], y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    state = TrainState(out, "train-tagger", asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen})
+    start, _ = state.resume()
+    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+        for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train-tagger {cfg.data}",
+                         disable=not progress, dynamic_ncols=True):
+            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+            loss = net.loss(x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if stop.requested:
+                state.interrupted(step + 1, [])
     net.eval()
     seconds = time.perf_counter() - t0
     held = {}
@@ -225,6 +233,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     from gradleak.nets.enhancer import save_pair
 
     st, _ = save_pair(Path(out) / "tagger", net.state_dict(), meta)
+    state.finished()
     return st
 
 
