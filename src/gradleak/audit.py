@@ -235,6 +235,8 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
 
 def write_run(result: AuditResult, out: str | Path) -> dict:
     """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
+    from gradleak.report.guard import run_dir_guard
     from gradleak.report.writer import write_run_dir
 
-    return write_run_dir(Path(out), result)
+    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
+        return write_run_dir(Path(out), result)

@@ -18,7 +18,7 @@ from gradleak.validate import format_error
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -144,9 +144,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise UserError(f"config: file not found: {p}")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"config: {p} is not UTF-8 text (byte {err.start}); allowed: a YAML file") from None
         except yaml.YAMLError as err:
             raise UserError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if raw is None:  # an empty file would silently run the defaults
+            raise UserError(f"config: {p} is empty; allowed: a mapping of sections (write {{}} to run the defaults)")
         if not isinstance(raw, dict):
             raise UserError(f"config: {p} must hold a mapping of sections, got {type(raw).__name__}")
     for o in overrides:

@@ -141,20 +141,26 @@ class Observation:
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise UserError(f"observation: tensor {name!r} in {st} contains NaN or inf")
-        obs = cls(
-            model_spec=meta["model"],
-            parameters=part("param/"),
-            buffers=part("buffer/"),
-            update=part("update/"),
-            protocol=Protocol.from_dict(meta["protocol"]),
-            num_images=int(meta["num_images"]),
-            image_shape=tuple(meta["image_shape"]),
-            labels=tensors.get("labels"),
-            bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
-            defenses=meta.get("defenses", []),
-            extra=meta.get("extra", {}),
-            model=model,
-        )
+        if not isinstance(meta["model"], dict) or not isinstance(meta["model"].get("options", {}), dict):
+            raise UserError(f"observation: {js} 'model' is not a mapping of name, num_classes, in_channels, resolution")
+        try:
+            obs = cls(
+                model_spec=meta["model"],
+                parameters=part("param/"),
+                buffers=part("buffer/"),
+                update=part("update/"),
+                protocol=Protocol.from_dict(meta["protocol"]),
+                num_images=int(meta["num_images"]),
+                image_shape=tuple(meta["image_shape"]),
+                labels=tensors.get("labels"),
+                bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
+                defenses=meta.get("defenses", []),
+                extra=meta.get("extra", {}),
+                model=model,
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
         if validate:
             obs.build_model()
         return obs
