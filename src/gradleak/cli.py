@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from gradleak.errors import UserError
+
+# Plain click help: typer's rich help imports rich + markdown-it (≈0.4–0.7 s of a 1 s budget for
+# ``--help``, issue 14); error messages are one line anyway.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit how much private data leaks from federated-learning client updates.")
