@@ -10,7 +10,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
+from gradleak.attacks.engine import Backend, Objective, Reconstruction, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
@@ -25,7 +25,7 @@ class Attack:
     name = "attack"
     default_labels: LabelMode = "oracle"
 
-    def __init__(self, restarts: Iterations = 1, backend: Literal["loop", "vmap"] = "loop"):
+    def __init__(self, restarts: Iterations = 1, backend: Backend = "loop"):
         if restarts < 1:
             raise UserError(f"attack.restarts: got {restarts}; allowed: integer >= 1")
         self.restarts, self.backend = restarts, backend
@@ -53,7 +53,7 @@ class DLG(Attack):
 
     def __init__(self, iterations: Iterations = 300, lr: LearningRate = 1.0, restarts: Iterations = 1,
                  line_search: Literal["strong_wolfe", "none"] = "strong_wolfe",
-                 backend: Literal["loop", "vmap"] = "loop"):
+                 backend: Backend = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.line_search = iterations, lr, line_search
 
@@ -85,7 +85,7 @@ class InvertGrad(Attack):
                  restarts: Iterations = 1,
                  signed: bool = True, box: bool = True,
                  distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
-                 init: Literal["randn", "uniform"] = "randn", backend: Literal["loop", "vmap"] = "loop"):
+                 init: Literal["randn", "uniform"] = "randn", backend: Backend = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.tv = iterations, lr, tv
         self.signed, self.box, self.distance, self.init = signed, box, distance, init
