@@ -163,8 +163,10 @@ def test_compiled_result_is_checked_against_eager(monkeypatch):
     torch.testing.assert_close(g, fs._eager(x, y)[1])
 
 
+@pytest.mark.slow  # Inductor compiles for minutes on a loaded 2-core CPU; benchmarks/speed.py runs it too
 def test_compiled_step_equals_eager_to_1e5():
-    """The real torch.compile of the nested torch.func step (tiny victim: compilation is the slow part)."""
+    """The real torch.compile of the nested torch.func step (tiny victim: compilation is the slow part).
+    Run with ``pytest -m slow tests/test_fast.py``; every compiled call also checks itself against eager."""
     pytest.importorskip("torch._inductor")
     obs, model = _obs(False, batch=1)
     names = list(obs.parameters)
@@ -181,7 +183,10 @@ def test_compiled_step_equals_eager_to_1e5():
 
 
 @pytest.mark.parametrize("backend", ["vmap", "auto"])
-def test_search_backends_agree_with_loop(backend):
+def test_search_backends_agree_with_loop(backend, monkeypatch):
+    import gradleak.attacks.engine as engine
+
+    monkeypatch.setattr(engine, "AUTO_MIN_ITERATIONS", 1)  # measure even for this short search
     obs, model = _obs(True, FEDAVG, batch=2)
 
     def run(b):
@@ -197,6 +202,12 @@ def test_search_backends_agree_with_loop(backend):
         assert rec.backend in ("loop", "vmap") and set(rec.extra["backend_timing"]) >= {"loop", "vmap"}
     else:
         assert rec.backend == "vmap"
+
+
+def test_auto_skips_measuring_short_searches():
+    obs, _ = _obs(False)
+    rec = search(obs, [Stage("x", Pixels(), 3, 0.1)], Objective(), obs.labels, backend="auto", progress=False)
+    assert rec.backend == "loop" and "backend_timing" not in rec.extra
 
 
 def test_unknown_backend_is_a_user_error():

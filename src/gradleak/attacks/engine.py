@@ -32,7 +32,8 @@ Regularizer = Callable[[Tensor, "SearchContext"], Tensor]  # images (R,B,C,H,W) 
 # "auto" the fastest of these on a short measured warm-up (see gradleak.attacks.fast, benchmarks/speed.py).
 Backend = Literal["loop", "vmap", "compiled", "auto"]
 BACKENDS = ("loop", "vmap", "compiled", "auto")
-AUTO_COMPILE_MIN_ITERATIONS = 500  # "auto" tries torch.compile only for searches at least this long
+AUTO_MIN_ITERATIONS = 50  # shorter searches: "auto" runs "loop" without measuring (the warm-up would dominate)
+AUTO_COMPILE_MIN_SECONDS = 600.0  # "auto" compiles only when the eager search would take at least this long
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _value_and_grads(ctx: SearchContext, objective: Objective, images: Tensor, l
         d = d + reg.detach()
         if reg.requires_grad:
             outs.append(reg.sum())
-            gouts.append(torch.ones((), dtype=reg.dtype))
+            gouts.append(torch.ones((), dtype=reg.dtype, device=reg.device))
     outs_req = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
     if not outs_req:
         return d, tuple(None for _ in variables)
@@ -209,46 +210,54 @@ def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bo
 
 def _choose_backend(ctx: SearchContext, objective: Objective, backend: str, R: int, labels: Tensor | None,
                     total_iterations: int) -> dict:
-    """Set ``ctx.backend``/``ctx.fast``. For "auto": time a few matching-term evaluations of every candidate
-    on random images (its own RNG: the search's draws are untouched), interleaved, and keep the fastest;
-    returns seconds per evaluation by candidate ({} unless "auto")."""
+    """Set ``ctx.backend``/``ctx.fast``. For "auto": time a few matching-term evaluations of "loop" and
+    "vmap" on random images (its own RNG: the search's draws are untouched), interleaved, keep the faster;
+    when the search would still take ``AUTO_COMPILE_MIN_SECONDS`` or more, also compile (minutes on a CPU)
+    and time that. Searches under ``AUTO_MIN_ITERATIONS`` iterations run "loop" unmeasured.
+    Returns seconds per evaluation by candidate ({} unless measured)."""
     soft = labels is None
-    if backend == "loop":
+    if backend == "loop" or (backend == "auto" and total_iterations < AUTO_MIN_ITERATIONS):
         ctx.backend, ctx.fast = "loop", None
         return {}
     if backend in ("vmap", "compiled"):
         ctx.backend, ctx.fast = backend, _fast_step(ctx, objective, soft, backend == "compiled")
         return {}
     obs = ctx.obs
-    gen = torch.Generator().manual_seed(12345)
-    x = torch.rand(R, obs.num_images, *obs.image_shape, generator=gen)
+    dev = ctx.observed[0].device
+    gen = torch.Generator(device=dev).manual_seed(12345)
+    x = torch.rand(R, obs.num_images, *obs.image_shape, generator=gen, device=dev)
     if soft:
-        y = torch.softmax(torch.randn(R, obs.num_images, obs.model_spec["num_classes"], generator=gen), -1)
+        y = torch.softmax(torch.randn(R, obs.num_images, obs.model_spec["num_classes"], generator=gen, device=dev), -1)
     else:
         y = labels.expand(R, *labels.shape)
     objective = replace(objective, regularizers=[])  # the priors cost the same on every backend
     cands: dict[str, object] = {"loop": None, "vmap": _fast_step(ctx, objective, soft, False)}
-    if total_iterations >= AUTO_COMPILE_MIN_ITERATIONS:
-        cands["compiled"] = _fast_step(ctx, objective, soft, True)
     best: dict[str, float] = {}
-    for _ in range(4):  # round 0 is the warm-up (first-call allocations, compilation)
-        for name in list(cands):
-            ctx.backend, ctx.fast = ("loop" if name == "loop" else name), cands[name]
-            xi = x.clone().requires_grad_()
-            t0 = time.perf_counter()
-            try:
-                _value_and_grads(ctx, objective, xi, y, [xi])
-            except Exception:  # noqa: BLE001 - a backend this model cannot run is not a candidate
-                if name == "loop":
-                    raise
-                del cands[name]
-                continue
-            dt = time.perf_counter() - t0
-            if name == "compiled" and cands[name].fallback is not None:
-                del cands[name]
-                continue
-            if _ > 0:
-                best[name] = min(best.get(name, math.inf), dt)
+
+    def measure(names: list[str], rounds: int) -> None:
+        for rnd in range(rounds + 1):  # round 0 is the warm-up (first-call allocations, compilation)
+            for name in [n for n in names if n in cands]:
+                ctx.backend, ctx.fast = name, cands[name]
+                xi = x.clone().requires_grad_()
+                t0 = time.perf_counter()
+                try:
+                    _value_and_grads(ctx, objective, xi, y, [xi])
+                except Exception:  # noqa: BLE001 - a backend this model cannot run is not a candidate
+                    if name == "loop":
+                        raise
+                    del cands[name]
+                    continue
+                dt = time.perf_counter() - t0
+                if name == "compiled" and cands[name].fallback is not None:
+                    del cands[name]
+                    continue
+                if rnd > 0:
+                    best[name] = min(best.get(name, math.inf), dt)
+
+    measure(["loop", "vmap"], 2)
+    if min(best.values()) * total_iterations >= AUTO_COMPILE_MIN_SECONDS:
+        cands["compiled"] = _fast_step(ctx, objective, soft, True)
+        measure(["compiled"], 2)
     choice = min(best, key=best.get)
     ctx.backend, ctx.fast = choice, cands[choice]
     return {k: round(v, 6) for k, v in best.items()}

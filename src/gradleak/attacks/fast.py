@@ -11,12 +11,16 @@ a gradient) is taken by nesting ``torch.func.grad``, never by ``torch.autograd.g
 batch) instead of a Python loop. BatchNorm victims run with
 :class:`gradleak.fl.functional_bn.FunctionalBatchNorm`, which vmap differentiates twice correctly.
 
-``compile=True`` wraps the whole function in ``torch.compile``. Compiling nested ``torch.func.grad`` is
-correct; compiling a step that calls ``torch.autograd.grad(create_graph=True)`` is not (it silently drops
-the second-order term), which is why the compiled path is only ever built from this function. The first
-compiled call is checked against the eager function on the same input (values and gradients to a relative
-1e-4); any failure to compile, or a mismatch, falls back to the eager function and says why in
-:attr:`FastStep.fallback`.
+``compile=True`` traces this function once per input shape into one flat graph of aten operations
+(``make_fx``: the vmap and both grad transforms are resolved while tracing) and compiles that graph with
+``torch.compile`` (Inductor). Compiling nested ``torch.func.grad`` is correct; compiling a step that calls
+``torch.autograd.grad(create_graph=True)`` is not (it silently drops the second-order term), which is why
+the compiled path is only ever built from this function. The first compiled call for each shape is checked
+against the eager function on the same input (values and gradients to a relative 1e-4); any failure to
+trace or compile, or a mismatch, falls back to the eager function and says why in
+:attr:`FastStep.fallback`. Compilation is slow on a CPU (tens of seconds to minutes for a small victim;
+Inductor caches compiled graphs on disk, so a repeated attack on the same architecture and shapes is
+quicker), which is why ``backend: auto`` only tries it for long searches.
 
 The engine (:mod:`gradleak.attacks.engine`) chains ∇_x d with autograd through the parametrization
 (pixels, generator latents, per-image generator copies, ROG's upsampling) and adds the image priors
@@ -24,6 +28,7 @@ The engine (:mod:`gradleak.attacks.engine`) chains ∇_x d with autograd through
 """
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Callable
 
@@ -67,9 +72,9 @@ class FastStep:
         grad_fn = matching_function(model, protocol, self.names, distance, trial_view, soft)
         self.eager = torch.vmap(grad_fn, in_dims=(0, 0, None, None, None))
         self.compile = compile
-        self.compiled = None
+        self.compiled: dict[tuple, Callable] = {}  # by input shapes: the traced graph is shape-specialised
+        self.compile_seconds = 0.0
         self.fallback: str | None = None  # why a requested compilation is not used
-        self._checked = False
 
     @property
     def backend(self) -> str:
@@ -88,19 +93,27 @@ class FastStep:
         images, labels = images.detach(), labels.detach()
         if not self.compile or self.fallback is not None:
             return self._eager(images, labels)
+        key = (tuple(images.shape), tuple(labels.shape), labels.dtype, images.dtype, images.device)
+        args = (images, labels, self.params, self.buffers, self.observed)
+        first = key not in self.compiled
         try:
-            if self.compiled is None:
-                self.compiled = torch.compile(self.eager, dynamic=False)
-            out = self._split(self.compiled(images, labels, self.params, self.buffers, self.observed))
+            if first:
+                t0 = time.perf_counter()
+                from torch.fx.experimental.proxy_tensor import make_fx
+
+                graph = make_fx(self.eager)(*args)
+                self.compiled[key] = torch.compile(graph, dynamic=False)
+                out = self._split(self.compiled[key](*args))
+                self.compile_seconds += time.perf_counter() - t0
+            else:
+                out = self._split(self.compiled[key](*args))
         except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
-            return self._give_up(f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}",
-                                 images, labels)
-        if not self._checked:
-            ref = self._eager(images, labels)
-            bad = _mismatch(out, ref)
+            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            return self._give_up(f"torch.compile failed: {type(err).__name__}: {msg}", images, labels)
+        if first:
+            bad = _mismatch(out, self._eager(images, labels))
             if bad:
                 return self._give_up(f"compiled step disagrees with the eager one ({bad})", images, labels)
-            self._checked = True
         return out
 
     def _give_up(self, why: str, images, labels):
