@@ -33,15 +33,21 @@ def test_help_does_not_import_torch(cmd):
     assert heavy == "HEAVY=", heavy
 
 
-def test_every_subcommand_help_is_plain_and_torch_free():
-    code = ("import sys\nfrom gradleak.cli import app\nimport typer.main\n"
-            "cmd = typer.main.get_command(app)\nprint(sorted(cmd.commands))\n"
-            "print('torch' in sys.modules)")
+def test_every_subcommand_help_is_torch_free():
+    """All commands' --help in one process (the command list comes from the app itself)."""
+    code = ("import sys, io, contextlib\nfrom gradleak.cli import app, main\nimport typer.main\n"
+            "names = sorted(typer.main.get_command(app).commands)\n"
+            "for name in names:\n"
+            "    sys.argv = ['gradleak', name, '--help']\n"
+            "    buf = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf):\n"
+            "        try:\n            main()\n        except SystemExit as e:\n            assert e.code in (0, None), (name, e.code)\n"
+            "    assert 'Usage:' in buf.getvalue(), name\n"
+            "print(len(names), 'torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    names, torch_loaded = r.stdout.strip().splitlines()
-    assert sorted(eval(names)) == sorted(c for c in COMMANDS if c)  # the list above covers every command
-    assert torch_loaded == "False"
+    count, torch_loaded = r.stdout.split()
+    assert int(count) >= len(COMMANDS) - 1 and torch_loaded == "False"
 
 
 def test_import_gradleak_is_lazy_and_exports_resolve():

@@ -12,12 +12,12 @@ run an attack on it, :func:`score_images`, draw with :func:`reconstruction_grid`
 # Lazy exports (PEP 562): ``import gradleak`` and ``gradleak --help`` do not import torch; each name is
 # imported from its module on first access.
 _EXPORTS = {
-    "Objective": "gradleak.attacks.engine", "Reconstruction": "gradleak.attacks.engine",
+    "Objective": "gradleak.attacks.engine", "Reconstruction": "gradleak.attacks.base",
     "Stage": "gradleak.attacks.engine", "search": "gradleak.attacks.engine",
     "label_accuracy": "gradleak.attacks.labels", "recover_labels": "gradleak.attacks.labels",
-    "ATTACKS": "gradleak.attacks.presets", "DLG": "gradleak.attacks.presets", "IDLG": "gradleak.attacks.presets",
-    "Attack": "gradleak.attacks.presets", "InvertGrad": "gradleak.attacks.presets",
-    "build_attack": "gradleak.attacks.presets",
+    "ATTACKS": "gradleak.attacks", "Attack": "gradleak.attacks", "build_attack": "gradleak.attacks",
+    "DLG": "gradleak.attacks.presets", "IDLG": "gradleak.attacks.presets", "InvertGrad": "gradleak.attacks.presets",
+    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "write_run": "gradleak.audit",
     "Case": "gradleak.case", "capture": "gradleak.case",
     "RunConfig": "gradleak.config", "load_config": "gradleak.config",
     "load_dataset": "gradleak.data", "sample_batch": "gradleak.data",
@@ -49,8 +49,8 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "ATTACKS", "Attack", "Case", "DLG", "IDLG", "InvertGrad", "Objective", "Observation", "Protocol",
+    "ATTACKS", "Attack", "AuditResult", "Case", "DLG", "IDLG", "InvertGrad", "Objective", "Observation", "Protocol",
     "Reconstruction", "RunConfig", "Stage", "UserError", "apply_match", "build_attack", "build_defenses",
     "build_model", "capture", "init_model", "label_accuracy", "load_config", "load_dataset", "loss_plot",
-    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search",
+    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search", "audit", "write_run",
 ]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Parametrization
 from gradleak.errors import UserError
@@ -73,23 +74,6 @@ class SearchContext:
     observed: list[Tensor]
     backend: str = "loop"
     fast: object | None = None  # a gradleak.attacks.fast.FastStep when the backend is not "loop"
-
-
-@dataclass
-class Reconstruction:
-    """Result of a search: best restart's images (B,C,H,W), all restarts, losses, trace, timing."""
-
-    images: Tensor
-    all_images: Tensor
-    losses: Tensor
-    best_restart: int
-    labels: Tensor
-    trace: list[dict]
-    seconds: float
-    iterations: int
-    attack: str = ""
-    extra: dict = field(default_factory=dict)
-    backend: str = ""  # the re-run backend that ran ("auto" resolved; timings in extra["backend_timing"])
 
 
 def lr_scheduler(opt, stage: Stage):
@@ -195,7 +179,9 @@ def search(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
         iterations=sum(s.iterations for s in stages), attack=name,
-        extra={"backend_timing": timing} if timing else {}, backend=ctx.backend,
+        backend=ctx.fast.backend if ctx.fast is not None else ctx.backend,  # "compiled" may have fallen back
+        backend_timing=timing or None,
+        distance=objective.distance if isinstance(objective.distance, str) else None,
     )
 
 
