@@ -70,7 +70,16 @@ class FastStep:
         self.observed = tuple(o.detach() for o in observed)
         self.soft = soft
         grad_fn = matching_function(model, protocol, self.names, distance, trial_view, soft)
-        self.eager = torch.vmap(grad_fn, in_dims=(0, 0, None, None, None))
+        batched = torch.vmap(grad_fn, in_dims=(0, 0, None, None, None))
+
+        def eager(images, labels, params, buffers, observed):
+            if images.shape[0] != 1:
+                return batched(images, labels, params, buffers, observed)
+            # one restart: the same function without the vmap layer (its dispatch costs ~30 % here)
+            return torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0),
+                                                grad_fn(images[0], labels[0], params, buffers, observed))
+
+        self.eager = eager
         self.compile = compile
         self.compiled: dict[tuple, Callable] = {}  # by input shapes: the traced graph is shape-specialised
         self.compile_seconds = 0.0
