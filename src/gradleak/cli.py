@@ -6,9 +6,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from gradleak.cli_support import checked_out, run_cli, set_threads, version_callback
 from gradleak.errors import UserError
+
+# Plain click help: typer's rich help imports rich + markdown-it (≈0.4–0.7 s of a 1 s budget for
+# ``--help``, issue 14); error messages are one line anyway.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit how much private data leaks from federated-learning client updates.")
