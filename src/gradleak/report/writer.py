@@ -12,9 +12,9 @@ from gradleak.metrics import apply_match, lpips_status, score_images
 from gradleak.report.html import DEFAULT_IMAGES
 
 
-def score(rec: Reconstruction, originals: Tensor, lpips_dir: str | None = None) -> dict:
+def score(rec: Reconstruction, originals: Tensor, lpips_dir: str | None = None, lpips_upsample: bool = False) -> dict:
     """Match reconstructions to originals (optimal assignment) and score them; LPIPS if weights exist."""
-    net, reason = lpips_status(lpips_dir)
+    net, reason = lpips_status(lpips_dir, upsample=lpips_upsample)
     return score_images(rec.images, originals, lpips_model=net, lpips_reason=reason)
 
 
@@ -51,7 +51,7 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
     config_yaml = cfg.to_yaml()
     atomic_write_text(out / "config.yaml", config_yaml)
     obs.save(out / "observation")
-    scores = score(rec, originals, cfg.metrics.lpips_dir)
+    scores = score(rec, originals, cfg.metrics.lpips_dir, cfg.metrics.lpips_upsample)
     matched = apply_match(rec.images, scores["order"])
     captions = [f"{p:.1f} dB" for p in scores["psnr"]["per_image"]]
     reconstruction_grid(originals, matched, captions, out / "reconstruction.png")
@@ -75,7 +75,7 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
                                           "jaccard": (rog_sem["jaccard"] or {}).get("mean")}}
     metrics = {
         "attack": rec.attack,
-        **{k: scores[k] for k in ("psnr", "ssim", "mse", "lpips", "lpips_unavailable")},
+        **{k: scores[k] for k in ("psnr", "ssim", "mse", "lpips", "lpips_unavailable", "lpips_upsample")},
         **sem,
         "label_mode": label_mode,
         "label_accuracy": label_acc,
