@@ -10,6 +10,7 @@ from .base import ImageSet
 from .cifar import load_cifar
 from .digits import load_digits_set
 from .folder import load_folder
+from .photo_corpus import load_photo_corpus
 from .photos import load_photos
 
 MAX_RESOLUTION = 1024
@@ -23,6 +24,7 @@ class Loader(Protocol):
 DATASETS: dict[str, Loader] = {
     "digits": load_digits_set,
     "photos": load_photos,
+    "photo-corpus": load_photo_corpus,
     "cifar10": partial(load_cifar, "cifar10"),
     "cifar100": partial(load_cifar, "cifar100"),
     "folder": load_folder,
