@@ -396,4 +396,4 @@ def test_report_verdict_header_and_margins(tmp_path):
     assert "unavailable: some private labels have no public image" in html  # label 1 has no public image
     assert "ΔPSNR vs best reference" in html and ">level</th>" in html
     for key in ("reference", "margins", "verdict", "header"):  # shown in the verdict block, not in "Other"
-        assert f"<th>{key}</th>" not in html
+        assert f"<th>{key}</th><td><code>" not in html
