@@ -19,6 +19,12 @@ def _summary(metrics: dict, out: Path) -> None:
     lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
     jac = metrics.get("jaccard")
     jac_txt = f", Jaccard (tags) {jac['mean']:.3f}" if jac else ""
+    v, m = metrics.get("verdict"), metrics.get("margins") or {}
+    if v:
+        counts = ", ".join(f"{n} {k}" for k, n in v["counts"].items() if n)
+        dp, ds = ((m.get(k) or {}).get("mean") for k in ("psnr", "ssim"))
+        typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference: ΔPSNR {dp:+.2f} dB, "
+                   f"ΔSSIM {ds:+.3f} (rule: {v['rule']})")
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "

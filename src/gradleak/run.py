@@ -84,4 +84,4 @@ def run(cfg: RunConfig, out: str | Path, progress: bool = True) -> dict:
     labels = attack_labels(obs, prep.label_mode, model)
     rec: Reconstruction = prep.attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
     label_acc = label_accuracy(rec.labels, prep.case.labels)
-    return write_run_dir(Path(out), cfg, obs, rec, prep.case.images, label_acc, prep.label_mode)
+    return write_run_dir(Path(out), cfg, obs, rec, prep.case.images, label_acc, prep.label_mode, prep.case.labels)

@@ -42,8 +42,19 @@ def rogs_path_rows(rec: Reconstruction, originals: Tensor, order: list[int]) -> 
     return rows + [originals], labels + ["original"]
 
 
+def _tagger(cfg, originals: Tensor, sem: dict):
+    """The run's tagger again (for the references' Jaccard), when the run has tags."""
+    if sem.get("jaccard") is None:
+        return None
+    from gradleak.metrics.semantic import load_tagger
+
+    m = cfg.metrics
+    return load_tagger(m.tagger, threshold=m.tagger_threshold, top_k=m.tagger_top_k,
+                       shape=tuple(originals.shape[1:]), dataset=cfg.data.name)
+
+
 def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstruction, originals: Tensor,
-                  label_acc: float, label_mode: str) -> dict:
+                  label_acc: float, label_mode: str, true_labels: Tensor | None = None) -> dict:
     from gradleak.report import (atomic_write_json, atomic_write_text, loss_plot, reconstruction_grid,
                                  write_report, write_trace_csv)
 
@@ -53,11 +64,15 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
     obs.save(out / "observation")
     scores = score(rec, originals, cfg.metrics.lpips_dir, cfg.metrics.lpips_upsample)
     matched = apply_match(rec.images, scores["order"])
-    captions = [f"{p:.1f} dB" for p in scores["psnr"]["per_image"]]
+    sem = semantic(matched, originals, cfg.metrics, cfg.data.name)
+    from gradleak.report.calibration import calibrate_run, run_header
+
+    cal = calibrate_run(cfg, scores, sem, originals, true_labels, _tagger(cfg, originals, sem))
+    levels = cal["verdict"]["per_image"]
+    captions = [f"{p:.1f} dB · {lv}" for p, lv in zip(scores["psnr"]["per_image"], levels)]
     reconstruction_grid(originals, matched, captions, out / "reconstruction.png")
     write_trace_csv(rec.trace, out / "trace.csv")
     loss_plot(rec.trace, out / "loss.png")
-    sem = semantic(matched, originals, cfg.metrics, cfg.data.name)
     images = list(DEFAULT_IMAGES)
     extra: dict = {}
     if "rogs_path" in rec.extra:
@@ -74,6 +89,8 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
                  "rog_before_inversion": {"psnr": rog["psnr"]["mean"], "ssim": rog["ssim"]["mean"],
                                           "jaccard": (rog_sem["jaccard"] or {}).get("mean")}}
     metrics = {
+        "header": run_header(cfg, obs, label_mode),
+        "verdict": cal["verdict"],
         "attack": rec.attack,
         **{k: scores[k] for k in ("psnr", "ssim", "mse", "lpips", "lpips_unavailable", "lpips_upsample")},
         **sem,
@@ -86,6 +103,8 @@ def write_run_dir(out: Path, cfg: RunConfig, obs: Observation, rec: Reconstructi
         "restart_losses": [float(v) for v in rec.losses],
         "defenses": obs.defenses,
         **extra,
+        "reference": cal["reference"],
+        "margins": cal["margins"],
     }
     write_report(out, metrics, config_yaml, images=images)
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
