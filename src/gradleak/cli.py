@@ -222,10 +222,11 @@ def train_tagger_cmd(
 @app.command("tradeoff")
 def tradeoff_cmd(
     out: Path = typer.Option(Path("runs/tradeoff"), "--out", help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
-    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5",
-                                           "fedcdp:0", "quantize", "topk"]), "--settings",
+    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16",
+                                           "fedcdp-eps:64", "quantize", "topk"]), "--settings",
                                  help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
-                                      "fedcdp:<snr_db>, quantize[:bits], qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
+                                      "fedcdp-eps:<epsilon> (δ = 1e-5, σ from Opacus), fedcdp:<snr_db>, quantize[:bits], "
+                                      "qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
     attacks: str = typer.Option("rog,invertgrad", "--attacks", help="Comma-separated: rog, invertgrad."),
     rounds: int = typer.Option(30, "--rounds", help="FedAvg communication rounds (paper: 100)."),
     clients: int = typer.Option(100, "--clients", help="Number of clients."),
