@@ -33,13 +33,13 @@ def run_one(args: tuple[list[str], str | None]) -> dict:
     """Run one audit given ``--set`` style overrides; returns its metrics (run dir optional)."""
     import tempfile
 
+    from gradleak.audit import audit, write_run
     from gradleak.config import load_config
-    from gradleak.run import run
 
     overrides, out = args
     cfg = load_config(None, overrides)
     out = out or tempfile.mkdtemp(prefix="gradleak-bench-")
-    return run(cfg, out, progress=False)
+    return write_run(audit(cfg), out)
 
 
 def parallel_map(fn, items, workers: int | None = None):

@@ -60,24 +60,17 @@ def run_setting(args: tuple[str, str, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from gradleak.case import capture
+    from gradleak.audit import audit
     from gradleak.config import load_config
-    from gradleak.metrics import score_images
-    from gradleak.run import prepare
 
     defense, distance, iterations, seed = args
     cfg = load_config(None, BASE + [f"seed={seed}", f"defense={defense}",
                                     f"attack.options={{iterations: {iterations}, restarts: 1, lr: 0.025, tv: 1.0e-4, "
                                     f"distance: {distance}}}"])
     t0 = time.perf_counter()
-    prep = prepare(cfg)
-    obs = capture(prep.case, seed=cfg.seed)
-    model = obs.build_model()
-    chosen = prep.attack.objective(obs).distance
-    rec = prep.attack(obs, labels=obs.labels, seed=cfg.seed, model=model, progress=False)
-    s = score_images(rec.images, prep.case.images)
-    return {"psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"], "seconds": time.perf_counter() - t0,
-            "distance_used": chosen, "told": obs.defenses}
+    r = audit(cfg)
+    return {"psnr": r.scores.psnr["mean"], "ssim": r.scores.ssim["mean"], "seconds": time.perf_counter() - t0,
+            "distance_used": r.reconstruction.distance, "told": r.observation.defenses}
 
 
 def _label(defense: str) -> str:
@@ -99,10 +92,10 @@ def fedcdp_table() -> str:
     from gradleak.config import load_config
     from gradleak.defenses.fedcdp import format_snr_epsilon_table, snr_epsilon_table
     from gradleak.fl.client import split_state
-    from gradleak.run import prepare
+    from gradleak.audit import build_case
 
     torch.set_num_threads(1)
-    case = prepare(load_config(None, BASE + ["seed=0"])).case
+    case = build_case(load_config(None, BASE + ["seed=0"]))
     p, b = split_state(case.model)
     rows = snr_epsilon_table(case.model, p, b, case.images, case.labels, case.protocol, clip=4.0,
                              dataset_size=500, rounds=100, delta=1e-5)

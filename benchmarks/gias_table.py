@@ -128,7 +128,7 @@ def figure1_job(args: tuple[str, int, int, int]) -> dict:
     for name in FIGURE1:
         attack = build(dataset, *presets[name], iterations, 0.0, snapshot_every=max(1, iterations // 8))
         rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-        snaps = [(it, imgs[rec.best_restart]) for it, imgs in rec.extra["snapshots"]]
+        snaps = [(it, imgs[rec.best_restart]) for it, imgs in rec.snapshots]
         curve = [(it, float(score_images(im, x)["psnr"]["mean"])) for it, im in snaps]
         out["rows"][name] = {"snaps": snaps, "curve": curve, "sec_per_it": rec.seconds / rec.iterations}
     return out
@@ -140,7 +140,7 @@ def draw_figure1(fig: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gradleak.report.grid import tensor_to_pil
+    from gradleak.imagegrid import tensor_to_pil
 
     rows = fig["rows"]
     n = max(len(r["snaps"]) for r in rows.values())

@@ -85,7 +85,7 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
     from gradleak.attacks.presets import InvertGrad
     from gradleak.attacks.rog import ROG, rog_distance
     from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
-    from gradleak.priors.enhancer import load_enhancer
+    from gradleak.nets.enhancer import load_enhancer
 
     setting, attack, iterations, seed = args
     model, x, obs = capture_setting(setting, seed)
@@ -104,9 +104,9 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
         rec = ROG(iterations=iterations, enhancer="photos64")(obs, labels=obs.labels, seed=seed, model=model,
                                                               progress=False)
         out["seconds"] = time.perf_counter() - t0
-        out["distance"] = rec.extra["distance"]
+        out["distance"] = rec.distance
         out["rog"] = score(rec.images)
-        out["bicubic_only"] = score(rec.extra.get("normalized", rec.extra["raw"]))
+        out["bicubic_only"] = score(rec.intermediates.get("normalized", rec.intermediates["raw"]))
     else:
         dist = {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance(obs), rog_distance(obs))
         rec = InvertGrad(iterations=iterations, lr=0.025, tv=1e-4, distance=dist)(

@@ -49,13 +49,12 @@ def backend_compare(iterations: int) -> list[str]:
     from gradleak.attacks.presets import InvertGrad
     from gradleak.case import capture
     from gradleak.config import load_config
-    from gradleak.run import prepare
+    from gradleak.audit import build_case
 
     lines = ["| backend | restarts | protocol | it/s |", "|---|---|---|---|"]
     for proto, po in PROTOCOLS.items():
         cfg = load_config(None, MODELS["lenet"] + po + ["data.batch_size=4", "client.local_batch_size=2"])
-        prep = prepare(cfg)
-        obs = capture(prep.case)
+        obs = capture(build_case(cfg))
         for backend in ("loop", "vmap"):
             InvertGrad(iterations=3, restarts=4, backend=backend)(obs, labels=obs.labels, progress=False)  # warm-up
             att = InvertGrad(iterations=iterations, restarts=4, backend=backend)

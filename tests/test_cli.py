@@ -48,7 +48,7 @@ def test_same_seed_same_numbers(tmp_path):
         r = gradleak("demo", "--out", str(tmp_path / f"r{i}"), *FAST)
         assert r.returncode == 0, r.stderr
         m = json.loads((tmp_path / f"r{i}" / "metrics.json").read_text())
-        m.pop("seconds")
+        m.pop("seconds"), m.pop("timing")
         ms.append(m)
     assert ms[0] == ms[1]
 
@@ -111,7 +111,7 @@ def test_list_describes_one_entry_from_its_signature(cli):
 
 def test_usage_errors_are_exit_2_without_traceback(cli):
     r = cli("demo", "--bogus")
-    assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--bogus" in r.stderr and "No such option" in r.stderr and "Traceback" not in r.stderr
     r = cli("list", "cifar10")  # a registry entry that is a functools.partial
     assert r.returncode == 0 and r.stdout.startswith("cifar10 (dataset) — gradleak.data.cifar.load_cifar")
 

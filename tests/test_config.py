@@ -55,7 +55,10 @@ def test_attack_options_validated():
                          ids=lambda p: p.name)
 def test_examples_build(path):
     """Every shipped example config validates and builds its case and attack (nothing is run)."""
-    from gradleak.run import prepare
+    from gradleak.attacks import build_attack
+    from gradleak.audit import build_case
 
-    prep = prepare(load_config(path, []))
-    assert prep.case.images.shape[0] == prep.case.labels.shape[0] > 0
+    cfg = load_config(path, [])
+    build_attack(cfg.attack.name, **cfg.attack.options)
+    case = build_case(cfg)
+    assert case.images.shape[0] == case.labels.shape[0] > 0

@@ -431,16 +431,16 @@ def test_estimate_defense_and_auto_distance():
 
 def test_config_defense_chain_recorded(tmp_path):
     from gradleak.config import load_config
-    from gradleak.run import prepare
+    from gradleak.audit import build_case
 
     cfg = load_config(None, [
         "data.name=digits", "data.channels=1", "data.batch_size=2", "model.name=lenet",
         "defense=[{name: topk, sparsity: 0.9}, {name: noise, snr_db: 20, attacker_knows: false}, {name: qsgd, bits: 4}]",
     ])
-    prep = prepare(cfg)
-    assert [type(d).__name__ for d in prep.case.defenses] == ["TopK", "GaussianNoise", "QSGD"]
-    obs = capture(prep.case, seed=cfg.seed)
-    assert obs.defenses == [d.describe() for d in prep.case.defenses]
+    case = build_case(cfg)
+    assert [type(d).__name__ for d in case.defenses] == ["TopK", "GaussianNoise", "QSGD"]
+    obs = capture(case, seed=cfg.seed)
+    assert obs.defenses == [d.describe() for d in case.defenses]
     assert obs.defenses[0] == {"name": "topk", "sparsity": 0.9, "scope": "per_layer", "attacker_knows": True}
     assert obs.defenses[1] == {"name": "noise", "attacker_knows": False}  # nothing else is told
     assert obs.defenses[2]["levels"] == 7

@@ -133,8 +133,8 @@ def test_each_preset_runs_end_to_end(name, tmp_path):
         rec = attack(obs, labels=obs.labels, model=model, progress=False)
         assert rec.images.shape == x.shape and rec.all_images.shape == (2, *x.shape)
         assert torch.isfinite(rec.losses).all() and 0 <= rec.images.min() and rec.images.max() <= 1
-        assert rec.extra["control"] == bool(extra.get("control"))
-        snaps = rec.extra["snapshots"]
+        assert rec.control == bool(extra.get("control"))
+        snaps = rec.snapshots
         assert [s[0] for s in snaps] == list(range(rec.iterations + 1))
         stages = {r["stage"] for r in rec.trace}
         assert stages == {"gi-z": {"z"}, "gi-w": {"w"}, "gi-zw": {"z", "w"}, "gias": {"z", "w"},

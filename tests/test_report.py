@@ -28,7 +28,7 @@ from gradleak.report import (
     write_report,
     write_trace_csv,
 )
-from gradleak.report.grid import PAD
+from gradleak.imagegrid import PAD
 from gradleak.report.plots import _choose_yscale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

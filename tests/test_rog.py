@@ -12,8 +12,8 @@ from gradleak.attacks.rog import (ROG, AutoencoderLatent, Bicubic, equalize_hist
                                   normalize_maxabs, relative, rog_distance)
 from gradleak.errors import UserError
 from gradleak.models import build_model, init_model
-from gradleak.priors.autoencoder import ConvAutoencoder, latent_layout, load_autoencoder
-from gradleak.priors.enhancer import (BUILTIN_ENHANCERS, Enhancer, PatchDiscriminator, UNet, degrade, load_enhancer,
+from gradleak.nets.autoencoder import ConvAutoencoder, latent_layout, load_autoencoder
+from gradleak.nets.enhancer import (BUILTIN_ENHANCERS, Enhancer, PatchDiscriminator, UNet, degrade, load_enhancer,
                                       read_pair, save_pair)
 
 
@@ -95,8 +95,8 @@ def test_rog_preset_end_to_end(tmp_path):
     rec = atk(obs, labels=obs.labels, model=m, progress=False)
     assert rec.images.shape == x.shape and rec.all_images.shape == (2, *x.shape)
     assert rec.iterations == 3 and len(rec.trace) == 3 * 2 and rec.attack == "rog"
-    assert rec.extra["distance"] == "l2" and rec.extra["enhancer"] is None
-    assert torch.equal(rec.extra["raw"], rec.images)
+    assert rec.distance == "l2" and rec.enhancer is None
+    assert torch.equal(rec.intermediates["raw"], rec.images)
     losses = [r["loss"] for r in rec.trace if r["restart"] == rec.best_restart]
     assert all(np.isfinite(losses))
     # cosine schedule: the learning rate reaches 0 at the end → identical reruns
@@ -110,9 +110,9 @@ def test_rog_preset_end_to_end(tmp_path):
     hook_calls = []
     rog = ROG(iterations=2, enhancer=str(tmp_path / "e"), post=lambda im, o, lab: hook_calls.append(1) or im * 0.5)
     rec3 = rog(obs, labels=obs.labels, model=m, progress=False)
-    assert rec3.extra["enhancer"] == str(tmp_path / "e") and "enhanced" in rec3.extra and hook_calls == [1]
-    assert torch.allclose(rec3.images, rec3.extra["enhanced"] * 0.5)
-    assert torch.allclose(rec3.extra["enhanced"], rec3.extra["raw"], atol=1e-6)  # zero-initialised head: identity
+    assert rec3.enhancer == str(tmp_path / "e") and "enhanced" in rec3.intermediates and hook_calls == [1]
+    assert torch.allclose(rec3.images, rec3.intermediates["enhanced"] * 0.5)
+    assert torch.allclose(rec3.intermediates["enhanced"], rec3.intermediates["raw"], atol=1e-6)  # zero-initialised head: identity
     # pixels (no projection) and autoencoder representations run through the same preset
     assert build_attack("rog", iterations=2, representation="pixels", enhancer="none")(
         obs, labels=obs.labels, model=m, progress=False).images.shape == x.shape
@@ -126,9 +126,9 @@ def test_rog_preset_end_to_end(tmp_path):
 def test_rog_sign_postprocessing():
     m, x, y, obs = _obs([{"name": "sign"}])
     rec = ROG(iterations=2, enhancer="none")(obs, labels=obs.labels, model=m, progress=False)
-    assert rec.extra["distance"] == "tanh_sign" and "normalized" in rec.extra
-    assert torch.equal(rec.images, rec.extra["normalized"].clamp(0, 1))
-    assert not torch.equal(rec.images, rec.extra["raw"])
+    assert rec.distance == "tanh_sign" and "normalized" in rec.intermediates
+    assert torch.equal(rec.images, rec.intermediates["normalized"].clamp(0, 1))
+    assert not torch.equal(rec.images, rec.intermediates["raw"])
 
 
 def test_histogram_equalization_range_and_reference():
@@ -219,7 +219,7 @@ def test_enhancer_file_round_trip_and_refusals(tmp_path):
 
 
 def test_builtin_enhancers_load():
-    from gradleak.priors.enhancer import auto_enhancer, builtin_enhancer_path
+    from gradleak.nets.enhancer import auto_enhancer, builtin_enhancer_path
 
     for name in BUILTIN_ENHANCERS:
         path = builtin_enhancer_path(name)

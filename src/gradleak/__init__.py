@@ -9,9 +9,12 @@ run an attack on it, :func:`score_images`, draw with :func:`reconstruction_grid`
     rec = gl.InvertGrad(iterations=500)(obs, labels=obs.labels, model=my_model)
     print(gl.score_images(rec.images, x)["psnr"])
 """
-from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
+from gradleak.attacks.base import Reconstruction
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.labels import label_accuracy, recover_labels
-from gradleak.attacks.presets import ATTACKS, DLG, IDLG, Attack, InvertGrad, build_attack
+from gradleak.attacks import ATTACKS, Attack, build_attack
+from gradleak.attacks.presets import DLG, IDLG, InvertGrad
+from gradleak.audit import AuditResult, audit, write_run
 from gradleak.case import Case, capture
 from gradleak.config import RunConfig, load_config
 from gradleak.data import load_dataset, sample_batch
@@ -26,8 +29,8 @@ from gradleak.report import loss_plot, reconstruction_grid
 __version__ = "0.1.0"
 
 __all__ = [
-    "ATTACKS", "Attack", "Case", "DLG", "IDLG", "InvertGrad", "Objective", "Observation", "Protocol",
+    "ATTACKS", "Attack", "AuditResult", "Case", "DLG", "IDLG", "InvertGrad", "Objective", "Observation", "Protocol",
     "Reconstruction", "RunConfig", "Stage", "UserError", "apply_match", "build_attack", "build_defenses",
     "build_model", "capture", "init_model", "label_accuracy", "load_config", "load_dataset", "loss_plot",
-    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search",
+    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search", "audit", "write_run",
 ]

@@ -15,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _summary(metrics: dict, out: Path) -> None:
+    acc = metrics.get("label_accuracy")
+    acc_txt = "n/a" if acc is None else f"{acc:.2f}"
     lp = metrics.get("lpips")
     lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
     jac = metrics.get("jaccard")
@@ -28,16 +30,16 @@ def _summary(metrics: dict, out: Path) -> None:
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
-        f"{metrics['label_accuracy']:.2f}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
+        f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
 
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:
+    from gradleak.audit import audit, write_run
     from gradleak.config import load_config
-    from gradleak.run import run
 
     cfg = load_config(path, overrides)
-    metrics = run(cfg, out, progress=progress)
+    metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
 
 
@@ -150,7 +152,7 @@ def train_enhancer_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train ROG's enhancement network (U-Net + PatchGAN, L1 + adversarial) on degraded public images."""
-    from gradleak.priors.enhancer import EnhancerConfig, train_enhancer
+    from gradleak.nets.enhancer import EnhancerConfig, train_enhancer
 
     _set_threads(threads)
     cfg = EnhancerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
@@ -158,7 +160,12 @@ def train_enhancer_cmd(
                          batch_size=batch_size, lr=lr, adv_weight=adv_weight, crops=crops, max_noise=max_noise,
                          max_blur=max_blur, rog_pairs=rog_pairs,
                          rog_iterations=rog_iterations, seed=seed)
-    path = train_enhancer(cfg, out, progress=progress)
+    pairs = None
+    if cfg.rog_pairs:
+        from gradleak.experiments.rog_pairs import rog_output_pairs
+
+        pairs = rog_output_pairs(cfg, progress=False)
+    path = train_enhancer(cfg, out, progress=progress, pairs=pairs)
     typer.echo(f"enhancer written: {path} (+ .json); use it with attack.options.enhancer={out}")
 
 
@@ -181,7 +188,7 @@ def train_autoencoder_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the autoencoder of ROG's learned low-dimensional representation (attack.options.representation=autoencoder)."""
-    from gradleak.priors.autoencoder import AutoencoderConfig, train_autoencoder
+    from gradleak.nets.autoencoder import AutoencoderConfig, train_autoencoder
 
     _set_threads(threads)
     cfg = AutoencoderConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
@@ -210,7 +217,7 @@ def train_tagger_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the semantic tagger (classes + public-data attribute tags) behind the Jaccard metric (ROGS eq. 21)."""
-    from gradleak.metrics.tagger import TaggerConfig, train_tagger
+    from gradleak.nets.tagger import TaggerConfig, train_tagger
 
     _set_threads(threads)
     cfg = TaggerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
@@ -345,6 +352,24 @@ def giml_cmd(
                      latent_dim=latent_dim, width=width, seed=seed, checkpoint_every=checkpoint_every)
     path = train_giml(cfg, tasks, out, resume=resume, progress=progress, command=command_line())
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML: base config, axes (lists of values), zip groups, batches."),
+    out: Path = typer.Option(..., "--out", help="Directory: runs/<cell>/b<batch>/, results.csv, summary.csv, plots, sweep.html."),
+    workers: int = typer.Option(0, "--workers", help="Local processes (0: one per core; 1: in this process)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a local instance, or a cluster ADDRESS (ray://... or host:port)."),
+    threads: int = typer.Option(1, "--threads", help="torch threads per run (the same on every executor, so numbers match)."),
+    progress: bool = typer.Option(True, help="Show a progress bar over runs."),
+) -> None:
+    """Run a sweep of audits (grid/zip axes x private batches), resumable, then tabulate and plot it."""
+    from gradleak.experiments.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(sweep_file)
+    rows = run_sweep(sweep, out, workers=workers, use_ray=ray is not None,
+                     ray_address=None if ray in (None, "local") else ray, threads=threads, progress=progress)
+    typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Parametrization
 from gradleak.fl.client import batched_update
@@ -64,22 +65,6 @@ class SearchContext:
     names: list[str]
     observed: list[Tensor]
     backend: str = "loop"
-
-
-@dataclass
-class Reconstruction:
-    """Result of a search: best restart's images (B,C,H,W), all restarts, losses, trace, timing."""
-
-    images: Tensor
-    all_images: Tensor
-    losses: Tensor
-    best_restart: int
-    labels: Tensor
-    trace: list[dict]
-    seconds: float
-    iterations: int
-    attack: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def lr_scheduler(opt, stage: Stage):
@@ -147,7 +132,8 @@ def search(
     return Reconstruction(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
-        iterations=sum(s.iterations for s in stages), attack=name,
+        iterations=sum(s.iterations for s in stages), attack=name, backend=backend,
+        distance=objective.distance if isinstance(objective.distance, str) else None,
     )
 
 

@@ -37,10 +37,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradleak.attacks.bn_prior import BNRegularizer
-from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
+from gradleak.attacks.base import ATTACKS, Reconstruction
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
 from gradleak.attacks.parametrizations import Parametrization, Pixels
-from gradleak.attacks.presets import ATTACKS, Attack, InvertGrad
+from gradleak.attacks.presets import InvertGrad, SearchAttack
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.priors.prior import Prior, describe, load_prior
@@ -238,8 +239,6 @@ class _PriorMixin:
             raise UserError(f"attack.options.bn_source: got {bn_source!r}; allowed: exact, public, running")
         self.bn, self.bn_source, self.bn_data = float(bn), bn_source, bn_data
         self.control, self.snapshot_every = bool(control), int(snapshot_every)
-        self._snapshots: list = []
-        self._counter = [0]
 
     def _default_bn_data(self) -> str | None:
         return self.bn_data
@@ -253,25 +252,23 @@ class _PriorMixin:
         data = self._default_bn_data()
         return [(self.bn, BNRegularizer(source, data))]
 
-    def _wrap(self, stages: list[Stage]) -> list[Stage]:
-        if self.snapshot_every > 0:
-            for s in stages:
-                s.parametrization = Snapshots(s.parametrization, self.snapshot_every, self._snapshots, self._counter)
-        return stages
-
     def _run(self, obs, labels, seed, model, progress, stages, objective) -> Reconstruction:
         if self.control:
             obs = control_observation(obs, seed)
-        self._snapshots.clear()
-        self._counter[0] = 0
-        rec = search(obs, self._wrap(stages), objective, labels, restarts=self.restarts, seed=seed, model=model,
-                     backend=self.backend, progress=progress, name=self.name + (" (control)" if self.control else ""))
-        rec.extra["control"] = self.control
+        snapshots: list = []  # per call: the attack object keeps no state between calls
         if self.snapshot_every > 0:
-            rec.extra["snapshots"] = list(self._snapshots)
+            counter = [0]
+            for s in stages:
+                s.parametrization = Snapshots(s.parametrization, self.snapshot_every, snapshots, counter)
+        rec = search(obs, stages, objective, labels, restarts=self.restarts, seed=seed, model=model,
+                     backend=self.backend, progress=progress, name=self.name + (" (control)" if self.control else ""))
+        rec.control = self.control
+        if self.snapshot_every > 0:
+            rec.snapshots = snapshots
         return rec
 
 
+@ATTACKS.register("gi-x")
 class GIX(_PriorMixin, InvertGrad):
     """GI-x (Geiping et al., 2020 = :class:`InvertGrad`) with the +BN prior (GI-x+BN = GradInversion's
     fidelity term, Yin et al., 2021), the control and snapshots. ``bn_data`` names the public dataset
@@ -298,7 +295,7 @@ class GIX(_PriorMixin, InvertGrad):
         return self._run(obs, labels, seed, model, progress, self.stages(), self.objective(obs))
 
 
-class GenerativeAttack(_PriorMixin, Attack):
+class GenerativeAttack(_PriorMixin, SearchAttack):
     """Base of the GIAS presets: loads the prior, builds the objective (distance + TV + optional ‖z‖ and
     BN terms), passes the labels to conditional priors, runs the search."""
 
@@ -306,7 +303,7 @@ class GenerativeAttack(_PriorMixin, Attack):
 
     def _setup(self, prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                snapshot_every, space, backend):
-        Attack.__init__(self, restarts, backend)
+        SearchAttack.__init__(self, restarts, backend)
         _check_distance(distance)
         for key, v in (("lr_z", lr_z), ("lr_w", lr_w)):
             if v <= 0:
@@ -316,8 +313,7 @@ class GenerativeAttack(_PriorMixin, Attack):
         self.prior_spec, self.space = prior, space
         self.lr_z, self.lr_w, self.tv, self.distance, self.z_penalty = lr_z, lr_w, tv, distance, z_penalty
         self._setup_common(bn, bn_source, bn_data, control, snapshot_every)
-        self._prior: Prior | None = None
-        self._latent: Latent | None = None
+        self._prior: Prior | None = None  # loaded once, read-only afterwards
         _ = self.prior  # load now: a bad prior is a one-line error before anything runs
 
     @property
@@ -329,15 +325,16 @@ class GenerativeAttack(_PriorMixin, Attack):
     def _default_bn_data(self):
         return self.bn_data or self.prior.meta.get("dataset")
 
-    def objective(self, obs: Observation) -> Objective:
+    def objective(self, obs: Observation, latent: "Latent | None" = None) -> Objective:
+        """Distance + TV + BN terms, and λ_z‖z‖ on ``latent`` (the call's latent stage) when z_penalty > 0."""
         distance = self.distance
         if distance == "auto":
             from gradleak.defenses.estimate import choose_distance
 
             distance = choose_distance(obs)
         regs = self._bn_regularizers()
-        if self.z_penalty and self._latent is not None:
-            lat = self._latent
+        if self.z_penalty and latent is not None:
+            lat = latent
             regs.append((self.z_penalty, lambda images, ctx: lat.norm_penalty()))
         return Objective(distance=distance, tv=self.tv, regularizers=regs)
 
@@ -346,18 +343,19 @@ class GenerativeAttack(_PriorMixin, Attack):
         if self.prior.conditional and labels is None:
             raise UserError(f"prior {self.prior.name!r} is label-conditional: the attack needs labels "
                             "(attack.labels: oracle or recover)")
-        self._latent = None
+        latent = None
         stages = self.stages()
         for s in stages:
             if isinstance(s.parametrization, _PriorParam):
                 s.parametrization.labels = labels
             if isinstance(s.parametrization, Latent):
-                self._latent = s.parametrization
-        rec = self._run(obs, labels, seed, model, progress, stages, self.objective(obs))
-        rec.extra["prior"] = describe(self.prior)
+                latent = s.parametrization
+        rec = self._run(obs, labels, seed, model, progress, stages, self.objective(obs, latent))
+        rec.prior = describe(self.prior)
         return rec
 
 
+@ATTACKS.register("gi-z")
 class GIZ(GenerativeAttack):
     """GI-z: latent-space search, GIAS eq. (5)."""
 
@@ -376,6 +374,7 @@ class GIZ(GenerativeAttack):
         return [Stage("z", Latent(self.prior), self.iterations, self.lr_z)]
 
 
+@ATTACKS.register("gi-w")
 class GIW(GenerativeAttack):
     """GI-w: per-image generator-weight search from fixed random latents, GIAS eq. (7)."""
 
@@ -397,6 +396,7 @@ class GIW(GenerativeAttack):
         return [Stage("w", w, self.iterations, self.lr_w)]
 
 
+@ATTACKS.register("gi-w-untrained")
 class GIWUntrained(GIW):
     """GI-w from an untrained generator of the prior's architecture (deep image prior, Ulyanov et al., 2018)."""
 
@@ -404,6 +404,7 @@ class GIWUntrained(GIW):
     untrained = True
 
 
+@ATTACKS.register("gi-zw", "gias")
 class GIZW(GenerativeAttack):
     """GI-z/w = GIAS, Algorithm 1: latent search (eq. 5), then per-image weight search (eq. 7) from the
     latents found — each image's copy of w starts from the prior's weights."""
@@ -427,6 +428,7 @@ class GIZW(GenerativeAttack):
                       self.lr_w)]
 
 
+@ATTACKS.register("gi-zx")
 class GIZX(GenerativeAttack):
     """GI-z/x: latent search, then pixel search starting from G_w(z) (signed Adam, [0, 1] box)."""
 
@@ -448,10 +450,3 @@ class GIZX(GenerativeAttack):
     def stages(self):
         return [Stage("z", Latent(self.prior), self.iterations_z, self.lr_z),
                 Stage("x", Pixels(init="previous", box=True), self.iterations_x, self.lr_x, signed=self.signed)]
-
-
-GENERATIVE_ATTACKS: dict[str, type[Attack]] = {
-    "gi-x": GIX, "gi-z": GIZ, "gi-w": GIW, "gi-zw": GIZW, "gias": GIZW, "gi-zx": GIZX,
-    "gi-w-untrained": GIWUntrained,
-}
-ATTACKS.update(GENERATIVE_ATTACKS)

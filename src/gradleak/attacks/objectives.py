@@ -11,6 +11,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from gradleak.registry import Registry
+
+DISTANCES = Registry("distance")
 Distance = Callable[[list[Tensor], list[Tensor]], Tensor]
 
 
@@ -19,19 +22,20 @@ def _flat(trial: list[Tensor], observed: list[Tensor]) -> tuple[Tensor, Tensor]:
     return torch.cat([t.reshape(R, -1) for t in trial], 1), torch.cat([o.reshape(1, -1) for o in observed], 1)
 
 
+@DISTANCES.register("l2")
 def l2_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
     """DLG (Zhu et al., 2019, eq. 4): d(g', g) = Σ_l ‖g'_l − g_l‖²."""
     t, o = _flat(trial, observed)
     return (t - o).pow(2).sum(1)
 
 
+@DISTANCES.register("cosine")
 def cosine_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
     """InvertGrad (Geiping et al., 2020, eq. 4): d(g', g) = 1 − ⟨g', g⟩ / (‖g'‖ ‖g‖), all layers joined."""
     t, o = _flat(trial, observed)
     return 1 - (t * o).sum(1) / (t.norm(dim=1) * o.norm(dim=1)).clamp_min(1e-12)
 
 
-DISTANCES: dict[str, Distance] = {"l2": l2_distance, "cosine": cosine_distance}
 
 
 def total_variation(images: Tensor) -> Tensor:
@@ -45,6 +49,7 @@ def total_variation(images: Tensor) -> Tensor:
 
 # --- distances that see through gradient obfuscations (see gradleak.defenses) -------------------------
 
+@DISTANCES.register("masked_cosine")
 def masked_cosine_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
     """Cosine distance on the observed support: the trial upload is masked by the observed sparsity
     pattern (m = [g_obs ≠ 0]) before 1 − ⟨m⊙g', g⟩ / (‖m⊙g'‖ ‖g‖), all layers joined. Against Top-k /
@@ -57,6 +62,7 @@ def masked_cosine_distance(trial: list[Tensor], observed: list[Tensor]) -> Tenso
 TANH_BETA = 1.0
 
 
+@DISTANCES.register("tanh_sign")
 def tanh_sign_distance(trial: list[Tensor], observed: list[Tensor], beta: float = TANH_BETA) -> Tensor:
     """signSGD matching, ROG eq. (15): ‖tanh(β·g̃') − sign(g)‖², averaged over all entries (so it lives in
     [0, 4] like a cosine distance, and priors keep their weights). g̃' is each layer of the trial upload
@@ -74,5 +80,12 @@ def tanh_sign_distance(trial: list[Tensor], observed: list[Tensor], beta: float 
     return torch.stack(parts).sum(0) / n
 
 
-DISTANCES["masked_cosine"] = masked_cosine_distance
-DISTANCES["tanh_sign"] = tanh_sign_distance
+@DISTANCES.register("masked_l2")
+def masked_l2_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
+    """Σ ‖m ⊙ Δ' − Δ̃‖² with m = [Δ̃ ≠ 0]: eq. (14) on the entries that survived a sparsifying φ."""
+    R = trial[0].shape[0]
+    total = torch.zeros(R, dtype=trial[0].dtype)
+    for t, o in zip(trial, observed):
+        m = (o != 0).to(t.dtype)
+        total = total + (t * m - o).reshape(R, -1).pow(2).sum(1)
+    return total

@@ -6,7 +6,7 @@ two (N, C, H, W) batches in [0, 1] to (N,) values and is differentiable in its f
 
 * ``lpips`` — LPIPS (AlexNet, v0.1, :mod:`gradleak.metrics.lpips`); needs the two weight files;
 * ``enhancer`` — an LPIPS-style distance on the features of the shipped ROG enhancer's U-Net encoder
-  (:data:`gradleak.priors.enhancer.BUILTIN_ENHANCERS`, trained on public data for restoration): each block's
+  (:data:`gradleak.nets.enhancer.BUILTIN_ENHANCERS`, trained on public data for restoration): each block's
   output unit-normalised over channels, squared difference summed over channels, spatial mean, summed over
   blocks (LPIPS with all linear-head weights equal to 1). Independent of the evaluation tagger;
 * ``tagger`` — the same distance on the built-in tagger's conv stages. Optimising against the network that
@@ -57,7 +57,7 @@ def _lpips(shape, lpips_dir):
 
 
 def _enhancer(shape, lpips_dir):
-    from gradleak.priors.enhancer import auto_enhancer, load_enhancer
+    from gradleak.nets.enhancer import auto_enhancer, load_enhancer
 
     name = auto_enhancer(int(shape[0]), int(shape[-1]))
     if name is None:

@@ -1,6 +1,7 @@
-"""Named attacks: each a short preset of :func:`gradleak.attacks.engine.search`.
+"""Named optimisation attacks: each a short preset of :func:`gradleak.attacks.engine.search`.
 
-One class per attack, one call signature (like torchattacks): ``attack(obs, labels=..., seed=...)``.
+One class per attack, one call signature (:class:`gradleak.attacks.base.Attack`, like torchattacks):
+``attack(obs, labels=..., seed=...)``.
 The label strategy is the attack's default: DLG learns soft labels, iDLG recovers them from the last
 layer, the others assume given ("oracle") labels as the papers do — overridable by the caller.
 """
@@ -10,20 +11,17 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Objective, Reconstruction, Stage, search
+from gradleak.attacks.base import ATTACKS, Attack, LabelMode, Reconstruction, build_attack  # noqa: F401
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
-from gradleak.validate import Iterations, LearningRate, Weight, validate_options
-
-LabelMode = Literal["oracle", "recover", "learn"]
+from gradleak.validate import Iterations, LearningRate, Weight
 
 
-class Attack:
-    """Base class: subclasses define ``stages()`` and ``objective(obs)``."""
-
-    name = "attack"
-    default_labels: LabelMode = "oracle"
+class SearchAttack(Attack):
+    """An attack that is a preset of the search engine: subclasses define ``stages()`` (fresh objects on
+    every call) and ``objective(obs)``; restarts run as one batched problem."""
 
     def __init__(self, restarts: Iterations = 1, backend: Literal["loop", "vmap"] = "loop"):
         if restarts < 1:
@@ -43,7 +41,8 @@ class Attack:
                       model=model, backend=self.backend, progress=progress, name=self.name)
 
 
-class DLG(Attack):
+@ATTACKS.register("dlg")
+class DLG(SearchAttack):
     """Deep Leakage from Gradients (Zhu et al., 2019): L2 gradient distance (eq. 4), L-BFGS over dummy
     images and dummy soft labels jointly, uniform random start. ``line_search="strong_wolfe"`` (default)
     keeps L-BFGS from diverging, which the original fixed-step L-BFGS (``"none"``) does on some images."""
@@ -66,6 +65,7 @@ class DLG(Attack):
         return Objective(distance="l2")
 
 
+@ATTACKS.register("idlg")
 class IDLG(DLG):
     """iDLG (Zhao et al., 2020): DLG with the label recovered analytically from the last layer."""
 
@@ -73,7 +73,8 @@ class IDLG(DLG):
     default_labels: LabelMode = "recover"
 
 
-class InvertGrad(Attack):
+@ATTACKS.register("invertgrad")
+class InvertGrad(SearchAttack):
     """Inverting Gradients / GI-x (Geiping et al., 2020): cosine distance over all layers (eq. 4) +
     TV prior, Adam (lr ×0.1 at 3/8, 5/8, 7/8), signed gradients, [0, 1] box, R restarts chosen by loss.
     ``distance``: also ``masked_cosine`` (sparsified uploads), ``tanh_sign`` (signSGD, ROG eq. 15) and
@@ -100,29 +101,3 @@ class InvertGrad(Attack):
 
             distance = choose_distance(obs)
         return Objective(distance=distance, tv=self.tv)
-
-
-ATTACKS: dict[str, type[Attack]] = {"dlg": DLG, "idlg": IDLG, "invertgrad": InvertGrad, "gi-x": InvertGrad}
-
-
-def build_attack(name: str, **options) -> Attack:
-    """Instantiate a registered attack; options are validated against its constructor (one-line errors)."""
-    if name not in ATTACKS:
-        raise UserError(f"attack.name: got {name!r}; allowed: {', '.join(ATTACKS)}")
-    cls = ATTACKS[name]
-    return cls(**validate_options(cls.__init__, options, "attack.options"))
-
-
-# The GIAS family (gi-z, gi-w, gi-zw = gias, gi-zx, gi-w-untrained) and gi-x with +BN / control options
-# register themselves here (see gradleak/attacks/generative.py).
-import gradleak.attacks.generative  # noqa: E402,F401
-
-# ROG (Yue et al., 2023): bicubic / autoencoder representation + enhancement (see gradleak/attacks/rog.py).
-from gradleak.attacks.rog import ROG  # noqa: E402
-
-ATTACKS["rog"] = ROG
-
-# ROGS (Yue et al., 2023, §6): ROG + inversion into a class-conditional generator (see gradleak/attacks/rogs.py).
-from gradleak.attacks.rogs import ROGS  # noqa: E402
-
-ATTACKS["rogs"] = ROGS

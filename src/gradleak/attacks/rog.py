@@ -5,7 +5,7 @@
 The unknown batch is searched in a low-dimensional representation Z and decoded to images; the client's
 FedAvg update Δ' (τ local steps, unrolled by :func:`gradleak.fl.client.batched_update`) is matched to the
 observed, obfuscated upload Δ̃ in L2. After the search the decoded images are post-processed by a trained
-enhancement network (:mod:`gradleak.priors.enhancer`).
+enhancement network (:mod:`gradleak.nets.enhancer`).
 
 Representations (``representation``):
 
@@ -33,9 +33,9 @@ Post-processing (:meth:`ROG.postprocess`, the preset's hook, run after the searc
 2. enhancement (``enhancer``): ``auto`` (the built-in enhancer for this image shape, if any), ``none``, a
    built-in name (``photos64``, ``digits32``) or a path to a ``train-enhancer`` result.
 
-``Reconstruction.images`` are the final (post-processed) images; ``extra["raw"]`` holds the search
-output (decoded, clamped to [0, 1]), ``extra["normalized"]`` the signSGD-normalised images when that step
-ran, ``extra["enhanced"]`` the enhanced ones, ``extra["enhancer"]`` / ``extra["distance"]`` what was used.
+``Reconstruction.images`` are the final (post-processed) images; ``intermediates["raw"]`` holds the search
+output (decoded, clamped to [0, 1]), ``intermediates["normalized"]`` the signSGD-normalised images when that
+step ran, ``intermediates["enhanced"]`` the enhanced ones; ``enhancer`` / ``distance`` say what was used.
 """
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Objective, Reconstruction, Stage
-from gradleak.attacks.objectives import DISTANCES
+from gradleak.attacks.base import ATTACKS, Reconstruction
+from gradleak.attacks.engine import Objective, Stage, search
+from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
 from gradleak.attacks.parametrizations import Parametrization, Pixels
-from gradleak.attacks.presets import Attack
+from gradleak.attacks.presets import SearchAttack
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
@@ -58,17 +59,6 @@ SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
 
 # --- distance ----------------------------------------------------------------------------------------------
 
-def masked_l2_distance(trial: list[Tensor], observed: list[Tensor]) -> Tensor:
-    """Σ ‖m ⊙ Δ' − Δ̃‖² with m = [Δ̃ ≠ 0]: eq. (14) on the entries that survived a sparsifying φ."""
-    R = trial[0].shape[0]
-    total = torch.zeros(R, dtype=trial[0].dtype)
-    for t, o in zip(trial, observed):
-        m = (o != 0).to(t.dtype)
-        total = total + (t * m - o).reshape(R, -1).pow(2).sum(1)
-    return total
-
-
-DISTANCES.setdefault("masked_l2", masked_l2_distance)
 
 
 def relative(dist, observed: list[Tensor]):
@@ -221,7 +211,8 @@ def _interp(v: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
 PostHook = Callable[..., Tensor]  # (images (B, C, H, W), obs, labels | None) -> images
 
 
-class ROG(Attack):
+@ATTACKS.register("rog")
+class ROG(SearchAttack):
     """ROG (Yue et al., 2023): search in a low-dimensional representation (bicubic ×``scale`` by default),
     L2 to the obfuscated FedAvg upload (tanh–sign for signSGD, masked for sparsified uploads), Adam with
     cosine decay from a U(0, 1) start, then post-processing (signSGD normalisation + histogram
@@ -246,18 +237,16 @@ class ROG(Attack):
                 raise bad_value("attack.options.autoencoder", autoencoder,
                                 "a train-autoencoder output (directory or .safetensors) when representation is "
                                 "autoencoder")
-            from gradleak.priors.autoencoder import load_autoencoder
+            from gradleak.nets.autoencoder import load_autoencoder
 
             self._ae = load_autoencoder(autoencoder)
         self.autoencoder = autoencoder
         self.enhancer = enhancer
         self._enh = None
         if enhancer not in ("auto", "none"):
-            from gradleak.priors.enhancer import load_enhancer
+            from gradleak.nets.enhancer import load_enhancer
 
             self._enh = load_enhancer(enhancer, "attack.options.enhancer")
-        self._param: Parametrization | None = None
-        self._distance_used = distance
 
     def parametrization(self) -> Parametrization:
         if self.representation == "bicubic":
@@ -267,13 +256,15 @@ class ROG(Attack):
         return Pixels(init="uniform")
 
     def stages(self) -> list[Stage]:
-        self._param = self.parametrization()
-        return [Stage(self.representation, self._param, self.iterations, self.lr, optimizer="adam",
+        return [Stage(self.representation, self.parametrization(), self.iterations, self.lr, optimizer="adam",
                       schedule="cosine")]
 
+    def resolved_distance(self, obs: Observation) -> str:
+        """The distance this observation is attacked with (``auto``: :func:`rog_distance`)."""
+        return rog_distance(obs) if self.distance == "auto" else self.distance
+
     def objective(self, obs: Observation) -> Objective:
-        d = rog_distance(obs) if self.distance == "auto" else self.distance
-        self._distance_used = d
+        d = self.resolved_distance(obs)
         dist = DISTANCES[d]
         if d in ("l2", "masked_l2"):
             dist = relative(dist, [obs.update[n] for n in obs.parameters])
@@ -281,43 +272,48 @@ class ROG(Attack):
 
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0,
                  model: nn.Module | None = None, progress: bool = True) -> Reconstruction:
-        rec = super().__call__(obs, labels=labels, seed=seed, model=model, progress=progress)
-        return self.postprocess(rec, obs, labels)
+        stages = self.stages()
+        rec = search(obs, stages, self.objective(obs), labels, restarts=self.restarts, seed=seed, model=model,
+                     backend=self.backend, progress=progress, name=self.name)
+        rec.distance = self.resolved_distance(obs)
+        return self.postprocess(rec, obs, labels, stages[0].parametrization)
 
     # the preset's post-processing hook ------------------------------------------------------------------
     def resolve_enhancer(self, obs: Observation):
         """The enhancer object to use (None: no enhancement)."""
         if self._enh is not None or self.enhancer == "none":
             return self._enh
-        from gradleak.priors.enhancer import auto_enhancer, load_enhancer
+        from gradleak.nets.enhancer import auto_enhancer, load_enhancer
 
         C, H, _ = obs.image_shape
         name = auto_enhancer(C, H)
         return None if name is None else load_enhancer(name, "attack.options.enhancer")
 
-    def postprocess(self, rec: Reconstruction, obs: Observation, labels: Tensor | None) -> Reconstruction:
-        """Sign normalisation / equalisation (signSGD), enhancement, then the user's ``post`` hook."""
+    def postprocess(self, rec: Reconstruction, obs: Observation, labels: Tensor | None,
+                    param: Parametrization | None = None) -> Reconstruction:
+        """Sign normalisation / equalisation (signSGD), enhancement, then the user's ``post`` hook.
+        ``param``: the search's parametrization (its unclamped images feed the sign normalisation)."""
         raw = rec.images
         x = raw
-        extra: dict = {"raw": raw.clone(), "distance": self._distance_used}
+        steps: dict[str, Tensor] = {"raw": raw.clone()}
         sign_mode = self.sign_postprocess
         if sign_mode == "auto":
-            sign_mode = "equalize" if self._distance_used == "tanh_sign" else "none"
+            sign_mode = "equalize" if rec.distance == "tanh_sign" else "none"
         if sign_mode != "none":
-            unclamped = self._param.images().detach()[rec.best_restart] if self._param is not None else raw
+            unclamped = param.images().detach()[rec.best_restart] if param is not None else raw
             x = normalize_maxabs(unclamped)
             if sign_mode == "equalize":
                 x = equalize_hist(x)
-            extra["normalized"] = x.clone()
+            steps["normalized"] = x.clone()
         enh = self.resolve_enhancer(obs)
-        extra["enhancer"] = None if enh is None else enh.name
+        rec.enhancer = None if enh is None else enh.name
         if enh is not None:
             lab = labels if labels is not None else rec.labels
             x = enh(x, lab)
-            extra["enhanced"] = x.clone()
+            steps["enhanced"] = x.clone()
         if self.post is not None:
             x = self.post(x, obs, labels)
         rec.images = x.detach().clamp(0, 1)
-        rec.extra.update(extra)
+        rec.intermediates.update(steps)
         return rec
 

@@ -25,11 +25,11 @@ name, a path (a ``train-prior --conditional`` result, or a pytorch-pretrained-Bi
 :mod:`gradleak.priors.biggan`) or an import path (see :func:`gradleak.priors.load_prior`).
 
 The perceptual term: LPIPS where its weights are installed, otherwise the feature distance named in
-``extra["perceptual"]`` (see :mod:`gradleak.attacks.perceptual`) — the report says which and why.
+``perceptual`` (see :mod:`gradleak.attacks.perceptual`) — the report says which and why.
 
-``Reconstruction.images`` are G(z*, y); ``extra["rog"]`` holds ROG's output X̂, ``extra["rogs_path"]`` the
+``Reconstruction.images`` are G(z*, y); ``intermediates["rog"]`` holds ROG's output X̂, ``semantic_path`` the
 optimisation path ``[(iteration, images), …]`` from the start image to the end (Figure 10),
-``extra["rogs_loss"]`` the final eq. (20) value per image.
+``semantic_losses`` the final eq. (20) value per image.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from gradleak.attacks.engine import Reconstruction
+from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.perceptual import Distance, build_perceptual
 from gradleak.attacks.rog import ROG, PostHook
 from gradleak.errors import UserError, bad_value
@@ -178,6 +178,7 @@ def invert(prior, targets: Tensor, labels: Tensor, *, iterations: int = 1000, lr
     return Inversion(images=path[-1][1], latents=zz, losses=final[best, pick], path=path, trace=trace)
 
 
+@ATTACKS.register("rogs")
 class ROGS(ROG):
     """ROG, then inversion of its output into a class-conditional generator (eq. 19–20). ROG's options are
     unchanged; ``rogs_*``, ``generator``, ``lambda_*`` and ``perceptual`` control the inversion (module docstring)."""
@@ -222,7 +223,7 @@ class ROGS(ROG):
 
     def semantic(self, rec: Reconstruction, prior, dist: Distance, record: dict, labels: Tensor | None,
                  seed: int = 0) -> Reconstruction:
-        """Replace ROG's output by G(z*, y) (eq. 19–20); keep ROG's in ``extra["rog"]``."""
+        """Replace ROG's output by G(z*, y) (eq. 19–20); keep ROG's in ``intermediates["rog"]``."""
         y = labels if labels is not None else rec.labels
         if y is None:
             raise UserError("rogs: needs the class of each image (attack.labels: oracle or recover)")
@@ -236,8 +237,9 @@ class ROGS(ROG):
         inv = invert(prior, rec.images, y, iterations=self.rogs_iterations, lr=self.rogs_lr,
                      lambda_l2=self.lambda_l2, lambda_perceptual=self.lambda_perceptual, perceptual=dist,
                      restarts=self.rogs_restarts, seed=seed, constraint=self.latent_constraint)
-        rec.extra.update({"rog": rec.images.clone(), "rogs_path": inv.path, "rogs_loss": inv.losses.tolist(),
-                          "perceptual": record, "generator": prior.name})
+        rec.intermediates["rog"] = rec.images.clone()
+        rec.semantic_path, rec.semantic_losses = inv.path, inv.losses.tolist()
+        rec.perceptual, rec.generator = record, prior.name
         rec.images = inv.images
         rec.trace = list(rec.trace) + inv.trace
         rec.seconds += time.perf_counter() - t0

@@ -5,6 +5,7 @@ from functools import partial
 from typing import Protocol
 
 from gradleak.errors import bad_value
+from gradleak.registry import Registry
 
 from .base import ImageSet
 from .cifar import load_cifar
@@ -21,14 +22,14 @@ class Loader(Protocol):
                  limit: int | None) -> ImageSet: ...
 
 
-DATASETS: dict[str, Loader] = {
-    "digits": load_digits_set,
-    "photos": load_photos,
-    "photo-corpus": load_photo_corpus,
-    "cifar10": partial(load_cifar, "cifar10"),
-    "cifar100": partial(load_cifar, "cifar100"),
-    "folder": load_folder,
-}
+#: name -> loader(*, split, resolution, channels, root, seed, limit) returning an :class:`ImageSet`.
+DATASETS = Registry("dataset")
+DATASETS.register("digits")(load_digits_set)
+DATASETS.register("photos")(load_photos)
+DATASETS.register("photo-corpus")(load_photo_corpus)
+DATASETS.register("cifar10")(partial(load_cifar, "cifar10"))
+DATASETS.register("cifar100")(partial(load_cifar, "cifar100"))
+DATASETS.register("folder")(load_folder)
 
 
 def list_datasets() -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gradleak.registry import Registry
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.protocol import Protocol
 
@@ -92,12 +93,12 @@ def check(defense: str, key: str, ok: bool, value: object, allowed: str) -> None
         raise bad_value(f"defense {defense}.{key}", value, allowed)
 
 
-DEFENSES: dict[str, type[Defense]] = {}
+DEFENSES = Registry("defense")
 
 
 def register(cls: type[Defense]) -> type[Defense]:
-    DEFENSES[cls.name] = cls
-    return cls
+    """Class decorator: register a defense under its ``name`` (a taken name is refused)."""
+    return DEFENSES.register(cls.name)(cls)
 
 
 def build_defenses(specs: list[dict]) -> list[Defense]:

@@ -266,7 +266,7 @@ def run_tradeoff(cfg: TradeoffConfig, out: str | Path, progress: bool = True) ->
     from tqdm.auto import tqdm
 
     from gradleak.report import image_rows, scatter_plot
-    from gradleak.report.io import atomic_write_json, atomic_write_text
+    from gradleak.atomic import atomic_write_json, atomic_write_text
 
     settings = cfg.check()
     out = Path(out)

@@ -254,7 +254,7 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
     from tqdm.auto import tqdm
 
     from gradleak.report import image_rows, line_plot
-    from gradleak.report.io import atomic_write_text
+    from gradleak.atomic import atomic_write_text
 
     cfg.check()
     ts = tasks if isinstance(tasks, TaskSet) else TaskSet.load(tasks)

@@ -165,4 +165,4 @@ class MultiGradientInversion:
         imgs = x.detach().clamp(0, 1)
         return Reconstruction(images=imgs[best], all_images=imgs, losses=final, best_restart=best, labels=labels,
                               trace=trace, seconds=time.perf_counter() - t0, iterations=self.iterations,
-                              attack="multi-gradient", extra={"steps": len(seq.observations)})
+                              attack=f"multi-gradient ({len(seq.observations)} steps)")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
-from gradleak.report.io import atomic_write_json
+from gradleak.atomic import atomic_write_json
 
 FORMAT = "gradleak-giml-tasks"
 INDEX = "tasks.json"

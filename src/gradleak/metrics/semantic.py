@@ -9,7 +9,7 @@ A *tagger* maps images to sets of tags. The paper uses a multi-label classifier 
 * ``auto`` — the built-in tagger of the run's dataset, or else one trained on images of this shape, if one is
   shipped (:data:`BUILTIN_TAGGERS`);
 * a built-in name (``digits``) — trained by ``gradleak train-tagger`` on the *public* split of a built-in
-  dataset: its classes plus the attribute tags of :mod:`gradleak.metrics.attributes` (see the JSON beside
+  dataset: its classes plus the attribute tags of :mod:`gradleak.nets.attributes` (see the JSON beside
   the weights for the command and seed);
 * a path to a ``train-tagger`` result (``.safetensors`` + ``.json``, or its directory);
 * an import path ``package.module:factory`` — ``factory()`` returns either an ``nn.Module`` giving one
@@ -33,67 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from gradleak.errors import UserError, bad_value
+from gradleak.nets.tagger import KEY, ModelTagger, jaccard  # noqa: F401  (the tagger network lives in nets)
 
 BUILTIN_TAGGERS = {"digits": "tagger-digits"}
-KEY = "metrics.tagger"
-
-
-def jaccard(a: Sequence[str] | set[str], b: Sequence[str] | set[str]) -> float:
-    """Eq. (21): |A ∩ B| / |A ∪ B|; 1.0 when both are empty."""
-    A, B = set(a), set(b)
-    union = A | B
-    return 1.0 if not union else len(A & B) / len(union)
-
-
-class ModelTagger:
-    """A multi-label classifier ``net(images) → (N, T)`` with tag names, a threshold and top-k."""
-
-    def __init__(self, net: nn.Module, tag_names: Sequence[str], *, threshold: float = 0.5, top_k: int | None = None,
-                 name: str = "", input_channels: int | None = None, input_resolution: int | None = None,
-                 outputs: str = "logits", meta: dict | None = None):
-        if not 0.0 <= float(threshold) <= 1.0 or math.isnan(float(threshold)):
-            raise bad_value(f"{KEY}_threshold", threshold, "a probability in [0, 1]")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise bad_value(f"{KEY}_top_k", top_k, "an integer >= 1, or null for no limit")
-        if outputs not in ("logits", "probabilities"):
-            raise bad_value(f"{KEY}.outputs", outputs, "logits, probabilities")
-        self.net = net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self.tag_names = [str(t) for t in tag_names]
-        self.threshold, self.top_k, self.name = float(threshold), top_k, name or type(net).__name__
-        self.input_channels, self.input_resolution, self.outputs = input_channels, input_resolution, outputs
-        self.meta = dict(meta or {})
-
-    def prepare(self, images: Tensor) -> Tensor:
-        """Images in [0, 1] converted to the channels / resolution the classifier was trained on."""
-        x = images.float()
-        if self.input_channels or self.input_resolution:
-            from gradleak.priors.prior import match_shape
-
-            C = self.input_channels or x.shape[1]
-            H, W = (self.input_resolution,) * 2 if self.input_resolution else x.shape[-2:]
-            x = match_shape(x, (C, H, W))
-        return x
-
-    def probabilities(self, images: Tensor) -> Tensor:
-        """(N, T) tag probabilities."""
-        with torch.no_grad():
-            out = self.net(self.prepare(images))
-        if out.dim() != 2 or out.shape[1] != len(self.tag_names):
-            raise UserError(f"{KEY}: {self.name} gave outputs of shape {tuple(out.shape)}; expected (N, "
-                            f"{len(self.tag_names)}) = one per tag name")
-        return out.float() if self.outputs == "probabilities" else torch.sigmoid(out.float())
-
-    def __call__(self, images: Tensor) -> list[list[str]]:
-        """The tags of each image, most probable first."""
-        probs = self.probabilities(images)
-        order = probs.argsort(1, descending=True)
-        out = []
-        for p, idx in zip(probs, order):
-            keep = [int(i) for i in idx if float(p[i]) >= self.threshold]
-            out.append([self.tag_names[i] for i in keep[: self.top_k]])
-        return out
 
 
 Tagger = Callable[[Tensor], list[list[str]]]
@@ -171,7 +113,7 @@ def load_tagger(spec: str | Path = "auto", *, threshold: float = 0.5, top_k: int
             return None
         text = name
     if text in BUILTIN_TAGGERS:
-        from gradleak.metrics.tagger import read_tagger
+        from gradleak.nets.tagger import read_tagger
 
         return read_tagger(builtin_tagger_path(text), threshold=threshold, top_k=top_k, name=text)
     path = Path(text).expanduser()
@@ -180,7 +122,7 @@ def load_tagger(spec: str | Path = "auto", *, threshold: float = 0.5, top_k: int
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
     if path.exists() or path.with_suffix(".safetensors").exists():
-        from gradleak.metrics.tagger import read_tagger
+        from gradleak.nets.tagger import read_tagger
 
         return read_tagger(path, threshold=threshold, top_k=top_k, name=text)
     if ":" in text:

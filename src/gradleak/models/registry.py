@@ -9,6 +9,7 @@ from typing import Any, Callable
 from torch import nn
 
 from gradleak.errors import bad_value
+from gradleak.registry import Registry
 
 from ._checks import check_int
 from .convnet import ConvNet
@@ -20,13 +21,12 @@ from .vgg import VGG7
 ModelFactory = Callable[..., nn.Module]
 
 #: name -> factory(num_classes, in_channels, resolution, **options) returning an ``nn.Module``.
-MODELS: dict[str, ModelFactory] = {
-    "lenet": LeNet,
-    "convnet": ConvNet,
-    "resnet18": ResNet18,
-    "vgg7": VGG7,
-    "precode": precode,  # options: base, base_options, bottleneck, seed, noise
-}
+MODELS = Registry("model")
+MODELS.register("lenet")(LeNet)
+MODELS.register("convnet")(ConvNet)
+MODELS.register("resnet18")(ResNet18)
+MODELS.register("vgg7")(VGG7)
+MODELS.register("precode")(precode)  # options: base, base_options, bottleneck, seed, noise
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
 

@@ -77,7 +77,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
                 command: str | None = None) -> Path:
     """Train (or resume) and write the run directory; returns the path of ``prior.safetensors``."""
     from gradleak.data import load_dataset
-    from gradleak.report import image_rows
+    from gradleak.imagegrid import image_rows
 
     out = Path(out)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels,

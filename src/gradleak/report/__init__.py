@@ -4,9 +4,9 @@
 here: it depends on the attack/metrics stack, while everything below needs only Pillow,
 matplotlib and Jinja2.
 """
-from gradleak.report.grid import image_rows, reconstruction_grid, tensor_to_pil
+from gradleak.imagegrid import image_rows, reconstruction_grid, tensor_to_pil
 from gradleak.report.html import data_uri, render_report, write_report
-from gradleak.report.io import (
+from gradleak.atomic import (
     atomic_save_figure,
     atomic_save_image,
     atomic_write,

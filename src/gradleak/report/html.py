@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import jinja2
 
-from gradleak.report.io import atomic_write_text
+from gradleak.atomic import atomic_write_text
 
 __all__ = ["write_report", "render_report", "data_uri"]
 
@@ -39,6 +39,13 @@ RUN_FACTS: dict[str, str] = {
     "tagger": "tagger",
     "generator": "ROGS generator",
     "perceptual": "ROGS perceptual term",
+    "distance": "gradient distance",
+    "prior": "generative prior",
+    "control": "random-gradient control",
+    "enhancer": "ROG enhancer",
+    "backend": "backend",
+    "analysis": "analysis",
+    "environment": "computed on",
 }
 
 DEFAULT_IMAGES: tuple[tuple[str, str], ...] = (

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 
-from gradleak.report.io import atomic_save_figure, atomic_write_text
+from gradleak.atomic import atomic_save_figure, atomic_write_text
 
 __all__ = ["loss_plot", "write_trace_csv", "line_plot", "scatter_plot"]
 

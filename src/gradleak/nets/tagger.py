@@ -2,7 +2,7 @@
 (what ``gradleak train-tagger`` runs).
 
 Tags: ``class:<name>`` for every class present in the public split, plus the attribute tags of
-:mod:`gradleak.metrics.attributes` (tertile bins fitted on the public split; dominant colour). The targets
+:mod:`gradleak.nets.attributes` (tertile bins fitted on the public split; dominant colour). The targets
 of an image are its class tag and its attribute tags, one per group of mutually exclusive tags; the network
 gives a softmax per group and is trained with the sum of the groups' cross-entropies (Adam, cosine decay) on 90 %
 of the public split — the other 10 % (fixed by the seed) measures held-out class accuracy and the mean Jaccard of
@@ -18,21 +18,81 @@ dataset, command, seed, held-out scores), read with safetensors and JSON only.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradleak.errors import UserError
-from gradleak.metrics.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
-from gradleak.metrics.semantic import ModelTagger
+from gradleak.errors import UserError, bad_value
+from gradleak.nets.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
 from gradleak.priors.train import command_line
 
+KEY = "metrics.tagger"
 FORMAT = "gradleak-tagger"
 VERSION = 1
+
+
+def jaccard(a: Sequence[str] | set[str], b: Sequence[str] | set[str]) -> float:
+    """Eq. (21): |A ∩ B| / |A ∪ B|; 1.0 when both are empty."""
+    A, B = set(a), set(b)
+    union = A | B
+    return 1.0 if not union else len(A & B) / len(union)
+
+
+class ModelTagger:
+    """A multi-label classifier ``net(images) → (N, T)`` with tag names, a threshold and top-k."""
+
+    def __init__(self, net: nn.Module, tag_names: Sequence[str], *, threshold: float = 0.5, top_k: int | None = None,
+                 name: str = "", input_channels: int | None = None, input_resolution: int | None = None,
+                 outputs: str = "logits", meta: dict | None = None):
+        if not 0.0 <= float(threshold) <= 1.0 or math.isnan(float(threshold)):
+            raise bad_value(f"{KEY}_threshold", threshold, "a probability in [0, 1]")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise bad_value(f"{KEY}_top_k", top_k, "an integer >= 1, or null for no limit")
+        if outputs not in ("logits", "probabilities"):
+            raise bad_value(f"{KEY}.outputs", outputs, "logits, probabilities")
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.tag_names = [str(t) for t in tag_names]
+        self.threshold, self.top_k, self.name = float(threshold), top_k, name or type(net).__name__
+        self.input_channels, self.input_resolution, self.outputs = input_channels, input_resolution, outputs
+        self.meta = dict(meta or {})
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """Images in [0, 1] converted to the channels / resolution the classifier was trained on."""
+        x = images.float()
+        if self.input_channels or self.input_resolution:
+            from gradleak.priors.prior import match_shape
+
+            C = self.input_channels or x.shape[1]
+            H, W = (self.input_resolution,) * 2 if self.input_resolution else x.shape[-2:]
+            x = match_shape(x, (C, H, W))
+        return x
+
+    def probabilities(self, images: Tensor) -> Tensor:
+        """(N, T) tag probabilities."""
+        with torch.no_grad():
+            out = self.net(self.prepare(images))
+        if out.dim() != 2 or out.shape[1] != len(self.tag_names):
+            raise UserError(f"{KEY}: {self.name} gave outputs of shape {tuple(out.shape)}; expected (N, "
+                            f"{len(self.tag_names)}) = one per tag name")
+        return out.float() if self.outputs == "probabilities" else torch.sigmoid(out.float())
+
+    def __call__(self, images: Tensor) -> list[list[str]]:
+        """The tags of each image, most probable first."""
+        probs = self.probabilities(images)
+        order = probs.argsort(1, descending=True)
+        out = []
+        for p, idx in zip(probs, order):
+            keep = [int(i) for i in idx if float(p[i]) >= self.threshold]
+            out.append([self.tag_names[i] for i in keep[: self.top_k]])
+        return out
 
 
 class TaggerNet(nn.Module):
@@ -151,8 +211,6 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
         pred = tagger(xh)
         truth = [[t for t, v in zip(tag_names, row) if v > 0]
                  for row in target_matrix(xh, lh, names, tag_names, cuts, colours)]
-        from gradleak.metrics.semantic import jaccard
-
         cls_ok = [f"class:{names[int(c)]}" in p for c, p in zip(lh, pred)]
         held = {"images": n_hold, "class_accuracy": sum(cls_ok) / n_hold,
                 "mean_jaccard_to_truth": sum(jaccard(a, b) for a, b in zip(pred, truth)) / n_hold}
@@ -161,7 +219,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
             "resolution": cfg.resolution, "seed": cfg.seed, "command": command or command_line(),
             "train_config": asdict(cfg), "train_seconds": round(seconds, 1), "held_out": held,
             "torch": torch.__version__}
-    from gradleak.priors.enhancer import save_pair
+    from gradleak.nets.enhancer import save_pair
 
     st, _ = save_pair(Path(out) / "tagger", net.state_dict(), meta)
     return st
@@ -169,7 +227,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
 
 def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None = None, name: str = "") -> ModelTagger:
     """Load a ``train-tagger`` result (safetensors + JSON only)."""
-    from gradleak.priors.enhancer import read_pair
+    from gradleak.nets.enhancer import read_pair
 
     tensors, meta = read_pair(path, "tagger", "metrics.tagger", fmt=FORMAT)
     net = TaggerNet(**meta["arch"])

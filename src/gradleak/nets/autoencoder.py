@@ -7,7 +7,7 @@ convolutions) and ends in ``latent_channels`` = d_z / (R/downsample)² channels,
 The decoder mirrors it (nearest upsampling + 3×3 convolution) and ends in a sigmoid, so decoded images
 lie in [0, 1]. Trained on the public side of a dataset with the MSE reconstruction loss (Adam, flips and
 90° rotations) by ``gradleak train-autoencoder``; files are safetensors + JSON (no code execution), like
-the enhancer's (:mod:`gradleak.priors.enhancer`).
+the enhancer's (:mod:`gradleak.nets.enhancer`).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradleak.errors import bad_value
-from gradleak.priors.enhancer import augment, read_pair, save_pair
+from gradleak.nets.enhancer import augment, read_pair, save_pair
 from gradleak.priors.train import command_line
 
 
@@ -99,8 +99,8 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     from tqdm.auto import tqdm
 
     from gradleak.data import load_dataset
-    from gradleak.metrics import psnr
-    from gradleak.report import image_rows
+    from gradleak.nets import val_psnr
+    from gradleak.imagegrid import image_rows
 
     for key, ok, allowed in (("steps", cfg.steps >= 1, "an integer >= 1"),
                              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
@@ -135,7 +135,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     k = min(64, len(data))
     with torch.no_grad():
         rec = ae(data.images[:k])
-    summary = {"train_psnr": float(psnr(rec, data.images[:k]).mean()), "final_mse": sum(hist[-100:]) / len(hist[-100:]),
+    summary = {"train_psnr": val_psnr(rec, data.images[:k]), "final_mse": sum(hist[-100:]) / len(hist[-100:]),
                "train_seconds": round(time.perf_counter() - t0, 1), "torch_threads": torch.get_num_threads()}
     meta = {"kind": "autoencoder", "arch": ae.config(), "dataset": cfg.data, "split": cfg.split,
             "resolution": cfg.resolution, "channels": cfg.channels, "config": asdict(cfg),

@@ -46,7 +46,7 @@ BUILTIN_ENHANCERS = {"photos64": "rog_enhancer_photos64", "digits32": "rog_enhan
 DOWN_MODES = ("nearest", "bilinear", "bicubic")
 
 
-# --- file pairs (safetensors + JSON), shared with gradleak.priors.autoencoder ------------------------------
+# --- file pairs (safetensors + JSON), shared with gradleak.nets.autoencoder ------------------------------
 
 def save_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tuple[Path, Path]:
     """Write an enhancer / autoencoder / tagger file pair (:func:`gradleak.filepair.write_pair`); ``meta``
@@ -342,37 +342,12 @@ def _batch(data, big, cfg: EnhancerConfig, gen: torch.Generator) -> tuple[Tensor
     return augment(x, gen), y
 
 
-def rog_output_pairs(cfg: EnhancerConfig, progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """(search outputs, originals, labels) of the ROG search (bicubic, no enhancement) run on
-    ``cfg.rog_pairs`` batches of public images through a simulated FedAvg client (ROG's LeNet-5 at the
-    default width of :mod:`gradleak.experiments.victims`, τ = 5, lr 5e-3, fresh seeded init per batch)."""
-    from gradleak.attacks.rog import ROG
-    from gradleak.case import Case, capture
-    from gradleak.data import load_dataset, sample_batch
-    from gradleak.experiments.victims import ROG_LENET5
-    from gradleak.fl.protocol import Protocol
-    from gradleak.models import build_model, init_model
-
-    data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root)
-    outs, origs, labs = [], [], []
-    for k in range(cfg.rog_pairs):
-        x, y = sample_batch(data, min(cfg.rog_batch, len(data)), distinct_labels=False, seed=cfg.seed + 1000 + k)
-        model = build_model(ROG_LENET5, data.num_classes, cfg.channels, cfg.resolution)
-        init_model(model, cfg.seed + k)
-        obs = capture(Case(model, x, y, Protocol(kind="fedavg", local_steps=5, lr=5e-3), give_labels=True), seed=k)
-        rec = ROG(iterations=cfg.rog_iterations, enhancer="none")(obs, labels=y, seed=k, model=model, progress=progress)
-        from gradleak.metrics import apply_match, match
-
-        perm = match(rec.images, x)
-        outs.append(apply_match(rec.images, perm))
-        origs.append(x)
-        labs.append(y)
-    return torch.cat(outs), torch.cat(origs), torch.cat(labs)
-
-
-def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) -> Path:
+def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
+                   pairs: tuple[Tensor, Tensor, Tensor] | None = None) -> Path:
     """Train the enhancer (see the module docstring); writes ``out/enhancer.safetensors`` + ``.json`` and
-    ``out/samples.png`` (degraded / enhanced / original rows). Returns the .safetensors path."""
+    ``out/samples.png`` (degraded / enhanced / original rows). Returns the .safetensors path.
+    ``pairs``: (attack outputs, originals, labels) to train on every other step — ROG's own outputs, made by
+    :func:`gradleak.experiments.rog_pairs.rog_output_pairs` (an attack is a higher layer than this network)."""
     from tqdm.auto import tqdm
 
     _check(cfg)
@@ -380,8 +355,6 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) 
     data, big = _public(cfg)
     ncls = data.num_classes if cfg.conditional else 0
     t0 = time.perf_counter()
-    pairs = rog_output_pairs(cfg, progress=False) if cfg.rog_pairs else None
-    pair_seconds = time.perf_counter() - t0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G = UNet(cfg.channels, cfg.width, cfg.depth, num_classes=ncls)
@@ -430,17 +403,17 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True) 
     G.eval()
     with torch.no_grad():
         venh = G(vdeg, vy if ncls else None).clamp(0, 1)
-    from gradleak.metrics import psnr
+    from gradleak.nets import val_psnr
 
-    summary = {"val_psnr_degraded": float(psnr(vdeg, vx).mean()), "val_psnr_enhanced": float(psnr(venh, vx).mean()),
+    summary = {"val_psnr_degraded": val_psnr(vdeg, vx), "val_psnr_enhanced": val_psnr(venh, vx),
                "final_l1": sum(l1_hist[-100:]) / len(l1_hist[-100:]),
-               "train_seconds": round(time.perf_counter() - t0, 1), "rog_pair_seconds": round(pair_seconds, 1),
+               "train_seconds": round(time.perf_counter() - t0, 1), 
                "torch_threads": torch.get_num_threads()}
     meta = {"kind": "enhancer", "arch": G.config(), "dataset": cfg.data, "split": cfg.split,
             "resolution": cfg.resolution, "channels": cfg.channels, "config": asdict(cfg),
             "command": command_line(), "seed": cfg.seed, "summary": summary}
     st, _ = save_pair(out / "enhancer", G.state_dict(), meta)
-    from gradleak.report import image_rows
+    from gradleak.imagegrid import image_rows
 
     k = min(8, vx.shape[0])
     image_rows([vdeg[:k], venh[:k], vx[:k]], ["degraded", "enhanced", "original"], out / "samples.png",

@@ -1,11 +1,24 @@
 """A run's calibration: the references and verdict of :mod:`gradleak.metrics.reference` for the run's own
 data (the public side of its dataset), and the header a reader sees first (model, data, protocol, defense
-chain, threat model)."""
+chain, threat model). Used by :func:`gradleak.audit.audit`; the result is :class:`Calibration`."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from gradleak.metrics.reference import calibrate
+
+
+@dataclass
+class Calibration:
+    """References (``reference``), per-image margins over the best one (``margins``), the graded
+    ``verdict`` and the report ``header`` — each JSON-ready (see :mod:`gradleak.metrics.reference`)."""
+
+    reference: dict
+    margins: dict
+    verdict: dict
+    header: dict
 
 #: the public side of each private split name (as :func:`gradleak.run.build_case` pretrains on)
 PUBLIC_OF = {"private": "public", "test": "train"}
@@ -30,17 +43,38 @@ def load_public(data_cfg) -> tuple[Tensor | None, Tensor | None, str | None]:
     return pub.images, pub.labels, None
 
 
-def calibrate_run(cfg, scores: dict, sem: dict, originals: Tensor, true_labels: Tensor, tagger=None) -> dict:
+def _tagger(cfg, originals: Tensor, sem: dict):
+    """The run's tagger again (for the references' Jaccard), when the run has tags."""
+    if sem.get("jaccard") is None:
+        return None
+    from gradleak.metrics.semantic import load_tagger
+
+    m = cfg.metrics
+    return load_tagger(m.tagger, threshold=m.tagger_threshold, top_k=m.tagger_top_k,
+                       shape=tuple(originals.shape[1:]), dataset=cfg.data.name)
+
+
+def calibrate_run(cfg, psnr: list[float], ssim: list[float], sem: dict, originals: Tensor,
+                  true_labels: Tensor) -> dict:
     """``{"reference", "margins", "verdict"}`` for a run: the attack's matched per-image scores against the
     grey image, the public mean image and a random same-class public image (seeded by ``cfg.seed``)."""
     pub_x, pub_y, why = load_public(cfg.data)
+    tagger = _tagger(cfg, originals, sem)
     jac = (sem.get("jaccard") or {}).get("per_image") if tagger is not None else None
-    attack = {"psnr": scores["psnr"]["per_image"], "ssim": scores["ssim"]["per_image"], "jaccard": jac}
+    attack = {"psnr": psnr, "ssim": ssim, "jaccard": jac}
     out = calibrate(attack, originals, pub_x, pub_y, true_labels, seed=cfg.seed,
                     tagger=tagger if jac is not None else None)
     if why:
         out["reference"]["unavailable"] = {k: why for k in out["reference"]["unavailable"]}
     return out
+
+
+def calibration_of(cfg, scores, obs, originals: Tensor, true_labels: Tensor, label_mode: str) -> Calibration:
+    """:class:`Calibration` of an audit (``scores``: :class:`gradleak.audit.Scores`)."""
+    cal = calibrate_run(cfg, scores.psnr["per_image"], scores.ssim["per_image"], scores.semantic, originals,
+                        true_labels)
+    return Calibration(reference=cal["reference"], margins=cal["margins"], verdict=cal["verdict"],
+                       header=run_header(cfg, obs, label_mode))
 
 
 def _options(opts: dict) -> str:

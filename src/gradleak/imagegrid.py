@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from gradleak.report.io import atomic_save_image
+from gradleak.atomic import atomic_save_image
 
 __all__ = ["PAD", "tensor_to_pil", "reconstruction_grid", "image_rows"]
 

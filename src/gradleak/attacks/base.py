@@ -1,0 +1,110 @@
+"""The attack interface: observation in, reconstruction out.
+
+Every attack — an optimisation preset of the search engine (:mod:`gradleak.attacks.engine`), a closed-form
+or recursive inversion, an analytic read-out — is a callable object with one signature (like
+torchattacks; like breaching's ``reconstruct(server_payload, shared_data)``)::
+
+    rec = attack(obs, labels=None, seed=0, model=None, progress=True)
+
+``obs`` is the :class:`~gradleak.fl.observation.Observation` the server holds, ``labels`` the labels the
+attacker knows or recovered (None: the attack learns them or does without). An attack object holds only
+its options (and read-only loaded networks): one instance is safely reused across calls and workers.
+
+Attacks are registered by name with ``@ATTACKS.register("name", *aliases)`` where they are defined.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from gradleak.errors import UserError
+from gradleak.registry import Registry
+
+LabelMode = Literal["oracle", "recover", "learn"]
+
+ATTACKS = Registry("attack")
+
+
+@dataclass
+class Reconstruction:
+    """What an attack returns. Only ``images``, ``labels``, ``attack`` and ``seconds`` are common to all;
+    the rest is filled by the attacks that have it (a closed-form attack has no restarts or loss trace).
+
+    Search attacks: ``all_images`` (R,B,C,H,W) of every restart, their final objective ``losses`` (R,),
+    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend``.
+    What the attack used, for the report: the resolved gradient ``distance``, the generative ``prior``
+    (described), whether it ran as the random-gradient ``control``, ROG's ``enhancer``; images produced
+    on the way, by step name (``intermediates``: ROG's raw search output, signSGD-normalised, enhanced; ROGS'
+    ROG output); ROGS' generator inversion ``semantic_path`` ((step, images) pairs), its ``semantic_losses``,
+    ``generator`` and ``perceptual`` distance; GIAS ``snapshots`` ((iteration, images) pairs); a closed-form
+    attack's ``analysis`` (R-GAP's rank analysis, with ``to_dict()``).
+    """
+
+    images: Tensor
+    labels: Tensor | None
+    attack: str
+    seconds: float
+    all_images: Tensor | None = None
+    losses: Tensor | None = None
+    best_restart: int | None = None
+    trace: list[dict] = field(default_factory=list)
+    iterations: int = 0
+    backend: str | None = None
+    distance: str | None = None
+    prior: dict | None = None
+    control: bool = False
+    enhancer: str | None = None
+    intermediates: dict[str, Tensor] = field(default_factory=dict)
+    semantic_path: list[tuple[int, Tensor]] | None = None
+    semantic_losses: list[float] | None = None
+    generator: str | None = None
+    perceptual: dict | None = None
+    snapshots: list[tuple[int, Tensor]] | None = None
+    analysis: Any = None
+
+    def describe(self) -> dict:
+        """The JSON-able facts of this reconstruction (everything but image tensors) for ``metrics.json``."""
+        out: dict = {"attack": self.attack, "seconds": round(self.seconds, 3), "iterations": self.iterations}
+        if self.losses is not None:
+            out["best_restart"] = self.best_restart
+            out["restart_losses"] = [float(v) for v in self.losses]
+        for key in ("backend", "distance", "prior", "enhancer", "generator"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.perceptual is not None:
+            from gradleak.attacks.perceptual import describe_perceptual
+
+            out["perceptual"] = describe_perceptual(self.perceptual)
+        out["control"] = self.control
+        if self.semantic_losses is not None:
+            out["semantic_losses"] = self.semantic_losses
+        if self.intermediates:
+            out["intermediates"] = list(self.intermediates)
+        if self.analysis is not None:
+            out["analysis"] = self.analysis.to_dict() if hasattr(self.analysis, "to_dict") else self.analysis
+        return out
+
+
+class Attack:
+    """Base of every attack: ``name``, the default label strategy, and :meth:`__call__`."""
+
+    name: ClassVar[str] = "attack"
+    default_labels: ClassVar[LabelMode] = "oracle"
+
+    def __call__(self, obs, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
+                 progress: bool = True) -> Reconstruction:
+        """Reconstruct the client's images from ``obs``."""
+        raise NotImplementedError
+
+
+def build_attack(name: str, **options) -> Attack:
+    """Instantiate a registered attack; options are validated against its constructor (one-line errors)."""
+    import gradleak.attacks  # noqa: F401  (the package import registers every attack)
+    from gradleak.validate import validate_options
+
+    if name not in ATTACKS:
+        raise UserError(f"attack.name: got {name!r}; allowed: {', '.join(ATTACKS)}")
+    cls = ATTACKS[name]
+    return cls(**validate_options(cls.__init__, options, "attack.options"))

@@ -1,0 +1,246 @@
+"""One audit as one unit: a validated config in, an :class:`AuditResult` out; writing is separate.
+
+    config ─► Case ─► Observation ─► attack(obs, labels) ─► Reconstruction ─► scores
+
+:func:`audit` is a pure function of the config (and the thread count: see the README on reproducibility):
+it builds the client side (:func:`build_case`), captures what the server sees
+(:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
+every piece as a typed field. :func:`write_run` turns a result into a run directory. ``gradleak run``,
+``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
+
+Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
+attack runs; files are written atomically, ``metrics.json`` last.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from gradleak.attacks import Attack, Reconstruction, build_attack
+from gradleak.attacks.labels import label_accuracy, recover_labels
+from gradleak.calibration import Calibration, calibration_of
+from gradleak.case import Case, capture
+from gradleak.config import RunConfig
+from gradleak.data import load_dataset, sample_batch
+from gradleak.defenses import build_defenses
+from gradleak.fl.observation import Observation
+from gradleak.fl.protocol import Protocol
+from gradleak.metrics import apply_match, lpips_status, score_images
+from gradleak.models import build_model, init_model, pretrain
+
+
+@dataclass
+class Environment:
+    """Where the numbers were computed: they are reproducible for the same seed at the same thread count
+    on the same torch build (floating-point reduction order changes with threads and hardware)."""
+
+    device: str
+    threads: int
+    torch: str
+    gradleak: str
+    python: str
+
+    @classmethod
+    def current(cls, device: str = "cpu") -> "Environment":
+        from gradleak import __version__
+
+        return cls(device=device, threads=torch.get_num_threads(), torch=torch.__version__, gradleak=__version__,
+                   python=platform.python_version())
+
+
+@dataclass
+class Timing:
+    """Wall seconds per phase."""
+
+    prepare: float
+    capture: float
+    attack: float
+    score: float
+
+    @property
+    def total(self) -> float:
+        return self.prepare + self.capture + self.attack + self.score
+
+
+@dataclass
+class Scores:
+    """The matched reconstruction's scores: each metric a ``{"mean", "best", "per_image"}`` summary
+    (:func:`gradleak.metrics.score_images`); ``order[i]`` is the reconstruction matched to original i."""
+
+    psnr: dict
+    ssim: dict
+    mse: dict
+    lpips: dict | None
+    lpips_unavailable: str | None
+    order: list[int]
+    semantic: dict  # jaccard summary (or None) + why unavailable, tags, tagger
+    lpips_upsample: bool | None = None  # LPIPS resizing (False = the reference lpips package); None: no LPIPS
+
+    def to_dict(self) -> dict:
+        return {"psnr": self.psnr, "ssim": self.ssim, "mse": self.mse, "lpips": self.lpips,
+                "lpips_unavailable": self.lpips_unavailable, "lpips_upsample": self.lpips_upsample,
+                **self.semantic}
+
+
+@dataclass
+class AuditResult:
+    """Everything one audit produced, as typed fields. :meth:`metrics` is what ``metrics.json`` holds."""
+
+    config: RunConfig
+    case: Case
+    observation: Observation
+    reconstruction: Reconstruction
+    label_mode: str
+    label_accuracy: float | None  # None: the attack recovers no labels
+    scores: Scores
+    timing: Timing
+    environment: Environment
+    matched: Tensor  # reconstructions in the originals' order (B, C, H, W)
+    before_postprocess: Scores | None = None  # ROGS: ROG's output before the generator inversion
+    notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None  # references, margins, verdict, header (gradleak.calibration)
+
+    @property
+    def originals(self) -> Tensor:
+        return self.case.images
+
+    def metrics(self) -> dict:
+        rec = self.reconstruction
+        cal = self.calibration
+        out = {
+            **({"header": cal.header, "verdict": cal.verdict} if cal is not None else {}),
+            **rec.describe(),
+            **self.scores.to_dict(),
+            "label_mode": self.label_mode,
+            "label_accuracy": self.label_accuracy,
+            "seed": self.config.seed,
+            "defenses": self.observation.defenses,
+            "timing": {"prepare": round(self.timing.prepare, 3), "capture": round(self.timing.capture, 3),
+                       "attack": round(self.timing.attack, 3), "score": round(self.timing.score, 3)},
+            "environment": vars(self.environment),
+        }
+        if self.before_postprocess is not None:
+            b = self.before_postprocess
+            out["rog_before_inversion"] = {"psnr": b.psnr["mean"], "ssim": b.ssim["mean"],
+                                           "jaccard": (b.semantic.get("jaccard") or {}).get("mean")}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if cal is not None:
+            out["reference"], out["margins"] = cal.reference, cal.margins
+        return out
+
+
+# --- the pieces --------------------------------------------------------------------------------------------
+
+def build_case(cfg: RunConfig) -> Case:
+    """Data, victim and protocol from the config (no files written)."""
+    d, m = cfg.data, cfg.model
+    private = load_dataset(d.name, split=d.split, resolution=d.resolution, channels=d.channels, root=d.root)
+    images, labels = sample_batch(private, d.batch_size, distinct_labels=d.distinct_labels, seed=cfg.seed)
+    model = build_model(m.name, private.num_classes, d.channels, d.resolution, **m.options)
+    init_model(model, cfg.seed)
+    if m.pretrain_steps:
+        public_split = {"private": "public", "test": "train"}.get(d.split, d.split)
+        public = load_dataset(d.name, split=public_split,
+                              resolution=d.resolution, channels=d.channels, root=d.root)
+        pretrain(model, public.images, public.labels, steps=m.pretrain_steps, lr=m.pretrain_lr, seed=cfg.seed)
+    return Case(model=model, images=images, labels=labels, protocol=protocol_of(cfg),
+                defenses=build_defenses(cfg.defense), model_spec=model.gradleak_spec)
+
+
+def protocol_of(cfg: RunConfig) -> Protocol:
+    """The client protocol of the config's ``client`` section."""
+    return Protocol(**cfg.client.model_dump(exclude={"protocol"}), kind=cfg.client.protocol)
+
+
+def label_mode_of(cfg: RunConfig, attack: Attack) -> str:
+    """oracle | recover | learn: the config's choice, or the attack's default."""
+    return attack.default_labels if cfg.attack.labels == "default" else cfg.attack.labels
+
+
+def attack_labels(obs: Observation, mode: str, model) -> Tensor | None:
+    """Labels the attacker uses: given (oracle), recovered (iDLG / Yin et al.), or None (learned)."""
+    if mode == "oracle":
+        return obs.labels
+    if mode == "recover":
+        return recover_labels(obs, model)
+    return None
+
+
+def check_tagger(cfg: RunConfig) -> None:
+    """Load the configured tagger once so that a bad one fails before the attack runs."""
+    from gradleak.metrics.semantic import load_tagger
+
+    d, mc = cfg.data, cfg.metrics
+    load_tagger(mc.tagger, threshold=mc.tagger_threshold, top_k=mc.tagger_top_k,
+                shape=(d.channels, d.resolution, d.resolution), dataset=d.name)
+
+
+def semantic_scores(matched: Tensor, originals: Tensor, cfg: RunConfig) -> dict:
+    """Tags of originals and matched reconstructions and their Jaccard index (ROGS eq. 21), or why unavailable."""
+    from gradleak.metrics.semantic import load_tagger, semantic_scores as tag_scores, tagger_unavailable
+
+    mc = cfg.metrics
+    shape = tuple(originals.shape[1:])
+    tagger = load_tagger(mc.tagger, threshold=mc.tagger_threshold, top_k=mc.tagger_top_k, shape=shape,
+                         dataset=cfg.data.name)
+    if tagger is None:
+        why = "metrics.tagger is none" if mc.tagger == "none" else tagger_unavailable(shape, cfg.data.name)
+        return {"jaccard": None, "jaccard_unavailable": why}
+    out = tag_scores(tagger, matched, originals)
+    return {"jaccard": out["jaccard"], "jaccard_unavailable": None, "tags": out["tags"], "tagger": out["tagger"]}
+
+
+def score(images: Tensor, originals: Tensor, cfg: RunConfig) -> tuple[Scores, Tensor]:
+    """Match ``images`` to the originals (optimal assignment), score them; LPIPS where weights exist."""
+    net, reason = lpips_status(cfg.metrics.lpips_dir, upsample=cfg.metrics.lpips_upsample)
+    s = score_images(images, originals, lpips_model=net, lpips_reason=reason)
+    matched = apply_match(images, s["order"])
+    sem = semantic_scores(matched, originals, cfg)
+    return Scores(psnr=s["psnr"], ssim=s["ssim"], mse=s["mse"], lpips=s["lpips"],
+                  lpips_unavailable=s["lpips_unavailable"], order=s["order"], semantic=sem,
+                  lpips_upsample=s["lpips_upsample"]), matched
+
+
+# --- the audit ---------------------------------------------------------------------------------------------
+
+def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) -> AuditResult:
+    """Run one audit of ``cfg`` and return everything it produced (nothing is written).
+
+    ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
+    built from ``cfg.attack``."""
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    check_tagger(cfg)
+    attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
+    mode = label_mode_of(cfg, attack)
+    case = build_case(cfg)
+    case.give_labels = mode == "oracle"
+    t1 = time.perf_counter()
+    obs = capture(case, seed=cfg.seed)
+    model = obs.build_model()
+    labels = attack_labels(obs, mode, model)
+    t2 = time.perf_counter()
+    rec = attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
+    t3 = time.perf_counter()
+    scores, matched = score(rec.images, case.images, cfg)
+    before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
+    acc = label_accuracy(rec.labels, case.labels) if rec.labels is not None else None
+    calibration = calibration_of(cfg, scores, obs, case.images, case.labels, mode)
+    t4 = time.perf_counter()
+    return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
+                       label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                       environment=Environment.current(), matched=matched, before_postprocess=before,
+                       calibration=calibration)
+
+
+def write_run(result: AuditResult, out: str | Path) -> dict:
+    """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
+    from gradleak.report.writer import write_run_dir
+
+    return write_run_dir(Path(out), result)
