@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def run_job(args) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
-    from gradleak.attacks.presets import build_attack
+    from gradleak.attacks import build_attack
     from gradleak.metrics import apply_match, score_images
     from gradleak.metrics.reference import reference_scores
     from gradleak.models import build_model, init_model
@@ -185,6 +186,7 @@ def main() -> None:
                     rows.append(r["images"].float()), labels.append(f"fold {f} {r['column']}")
         image_rows(rows, labels, out / f"grid_{v}.png", scale=2)
     print(f"\nwrote {out}/table.md, grid_*.png; {fails} floor(s) not met")
+    sys.exit(1 if fails else 0)
 
 
 if __name__ == "__main__":
