@@ -26,6 +26,12 @@ def _summary(metrics: dict, out: Path) -> None:
     lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
     jac = metrics.get("jaccard")
     jac_txt = f", Jaccard (tags) {jac['mean']:.3f}" if jac else ""
+    v, m = metrics.get("verdict"), metrics.get("margins") or {}
+    if v:
+        counts = ", ".join(f"{n} {k}" for k, n in v["counts"].items() if n)
+        dp, ds = ((m.get(k) or {}).get("mean") for k in ("psnr", "ssim"))
+        typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference: ΔPSNR {dp:+.2f} dB, "
+                   f"ΔSSIM {ds:+.3f} (rule: {v['rule']})")
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
@@ -235,10 +241,11 @@ def train_tagger_cmd(
 @app.command("tradeoff")
 def tradeoff_cmd(
     out: Path = typer.Option(Path("runs/tradeoff"), "--out", callback=checked_out, help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
-    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5",
-                                           "fedcdp:0", "quantize", "topk"]), "--settings",
+    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16",
+                                           "fedcdp-eps:64", "quantize", "topk"]), "--settings",
                                  help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
-                                      "fedcdp:<snr_db>, quantize[:bits], qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
+                                      "fedcdp-eps:<epsilon> (δ = 1e-5, σ from Opacus), fedcdp:<snr_db>, quantize[:bits], "
+                                      "qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
     attacks: str = typer.Option("rog,invertgrad", "--attacks", help="Comma-separated: rog, invertgrad."),
     rounds: int = typer.Option(30, "--rounds", help="FedAvg communication rounds (paper: 100)."),
     clients: int = typer.Option(100, "--clients", help="Number of clients."),

@@ -79,6 +79,7 @@ class AttackConfig(_Section):
 
 class MetricsConfig(_Section):
     lpips_dir: str | None = None
+    lpips_upsample: bool = False  # False = the reference lpips package (no resizing); True = upsample < 64 px to 64
     tagger: str = "auto"  # semantic tags / Jaccard (ROGS eq. 21): auto | none | built-in name | path | import path
     tagger_threshold: float = Field(0.5, ge=0, le=1)
     tagger_top_k: int | None = Field(None, ge=1)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradleak.errors import UserError, bad_value
+from gradleak.errors import bad_value
 from gradleak.fl.optim import init_state, optimizer_step
 from gradleak.fl.protocol import Protocol
 
