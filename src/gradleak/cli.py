@@ -37,6 +37,11 @@ def _summary(metrics: dict, out: Path) -> None:
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
+    analysis = metrics.get("analysis")
+    for row in (analysis.get("layers", []) if isinstance(analysis, dict) else []):  # R-GAP: per-layer rank analysis
+        typer.echo(f"  layer {row['layer']} {row['name']} ({row['kind']}): {row['unknowns']} unknowns, "
+                   f"{row['forward_constraints']} + {row['gradient_constraints']} constraints, rank {row['rank']}"
+                   f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
 
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:
