@@ -216,12 +216,21 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
     built from ``cfg.attack``."""
     t0 = time.perf_counter()
-    device = resolve_device(cfg.device)
+    resolve_device(cfg.device)  # a bad device fails before any work
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)
     attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
-    mode = label_mode_of(cfg, attack)
     case = build_case(cfg)
+    return audit_case(cfg, case, attack, progress=progress, started=t0)
+
+
+def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = False,
+               started: float | None = None) -> AuditResult:
+    """Audit a client side built elsewhere (e.g. a victim trained by ``gradleak tradeoff``): capture its
+    upload, attack it, score it. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
+    t0 = time.perf_counter() if started is None else started
+    device = resolve_device(cfg.device)
+    mode = label_mode_of(cfg, attack)
     case.give_labels = mode == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)

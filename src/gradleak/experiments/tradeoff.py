@@ -202,49 +202,40 @@ def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
             "initial_accuracy": res["initial_accuracy"], "seconds": res["seconds"]}
 
 
-def _invertgrad_distance(rog_distance: str) -> str:
-    return {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance, rog_distance)
-
-
 def _attack_job(cfg: TradeoffConfig, setting: Setting, attack: str, batch: int) -> dict:
+    """One audit of the setting's victim (:func:`gradleak.audit.audit_case`): ROG, or InvertGrad with the
+    distance that sees through the defense (``auto``: masked cosine for sparsifiers, tanh-sign for signSGD)."""
     import torch
 
     from gradleak.attacks.presets import InvertGrad
-    from gradleak.attacks.rog import ROG, rog_distance
-    from gradleak.case import Case, capture
+    from gradleak.attacks.rog import ROG
+    from gradleak.audit import audit_case
+    from gradleak.case import Case
+    from gradleak.config import validate_config
     from gradleak.data import load_dataset, sample_batch
     from gradleak.defenses import build_defenses
     from gradleak.fl.protocol import Protocol
-    from gradleak.metrics import load_lpips, lpips_status, score_images
 
     seed = cfg.seed + batch
     data = load_dataset(cfg.attack_data, split="private", resolution=cfg.attack_resolution, channels=3)
     x, y = sample_batch(data, cfg.attack_batch, distinct_labels=False, seed=seed)
     model = _build_model(cfg, setting, data.num_classes, cfg.attack_resolution, seed)
     protocol = Protocol(kind="fedavg", local_steps=cfg.local_steps, lr=cfg.client_lr)
-    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec, give_labels=True)
-    obs = capture(case, seed=seed)
-    t0 = time.perf_counter()
+    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec)
+    run_cfg = validate_config({"seed": seed, "data": {"name": cfg.attack_data, "resolution": cfg.attack_resolution,
+                                                      "channels": 3, "batch_size": cfg.attack_batch},
+                               "attack": {"name": attack, "labels": "oracle"}, "metrics": {"tagger": "none"}})
     if attack == "rog":
         atk = ROG(iterations=cfg.rog_iterations, enhancer=cfg.enhancer)
     else:
-        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance=_invertgrad_distance(rog_distance(obs)))
-    rec = atk(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    net, reason = (None, None)
-    weights, why = lpips_status()
-    if weights is not None:
-        net = load_lpips()
-    else:
-        reason = why
-    s = score_images(rec.images, x, lpips_model=net, lpips_reason=reason)
-    from gradleak.metrics import apply_match
-
+        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance="auto")
+    r = audit_case(run_cfg, case, atk)
+    obs, s = r.observation, r.scores
     eps = next((d.get("epsilon") for d in obs.defenses if d.get("name") == "fedcdp"), None)
     return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch,
-            "psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"],
-            "lpips": None if s["lpips"] is None else s["lpips"]["mean"], "seconds": time.perf_counter() - t0,
-            "iterations": rec.iterations, "epsilon": eps,
-            "images": apply_match(rec.images, s["order"]).to(torch.float16), "originals": x.to(torch.float16)}
+            "psnr": s.psnr["mean"], "ssim": s.ssim["mean"], "lpips": None if s.lpips is None else s.lpips["mean"],
+            "seconds": r.timing.attack, "iterations": r.reconstruction.iterations, "epsilon": eps,
+            "images": r.matched.to(torch.float16), "originals": x.to(torch.float16)}
 
 
 def _run_job(job):
