@@ -28,7 +28,7 @@ from gradleak.case import Case, capture
 from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
-from gradleak.devices import resolve as resolve_device
+from gradleak.devices import resolve as resolve_device, run_attack
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -237,10 +237,7 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    with torch.device(device):  # the attack computes on the device; capture stayed on the CPU
-        rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=cfg.seed,
-                     model=model.to(device), progress=progress).cpu()
-    model.to("cpu")
+    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
