@@ -48,12 +48,16 @@ def test_rgap_recovers_a_determined_standard_form_model(bias, balance):
 def test_rgap_inverts_one_step_fedavg_and_refuses_a_batch_or_several_steps():
     model = _determined_net(True)
     x = torch.rand(1, 1, 8, 8)
-    rec = RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=1, lr=0.5)), model=model)
-    assert psnr(rec.images, x) >= 60
+    for protocol in (Protocol(kind="fedavg", local_steps=1, lr=0.5),
+                     Protocol(kind="fedavg", local_steps=1, lr=0.5, update="new_minus_old")):
+        rec = RGAP()(_obs(model, x, protocol=protocol), model=model)
+        assert psnr(rec.images, x) >= 60
     with pytest.raises(UserError, match="batch_size: got 2; allowed: 1"):
         RGAP()(_obs(model, torch.rand(2, 1, 8, 8), torch.tensor([1, 2])), model=model)
     with pytest.raises(UserError, match="local_steps: got 3"):
         RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=3)), model=model)
+    with pytest.raises(UserError, match="optimizer: got adam"):
+        RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=1, optimizer="adam")), model=model)
 
 
 def test_rank_analysis_matches_hand_counts():

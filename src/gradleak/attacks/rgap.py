@@ -35,6 +35,7 @@ eigenvalues, i.e. √rcond on the singular values), so a 3×32×32 layer costs s
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -429,8 +430,13 @@ def observed_gradient(obs: Observation) -> dict[str, Tensor]:
     p = obs.protocol
     if p.kind == "fedsgd":
         return {k: v.to(DT) for k, v in obs.update.items()}
-    if len(p.schedule(1)) == 1:
-        return {k: v.to(DT) / p.lr for k, v in obs.update.items()}
+    if getattr(p, "optimizer", "sgd") != "sgd" or getattr(p, "weight_decay", 0.0):
+        raise UserError(f"rgap: client.optimizer: got {getattr(p, 'optimizer', 'sgd')} with weight_decay "
+                        f"{getattr(p, 'weight_decay', 0.0)}; allowed: sgd without weight decay (the upload must be "
+                        "a multiple of one gradient)")
+    if len(p.schedule(1)) == 1:  # one SGD step: Δ = η g (Nesterov's first step: η (1 + μ) g)
+        scale = p.lr * (1 + p.momentum if getattr(p, "nesterov", False) else 1)
+        return {k: v.to(DT) / scale for k, v in obs.update.items()}
     raise UserError(f"rgap: client.local_steps: got {len(p.schedule(1))} local steps; allowed: fedsgd or one local "
                     "step (R-GAP inverts one gradient)")
 
@@ -579,10 +585,16 @@ class RGAP(Attack):
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
                  progress: bool = True) -> Reconstruction:
         t0 = time.perf_counter()
-        model = self._model(obs, model)
-        label = None if labels is None else int(labels.reshape(-1)[0])
-        image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
-                                              self._layer_solver(labels, seed), self.generative_layers, self.balance)
+        with torch.device("cpu"):  # LAPACK linear algebra in float64: R-GAP computes on the CPU on any --device
+            obs = obs.to("cpu").as_delta()
+            model = self._model(obs, model)
+            if any(p.device.type != "cpu" for p in model.parameters()):
+                model = copy.deepcopy(model).cpu()
+            labels = None if labels is None else labels.cpu()
+            label = None if labels is None else int(labels.reshape(-1)[0])
+            image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
+                                                  self._layer_solver(labels, seed), self.generative_layers,
+                                                  self.balance)
         return Reconstruction(images=image.to(torch.float32).clamp(0, 1), labels=torch.tensor([analysis.label]),
                               attack=self.name, seconds=time.perf_counter() - t0, analysis=analysis)
 
