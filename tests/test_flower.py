@@ -98,11 +98,11 @@ def test_reconstruction_of_one_client_beats_the_grey_reference(tiny_run):
 
 def test_dp_client_side_clipping_capture(tmp_path):
     """Flower's DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod: the server holds each upload
-    clipped to C and un-noised; the released aggregate carries noise of σ = z·C / K."""
+    clipped to C and un-noised; the released aggregate carries noise of σ = z·C / K. LocalDpMod: noised."""
     ex = _example()
     results = ex.main(["--out", str(tmp_path), "--engine", "inprocess", "--clients", "2", "--images", "1",
                        "--batch-size", "1", "--epochs", "1", "--rounds", "1", "--iterations", "2",
-                       "--attack-clients", "1", "--dp-clip", "0.01", "--dp-noise", "0.5"])
+                       "--attack-clients", "1", "--dp-clip", "0.01", "--dp-noise", "0.5", "--local-dp-epsilon", "10"])
     index = load_index(tmp_path / "dp")
     client = next(e for e in index if e["kind"] == "client")
     obs = Observation.load(tmp_path / "dp" / client["path"])
@@ -113,6 +113,11 @@ def test_dp_client_side_clipping_capture(tmp_path):
     noise = torch.cat([(agg.update[n] - obs.update[n]).flatten() for n in obs.update])
     assert abs(float(noise.std()) - 0.5 * 0.01) < 0.05 * 0.5 * 0.01  # σ = z·C / K with K = 1
     assert results["dp_aggregate"]["update_norm"] > 10 * results["dp_client"]["update_norm"]
+    # LocalDpMod: the noise is added before upload, so the server's own per-client view carries it
+    local = next(e for e in load_index(tmp_path / "local-dp") if e["kind"] == "client")
+    local_obs = Observation.load(tmp_path / "local-dp" / local["path"])
+    assert [d["name"] for d in local_obs.defenses] == ["clip", "noise"]
+    assert results["local_dp_client"]["update_norm"] > 10 * 0.01
 
 
 def test_wrapper_refuses_a_model_that_does_not_match(tmp_path):
