@@ -33,7 +33,8 @@ class Reconstruction:
     the rest is filled by the attacks that have it (a closed-form attack has no restarts or loss trace).
 
     Search attacks: ``all_images`` (R,B,C,H,W) of every restart, their final objective ``losses`` (R,),
-    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend``.
+    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend`` (the
+re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" measured).
     What the attack used, for the report: the resolved gradient ``distance``, the generative ``prior``
     (described), whether it ran as the random-gradient ``control``, ROG's ``enhancer``; images produced
     on the way, by step name (``intermediates``: ROG's raw search output, signSGD-normalised, enhanced; ROGS'
@@ -52,6 +53,7 @@ class Reconstruction:
     trace: list[dict] = field(default_factory=list)
     iterations: int = 0
     backend: str | None = None
+    backend_timing: dict[str, float] | None = None  # "auto": seconds per evaluation of each candidate
     distance: str | None = None
     prior: dict | None = None
     control: bool = False
@@ -84,7 +86,7 @@ class Reconstruction:
         if self.losses is not None:
             out["best_restart"] = self.best_restart
             out["restart_losses"] = [float(v) for v in self.losses]
-        for key in ("backend", "distance", "prior", "enhancer", "generator"):
+        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.perceptual is not None:

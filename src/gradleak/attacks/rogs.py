@@ -43,6 +43,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from gradleak.attacks.engine import Backend
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.perceptual import Distance, build_perceptual
 from gradleak.attacks.rog import ROG, PostHook
@@ -193,7 +194,7 @@ class ROGS(ROG):
                  distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
                  tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
                  sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
-                 post: PostHook | None = None, backend: Literal["loop", "vmap"] = "loop",
+                 post: PostHook | None = None, backend: Backend = "loop",
                  generator: str = "auto", rogs_iterations: Annotated[int, Field(ge=0)] = 1000,
                  rogs_lr: Annotated[float, Field(gt=0)] = 0.05, rogs_restarts: Annotated[int, Field(ge=1)] = 1,
                  lambda_l2: Annotated[float, Field(ge=0)] = 1.0,

@@ -153,7 +153,7 @@ def dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
     cfg = meta.get("config", {})
     try:
         net = DCGANGenerator(**cfg)
-    except TypeError as err:
+    except (TypeError, ValueError, AttributeError) as err:
         raise UserError(f"prior {name}: bad DCGAN config {cfg}: {err}") from None
     try:
         net.load_state_dict(generator_state(tensors))
