@@ -203,3 +203,18 @@ def test_legacy_strategy_capture_equals_the_clients_update(tmp_path):
     agg = Observation.load(tmp_path / next(e["path"] for e in index if e["kind"] == "aggregate"))
     for name in agg.update:  # FedAvg with equal weights: the mean of the two updates
         assert torch.allclose(agg.update[name], (truth["a"][name] + truth["b"][name]) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("convention", ["old_minus_new", "new_minus_old", "new_weights"])
+def test_recorder_stores_the_update_in_the_protocols_convention(tmp_path, convention):
+    spec = {"name": "lenet", "num_classes": 10, "in_channels": 1, "resolution": 32, "options": {}}
+    rec = ServerRecorder(tmp_path, spec, Protocol(kind="fedavg", update=convention))
+    before = build_model("lenet", 10, 1, 32).state_dict()
+    after = {k: v + 0.01 * torch.randn_like(v) for k, v in before.items()}
+    path = rec.record(3, 42, before, after, 2, rec.protocol_for(3, 42, {}))
+    obs = Observation.load(path)
+    assert obs.protocol.update == convention and obs.extra["update_convention"] == convention
+    expected = {"old_minus_new": lambda k: before[k] - after[k], "new_minus_old": lambda k: after[k] - before[k],
+                "new_weights": lambda k: after[k]}[convention]
+    for k in obs.update:
+        assert torch.equal(obs.update[k], expected(k)), k
