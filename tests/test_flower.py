@@ -218,3 +218,18 @@ def test_recorder_stores_the_update_in_the_protocols_convention(tmp_path, conven
                 "new_weights": lambda k: after[k]}[convention]
     for k in obs.update:
         assert torch.equal(obs.update[k], expected(k)), k
+
+
+def test_gradleak_attack_command_on_a_flower_capture(tiny_run, tmp_path, cli):
+    """`gradleak attack CAPTURE --truth …` (the command line) reconstructs a captured client too."""
+    out, _ = tiny_run
+    entry = next(e for e in load_index(out / "plain")  # the client the example attacked
+                 if e["kind"] == "client" and e["round"] == 1 and e["metrics"]["partition-id"] == 0)
+    truth = out / "clients" / f"partition-{entry['metrics']['partition-id']}.safetensors"
+    res = cli("attack", out / "plain" / entry["path"], "--attack", "idlg", "--set", "iterations=6",
+              "--truth", truth, "--out", tmp_path / "attack", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((tmp_path / "attack" / "metrics.json").read_text())
+    x = load_file(str(truth))["images"]
+    grey = 10 * torch.log10(1 / ((x - 0.5) ** 2).mean())
+    assert metrics["psnr"]["mean"] > float(grey) + 10, metrics["psnr"]

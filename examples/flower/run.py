@@ -19,7 +19,9 @@
     PYTHONPATH=src python examples/flower/run.py --out runs/flower
     PYTHONPATH=src python examples/flower/run.py --out /tmp/f --rounds 1 --clients 2 --images 1 --iterations 50 --no-dp
 
-Prints one line per attacked capture and writes ``OUT/results.json``. Needs ``pip install gradleak[flower]``
+Prints one line per attacked capture (and a ``gradleak attack`` command line doing the same on the first
+capture) and writes ``OUT/results.json``; ``OUT/clients/partition-P.safetensors`` hold each client's true
+images and labels (the ``--truth`` of ``gradleak attack``). Needs ``pip install gradleak[flower]``
 and Ray (``flwr[simulation]``).
 """
 from __future__ import annotations
@@ -324,6 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
     parts = partitions(args.clients, args.images, args.seed)
+    from safetensors.torch import save_file
+
+    (args.out / "clients").mkdir(parents=True, exist_ok=True)
+    for pid, (x, y) in enumerate(parts):  # the ground truth, for scoring (gradleak attack --truth)
+        save_file({"images": x.contiguous(), "labels": y.contiguous()}, str(args.out / "clients" / f"partition-{pid}.safetensors"))
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
     t0 = time.time()
@@ -343,6 +350,11 @@ def main(argv: list[str] | None = None) -> dict:
     results["plain_mean_grey_psnr"] = sum(r["grey_psnr"] for r in plain) / len(plain)
     print(f"FedAvg round 1: mean PSNR {results['plain_mean_psnr']:.2f} dB over {len(plain)} clients "
           f"(no-information grey reference {results['plain_mean_grey_psnr']:.2f} dB)", flush=True)
+    first = clients[0]
+    print("the same from the command line:\n  gradleak attack "
+          f"{args.out / 'plain' / first['path']} --attack idlg --set iterations={args.iterations} "
+          f"--truth {args.out / 'clients' / ('partition-%d.safetensors' % first['metrics']['partition-id'])} "
+          f"--out {args.out / 'cli-attack'}", flush=True)
 
     if args.dp:
         t0 = time.time()
