@@ -49,3 +49,12 @@ def test_observation_to_moves_every_tensor(tmp_path):
     moved = obs.to("cpu")
     assert moved is not obs and moved.labels is not None
     assert all(torch.equal(moved.update[k], obs.update[k]) for k in obs.update)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["attack", "nowhere", "--attack", "invertgrad"]])
+def test_cli_bad_device_one_line_exit_2_nothing_written(tmp_path, cli, command):
+    out = tmp_path / "out"
+    r = cli(*command, "--out", out, "--device", "quantum")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert ("quantum" in r.stderr) or ("nowhere" in r.stderr)
+    assert not out.exists()

@@ -5,7 +5,7 @@
 :func:`audit` is a pure function of the config (and the thread count: see the README on reproducibility):
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
-every piece as a typed field. :func:`write_run` turns a result into a run directory. ``gradleak run``,
+every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
 ``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
@@ -28,7 +28,7 @@ from gradleak.case import Case, capture
 from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
-from gradleak.devices import resolve as resolve_device
+from gradleak.devices import resolve as resolve_device, run_attack
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -237,10 +237,7 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    with torch.device(device):  # the attack computes on the device; capture stayed on the CPU
-        rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=cfg.seed,
-                     model=model.to(device), progress=progress).cpu()
-    model.to("cpu")
+    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
@@ -251,12 +248,3 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
                        environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
                        calibration=calibration)
-
-
-def write_run(result: AuditResult, out: str | Path) -> dict:
-    """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
-    from gradleak.report.guard import run_dir_guard
-    from gradleak.report.writer import write_run_dir
-
-    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
-        return write_run_dir(Path(out), result)

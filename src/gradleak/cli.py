@@ -44,11 +44,16 @@ def _summary(metrics: dict, out: Path) -> None:
                    f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
 
 
-def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:
-    from gradleak.audit import audit, write_run
+DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
+
+
+def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
+                device: Optional[str] = None) -> None:
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
     metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
 
@@ -68,11 +73,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
          progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default).")) -> None:
+         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
     _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
-        _run_config(cfg_path, out, set_, progress)
+        _run_config(cfg_path, out, set_, progress, device)
 
 
 @app.command("run")
@@ -80,10 +86,11 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
             out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
             progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default).")) -> None:
+            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Run any audit case from a YAML config and write its run directory."""
     _set_threads(threads)
-    _run_config(config, out, set_, progress)
+    _run_config(config, out, set_, progress, device)
 
 
 @app.command("list")
@@ -437,11 +444,12 @@ def attack_cmd(
     truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
     seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
     from gradleak.deploy import attack_command
 
-    metrics = attack_command(observation, attack, set_, out, truth, seed, progress)
+    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device)
     if "psnr" in metrics:
         _summary(metrics, out)
     else:

@@ -48,3 +48,14 @@ def resolve(name: str = "cpu", key: str = "device") -> torch.device:
 def generator(seed: int) -> torch.Generator:
     """A seeded generator on torch's current default device (CPU unless an attack runs on a device)."""
     return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+
+
+def run_attack(attack, obs, labels, seed: int, model, progress: bool = False, device: torch.device | str = "cpu"):
+    """``attack(obs, labels=..., ...)`` computed on ``device`` (the default device inside), the victim moved
+    there and back; the reconstruction comes back on the CPU."""
+    device = torch.device(device)
+    with torch.device(device):
+        rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=seed,
+                     model=model.to(device), progress=progress).cpu()
+    model.to("cpu")
+    return rec
