@@ -13,8 +13,8 @@
    true images and against the no-information reference (every pixel 0.5).
 3. The same with Flower's central DP, ``DifferentialPrivacyClientSideFixedClipping`` (clients clip with
    ``fixedclipping_mod``, the server adds Gaussian noise σ = z·C / K to the aggregate) at the stated
-   ``--dp-noise`` z and ``--dp-clip`` C, one client sampled per round (K = 1): the attack on the client's
-   upload as the server receives it, and on the noised aggregate the server releases.
+   ``--dp-noise`` z and ``--dp-clip`` C, one client per round (K = 1: client 0 alone): the attack on the
+   client's upload as the server receives it, and on the noised aggregate the server releases.
 
     PYTHONPATH=src python examples/flower/run.py --out runs/flower
     PYTHONPATH=src python examples/flower/run.py --out /tmp/f --rounds 1 --clients 2 --images 1 --iterations 50 --no-dp
@@ -358,7 +358,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.dp:
         t0 = time.time()
-        simulate(args.out / "dp", parts, args, "central-dp")
+        # K = 1: a federation of client 0 alone, so which client is sampled is not left to Flower's random
+        # sampling; the server's view of a round is the same as when one client of many is sampled
+        simulate(args.out / "dp", parts[:1], args, "central-dp")
         results["dp_simulation_s"] = round(time.time() - t0, 1)
         index = load_index(args.out / "dp")
         entry = next(e for e in index if e["round"] == 1 and e["kind"] == "client")
