@@ -1,6 +1,7 @@
 """The gradleak command line. Each command is a thin wrapper over the Python API (see README)."""
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
