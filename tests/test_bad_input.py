@@ -189,6 +189,11 @@ def test_leftover_tmp_files_are_removed_by_the_next_command_into_the_directory(c
     assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
 
 
+def test_no_arguments_prints_help_without_an_error_line(cli):
+    r = cli()
+    assert r.returncode == 2 and "Usage" in r.stdout and "train-prior" in r.stdout and "error" not in r.stderr
+
+
 def test_version(cli):
     import gradleak
 
@@ -328,6 +333,7 @@ TRAINING = [
     (["giml", "--tasks", "{f}/tasks-nometa"], "task_000001"),
     (["giml", "--tasks", "{f}/tasks-evil"], "task_000001"),
     (["giml", "--tasks", "{f}/tasks-ok", "--tau", "-1"], "giml.tau"),
+    (["giml", "--tasks", "{f}/tasks-ok", "--steps", "100000000"], "giml.steps"),
     (["giml", "--tasks", "{f}/tasks-ok", "--tv", "inf"], "giml.tv"),
     (["giml", "--tasks", "{f}/tasks-ok", "--alpha", "nan"], "giml.alpha"),
     (["giml", "--tasks", "{f}/tasks-ok", "--distance", "nope"], "giml.distance"),

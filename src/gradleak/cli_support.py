@@ -63,7 +63,8 @@ def run_cli(app: Callable[..., object]) -> None:
             print("interrupted", file=sys.stderr)
             sys.exit(INTERRUPTED)
         if isinstance(err, _click_exception()):
-            print(f"error: {_usage_line(err)}", file=sys.stderr)
+            if err.format_message().strip():  # (empty: no arguments at all, the help was printed)
+                print(f"error: {_usage_line(err)}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", USAGE) or USAGE)
         raise
     # typer turns KeyboardInterrupt into Exit(130), which standalone_mode=False *returns* (it would exit 0)
