@@ -29,6 +29,16 @@ def test_demo_writes_run_directory(tmp_path):
     assert "iterations: 6" in (out / "config.yaml").read_text()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64" in html and "invertgrad" in html
+    # references on the same matched originals, margins, verdict (metrics.json, summary line, report top)
+    ref, v = m["reference"], m["verdict"]
+    assert len(ref["grey"]["psnr"]) == len(ref["public_mean"]["psnr"]) == len(ref["same_class"]["psnr"]) == 4
+    assert all(j is not None for j in ref["same_class"]["public_index"])  # digits: every label is public too
+    best = [max(ref[n]["psnr"][i] for n in ("grey", "public_mean", "same_class")) for i in range(4)]
+    assert m["margins"]["psnr"]["per_image"] == pytest.approx([p - b for p, b in zip(m["psnr"]["per_image"], best)])
+    assert v["batch"] in ("none", "partial", "recognisable") and len(v["per_image"]) == 4
+    assert f"verdict: {v['batch']}" in r.stdout and "margin over the best reference" in r.stdout
+    assert html.index(f'class="verdict {v["batch"]}"') < html.index("<h2>Summary</h2>")
+    assert "threat model" in m["header"] and m["lpips_upsample"] in (None, False)
     rows = (out / "trace.csv").read_text().splitlines()
     assert rows[0].startswith("iteration,stage") and len(rows) == 1 + 6 * 2
 

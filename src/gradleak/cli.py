@@ -6,9 +6,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from gradleak.cli_support import checked_out, run_cli, set_threads, version_callback
 from gradleak.errors import UserError
+
+# Plain click help: typer's rich help imports rich + markdown-it (≈0.4–0.7 s of a 1 s budget for
+# ``--help``, issue 14); error messages are one line anyway.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit how much private data leaks from federated-learning client updates.")
@@ -21,18 +26,34 @@ def _summary(metrics: dict, out: Path) -> None:
     lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
     jac = metrics.get("jaccard")
     jac_txt = f", Jaccard (tags) {jac['mean']:.3f}" if jac else ""
+    v, m = metrics.get("verdict"), metrics.get("margins") or {}
+    if v:
+        counts = ", ".join(f"{n} {k}" for k, n in v["counts"].items() if n)
+        dp, ds = ((m.get(k) or {}).get("mean") for k in ("psnr", "ssim"))
+        typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference: ΔPSNR {dp:+.2f} dB, "
+                   f"ΔSSIM {ds:+.3f} (rule: {v['rule']})")
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
+    analysis = metrics.get("analysis")
+    for row in (analysis.get("layers", []) if isinstance(analysis, dict) else []):  # R-GAP: per-layer rank analysis
+        typer.echo(f"  layer {row['layer']} {row['name']} ({row['kind']}): {row['unknowns']} unknowns, "
+                   f"{row['forward_constraints']} + {row['gradient_constraints']} constraints, rank {row['rank']}"
+                   f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
 
 
-def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:
-    from gradleak.audit import audit, write_run
+DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
+
+
+def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
+                device: Optional[str] = None) -> None:
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
     metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
 
@@ -52,11 +73,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
          progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default).")) -> None:
+         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
     _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
-        _run_config(cfg_path, out, set_, progress)
+        _run_config(cfg_path, out, set_, progress, device)
 
 
 @app.command("run")
@@ -64,10 +86,11 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
             out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
             progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default).")) -> None:
+            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Run any audit case from a YAML config and write its run directory."""
     _set_threads(threads)
-    _run_config(config, out, set_, progress)
+    _run_config(config, out, set_, progress, device)
 
 
 @app.command("list")
@@ -230,10 +253,11 @@ def train_tagger_cmd(
 @app.command("tradeoff")
 def tradeoff_cmd(
     out: Path = typer.Option(Path("runs/tradeoff"), "--out", callback=checked_out, help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
-    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5",
-                                           "fedcdp:0", "quantize", "topk"]), "--settings",
+    settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16",
+                                           "fedcdp-eps:64", "quantize", "topk"]), "--settings",
                                  help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
-                                      "fedcdp:<snr_db>, quantize[:bits], qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
+                                      "fedcdp-eps:<epsilon> (δ = 1e-5, σ from Opacus), fedcdp:<snr_db>, quantize[:bits], "
+                                      "qsgd[:bits], topk[:sparsity], noise:<snr_db>."),
     attacks: str = typer.Option("rog,invertgrad", "--attacks", help="Comma-separated: rog, invertgrad."),
     rounds: int = typer.Option(30, "--rounds", help="FedAvg communication rounds (paper: 100)."),
     clients: int = typer.Option(100, "--clients", help="Number of clients."),
@@ -358,12 +382,47 @@ def giml_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("capture")
+def capture_cmd(
+    protocol: Path = typer.Option(..., "--protocol", help="PROTOCOL.yaml: model (num_classes, channels, resolution, options), num_images, client settings, labels."),
+    out: Path = typer.Option(..., "--out", help="Observation directory to write (observation.safetensors + .json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model factory: a registered name or 'package.module:factory' (current directory importable)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Global weights sent to the client (safetensors or weights-only torch file)."),
+    after: Optional[Path] = typer.Option(None, "--after", help="The client's weights after its local round."),
+    update: Optional[Path] = typer.Option(None, "--update", help="Or: the upload itself (in the convention client.update states)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Side information: the client's labels, e.g. 3,1,4 (or a file)."),
+    bn_stats: Optional[Path] = typer.Option(None, "--bn-stats", help="Side information: shared BN batch statistics (<layer>.mean/.var)."),
+) -> None:
+    """Build an Observation from a captured update (weights before/after a real local round, or the upload)."""
+    from gradleak.deploy import capture_observation
+
+    path = capture_observation(out, protocol, model, weights, after, update, labels, bn_stats)
+    typer.echo(f"observation written: {path}/observation.safetensors (+ .json)\n"
+               f"next: gradleak verify {path} --images DIR   (check the protocol reproduces the update)")
+
+
+@app.command("verify")
+def verify_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    images: Path = typer.Option(..., "--images", help="The client's true images: a directory (sorted by name) or a tensor file."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="The client's labels in the images' order, e.g. 3,1,4 (or a file)."),
+) -> None:
+    """Re-run the stated protocol on the true batch: per-layer relative distance to the captured update and a verdict (exit 1 if it does not reproduce)."""
+    from gradleak.deploy import verify_command
+
+    result = verify_command(observation, images, labels)
+    typer.echo(result.report())
+    if not result.reproduces:
+        sys.exit(1)
+
+
 @app.command("sweep")
 def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML: base config, axes (lists of values), zip groups, batches."),
     out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: runs/<cell>/b<batch>/, results.csv, summary.csv, plots, sweep.html."),
     workers: int = typer.Option(0, "--workers", help="Local processes (0: one per core; 1: in this process)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a local instance, or a cluster ADDRESS (ray://... or host:port)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance, or the cluster at --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://host:port or host:port); implies --ray."),
     threads: int = typer.Option(1, "--threads", help="torch threads per run (the same on every executor, so numbers match)."),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
 ) -> None:
@@ -371,9 +430,31 @@ def sweep_cmd(
     from gradleak.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(sweep_file)
-    rows = run_sweep(sweep, out, workers=workers, use_ray=ray is not None,
-                     ray_address=None if ray in (None, "local") else ray, threads=threads, progress=progress)
+    rows = run_sweep(sweep, out, workers=workers, use_ray=ray or ray_address is not None, ray_address=ray_address,
+                     threads=threads, progress=progress)
     typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
+
+
+@app.command("attack")
+def attack_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    attack: str = typer.Option(..., "--attack", help="A registered attack (gradleak list)."),
+    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
+    seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
+    progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+) -> None:
+    """Run any registered attack on a saved or captured Observation and write its run directory."""
+    from gradleak.deploy import attack_command
+
+    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device)
+    if "psnr" in metrics:
+        _summary(metrics, out)
+    else:
+        typer.echo(f"{metrics['attack']}: recovered labels {metrics['labels']} ({metrics['label_mode']}); not scored "
+                   f"(no --truth)\nrun directory: {out} (open report.html)")
 
 
 def main() -> None:

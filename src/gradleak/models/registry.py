@@ -17,6 +17,7 @@ from .fit import check_fits
 from .lenet import LeNet
 from .precode import precode
 from .resnet import ResNet18
+from .rgapnets import CNN6, CNN10, MLP
 from .vgg import VGG7
 
 ModelFactory = Callable[..., nn.Module]
@@ -28,6 +29,9 @@ MODELS.register("convnet")(ConvNet)
 MODELS.register("resnet18")(ResNet18)
 MODELS.register("vgg7")(VGG7)
 MODELS.register("precode")(precode)  # options: base, base_options, bottleneck, seed, noise
+MODELS.register("cnn6")(CNN6)  # R-GAP standard form (options: width, bias, slope)
+MODELS.register("cnn10")(CNN10)
+MODELS.register("mlp")(MLP)  # options: width, depth, activation
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
 
