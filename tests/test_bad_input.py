@@ -130,6 +130,8 @@ TRAIN = {"train-prior": [], "train-enhancer": [], "train-autoencoder": [], "trai
 REQUIRED = {  # the least each command needs besides --out
     "demo": [], "run": ["{f}/ok.yaml"], "tradeoff": [], "giml-tasks": [], "giml": ["--tasks", "{f}/tasks-ok"],
     **{c: ["--data", "digits"] for c in TRAIN},
+    "capture": ["--protocol", "{f}/ok.yaml"], "sweep": ["{f}/ok.yaml"],
+    "attack": ["{f}/tasks-ok/task_000000", "--attack", "invertgrad"],
 }
 
 USAGE = [
@@ -338,6 +340,11 @@ TRAINING = [
     (["giml", "--tasks", "{f}/tasks-ok", "--alpha", "nan"], "giml.alpha"),
     (["giml", "--tasks", "{f}/tasks-ok", "--distance", "nope"], "giml.distance"),
     (["giml", "--tasks", "{f}/tasks-ok", "--prior", "{f}/prior-list.json"], "prior-list.json"),
+    (["attack", "{f}/tasks-ok/task_000000", "--attack", "nope"], "nope"),
+    (["attack", "{f}/tasks-nan/task_000001", "--attack", "invertgrad"], "task_000001"),
+    (["attack", "{f}/tasks-ok/task_000000", "--attack", "invertgrad", "--set", "tv=.inf"], "tv"),
+    (["attack", "{f}/tasks-evil/task_000001", "--attack", "invertgrad"], "task_000001"),
+    (["sweep", "{f}/file.txt"], "file.txt"),
 ]
 
 
