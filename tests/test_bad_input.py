@@ -181,14 +181,16 @@ def test_out_that_cannot_be_written_is_refused(cli, f, tmp_path, command):
 def test_leftover_tmp_files_are_removed_by_the_next_command_into_the_directory(cli, f, tmp_path):
     out = tmp_path / "out"
     (out / "samples").mkdir(parents=True)
-    stale = [out / ".metrics.json.abc123.tmp", out / "checkpoint.safetensors.tmp", out / "samples" / ".x.png.z.tmp"]
+    stale = [out / ".metrics.json.abc123de.tmp", out / "checkpoint.safetensors.tmp", out / "checkpoint.json.tmp",
+             out / "samples" / ".step_000002.png.k2j4h5g6.tmp"]
     for p in stale:
         p.write_text("half written")
-    keep = out / "notes.tmp.txt"
-    keep.write_text("mine")
+    keep = [out / "notes.tmp.txt", out / ".mine.tmp", out / "draft.tmp"]  # not names gradleak writes: kept
+    for p in keep:
+        p.write_text("mine")
     r = cli("train-prior", "--data", "nope", "--out", out)  # refused, but --out was checked and cleaned first
     assert r.returncode == 2
-    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
 
 
 def test_no_arguments_prints_help_without_an_error_line(cli):
