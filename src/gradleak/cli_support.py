@@ -65,7 +65,10 @@ def run_cli(app: Callable[..., object]) -> None:
             print("interrupted", file=sys.stderr)
             sys.exit(INTERRUPTED)
         if isinstance(err, _click_exception()):
-            if err.format_message().strip():  # (empty: no arguments at all, the help was printed)
+            if type(err).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help, not an error line
+                if err.format_message().strip():
+                    print(err.format_message())
+            elif err.format_message().strip():
                 print(f"error: {_usage_line(err)}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", USAGE) or USAGE)
         raise
