@@ -377,7 +377,7 @@ def verify_command(obs_dir: str | Path, images: str | Path, labels: str | None =
 
 
 def attack_observation(obs: Observation, attack, options: dict | None = None, seed: int = 0,
-                       progress: bool = False):
+                       progress: bool = False, device: str = "cpu"):
     """Run the attack ``attack`` (a registered name with ``options`` for its constructor, or an attack
     object) on ``obs``; the upload is first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`).
     Labels: the observation's when the attack uses given labels and the server holds them, else recovered
@@ -393,7 +393,9 @@ def attack_observation(obs: Observation, attack, options: dict | None = None, se
     if mode == "oracle" and obs.labels is None:
         mode = "recover"  # the server was not given the labels
     labels = obs.labels if mode == "oracle" else recover_labels(obs, model) if mode == "recover" else None
-    rec = atk(obs, labels=labels, seed=seed, model=model, progress=progress)
+    from gradleak.devices import resolve, run_attack
+
+    rec = run_attack(atk, obs, labels, seed, model, progress, resolve(device, "--device"))
     return rec, mode
 
 
@@ -434,7 +436,7 @@ def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: i
 
 
 def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
-                   truth: str | Path | None = None, seed: int = 0, progress: bool = True) -> dict:
+                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
     """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
     (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
     (:func:`gradleak.audit.write_run`); without it the directory holds the reconstructions, the loss trace
@@ -458,7 +460,10 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         y_true = obs.labels if obs.labels is not None else y_true
     model = obs.build_model()
     t1 = time.perf_counter()
-    rec, mode = attack_observation(obs, atk, seed=seed, progress=progress)
+    from gradleak.devices import resolve
+
+    resolve(device, "--device")  # before any work
+    rec, mode = attack_observation(obs, atk, seed=seed, progress=progress, device=device)
     t2 = time.perf_counter()
     cfg = _run_config(obs, attack, options, mode, seed, truth)
     out = Path(out)
@@ -470,7 +475,7 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                              label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
                                                                                time.perf_counter() - t2),
-                             environment=Environment.current(), matched=matched,
+                             environment=Environment.current(str(resolve(device))), matched=matched,
                              notes=[f"attacked a saved observation: {observation}"])
         return write_run(result, out)
     return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)

@@ -65,7 +65,7 @@ def public_bn_statistics(model: nn.Module, obs, data: str, size: int = 64, seed:
 
     C, H, _ = obs.image_shape
     pub = load_dataset(data, split="public", resolution=H, channels=C)
-    idx = torch.randperm(len(pub), generator=torch.Generator().manual_seed(seed))[:size]
+    idx = torch.randperm(len(pub), generator=torch.Generator().manual_seed(seed), device="cpu")[:size]
     model.train(obs.protocol.bn_mode == "train")
     return bn_batch_statistics(model, obs.parameters, obs.buffers, pub.images[idx], obs.protocol)
 

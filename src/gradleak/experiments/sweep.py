@@ -198,7 +198,7 @@ def row_of(run: Run, m: dict) -> dict:
         row[k] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v)
     row.update({"psnr": mean("psnr"), "psnr_best": (m.get("psnr") or {}).get("best"), "ssim": mean("ssim"),
                 "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
-                "seconds": m.get("seconds")})
+                "seconds": m.get("seconds"), "distance": m.get("distance")})
     return row
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradleak.errors import UserError, bad_value
+from gradleak.errors import bad_value
 from gradleak.fl.optim import init_state, optimizer_step
 from gradleak.fl.protocol import Protocol
 
@@ -154,18 +154,18 @@ def batched_update(
     x: Tensor,
     y: Tensor,
     protocol: Protocol,
-    backend: Literal["loop", "vmap"] = "loop",
+    backend: Literal["loop", "vmap", "compiled", "auto"] = "loop",
 ) -> Params:
     """The attacker's differentiable re-run for R restarts at once.
 
     ``x``: (R, B, C, H, W); ``y``: (R, B) class indices or (R, B, K) probabilities.
     Returns the upload with a leading restart dimension, each entry (R, *param_shape).
     ``backend="loop"`` calls :func:`client_update` per restart with ``torch.autograd.grad``;
-    ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts. Both give the same numbers on
-    BatchNorm-free models (tested); through train-mode BatchNorm the vmap path's second-order term is
-    wrong in torch 2.13 (checked against finite differences), so it is refused there.
-    ``benchmarks/speed.py`` measures which is faster (small conv net here: loop 25 vs vmap 18 it/s for
-    FedSGD, 6.0 vs 6.5 it/s for FedAvg τ=5).
+    ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts (``"compiled"``/``"auto"`` mean the same
+    here: the engine's fast step, :mod:`gradleak.attacks.fast`, is where those differ). Both give the same
+    numbers (tested), BatchNorm included: the vmap path runs a copy of the model whose BatchNorm layers are
+    :class:`gradleak.fl.functional_bn.FunctionalBatchNorm` (torch's own train-mode BN gives a wrong
+    second-order term under vmap in this torch). ``benchmarks/speed.py`` measures which is faster.
     """
     R = x.shape[0]
     ys = y
@@ -173,15 +173,11 @@ def batched_update(
     if backend == "loop":
         ups = [client_update(model, params, buffers, x[r], ys[r], protocol, create_graph=True) for r in range(R)]
         return {n: torch.stack([u[n] for u in ups]) for n in names}
-    if protocol.bn_mode == "train" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
-        raise UserError(
-            "attack.backend: got 'vmap' with a train-mode BatchNorm model; allowed: 'loop' "
-            "(vmap over torch.func.grad gives wrong second-order gradients through BatchNorm here, see tests)"
-        )
+    from gradleak.fl.functional_bn import functional_model
+
     _set_mode(model, protocol)
-    fn = update_functional(model, protocol, names)
+    fmodel = functional_model(model)
+    fn = update_functional(fmodel, protocol, names)
     bufs = {n: t.expand(R, *t.shape).clone() for n, t in buffers.items()}
     out = torch.vmap(fn, in_dims=(None, 0, 0, 0))({n: p.detach() for n, p in params.items()}, bufs, x, ys)
     return dict(zip(names, out))

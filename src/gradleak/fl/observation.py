@@ -69,6 +69,17 @@ class Observation:
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
 
+    def to(self, device) -> "Observation":
+        """A copy with every tensor on ``device`` (the attacker's hardware); metadata shared."""
+        def move(d: Params | None) -> Params | None:
+            return None if d is None else {k: v.to(device) for k, v in d.items()}
+
+        return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
+                           update=move(self.update), protocol=self.protocol, num_images=self.num_images,
+                           image_shape=self.image_shape,
+                           labels=None if self.labels is None else self.labels.to(device),
+                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra)
+
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
         converted from the stated convention: θ_τ − θ_0 is negated, new weights θ_τ give θ_0 − θ_τ.
@@ -130,20 +141,26 @@ class Observation:
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise UserError(f"observation: tensor {name!r} in {st} contains NaN or inf")
-        obs = cls(
-            model_spec=meta["model"],
-            parameters=part("param/"),
-            buffers=part("buffer/"),
-            update=part("update/"),
-            protocol=Protocol.from_dict(meta["protocol"]),
-            num_images=int(meta["num_images"]),
-            image_shape=tuple(meta["image_shape"]),
-            labels=tensors.get("labels"),
-            bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
-            defenses=meta.get("defenses", []),
-            extra=meta.get("extra", {}),
-            model=model,
-        )
+        if not isinstance(meta["model"], dict) or not isinstance(meta["model"].get("options", {}), dict):
+            raise UserError(f"observation: {js} 'model' is not a mapping of name, num_classes, in_channels, resolution")
+        try:
+            obs = cls(
+                model_spec=meta["model"],
+                parameters=part("param/"),
+                buffers=part("buffer/"),
+                update=part("update/"),
+                protocol=Protocol.from_dict(meta["protocol"]),
+                num_images=int(meta["num_images"]),
+                image_shape=tuple(meta["image_shape"]),
+                labels=tensors.get("labels"),
+                bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
+                defenses=meta.get("defenses", []),
+                extra=meta.get("extra", {}),
+                model=model,
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
         if validate:
             obs.build_model()
         return obs

@@ -36,7 +36,8 @@ def write_run_dir(out: Path, result: "AuditResult") -> dict:
     config_yaml = result.config.to_yaml()
     atomic_write_text(out / "config.yaml", config_yaml)
     result.observation.save(out / "observation")
-    captions = [f"{p:.1f} dB" for p in scores.psnr["per_image"]]
+    levels = result.calibration.verdict["per_image"] if result.calibration is not None else [""] * len(originals)
+    captions = [f"{p:.1f} dB · {lv}" if lv else f"{p:.1f} dB" for p, lv in zip(scores.psnr["per_image"], levels)]
     reconstruction_grid(originals, result.matched, captions, out / "reconstruction.png")
     images = list(DEFAULT_IMAGES)
     if rec.trace:
