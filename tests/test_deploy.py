@@ -110,8 +110,8 @@ def test_verify_names_the_worst_layer_and_hints_the_sign(cli, deployment):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--model", "usernet:broken"), "model: factory 'usernet:broken' raised RuntimeError: no such layer"),
-    (("--model", "usernet:wrong_size"), "outputs (2, 6) for a batch of 2; num_classes is 5"),
+    (("--model", "usernet:broken"), "raised RuntimeError: no such layer"),
+    (("--model", "usernet:wrong_size"), "outputs (6,) per image, the data has 5 classes"),
     (("--model", "usernet:nothere"), "model: got 'usernet:nothere'"),
     (("--model", "usernet:make", "--after", "AFTER", "--update", "AFTER"), "both --after and --update"),
     (("--model", "usernet:make", "--weights", "WRONG"), "tensor '0.weight' has shape (8, 3, 3, 3), the model's has shape (4, 3, 3, 3)"),

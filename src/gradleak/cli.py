@@ -384,7 +384,7 @@ def giml_cmd(
 @app.command("capture")
 def capture_cmd(
     protocol: Path = typer.Option(..., "--protocol", help="PROTOCOL.yaml: model (num_classes, channels, resolution, options), num_images, client settings, labels."),
-    out: Path = typer.Option(..., "--out", help="Observation directory to write (observation.safetensors + .json)."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Observation directory to write (observation.safetensors + .json)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model factory: a registered name or 'package.module:factory' (current directory importable)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Global weights sent to the client (safetensors or weights-only torch file)."),
     after: Optional[Path] = typer.Option(None, "--after", help="The client's weights after its local round."),
@@ -412,7 +412,7 @@ def verify_cmd(
     result = verify_command(observation, images, labels)
     typer.echo(result.report())
     if not result.reproduces:
-        sys.exit(1)
+        raise typer.Exit(1)
 
 
 @app.command("sweep")
@@ -438,7 +438,7 @@ def sweep_cmd(
 def attack_cmd(
     observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
     attack: str = typer.Option(..., "--attack", help="A registered attack (gradleak list)."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
     set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
     seed: int = typer.Option(0, "--seed", help="Attack initialisation."),

@@ -78,7 +78,8 @@ class Observation:
                            update=move(self.update), protocol=self.protocol, num_images=self.num_images,
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
-                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra)
+                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
+                           model=self.model)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
