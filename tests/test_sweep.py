@@ -125,3 +125,11 @@ def test_resume_after_kill_loses_only_runs_in_flight(tmp_path):
 def test_load_sweep_refuses_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_sweep(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).parents[1] / "examples" / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_sweeps_validate(path):
+    """Every shipped sweep file parses and every cell's config and attack options validate (nothing runs)."""
+    sweep = load_sweep(path)
+    assert len(sweep.cells()) >= 4 and sweep.batches >= 2

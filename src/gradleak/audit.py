@@ -5,7 +5,7 @@
 :func:`audit` is a pure function of the config (and the thread count: see the README on reproducibility):
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
-every piece as a typed field. :func:`write_run` turns a result into a run directory. ``gradleak run``,
+every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
 ``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
@@ -248,12 +248,3 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
                        environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
                        calibration=calibration)
-
-
-def write_run(result: AuditResult, out: str | Path) -> dict:
-    """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
-    from gradleak.report.guard import run_dir_guard
-    from gradleak.report.writer import write_run_dir
-
-    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
-        return write_run_dir(Path(out), result)

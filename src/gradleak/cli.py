@@ -49,7 +49,8 @@ DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (defaul
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
                 device: Optional[str] = None) -> None:
-    from gradleak.audit import audit, write_run
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
     cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))

@@ -439,13 +439,14 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
                    truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
     """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
     (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
-    (:func:`gradleak.audit.write_run`); without it the directory holds the reconstructions, the loss trace
+    (:func:`gradleak.report.writer.write_run`); without it the directory holds the reconstructions, the loss trace
     and the recovered labels. Every input is loaded and checked before anything is written."""
     import time
 
     from gradleak.attacks import build_attack
     from gradleak.attacks.labels import label_accuracy
-    from gradleak.audit import AuditResult, Environment, Timing, score, write_run
+    from gradleak.audit import AuditResult, Environment, Timing, score
+    from gradleak.report.writer import write_run
     from gradleak.case import Case
 
     t0 = time.perf_counter()

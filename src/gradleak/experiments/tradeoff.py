@@ -1,7 +1,7 @@
 """The privacy–utility trade-off of ROG §5.2 / Figure 9a: for every defense setting, the test accuracy of
 a model trained by FedAvg under it (utility) against how much an attack reconstructs under it (leakage).
 
-Utility: :func:`gradleak.fl.simulation.simulate_fedavg` on a held-out classification task (default: the
+Utility: :func:`gradleak.experiments.simulation.simulate_fedavg` on a held-out classification task (default: the
 built-in digits at 32×32 RGB, public side split over 100 clients by Dir(α = 0.5), 10 clients per round, τ = 5
 local steps of b = 16, lr 0.05), accuracy on the task's private side. Leakage: ROG and InvertGrad on a
 FedAvg client (τ = 5, lr 5e-3, full local batch) holding a batch of the built-in photos at 64×64, under the
@@ -169,7 +169,7 @@ class TradeoffConfig:
         return parsed
 
     def fedavg(self):
-        from gradleak.fl.simulation import FedAvgConfig
+        from gradleak.experiments.simulation import FedAvgConfig
 
         return FedAvgConfig(rounds=self.rounds, num_clients=self.num_clients, clients_per_round=self.clients_per_round,
                             alpha=self.alpha, local_steps=self.local_steps, lr=self.task_lr,
@@ -192,7 +192,7 @@ def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolu
 def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
     from gradleak.data import load_dataset
     from gradleak.defenses import build_defenses
-    from gradleak.fl.simulation import simulate_fedavg
+    from gradleak.experiments.simulation import simulate_fedavg
 
     train = load_dataset(cfg.task, split="public", resolution=cfg.task_resolution, channels=3)
     test = load_dataset(cfg.task, split="private", resolution=cfg.task_resolution, channels=3)
