@@ -237,3 +237,21 @@ def test_config_client_section_reaches_the_protocol():
         load_config(None, ["client.optimizer=adam"]).client.to_protocol()  # FedSGD has no local optimizer
     with pytest.raises(UserError, match="client.order"):
         load_config(None, ["client.order=random"])
+
+
+def test_observation_files_written_before_the_new_keys_still_load(tmp_path):
+    import json
+
+    from gradleak.fl.observation import Observation
+    from gradleak.models import build_model
+
+    model = build_model("lenet", 10, 1, 16, width=4)
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([1, 2])
+    obs = capture(Case(model, x, y, Protocol(kind="fedavg", local_steps=2, lr=0.1, local_batch_size=1)))
+    _, js = obs.save(tmp_path / "old")
+    meta = json.loads(js.read_text())
+    old_keys = ("kind", "local_steps", "lr", "local_batch_size", "epochs", "bn_mode", "share_bn_stats")
+    meta["protocol"] = {k: meta["protocol"][k] for k in old_keys}  # what format-1 files of earlier versions hold
+    js.write_text(json.dumps(meta))
+    back = Observation.load(tmp_path / "old")
+    assert back.protocol == obs.protocol and back.protocol.update == "old_minus_new"
