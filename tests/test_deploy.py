@@ -1,6 +1,5 @@
 """gradleak capture / verify (/ attack) on an update produced by a plain PyTorch loop, at tiny size, and their
 bad inputs (exit 2, one line, nothing written)."""
-import textwrap
 
 import numpy as np
 import pytest

@@ -416,7 +416,7 @@ def verify_cmd(
     result = verify_command(observation, images, labels)
     typer.echo(result.report())
     if not result.reproduces:
-        sys.exit(1)
+        raise typer.Exit(1)
 
 
 @app.command("sweep")
