@@ -199,7 +199,9 @@ def row_of(run: Run, m: dict) -> dict:
         row[k] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v)
     row.update({"psnr": mean("psnr"), "psnr_best": (m.get("psnr") or {}).get("best"), "ssim": mean("ssim"),
                 "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
-                "seconds": m.get("seconds"), "distance": m.get("distance")})
+                "seconds": m.get("seconds"), "distance": m.get("distance"),
+                "dpsnr": ((m.get("margins") or {}).get("psnr") or {}).get("mean"),
+                "verdict": (m.get("verdict") or {}).get("batch")})
     return row
 
 
@@ -316,11 +318,13 @@ def bootstrap_ci(values: list[float], seed: int = 0, level: float = 0.95) -> tup
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-METRICS = ("psnr", "ssim", "lpips", "jaccard", "label_accuracy", "seconds")
+METRICS = ("psnr", "dpsnr", "ssim", "lpips", "jaccard", "label_accuracy", "seconds")
 
 
 def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
-    """Per cell: the swept values, runs, and for each metric mean, 95 % bootstrap interval; PSNR best-in-batch."""
+    """Per cell: the swept values, runs, and for each metric mean, 95 % bootstrap interval; PSNR best-in-batch;
+    ``dpsnr`` is the margin over the best no-gradient reference (:mod:`gradleak.calibration`), and
+    ``verdicts`` counts the batches' verdicts."""
     out = []
     for cell, values in [(f"c{i:03d}", v) for i, v in enumerate(sweep.cells())]:
         rs = [r for r in rows if r["cell"] == cell]
@@ -336,6 +340,8 @@ def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
             s[f"{m}_lo"], s[f"{m}_hi"] = bootstrap_ci(vals)
         best = [r["psnr_best"] for r in rs if r.get("psnr_best") is not None]
         s["psnr_best_in_batch"] = max(best) if best else None
+        verdicts = [r["verdict"] for r in rs if r.get("verdict")]
+        s["verdicts"] = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts)) or None
         out.append(s)
     return out
 

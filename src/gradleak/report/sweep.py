@@ -98,11 +98,12 @@ def _fmt(v: Any, key: str) -> str:
 def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict], plots: list[tuple[str, Path]],
                      grids: dict[str, Path]) -> Path:
     """One self-contained page: the per-cell table (mean [95 % interval]), the plots, a grid per cell."""
-    head = ["cell", *keys, "runs", "PSNR (dB)", "best PSNR", "SSIM", "LPIPS", "Jaccard", "label acc.", "s/run"]
+    head = ["cell", *keys, "runs", "PSNR (dB)", "ΔPSNR over best reference", "best PSNR", "SSIM", "LPIPS", "Jaccard",
+            "label acc.", "s/run", "verdicts"]
     rows = []
     for s in summary:
         cells = [s["cell"], *[value_text(s[k]) for k in keys], s["runs"]]
-        for m in ("psnr", None, "ssim", "lpips", "jaccard", "label_accuracy", "seconds"):
+        for m in ("psnr", "dpsnr", None, "ssim", "lpips", "jaccard", "label_accuracy", "seconds"):
             if m is None:
                 cells.append(_fmt(s.get("psnr_best_in_batch"), "psnr"))
                 continue
@@ -111,6 +112,7 @@ def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict]
             if mean is not None and lo is not None and hi is not None and s["runs"] > 1 and m != "seconds":
                 txt += f" <small>[{_fmt(lo, m)}, {_fmt(hi, m)}]</small>"
             cells.append(txt)
+        cells.append(_fmt(s.get("verdicts"), ""))
         rows.append("<tr>" + "".join(f"<td>{c if isinstance(c, str) and c.startswith(('<', '–')) or '<small>' in str(c) else _fmt(c, '')}</td>" for c in cells) + "</tr>")
     figs = "".join(f"<figure><img src='{data_uri(p)}'><figcaption>{html.escape(t)}</figcaption></figure>"
                    for t, p in plots)
@@ -123,8 +125,9 @@ def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict]
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}figure{{display:inline-block;margin:8px}}
 img{{max-width:560px}}</style></head><body>
 <h1>Sweep {html.escape(name)}</h1>
-<p>{len(summary)} cells; mean over the cell's batches with the 95 % bootstrap interval in brackets; best PSNR is
-the best single image over the cell's batches. Reconstruction grids show the first batch of each cell
+<p>{len(summary)} cells; mean over the cell's batches with the 95 % bootstrap interval in brackets; ΔPSNR is the
+margin over the best image a server could guess with no gradient (grey, public mean, a same-class public image);
+best PSNR is the best single image over the cell's batches. Reconstruction grids show the first batch of each cell
 (originals on top).</p>
 <table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>
 <h2>Plots</h2>{figs or '<p>No numeric axis with two or more values.</p>'}
