@@ -36,15 +36,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
-from gradleak.attacks.engine import Objective, SearchContext, _choose_backend, _value_and_grads  # noqa: E402
-from gradleak.attacks.objectives import DISTANCES  # noqa: E402
-from gradleak.case import Case, capture  # noqa: E402
-from gradleak.fl.protocol import Protocol  # noqa: E402
-from gradleak.models import build_model, init_model  # noqa: E402
+
+def _imports() -> None:
+    """torch and gradleak, imported after the arguments are checked (a bad argument answers at once)."""
+    global torch, F, functional_call, Objective, SearchContext, _choose_backend, _value_and_grads, DISTANCES
+    global Case, capture, Protocol, build_model, init_model
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from gradleak.attacks.engine import Objective, SearchContext, _choose_backend, _value_and_grads
+    from gradleak.attacks.objectives import DISTANCES
+    from gradleak.case import Case, capture
+    from gradleak.fl.protocol import Protocol
+    from gradleak.models import build_model, init_model
 
 BACKENDS = ("loop", "vmap", "compiled", "auto")
 SHAPE = (3, 32, 32)
@@ -243,11 +249,19 @@ def main() -> None:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         ap.error(f"--backends: got {bad[0]!r}; allowed: {', '.join(BACKENDS)}")
+    known = [c[0] for c in CASES] + [f[0] for f in FAMILY] + ["gi-zw"]
+    unknown = [c for c in args.cases.split(",") if c and c not in known]
+    if unknown:
+        ap.error(f"--cases: got {unknown[0]!r}; allowed: {', '.join(known)}")
+    for key in ("iterations", "rounds", "threads"):
+        if getattr(args, key) < 1:
+            ap.error(f"--{key}: got {getattr(args, key)}; allowed: an integer >= 1")
     if args.quick:
         backends = [b for b in backends if b != "compiled"]
         args.cases = args.cases or "lenet-b4-fedsgd,gi-z"
         args.rounds, args.iterations, args.planned = 3, min(args.iterations, 5), 100
     wanted = set(args.cases.split(",")) if args.cases else None
+    _imports()
     torch.set_num_threads(args.threads)
     device = args.device
     if device != "cpu":
