@@ -29,9 +29,26 @@ def _check_images(data: ImageSet, n_channels: int, resolution: int) -> None:
 # ---------------------------------------------------------------- registry
 
 
-def test_registry_lists_all_datasets():
-    assert list_datasets() == list(DATASETS)
-    assert {"digits", "photos", "cifar10", "cifar100", "folder"} <= set(DATASETS)
+def test_registry_lists_all_datasets(tmp_path, cli):
+    """Every listed name loads through load_dataset as that dataset (data on disk faked where needed), the
+    documented five are there, and `gradleak list` shows exactly the registry's datasets."""
+    assert {"digits", "photos", "cifar10", "cifar100", "folder"} <= set(list_datasets())
+    _write_cifar(tmp_path / "c10" / "cifar-10-batches-py", "cifar10")
+    _write_cifar(tmp_path / "c100" / "cifar-100-python", "cifar100")
+    for cls in ("a", "b"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (12, 10), (40 * i, 200, 9)).save(tmp_path / "img" / cls / f"{i}.png")
+    roots = {"cifar10": tmp_path / "c10", "cifar100": tmp_path / "c100", "folder": tmp_path / "img"}
+    for name in list_datasets():
+        split = "all" if name == "folder" else "private"
+        data = load_dataset(name, split=split, resolution=8, channels=3,
+                            root=str(roots[name]) if name in roots else None)
+        assert data.name == name and len(data) > 0 and data.images.shape[1:] == (3, 8, 8), name
+    r = cli("list")
+    assert r.returncode == 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("datasets: "))
+    assert line.removeprefix("datasets: ").split(", ") == list_datasets()
 
 
 # ---------------------------------------------------------------- digits
@@ -330,3 +347,33 @@ def test_bad_name_lists_allowed():
     with pytest.raises(UserError) as info:
         load_dataset("imagenet")
     assert "'imagenet'" in str(info.value) and "digits" in str(info.value)
+
+
+def test_photo_corpus_excludes_private_photos_and_folds_hold_out_scenes(monkeypatch):
+    import numpy as np
+
+    from gradleak.data import photo_corpus as pc
+    from gradleak.data.photos import PRIVATE_PHOTOS, read_photo
+
+    monkeypatch.setattr(pc, "CROPS_PER_PHOTO", 2)
+    pc._built.cache_clear()
+    try:
+        everything = load_dataset("photo-corpus", split="public", resolution=16, channels=3)
+        _check_images(everything, 3, 16)
+        names = {everything.class_names[i] for i in everything.labels.tolist()}
+        assert not names & set(PRIVATE_PHOTOS) and "cat" not in names  # chelsea = cat is private
+        assert len(everything) == 2 * len(names) and len(names) >= 10
+        # no private photograph is among the corpus' source files
+        corpus_views = [v for n in pc.SCENES for v in pc.read_scene(n)]
+        for p in PRIVATE_PHOTOS:
+            priv = read_photo(p)
+            assert not any(v.shape == priv.shape and np.array_equal(v, priv) for v in corpus_views), p
+        for k, held in enumerate(pc.FOLDS):
+            tr = load_dataset("photo-corpus", split=f"fold{k}-train", resolution=16)
+            te = load_dataset("photo-corpus", split=f"fold{k}-test", resolution=16)
+            assert {te.class_names[i] for i in te.labels.tolist()} == set(held)
+            assert not set(tr.labels.tolist()) & set(te.labels.tolist()) and len(tr) + len(te) == len(everything)
+        again = load_dataset("photo-corpus", split="public", resolution=16, channels=3)
+        assert torch.equal(again.images, everything.images)  # seeded augmentation
+    finally:
+        pc._built.cache_clear()

@@ -16,9 +16,13 @@ from gradleak.case import Case, capture
 from gradleak.defenses import DEFENSES, ClientContext, build_defenses, choose_distance, estimate_defense
 from gradleak.defenses.fedcdp import (
     clip_per_example,
+    clipped_sum,
     fedcdp_epsilon,
     format_snr_epsilon_table,
     per_example_grads,
+    realised_snr_db,
+    sigma_for_epsilon,
+    sigma_for_snr,
     snr_epsilon_table,
 )
 from gradleak.defenses.noise import measured_snr_db
@@ -221,6 +225,48 @@ def test_fedcdp_epsilon_matches_opacus_and_table():
     p, b = split_state(m)
     rows = snr_epsilon_table(m, p, b, x, y, clip=4.0)
     assert len(rows) == 5 and "| SNR (dB) |" in format_snr_epsilon_table(rows)
+
+
+def test_fedcdp_by_epsilon_matches_opacus():
+    from opacus.accountants.utils import get_noise_multiplier
+
+    m = _lenet()
+    x, y = _batch(4)
+    L = len(split_state(m)[0])
+    for eps, proto in ((8.0, Protocol(bn_mode="eval")),
+                       (1.0, Protocol(kind="fedavg", local_steps=3, lr=0.01, local_batch_size=2, bn_mode="eval"))):
+        (d,) = build_defenses([{"name": "fedcdp", "clip": 1.0, "epsilon": eps, "delta": 1e-5, "dataset_size": 200,
+                                "rounds": 40}])
+        d.apply({}, _ctx(m, x, y, protocol=proto))
+        desc = d.describe()
+        tau = len(proto.schedule(4))
+        q = len(proto.schedule(4)[0]) / 200
+        z = get_noise_multiplier(target_epsilon=eps, target_delta=1e-5, sample_rate=q, steps=40 * tau,
+                                 accountant="rdp")
+        sig = desc["sigma_used"] if tau == 1 else desc["sigma_used"][0]
+        assert abs(sig - z * math.sqrt(L)) < 1e-6 and abs(desc["noise_multiplier"] - z) < 1e-6
+        assert desc["sample_rate"] == q and desc["steps"] == 40 * tau and desc["set_by"] == "epsilon"
+        # the accountant's ε for that σ meets the target (Opacus stops within its 0.01 tolerance)
+        assert eps - 0.011 <= desc["epsilon"] <= eps and desc["epsilon_target"] == eps
+        assert math.isfinite(desc["snr_db_realised"])
+        json.dumps(desc)
+    # a smaller ε needs more noise; an unreachable target is a one-line error
+    assert sigma_for_epsilon(1.0, 1e-5, 0.02, 100, 4) > sigma_for_epsilon(8.0, 1e-5, 0.02, 100, 4)
+    with pytest.raises(UserError, match="fedcdp.epsilon"):
+        sigma_for_epsilon(1e-9, 1e-5, 1.0, 10_000, 4)
+    for bad in ({"epsilon": 8.0, "sigma": 1.0}, {"epsilon": -1.0}, {}):
+        with pytest.raises(UserError, match=r"\.(epsilon|sigma):"):
+            build_defenses([{"name": "fedcdp", **bad}])
+
+
+def test_fedcdp_realised_snr_inverts_sigma_for_snr():
+    m = _lenet()
+    x, y = _batch(2)
+    p, b = split_state(m)
+    m.eval()
+    s = clipped_sum(m, p, b, x, y, 0.5)
+    for snr in (-20.0, 0.0, 7.0):
+        assert abs(realised_snr_db(s, 0.5, sigma_for_snr(s, 0.5, snr)) - snr) < 1e-9
 
 
 # --- Soteria ----------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_lpips_distance_properties(no_lpips_env, tmp_path):
 
 def test_lpips_grayscale_and_small_images(no_lpips_env, tmp_path):
     _write_fake_weights(tmp_path / "w")
-    model = load_lpips(tmp_path / "w")
+    model = load_lpips(tmp_path / "w", upsample=True)
     g = _astronaut_batch(2, 32, 1, seed=8)  # 32x32 grayscale -> repeated and upsampled to 64
     h = _noisy(g, 0.2, seed=9)
     d = lpips_distance(model, g, h)
@@ -260,6 +260,28 @@ def test_lpips_grayscale_and_small_images(no_lpips_env, tmp_path):
     up = lambda x: F.interpolate(x.repeat(1, 3, 1, 1), size=(64, 64), mode="bilinear", align_corners=False)  # noqa: E731
     assert torch.allclose(d, lpips_distance(model, up(g), up(h)), rtol=1e-5)
     assert torch.allclose(lpips_distance(model, g, g), torch.zeros(2), atol=1e-6)
+
+
+def test_lpips_reference_default_does_not_resize(no_lpips_env, tmp_path):
+    _write_fake_weights(tmp_path / "w")
+    ref = load_lpips(tmp_path / "w")  # default: the reference lpips package's behaviour
+    assert ref.upsample is False and load_lpips(tmp_path / "w", upsample=True).upsample is True
+    g = _astronaut_batch(2, 32, 3, seed=8)
+    h = _noisy(g, 0.2, seed=9)
+    d = lpips_distance(ref, g, h)  # 32x32 runs through AlexNet as it is (taps of 7x7 ... 1x1)
+    assert torch.allclose(d, _reference_lpips(ref, g, h), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(d, lpips_distance(load_lpips(tmp_path / "w", upsample=True), g, h), rtol=1e-3)
+    # 31 px is the smallest side AlexNet's taps accept; smaller images are refused, not silently resized
+    lpips_distance(ref, g[..., :31, :31], h[..., :31, :31])
+    with pytest.raises(ValueError, match="lpips_upsample"):
+        lpips_distance(ref, g[..., :30, :30], h[..., :30, :30])
+    with pytest.raises(RuntimeError):
+        _reference_lpips(ref, g[..., :30, :30], h[..., :30, :30])  # the plain pipeline fails there too
+    s = score_images(h, g, lpips_model=ref)
+    assert s["lpips_upsample"] is False and s["lpips"]["per_image"] == pytest.approx(d.tolist(), rel=1e-5)
+    small = score_images(h[..., :16, :16], g[..., :16, :16], lpips_model=ref)
+    assert small["lpips"] is None and "lpips_upsample" in small["lpips_unavailable"]
+    assert score_images(h, g)["lpips_upsample"] is None
 
 
 def test_lpips_refuses_unloaded_weights():
@@ -327,7 +349,7 @@ def test_score_images_without_lpips():
     recon[1] = orig[0]  # one perfect reconstruction
     res = score_images(recon, orig, lpips_reason="LPIPS unavailable: test")
     json.dumps(res)  # JSON-able
-    assert set(res) == {"psnr", "ssim", "mse", "lpips", "lpips_unavailable", "order"}
+    assert set(res) == {"psnr", "ssim", "mse", "lpips", "lpips_unavailable", "lpips_upsample", "order"}
     assert res["order"] == [1, 3, 4, 0, 2]
     assert res["lpips"] is None and res["lpips_unavailable"] == "LPIPS unavailable: test"
     for key in ("psnr", "ssim", "mse"):

@@ -374,3 +374,26 @@ def test_sweep_table():
 def test_report_does_not_repeat_unavailable_prefix(tmp_path):
     html = render_report(tmp_path, {"lpips": None, "lpips_unavailable": "LPIPS unavailable: missing alex.pth"}, "")
     assert "unavailable: missing alex.pth" in html and "unavailable: LPIPS unavailable" not in html
+
+
+def test_report_verdict_header_and_margins(tmp_path):
+    from gradleak.metrics import calibrate, score_images
+
+    run = _run_dir(tmp_path)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    recon = x.clone()
+    recon[2] = 0.5  # one grey image: no information
+    s = score_images(recon, x)
+    cal = calibrate({"psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "jaccard": None}, x,
+                    torch.rand(5, 3, 16, 16), torch.zeros(5, dtype=torch.long), torch.tensor([0, 1, 0]))
+    header = {"model": "lenet (width 12)", "data": "photos private, 16×16", "protocol": "fedsgd",
+              "defense chain": "none", "threat model": "honest-but-curious server; labels given"}
+    html = write_report(run, {**_metrics(), **cal, "header": header}, "seed: 0\n").read_text(encoding="utf-8")
+    assert cal["verdict"]["per_image"] == ["recognisable", "recognisable", "none"]
+    top = html.index('class="verdict recognisable"')
+    assert html.index("threat model") < top < html.index("<h2>Summary</h2>")  # header and verdict come first
+    assert cal["verdict"]["rule"] in html and "2 recognisable" in html and "public_mean" in html
+    assert "unavailable: some private labels have no public image" in html  # label 1 has no public image
+    assert "ΔPSNR vs best reference" in html and ">level</th>" in html
+    for key in ("reference", "margins", "verdict", "header"):  # shown in the verdict block, not in "Other"
+        assert f"<th>{key}</th><td><code>" not in html

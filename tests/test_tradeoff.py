@@ -8,7 +8,7 @@ from gradleak.data import ImageSet
 from gradleak.defenses import build_defenses
 from gradleak.errors import UserError
 from gradleak.experiments.tradeoff import TradeoffConfig, parse_setting
-from gradleak.fl.simulation import FedAvgConfig, dirichlet_split, simulate_fedavg
+from gradleak.experiments.simulation import FedAvgConfig, dirichlet_split, simulate_fedavg
 
 
 def test_dirichlet_split_sizes_determinism_and_alpha():
@@ -64,8 +64,19 @@ def test_settings_parse_and_refuse():
     assert parse_setting("none").defense == []
     assert parse_setting("fedcdp:-20").defense == [{"name": "fedcdp", "clip": 4.0, "snr_db": -20.0}]
     assert parse_setting("topk").defense == [{"name": "topk", "sparsity": 0.95}]
+    assert parse_setting("fedcdp-eps:8").defense == [{"name": "fedcdp", "clip": 4.0, "epsilon": 8.0, "delta": 1e-5}]
+    (s,) = TradeoffConfig(settings=["fedcdp-eps:4"], rounds=7).check()
+    assert s.defense[0]["rounds"] == 7 and s.name == "fedcdp ε=4"  # accounted over the trade-off's rounds
+    assert [p.defense[0]["epsilon"] for p in TradeoffConfig().check() if p.name.startswith("fedcdp")] == [1, 4, 16, 64]
+    import inspect
+
+    from gradleak.cli import tradeoff_cmd
+    from gradleak.experiments.tradeoff import DEFAULT_SETTINGS
+
+    assert inspect.signature(tradeoff_cmd).parameters["settings"].default.default == ",".join(DEFAULT_SETTINGS)
     assert parse_setting("precode").precode == 256
     for bad, key in (("fedcdp", "tradeoff.settings"), ("wat", "tradeoff.settings"),
+                     ("fedcdp-eps:0", "tradeoff.settings[fedcdp-eps:0]"),
                      ("topk:x", "tradeoff.settings[topk:x]")):
         with pytest.raises(UserError) as err:
             parse_setting(bad)

@@ -17,7 +17,7 @@ _EXPORTS = {
     "label_accuracy": "gradleak.attacks.labels", "recover_labels": "gradleak.attacks.labels",
     "ATTACKS": "gradleak.attacks", "Attack": "gradleak.attacks", "build_attack": "gradleak.attacks",
     "DLG": "gradleak.attacks.presets", "IDLG": "gradleak.attacks.presets", "InvertGrad": "gradleak.attacks.presets",
-    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "write_run": "gradleak.audit",
+    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "write_run": "gradleak.report.writer",
     "Case": "gradleak.case", "capture": "gradleak.case",
     "RunConfig": "gradleak.config", "load_config": "gradleak.config",
     "load_dataset": "gradleak.data", "sample_batch": "gradleak.data",

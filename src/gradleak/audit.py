@@ -5,7 +5,7 @@
 :func:`audit` is a pure function of the config (and the thread count: see the README on reproducibility):
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
-every piece as a typed field. :func:`write_run` turns a result into a run directory. ``gradleak run``,
+every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
 ``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
@@ -23,10 +23,12 @@ from torch import Tensor
 
 from gradleak.attacks import Attack, Reconstruction, build_attack
 from gradleak.attacks.labels import label_accuracy, recover_labels
+from gradleak.calibration import Calibration, calibration_of
 from gradleak.case import Case, capture
 from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
+from gradleak.devices import resolve as resolve_device, run_attack
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -78,10 +80,12 @@ class Scores:
     lpips_unavailable: str | None
     order: list[int]
     semantic: dict  # jaccard summary (or None) + why unavailable, tags, tagger
+    lpips_upsample: bool | None = None  # LPIPS resizing (False = the reference lpips package); None: no LPIPS
 
     def to_dict(self) -> dict:
         return {"psnr": self.psnr, "ssim": self.ssim, "mse": self.mse, "lpips": self.lpips,
-                "lpips_unavailable": self.lpips_unavailable, **self.semantic}
+                "lpips_unavailable": self.lpips_unavailable, "lpips_upsample": self.lpips_upsample,
+                **self.semantic}
 
 
 @dataclass
@@ -100,6 +104,7 @@ class AuditResult:
     matched: Tensor  # reconstructions in the originals' order (B, C, H, W)
     before_postprocess: Scores | None = None  # ROGS: ROG's output before the generator inversion
     notes: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None  # references, margins, verdict, header (gradleak.calibration)
 
     @property
     def originals(self) -> Tensor:
@@ -107,7 +112,9 @@ class AuditResult:
 
     def metrics(self) -> dict:
         rec = self.reconstruction
+        cal = self.calibration
         out = {
+            **({"header": cal.header, "verdict": cal.verdict} if cal is not None else {}),
             **rec.describe(),
             **self.scores.to_dict(),
             "label_mode": self.label_mode,
@@ -124,6 +131,8 @@ class AuditResult:
                                            "jaccard": (b.semantic.get("jaccard") or {}).get("mean")}
         if self.notes:
             out["notes"] = list(self.notes)
+        if cal is not None:
+            out["reference"], out["margins"] = cal.reference, cal.margins
         return out
 
 
@@ -190,12 +199,13 @@ def semantic_scores(matched: Tensor, originals: Tensor, cfg: RunConfig) -> dict:
 
 def score(images: Tensor, originals: Tensor, cfg: RunConfig) -> tuple[Scores, Tensor]:
     """Match ``images`` to the originals (optimal assignment), score them; LPIPS where weights exist."""
-    net, reason = lpips_status(cfg.metrics.lpips_dir)
+    net, reason = lpips_status(cfg.metrics.lpips_dir, upsample=cfg.metrics.lpips_upsample)
     s = score_images(images, originals, lpips_model=net, lpips_reason=reason)
     matched = apply_match(images, s["order"])
     sem = semantic_scores(matched, originals, cfg)
     return Scores(psnr=s["psnr"], ssim=s["ssim"], mse=s["mse"], lpips=s["lpips"],
-                  lpips_unavailable=s["lpips_unavailable"], order=s["order"], semantic=sem), matched
+                  lpips_unavailable=s["lpips_unavailable"], order=s["order"], semantic=sem,
+                  lpips_upsample=s["lpips_upsample"]), matched
 
 
 # --- the audit ---------------------------------------------------------------------------------------------
@@ -206,30 +216,35 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
     built from ``cfg.attack``."""
     t0 = time.perf_counter()
+    resolve_device(cfg.device)  # a bad device fails before any work
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)
     attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
-    mode = label_mode_of(cfg, attack)
     case = build_case(cfg)
+    return audit_case(cfg, case, attack, progress=progress, started=t0)
+
+
+def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = False,
+               started: float | None = None) -> AuditResult:
+    """Audit a client side built elsewhere (e.g. a victim trained by ``gradleak tradeoff``): capture its
+    upload, attack it, score it. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
+    t0 = time.perf_counter() if started is None else started
+    device = resolve_device(cfg.device)
+    mode = label_mode_of(cfg, attack)
     case.give_labels = mode == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    rec = attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
+    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
     acc = label_accuracy(rec.labels, case.labels) if rec.labels is not None else None
+    calibration = calibration_of(cfg, scores, obs, case.images, case.labels, mode)
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(), matched=matched, before_postprocess=before)
-
-
-def write_run(result: AuditResult, out: str | Path) -> dict:
-    """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
-    from gradleak.report.writer import write_run_dir
-
-    return write_run_dir(Path(out), result)
+                       environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
+                       calibration=calibration)

@@ -66,6 +66,20 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
     snapshots: list[tuple[int, Tensor]] | None = None
     analysis: Any = None
 
+    def cpu(self) -> "Reconstruction":
+        """The same reconstruction with every tensor on the CPU (for scoring and writing)."""
+        def mv(t):
+            return t.cpu() if isinstance(t, Tensor) else t
+
+        self.images, self.labels, self.all_images, self.losses = map(mv, (self.images, self.labels, self.all_images,
+                                                                          self.losses))
+        self.intermediates = {k: mv(v) for k, v in self.intermediates.items()}
+        if self.semantic_path is not None:
+            self.semantic_path = [(i, mv(v)) for i, v in self.semantic_path]
+        if self.snapshots is not None:
+            self.snapshots = [(i, mv(v)) for i, v in self.snapshots]
+        return self
+
     def describe(self) -> dict:
         """The JSON-able facts of this reconstruction (everything but image tensors) for ``metrics.json``."""
         out: dict = {"attack": self.attack, "seconds": round(self.seconds, 3), "iterations": self.iterations}

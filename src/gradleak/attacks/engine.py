@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
+from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization
 from gradleak.errors import UserError
 from gradleak.fl.client import batched_update
@@ -155,13 +156,14 @@ def search(
     ``backend``: see :data:`Backend`; the one used is ``Reconstruction.backend``."""
     if backend not in BACKENDS:
         raise UserError(f"attack.options.backend: got {backend!r}; allowed: {', '.join(BACKENDS)}")
+    obs = obs.as_delta()  # the upload as θ_0 − θ_τ, whatever convention the client stated
     if model is None:
         model = obs.build_model()
     else:
         validate_against(model, obs)
     names = list(obs.parameters)
     ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     chunk = 1 if any(s.optimizer == "lbfgs" for s in stages) else restarts
     t0 = time.perf_counter()
     total = sum(s.iterations for s in stages) * math.ceil(restarts / chunk)

@@ -42,6 +42,7 @@ from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.attacks.presets import InvertGrad, SearchAttack
+from gradleak.devices import generator
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.priors.prior import Prior, describe, load_prior
@@ -205,7 +206,7 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
     """The "random gradient, true labels" control (GIAS §5.3 spirit): a copy of ``obs`` whose upload is
     replaced by Gaussian noise with each tensor's shape, support (zeros stay zero, e.g. after sparsity)
     and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept."""
-    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    gen = generator(1_000_003 + seed)
     update = {}
     for name, t in obs.update.items():
         r = torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t != 0).to(t.dtype)

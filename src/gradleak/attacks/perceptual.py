@@ -48,7 +48,7 @@ def feature_distance(features: Callable[[Tensor], list[Tensor]]) -> Distance:
 def _lpips(shape, lpips_dir):
     from gradleak.metrics import lpips_status
 
-    net, reason = lpips_status(lpips_dir)
+    net, reason = lpips_status(lpips_dir, upsample=True)  # a loss, not a score: small images upsampled as before
     if net is None:
         raise Unavailable(reason or "LPIPS weights not found")
     for p in net.parameters():

@@ -47,6 +47,7 @@ from gradleak.attacks.engine import Backend
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.perceptual import Distance, build_perceptual
 from gradleak.attacks.rog import ROG, PostHook
+from gradleak.devices import generator
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
@@ -138,7 +139,7 @@ def invert(prior, targets: Tensor, labels: Tensor, *, iterations: int = 1000, lr
     if iterations < 0 or restarts < 1:
         raise UserError(f"rogs: iterations must be >= 0 and restarts >= 1, got {iterations}, {restarts}")
     shape = tuple(targets.shape[1:])
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     z = prior.sample_latent(restarts * B, gen).requires_grad_()
     y = labels.repeat(restarts)
     tgt = targets.detach().float().repeat(restarts, 1, 1, 1)

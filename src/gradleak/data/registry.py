@@ -11,6 +11,7 @@ from .base import ImageSet
 from .cifar import load_cifar
 from .digits import load_digits_set
 from .folder import load_folder
+from .photo_corpus import load_photo_corpus
 from .photos import load_photos
 
 MAX_RESOLUTION = 1024
@@ -25,6 +26,7 @@ class Loader(Protocol):
 DATASETS = Registry("dataset")
 DATASETS.register("digits")(load_digits_set)
 DATASETS.register("photos")(load_photos)
+DATASETS.register("photo-corpus")(load_photo_corpus)
 DATASETS.register("cifar10")(partial(load_cifar, "cifar10"))
 DATASETS.register("cifar100")(partial(load_cifar, "cifar100"))
 DATASETS.register("folder")(load_folder)

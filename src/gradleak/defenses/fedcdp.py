@@ -19,9 +19,21 @@ an exact attacker forward model on a BN network set ``client.bn_mode: eval``. BN
 ``convnet`` with ``batchnorm: false``) are unaffected. A PRECODE model's noise under the per-example
 vmap is the first row of its seeded noise for every example (documented limitation).
 
-Noise strength: σ directly, or ``snr_db``, a target SNR over the clipped gradient as the ROG paper uses
-("we treat the clipped gradient ĝ as the raw signal"): σ = ‖Σ_i ĝ_i‖ / (C √(d · 10^(SNR/10))) with d the
-number of parameters, set at every local step.
+Noise strength, exactly one of:
+
+* ``epsilon`` (with ``delta``): the privacy target. σ is the smallest noise that Opacus' RDP accountant
+  certifies as giving (ε, δ) for the stated setting below,
+  σ = √L · ``opacus.accountants.utils.get_noise_multiplier``(ε, δ, q, T), fixed for every step
+  (:func:`sigma_for_epsilon`); the accounted ε of that σ is ≤ the target (Opacus' search stops within
+  0.01 of it).
+* ``sigma`` directly.
+* ``snr_db``, a target SNR over the clipped gradient as the ROG paper uses ("we treat the clipped gradient
+  ĝ as the raw signal"): σ = ‖Σ_i ĝ_i‖ / (C √(d · 10^(SNR/10))) with d the number of parameters, set at
+  every local step. An SNR carries no privacy guarantee by itself: σ then depends on the data, and the
+  ε it maps to is only reported.
+
+Whichever is given, ``describe()`` reports all of them: σ used, z = σ/√L, the accounted ε (and the
+target), and the realised SNR of the first step, 10·log10(‖Σ_i ĝ_i‖² / (d σ² C²)).
 
 Privacy accounting (Opacus ``RDPAccountant``, Mironov 2017 / sampled Gaussian mechanism). Clipping each
 of the L layers to C bounds an example's contribution to the joined gradient by C√L, and the noise per
@@ -34,6 +46,7 @@ of this round; δ = ``delta``. ``describe()`` reports ε and the mapping SNR →
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Annotated, Sequence
@@ -76,6 +89,33 @@ def sigma_for_snr(clipped_sum: Params, clip: float, snr_db: float) -> float:
     sq = sum(float(t.double().pow(2).sum()) for t in clipped_sum.values())
     d = sum(t.numel() for t in clipped_sum.values())
     return math.sqrt(sq / (d * 10 ** (snr_db / 10))) / clip
+
+
+@functools.lru_cache(maxsize=256)
+def sigma_for_epsilon(epsilon: float, delta: float, sample_rate: float, steps: int, num_layers: int) -> float:
+    """σ for a target (ε, δ): Opacus' ``get_noise_multiplier`` (RDP accountant) for sample rate q and
+    T = ``steps`` noisy steps gives the noise multiplier z w.r.t. the sensitivity C√L of the per-layer
+    clipping, so σ = z·√L (module docstring). One-line UserError when the target cannot be met."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            z = get_noise_multiplier(target_epsilon=float(epsilon), target_delta=float(delta),
+                                     sample_rate=float(sample_rate), steps=int(steps), accountant="rdp")
+    except ValueError as err:  # opacus: "The privacy budget is too low."
+        raise UserError(f"defense fedcdp.epsilon: got {epsilon}; allowed: a target reachable for "
+                        f"sample rate {sample_rate:g}, {steps} steps, delta {delta:g} (opacus: {err})") from None
+    return float(z) * math.sqrt(num_layers)
+
+
+def realised_snr_db(clipped: Params, clip: float, sigma: float) -> float:
+    """10·log10(‖Σ ĝ_i‖² / (d σ² C²)): the SNR a given σ gives over the clipped gradient (∞ for σ = 0)."""
+    if sigma <= 0:
+        return math.inf
+    sq = sum(float(t.double().pow(2).sum()) for t in clipped.values())
+    d = sum(t.numel() for t in clipped.values())
+    return 10 * math.log10(max(sq, 1e-300) / (d * sigma ** 2 * clip ** 2))
 
 
 def fedcdp_epsilon(sigma: float | Sequence[float], num_layers: int, sample_rate: float, rounds: int,
@@ -146,20 +186,25 @@ def print_snr_epsilon_table(*args, **kwargs) -> list[dict]:
 @register
 class FedCDP(Defense):
     """FedCDP (Wei et al., 2021; ROG eq. 17–18): per-example per-layer clipping to C, Gaussian noise σC
-    on the sum, then the mean; σ given or from a target SNR (dB) over the clipped gradient. Reports
-    (ε, δ) from Opacus' RDP accountant for the stated setting (see module docstring)."""
+    on the sum, then the mean; σ from a target (ε, δ) via Opacus, given directly, or from a target SNR
+    (dB) over the clipped gradient. Reports σ, the realised SNR and (ε, δ) from Opacus' RDP accountant
+    for the stated setting (see module docstring)."""
 
     name = "fedcdp"
     recomputes = True
 
     def __init__(self, clip: Annotated[float, Field(gt=0)] = 4.0, sigma: Annotated[float, Field(ge=0)] | None = None,
-                 snr_db: float | None = None, dataset_size: Annotated[int, Field(ge=1)] = 500,
+                 snr_db: float | None = None, epsilon: Annotated[float, Field(gt=0)] | None = None,
+                 dataset_size: Annotated[int, Field(ge=1)] = 500,
                  rounds: Annotated[int, Field(ge=1)] = 100, delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5,
                  attacker_knows: bool = True):
         check(self.name, "clip", clip > 0 and math.isfinite(clip), clip, "a number > 0")
         check(self.name, "sigma", sigma is None or (sigma >= 0 and math.isfinite(sigma)), sigma, "a number >= 0")
-        check(self.name, "sigma", (sigma is None) != (snr_db is None), sigma,
-              "exactly one of sigma and snr_db (got both or neither)")
+        given = [k for k, v in (("epsilon", epsilon), ("sigma", sigma), ("snr_db", snr_db)) if v is not None]
+        check(self.name, given[1] if len(given) > 1 else "epsilon", len(given) == 1,
+              ", ".join(given) or "none", "exactly one of epsilon, sigma and snr_db")
+        check(self.name, "epsilon", epsilon is None or (epsilon > 0 and math.isfinite(epsilon)), epsilon,
+              "a finite number > 0")
         check(self.name, "snr_db", snr_db is None or math.isfinite(snr_db), snr_db, "a finite number of dB")
         check(self.name, "dataset_size", dataset_size >= 1, dataset_size, "an integer >= 1")
         check(self.name, "rounds", rounds >= 1, rounds, "an integer >= 1")
@@ -167,6 +212,7 @@ class FedCDP(Defense):
         self.clip = float(clip)
         self.sigma = None if sigma is None else float(sigma)
         self.snr_db = None if snr_db is None else float(snr_db)
+        self.epsilon = None if epsilon is None else float(epsilon)
         self.dataset_size, self.rounds, self.delta = int(dataset_size), int(rounds), float(delta)
         self.attacker_knows = attacker_knows
         self._report: dict = {}
@@ -174,12 +220,21 @@ class FedCDP(Defense):
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         model, proto = ctx.model, ctx.protocol
         x, y = ctx.images, ctx.labels
+        for key in ("optimizer", "momentum", "weight_decay", "loss", "label_smoothing", "class_weights", "mean",
+                    "update"):  # Fed-CDP replaces the local round by its own per-example clipped plain SGD
+            if getattr(proto, key) != getattr(Protocol(), key):
+                raise UserError(f"defense fedcdp: got client.{key} {getattr(proto, key)!r}; allowed: the default "
+                                f"{getattr(Protocol(), key)!r} (Fed-CDP runs per-example clipped plain SGD)")
         sched = proto.schedule(x.shape[0])
         b = len(sched[0])
         if b > self.dataset_size:
             raise UserError(f"defense fedcdp.dataset_size: got {self.dataset_size}; allowed: an integer >= the "
                             f"mini-batch size {b} (sample rate = batch / dataset_size)")
         names = list(ctx.params)
+        L, q = len(names), b / self.dataset_size
+        fixed = self.sigma
+        if self.epsilon is not None:
+            fixed = sigma_for_epsilon(self.epsilon, self.delta, q, self.rounds * len(sched), L)
         was = model.training
         model.eval()
         sigmas: list[float] = []
@@ -190,7 +245,7 @@ class FedCDP(Defense):
             for idx in sched:
                 s = clipped_sum(model, p, bufs, x[list(idx)], y[list(idx)], self.clip)
                 table_sum = s if table_sum is None else table_sum
-                sigma = self.sigma if self.snr_db is None else sigma_for_snr(s, self.clip, self.snr_db)
+                sigma = fixed if self.snr_db is None else sigma_for_snr(s, self.clip, self.snr_db)
                 sigmas.append(sigma)
                 gbar = {n: (s[n] + sigma * self.clip * torch.randn(s[n].shape, generator=ctx.generator,
                                                                     dtype=s[n].dtype)) / len(idx) for n in names}
@@ -202,7 +257,6 @@ class FedCDP(Defense):
                 out = {n: ctx.params[n].detach() - p[n] for n in names}
         finally:
             model.train(was)
-        L, q = len(names), b / self.dataset_size
         table = []
         for snr in ROG_SNRS_DB:
             sg = sigma_for_snr(table_sum, self.clip, snr)
@@ -213,6 +267,9 @@ class FedCDP(Defense):
             "noise_multiplier": sigmas[0] / math.sqrt(L),
             "num_layers": L, "sample_rate": q, "steps": self.rounds * len(sched),
             "epsilon": fedcdp_epsilon(sigmas, L, q, self.rounds, self.delta),
+            "epsilon_target": self.epsilon,
+            "snr_db_realised": realised_snr_db(table_sum, self.clip, sigmas[0]),
+            "set_by": "epsilon" if self.epsilon is not None else ("snr_db" if self.snr_db is not None else "sigma"),
             "bn_mode": "eval",
             "snr_to_epsilon": table,
         }

@@ -1,7 +1,7 @@
 """The privacy–utility trade-off of ROG §5.2 / Figure 9a: for every defense setting, the test accuracy of
 a model trained by FedAvg under it (utility) against how much an attack reconstructs under it (leakage).
 
-Utility: :func:`gradleak.fl.simulation.simulate_fedavg` on a held-out classification task (default: the
+Utility: :func:`gradleak.experiments.simulation.simulate_fedavg` on a held-out classification task (default: the
 built-in digits at 32×32 RGB, public side split over 100 clients by Dir(α = 0.5), 10 clients per round, τ = 5
 local steps of b = 16, lr 0.05), accuracy on the task's private side. Leakage: ROG and InvertGrad on a
 FedAvg client (τ = 5, lr 5e-3, full local batch) holding a batch of the built-in photos at 64×64, under the
@@ -14,8 +14,15 @@ How the paper's scale maps to this one (defaults): CIFAR-10 (50 000 images) → 
 photos 64×64, B = 4; LeNet-5 (32, 64, 512) → (16, 32, 256); InvertGrad 20 000 / ROG 100 iterations → 300 / 100.
 
 Settings (``settings``): ``none``, ``soteria[:rate]`` (80 %), ``precode[:bottleneck]`` (the PRECODE model,
-white-box), ``fedcdp:<SNR dB>`` (C = 4, SNR over the clipped gradient; −20…0 dB in the paper),
+white-box), ``fedcdp-eps:<ε>`` (C = 4, δ = 1e-5, σ from Opacus for the target ε; the default sweeps
+ε = 1, 4, 16, 64), ``fedcdp:<SNR dB>`` (C = 4, SNR over the clipped gradient; −20…0 dB in the paper),
 ``quantize[:bits]`` (3), ``qsgd[:bits]`` (3), ``topk[:sparsity]`` (0.95), ``noise:<SNR dB>``.
+
+FedCDP's stated privacy setting (its accounting, :mod:`gradleak.defenses.fedcdp`): ``rounds`` = the
+trade-off's rounds (as if a client took part in every round: the worst case), τ = 5 noisy steps per round,
+``dataset_size`` = 500 (FedCDP's default) so the sample rate is q = b / 500 — b = 16 for a training client,
+the attack batch for the attacked client — and δ = 1e-5. σ = √L · z(ε, δ, q, T) therefore differs between
+the two sides (a smaller q needs less noise for the same ε); the table's ε is the accounted one.
 
 Writes ``results.json`` (every number and the configuration), ``tradeoff.md`` (the table),
 ``tradeoff_psnr.png`` (accuracy vs PSNR, one marker per attack, drawn with
@@ -34,10 +41,12 @@ from pathlib import Path
 from gradleak.errors import UserError, bad_value
 from gradleak.experiments.victims import ROG_LENET5
 
-DEFAULT_SETTINGS = ("none", "soteria", "precode", "fedcdp:-20", "fedcdp:-15", "fedcdp:-10", "fedcdp:-5", "fedcdp:0",
+DEFAULT_SETTINGS = ("none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16", "fedcdp-eps:64",
                     "quantize", "topk")
-SETTING_FORMS = ("none, soteria[:rate], precode[:bottleneck], fedcdp:<snr_db>, quantize[:bits], qsgd[:bits], "
-                 "topk[:sparsity], noise:<snr_db>")
+SETTING_FORMS = ("none, soteria[:rate], precode[:bottleneck], fedcdp-eps:<epsilon>, fedcdp:<snr_db>, quantize[:bits], "
+                 "qsgd[:bits], topk[:sparsity], noise:<snr_db>")
+#: δ of the ``fedcdp-eps`` settings
+DP_DELTA = 1e-5
 ATTACK_NAMES = ("rog", "invertgrad")
 
 
@@ -74,6 +83,11 @@ def parse_setting(text: str) -> Setting:
         if k < 1:
             raise bad_value(key, arg, "a bottleneck size >= 1")
         return Setting("precode", [], precode=k)
+    if name == "fedcdp-eps" and arg:
+        eps = _num(arg, key)
+        if eps <= 0:
+            raise bad_value(key, arg, "an epsilon > 0")
+        return Setting(f"fedcdp ε={eps:g}", [{"name": "fedcdp", "clip": 4.0, "epsilon": eps, "delta": DP_DELTA}])
     if name == "fedcdp" and arg:
         snr = _num(arg, key)
         return Setting(f"fedcdp {snr:g} dB", [{"name": "fedcdp", "clip": 4.0, "snr_db": snr}])
@@ -122,6 +136,10 @@ class TradeoffConfig:
         if not self.settings:
             raise bad_value("tradeoff.settings", self.settings, SETTING_FORMS)
         parsed = [parse_setting(s) for s in self.settings]
+        for s in parsed:  # FedCDP's stated setting: every client may take part in every round (worst case)
+            for d in s.defense:
+                if d["name"] == "fedcdp":
+                    d.setdefault("rounds", self.rounds)
         from gradleak.defenses import build_defenses
 
         for s in parsed:
@@ -151,7 +169,7 @@ class TradeoffConfig:
         return parsed
 
     def fedavg(self):
-        from gradleak.fl.simulation import FedAvgConfig
+        from gradleak.experiments.simulation import FedAvgConfig
 
         return FedAvgConfig(rounds=self.rounds, num_clients=self.num_clients, clients_per_round=self.clients_per_round,
                             alpha=self.alpha, local_steps=self.local_steps, lr=self.task_lr,
@@ -174,7 +192,7 @@ def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolu
 def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
     from gradleak.data import load_dataset
     from gradleak.defenses import build_defenses
-    from gradleak.fl.simulation import simulate_fedavg
+    from gradleak.experiments.simulation import simulate_fedavg
 
     train = load_dataset(cfg.task, split="public", resolution=cfg.task_resolution, channels=3)
     test = load_dataset(cfg.task, split="private", resolution=cfg.task_resolution, channels=3)
@@ -184,49 +202,40 @@ def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
             "initial_accuracy": res["initial_accuracy"], "seconds": res["seconds"]}
 
 
-def _invertgrad_distance(rog_distance: str) -> str:
-    return {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance, rog_distance)
-
-
 def _attack_job(cfg: TradeoffConfig, setting: Setting, attack: str, batch: int) -> dict:
+    """One audit of the setting's victim (:func:`gradleak.audit.audit_case`): ROG, or InvertGrad with the
+    distance that sees through the defense (``auto``: masked cosine for sparsifiers, tanh-sign for signSGD)."""
     import torch
 
     from gradleak.attacks.presets import InvertGrad
-    from gradleak.attacks.rog import ROG, rog_distance
-    from gradleak.case import Case, capture
+    from gradleak.attacks.rog import ROG
+    from gradleak.audit import audit_case
+    from gradleak.case import Case
+    from gradleak.config import validate_config
     from gradleak.data import load_dataset, sample_batch
     from gradleak.defenses import build_defenses
     from gradleak.fl.protocol import Protocol
-    from gradleak.metrics import load_lpips, lpips_status, score_images
 
     seed = cfg.seed + batch
     data = load_dataset(cfg.attack_data, split="private", resolution=cfg.attack_resolution, channels=3)
     x, y = sample_batch(data, cfg.attack_batch, distinct_labels=False, seed=seed)
     model = _build_model(cfg, setting, data.num_classes, cfg.attack_resolution, seed)
     protocol = Protocol(kind="fedavg", local_steps=cfg.local_steps, lr=cfg.client_lr)
-    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec, give_labels=True)
-    obs = capture(case, seed=seed)
-    t0 = time.perf_counter()
+    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec)
+    run_cfg = validate_config({"seed": seed, "data": {"name": cfg.attack_data, "resolution": cfg.attack_resolution,
+                                                      "channels": 3, "batch_size": cfg.attack_batch},
+                               "attack": {"name": attack, "labels": "oracle"}, "metrics": {"tagger": "none"}})
     if attack == "rog":
         atk = ROG(iterations=cfg.rog_iterations, enhancer=cfg.enhancer)
     else:
-        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance=_invertgrad_distance(rog_distance(obs)))
-    rec = atk(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    net, reason = (None, None)
-    weights, why = lpips_status()
-    if weights is not None:
-        net = load_lpips()
-    else:
-        reason = why
-    s = score_images(rec.images, x, lpips_model=net, lpips_reason=reason)
-    from gradleak.metrics import apply_match
-
+        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance="auto")
+    r = audit_case(run_cfg, case, atk)
+    obs, s = r.observation, r.scores
     eps = next((d.get("epsilon") for d in obs.defenses if d.get("name") == "fedcdp"), None)
     return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch,
-            "psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"],
-            "lpips": None if s["lpips"] is None else s["lpips"]["mean"], "seconds": time.perf_counter() - t0,
-            "iterations": rec.iterations, "epsilon": eps,
-            "images": apply_match(rec.images, s["order"]).to(torch.float16), "originals": x.to(torch.float16)}
+            "psnr": s.psnr["mean"], "ssim": s.ssim["mean"], "lpips": None if s.lpips is None else s.lpips["mean"],
+            "seconds": r.timing.attack, "iterations": r.reconstruction.iterations, "epsilon": eps,
+            "images": r.matched.to(torch.float16), "originals": x.to(torch.float16)}
 
 
 def _run_job(job):

@@ -4,6 +4,8 @@
 * :mod:`.lpips` - LPIPS (AlexNet, v0.1) implemented locally; weights loaded from disk only.
 * :mod:`.matching` - Hungarian matching of reconstructions to originals.
 * :mod:`.score` - ``score_images``: match, then a JSON-ready summary of all metrics.
+* :mod:`.reference` - reference scores (grey, public mean, random same-class image), margins over the
+  best reference and the graded verdict (none / partial / recognisable).
 * :mod:`.semantic` - semantic similarity (ROGS eq. 21): taggers, ``jaccard``, ``semantic_scores``;
   :mod:`.attributes` / :mod:`.tagger` - the built-in tagger's public-data attributes and training.
 """
@@ -20,6 +22,7 @@ from .lpips import (
     lpips_status,
 )
 from .matching import MATCH_BY, apply_match, match, pairwise_cost
+from .reference import VerdictRule, calibrate, margins, reference_scores, verdict
 from .score import sanitize_images, score_images
 from .semantic import ModelTagger, jaccard, load_tagger, semantic_scores
 
@@ -42,6 +45,11 @@ __all__ = [
     "apply_match",
     "pairwise_cost",
     "score_images",
+    "VerdictRule",
+    "calibrate",
+    "margins",
+    "reference_scores",
+    "verdict",
     "sanitize_images",
     "ModelTagger",
     "jaccard",

@@ -19,13 +19,22 @@ When the weights are unavailable, :func:`load_lpips` returns ``None`` and
 put them. Distances are never computed from random weights through the public API; the
 ``LPIPS(random_init_for_tests=True)`` constructor exists for unit tests only.
 
-Pipeline (as in the reference implementation): input ``[0, 1]`` mapped to ``[-1, 1]``;
-grayscale repeated to 3 channels; images whose shorter side is below 64 pixels (e.g. 32x32
-CIFAR) are bilinearly upsampled so that the shorter side is 64, because AlexNet's stride-4
-11x11 first layer and two max-pools leave almost no spatial extent otherwise (this is a
-gradleak convention; the reference code does not resize); scaling layer; AlexNet features
-tapped after its 5 ReLUs; each tap unit-normalised along channels; squared difference; 1x1
-linear head (no bias); spatial mean; sum over the 5 taps.
+Installing the ``lpips`` package (``pip install lpips``) supplies ``alex.pth``: it ships the v0.1
+heads in ``lpips/weights/v0.1``, which are found without importing the package. The AlexNet file
+is not part of it (torchvision downloads it to the hub cache); gradleak downloads nothing.
+
+Pipeline (as in the reference implementation, ``lpips.LPIPS(net="alex")``): input ``[0, 1]``
+mapped to ``[-1, 1]``; grayscale repeated to 3 channels; scaling layer; AlexNet features tapped
+after its 5 ReLUs; each tap unit-normalised along channels; squared difference; 1x1 linear head
+(no bias); spatial mean; sum over the 5 taps. By default images are NOT resized, as in the
+reference and in breaching, so numbers at 32x32 are comparable with published ones; AlexNet
+(stride-4 11x11 first layer, two 3x3/2 max-pools before the last taps) needs a shorter side of at
+least :data:`LPIPS_REFERENCE_MIN_SIDE` = 31 pixels, and smaller images are refused (``ValueError``;
+:func:`~gradleak.metrics.score.score_images` reports them as unavailable with the reason).
+``upsample=True`` (config ``metrics.lpips_upsample: true``) is gradleak's former convention: images
+whose shorter side is below :data:`LPIPS_MIN_SIDE` = 64 are bilinearly upsampled to 64 first; its
+numbers are not comparable with published LPIPS values, and every score records which was used
+(``lpips_upsample`` in ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -47,14 +56,17 @@ __all__ = [
     "LIN_FILE",
     "LPIPS_ENV_VAR",
     "LPIPS_MIN_SIDE",
+    "LPIPS_REFERENCE_MIN_SIDE",
     "LIN_CHANNELS",
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 LIN_FILE = "alex.pth"
 LPIPS_ENV_VAR = "GRADLEAK_LPIPS_DIR"
-#: Images whose shorter side is below this are upsampled to it before the network.
+#: With ``upsample=True``, images whose shorter side is below this are upsampled to it first.
 LPIPS_MIN_SIDE = 64
+#: The smallest shorter side AlexNet's taps accept without resizing (the reference behaviour).
+LPIPS_REFERENCE_MIN_SIDE = 31
 #: Channels of the 5 AlexNet taps (= input channels of lin0..lin4).
 LIN_CHANNELS = (64, 192, 384, 256, 256)
 # indices in AlexNet ``features`` of the 5 ReLUs whose outputs are tapped
@@ -106,8 +118,9 @@ class LPIPS(nn.Module):
     still flow to the inputs.
     """
 
-    def __init__(self, random_init_for_tests: bool = False) -> None:
+    def __init__(self, random_init_for_tests: bool = False, upsample: bool = False) -> None:
         super().__init__()
+        self.upsample = bool(upsample)
         self.features = _alexnet_features()
         self.lin0 = _NetLinLayer(LIN_CHANNELS[0])
         self.lin1 = _NetLinLayer(LIN_CHANNELS[1])
@@ -154,7 +167,11 @@ class LPIPS(nn.Module):
         p = next(self.parameters())
         x = x.to(device=p.device, dtype=p.dtype)
         h, w = x.shape[-2:]
-        if min(h, w) < LPIPS_MIN_SIDE:
+        if not self.upsample and min(h, w) < LPIPS_REFERENCE_MIN_SIDE:
+            raise ValueError(f"LPIPS (reference, no resizing) needs images of at least {LPIPS_REFERENCE_MIN_SIDE} "
+                             f"pixels a side; got {h}x{w} (metrics.lpips_upsample: true upsamples to "
+                             f"{LPIPS_MIN_SIDE}, not comparable with published numbers)")
+        if self.upsample and min(h, w) < LPIPS_MIN_SIDE:
             f = LPIPS_MIN_SIDE / min(h, w)
             size = (max(LPIPS_MIN_SIDE, round(h * f)), max(LPIPS_MIN_SIDE, round(w * f)))
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -239,14 +256,20 @@ def _find(fname: str, explicit: str | os.PathLike | None, dirs: list[Path]) -> P
     return None
 
 
+def _line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
 def lpips_status(
     weights_dir: str | os.PathLike | None = None,
     *,
     alexnet_path: str | os.PathLike | None = None,
     lin_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    upsample: bool = False,
 ) -> tuple[LPIPS | None, str | None]:
     """Try to build a pretrained :class:`LPIPS`. Returns ``(model, None)`` or ``(None, reason)``.
+    ``upsample``: see the module docstring (default: the reference behaviour, no resizing).
 
     ``reason`` is one line saying which files are missing (or unreadable) and where to put them.
     """
@@ -271,21 +294,21 @@ def lpips_status(
         return None, (
             f"LPIPS unavailable: missing {' and '.join(missing)}; put them in {where} "
             f"(searched: {searched}). {ALEXNET_FILE} is torchvision's ImageNet AlexNet, "
-            f"{LIN_FILE} the LPIPS v0.1 linear weights from the lpips project"
+            f"{LIN_FILE} the LPIPS v0.1 linear weights (installing the lpips package supplies it)"
         )
 
     try:
         a_state = torch.load(a_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes a reason string
-        return None, f"LPIPS unavailable: cannot read {a_path}: {type(e).__name__}: {e}"
+        return None, f"LPIPS unavailable: cannot read {a_path}: {type(e).__name__}: {_line(e)}"
     try:
         l_state = torch.load(l_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        return None, f"LPIPS unavailable: cannot read {l_path}: {type(e).__name__}: {e}"
+        return None, f"LPIPS unavailable: cannot read {l_path}: {type(e).__name__}: {_line(e)}"
     if not isinstance(a_state, dict) or not isinstance(l_state, dict):
         return None, f"LPIPS unavailable: {a_path} / {l_path} do not hold state dicts"
 
-    model = LPIPS()
+    model = LPIPS(upsample=upsample)
     try:
         model.load_weights(a_state, l_state)
     except ValueError as e:
@@ -300,12 +323,14 @@ def load_lpips(
     alexnet_path: str | os.PathLike | None = None,
     lin_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    upsample: bool = False,
 ) -> LPIPS | None:
     """Pretrained :class:`LPIPS`, or ``None`` when its weights cannot be found/loaded.
 
     Use :func:`lpips_status` to also get the reason.
     """
-    model, _ = lpips_status(weights_dir, alexnet_path=alexnet_path, lin_path=lin_path, device=device)
+    model, _ = lpips_status(weights_dir, alexnet_path=alexnet_path, lin_path=lin_path, device=device,
+                            upsample=upsample)
     return model
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .image import mse, psnr, ssim
-from .lpips import LPIPS, lpips_distance
+from .lpips import LPIPS, LPIPS_REFERENCE_MIN_SIDE, lpips_distance
 from .matching import apply_match, match
 
 __all__ = ["score_images", "sanitize_images"]
@@ -50,13 +50,17 @@ def score_images(
          "mse":  {...},                            # best = min
          "lpips": {...} or None,                   # best = min; None without a model
          "lpips_unavailable": reason or None,
+         "lpips_upsample": bool or None,           # the model's resizing option (None without a model)
          "order": perm}                            # recon[perm[i]] matched to original[i]
 
     ``per_image`` lists follow the order of ``original``. When ``lpips_model`` is None,
-    ``lpips_unavailable`` is ``lpips_reason`` (or a generic line if none was given).
+    ``lpips_unavailable`` is ``lpips_reason`` (or a generic line if none was given); also when the
+    model follows the reference (no resizing) and the images are smaller than AlexNet accepts.
     """
     original = original.detach().to(torch.float32)
     recon = sanitize_images(recon) if clamp else recon.detach().to(torch.float32)
+    too_small = (lpips_model is not None and not lpips_model.upsample
+                 and min(original.shape[-2:]) < LPIPS_REFERENCE_MIN_SIDE)
     with torch.no_grad():
         perm = match(recon, original, by=match_by, lpips_model=lpips_model)
         matched = apply_match(recon, perm)
@@ -66,9 +70,14 @@ def score_images(
             "mse": _summary(mse(matched, original), higher_is_better=False),
             "lpips": None,
             "lpips_unavailable": None,
+            "lpips_upsample": None if lpips_model is None else bool(lpips_model.upsample),
             "order": [int(i) for i in perm.tolist()],
         }
-        if lpips_model is not None:
+        if too_small:
+            h, w = original.shape[-2:]
+            out["lpips_unavailable"] = (f"LPIPS unavailable: {h}x{w} images are below the {LPIPS_REFERENCE_MIN_SIDE} px "
+                                        "the reference LPIPS accepts (set metrics.lpips_upsample: true to upsample)")
+        elif lpips_model is not None:
             out["lpips"] = _summary(lpips_distance(lpips_model, matched, original), higher_is_better=False)
         else:
             out["lpips_unavailable"] = lpips_reason or "LPIPS unavailable: no LPIPS model given"

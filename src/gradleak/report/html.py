@@ -144,10 +144,49 @@ def _unavailable(name: str, reason: Any) -> str:
     return f"unavailable: {text}" if text else "unavailable"
 
 
+LEVEL_TEXT = {"none": "no leakage beyond the references", "partial": "partial leakage",
+              "recognisable": "recognisable reconstructions"}
+
+
+def _calibration(metrics: dict, used: set[str]) -> dict | None:
+    """The verdict block (header, rule, batch level, reference table, per-image margins) or None."""
+    v, refs, m = metrics.get("verdict"), metrics.get("reference"), metrics.get("margins")
+    used.update(k for k in ("verdict", "reference", "margins", "header") if k in metrics)
+    header = [(str(k), _value(x)) for k, x in (metrics.get("header") or {}).items()]
+    if not isinstance(v, dict):
+        return {"header": header, "batch": None} if header else None
+    rows = []
+
+    def mean(xs):
+        xs = [x for x in (xs or []) if x is not None]
+        return sum(xs) / len(xs) if xs else None
+
+    if isinstance(refs, dict):
+        for name, r in refs.items():
+            if name == "unavailable" or not isinstance(r, dict):
+                continue
+            rows.append({"name": name, "description": r.get("description", ""),
+                         "psnr": _num(mean(r.get("psnr")), ".2f", " dB"), "ssim": _num(mean(r.get("ssim")), ".4f"),
+                         "jaccard": _num(mean(r.get("jaccard")), ".3f") if r.get("jaccard") is not None else "–"})
+    unavailable = [(k, str(x)) for k, x in ((refs or {}).get("unavailable") or {}).items()]
+    margin_rows = []
+    if isinstance(m, dict):
+        for key, label, fmt, unit in (("psnr", "ΔPSNR", ".2f", " dB"), ("ssim", "ΔSSIM", ".4f", ""),
+                                      ("jaccard", "ΔJaccard", ".3f", "")):
+            if isinstance(m.get(key), dict):
+                margin_rows.append({"name": label, "mean": _num(m[key].get("mean"), fmt, unit),
+                                    "min": _num(m[key].get("min"), fmt, unit)})
+    counts = v.get("counts") or {}
+    return {"header": header, "batch": v.get("batch"), "batch_text": LEVEL_TEXT.get(v.get("batch"), ""),
+            "rule": v.get("rule", ""), "counts": ", ".join(f"{n} {k}" for k, n in counts.items()),
+            "references": rows, "unavailable": unavailable, "margins": margin_rows}
+
+
 def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tuple[str, str]], title: str | None):
     used: set[str] = set()
     attack = metrics.get("attack") or ""
     used.add("attack")
+    calibration = _calibration(metrics, used)
 
     # summary table: known metrics first (in a fixed order), then any other summary-shaped entry
     summary, per_image_cols = [], []
@@ -183,6 +222,13 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
         elif not metrics[key]:
             used.add(key)
 
+    margins = metrics.get("margins") if isinstance(metrics.get("margins"), dict) else {}
+    for key, label, fmt, unit in (("psnr", "ΔPSNR vs best reference", ".2f", " dB"),
+                                  ("ssim", "ΔSSIM vs best reference", ".4f", "")):
+        if isinstance(margins.get(key), dict) and margins[key].get("per_image"):
+            per_image_cols.append((label, [_num(x, fmt, unit) for x in margins[key]["per_image"]]))
+    if isinstance(metrics.get("verdict"), dict) and metrics["verdict"].get("per_image"):
+        per_image_cols.append(("level", [str(x) for x in metrics["verdict"]["per_image"]]))
     n_images = max((len(c) for _, c in per_image_cols), default=0)
     per_image = {
         "columns": [name for name, _ in per_image_cols],
@@ -218,6 +264,7 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
     return {
         "title": title or (f"gradleak report: {attack}" if attack else "gradleak report"),
         "attack": attack,
+        "calibration": calibration,
         "summary": summary,
         "facts": facts,
         "per_image": per_image,
