@@ -27,7 +27,7 @@ from _common import positive_int  # noqa: E402  (puts src/ on the path)
 
 import torch  # noqa: E402
 
-from gradleak.attacks.presets import build_attack  # noqa: E402
+from gradleak.attacks import build_attack  # noqa: E402
 from gradleak.attacks.rgap import RGAP, RGAPGenerative, true_layer_inputs  # noqa: E402
 from gradleak.case import Case, capture  # noqa: E402
 from gradleak.data import load_dataset  # noqa: E402
@@ -94,15 +94,16 @@ def part_a1(batch, channels, prior, iterations, restarts):
     }
     curves, table = {}, []
     for label, attack in variants.items():
-        errs, ps, times = [], [], []
+        errs, ps, times, recs = [], [], [], []
         for x, y in batch:
             rec = attack(observe(model, x, y), labels=y, model=model, progress=False)
             errs.append(layer_errors(rec, model, x))
             ps.append(scores(rec.images, x))
             times.append(rec.seconds)
+            recs.append(rec)
         curves[label] = [gmean([e[i] for e in errs]) for i in range(len(errs[0]))]
         table.append((label, sum(p[0] for p in ps) / len(ps), sum(p[1] for p in ps) / len(ps),
-                      sum(times) / len(times), rec))
+                      sum(times) / len(times), recs[0]))  # the figure shows the first image
     rows = table[0][4].analysis.layers
     print("rank analysis: " + ", ".join(f"layer {r.layer} {r.rank}/{r.unknowns}" for r in rows))
     print(f"\n{'variant':<45} {'PSNR':>7} {'SSIM':>6} {'s/img':>6}   per-layer rel. error (layer 1 … top)")

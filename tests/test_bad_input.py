@@ -130,6 +130,8 @@ TRAIN = {"train-prior": [], "train-enhancer": [], "train-autoencoder": [], "trai
 REQUIRED = {  # the least each command needs besides --out
     "demo": [], "run": ["{f}/ok.yaml"], "tradeoff": [], "giml-tasks": [], "giml": ["--tasks", "{f}/tasks-ok"],
     **{c: ["--data", "digits"] for c in TRAIN},
+    "capture": ["--protocol", "{f}/ok.yaml"], "sweep": ["{f}/ok.yaml"],
+    "attack": ["{f}/tasks-ok/task_000000", "--attack", "invertgrad"],
 }
 
 USAGE = [
@@ -179,14 +181,21 @@ def test_out_that_cannot_be_written_is_refused(cli, f, tmp_path, command):
 def test_leftover_tmp_files_are_removed_by_the_next_command_into_the_directory(cli, f, tmp_path):
     out = tmp_path / "out"
     (out / "samples").mkdir(parents=True)
-    stale = [out / ".metrics.json.abc123.tmp", out / "checkpoint.safetensors.tmp", out / "samples" / ".x.png.z.tmp"]
+    stale = [out / ".metrics.json.abc123de.tmp", out / "checkpoint.safetensors.tmp", out / "checkpoint.json.tmp",
+             out / "samples" / ".step_000002.png.k2j4h5g6.tmp"]
     for p in stale:
         p.write_text("half written")
-    keep = out / "notes.tmp.txt"
-    keep.write_text("mine")
+    keep = [out / "notes.tmp.txt", out / ".mine.tmp", out / "draft.tmp"]  # not names gradleak writes: kept
+    for p in keep:
+        p.write_text("mine")
     r = cli("train-prior", "--data", "nope", "--out", out)  # refused, but --out was checked and cleaned first
     assert r.returncode == 2
-    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+    assert not any(p.exists() for p in stale) and all(p.read_text() == "mine" for p in keep)
+
+
+def test_no_arguments_prints_help_without_an_error_line(cli):
+    r = cli()
+    assert r.returncode == 2 and "Usage" in r.stdout and "train-prior" in r.stdout and "error" not in r.stderr
 
 
 def test_version(cli):
@@ -328,10 +337,16 @@ TRAINING = [
     (["giml", "--tasks", "{f}/tasks-nometa"], "task_000001"),
     (["giml", "--tasks", "{f}/tasks-evil"], "task_000001"),
     (["giml", "--tasks", "{f}/tasks-ok", "--tau", "-1"], "giml.tau"),
+    (["giml", "--tasks", "{f}/tasks-ok", "--steps", "100000000"], "giml.steps"),
     (["giml", "--tasks", "{f}/tasks-ok", "--tv", "inf"], "giml.tv"),
     (["giml", "--tasks", "{f}/tasks-ok", "--alpha", "nan"], "giml.alpha"),
     (["giml", "--tasks", "{f}/tasks-ok", "--distance", "nope"], "giml.distance"),
     (["giml", "--tasks", "{f}/tasks-ok", "--prior", "{f}/prior-list.json"], "prior-list.json"),
+    (["attack", "{f}/tasks-ok/task_000000", "--attack", "nope"], "nope"),
+    (["attack", "{f}/tasks-nan/task_000001", "--attack", "invertgrad"], "task_000001"),
+    (["attack", "{f}/tasks-ok/task_000000", "--attack", "invertgrad", "--set", "tv=.inf"], "tv"),
+    (["attack", "{f}/tasks-evil/task_000001", "--attack", "invertgrad"], "task_000001"),
+    (["sweep", "{f}/file.txt"], "file.txt"),
 ]
 
 

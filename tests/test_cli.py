@@ -160,3 +160,22 @@ def test_attack_options_out_of_range_are_one_line(cli, tmp_path):
         assert not out.exists()
     r = cli("list", "invertgrad")
     assert any(line.split()[:3] == ["lr", "0.025", "float"] and "> 0" in line for line in r.stdout.splitlines())
+
+
+def test_threads_option_is_used_and_recorded_in_metrics(cli, tmp_path):
+    """--threads sets torch's thread count for the command; metrics.json records it with device and versions."""
+    import torch
+
+    import gradleak
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        r = cli("demo", "--out", tmp_path / "d", "--threads", "1", *FAST)
+        assert r.returncode == 0, r.stderr
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    env = json.loads((tmp_path / "d" / "metrics.json").read_text())["environment"]
+    assert env["threads"] == 1 and env["device"] == "cpu"
+    assert env["torch"] == torch.__version__ and env["gradleak"] == gradleak.__version__

@@ -61,13 +61,14 @@ def plain_loop(model, x, y, settings, make_opt):
     loader = DataLoader(TensorDataset(x, y), batch_size=s["local_batch_size"], shuffle=s["order"] == "shuffled",
                         generator=gen, drop_last=s["drop_last"])
     w = s.get("class_weights")
-    crit = nn.CrossEntropyLoss(weight=torch.tensor(w) if w else None, label_smoothing=s.get("label_smoothing", 0.0))
+    crit = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=x.dtype) if w else None,
+                               label_smoothing=s.get("label_smoothing", 0.0))
     mean, std = s.get("mean"), s.get("std")
     opt = make_opt(model.parameters())
     for _ in range(s["epochs"]):
         for xb, yb in loader:
             if mean is not None:
-                xb = (xb - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+                xb = (xb - torch.tensor(mean, dtype=x.dtype)[:, None, None]) / torch.tensor(std, dtype=x.dtype)[:, None, None]
             opt.zero_grad()
             crit(model(xb), yb).backward()
             opt.step()
@@ -100,10 +101,18 @@ def test_rerun_matches_plain_torch_loop(case, bn):
     assert rel_dist({n: t.detach() for n, t in rerun.items()}, real) <= 1e-6
     (gx,) = torch.autograd.grad(sum(t.pow(2).sum() for t in rerun.values()), xr)  # differentiable in x
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
-    backends = ["loop"] if bn else ["loop", "vmap"]
-    for backend in backends:
-        out = batched_update(model, params, buffers, x[None], y[None], proto, backend)
-        assert rel_dist({n: t[0].detach() for n, t in out.items()}, real) <= 1e-6, backend
+    out = batched_update(model, params, buffers, x[None], y[None], proto, "loop")
+    assert rel_dist({n: t[0].detach() for n, t in out.items()}, real) <= 1e-6
+    # vmap runs BatchNorm through gradleak's functional BN, whose float32 rounding differs from torch's kernel
+    # by ~1e-7, which Adam's m/√v amplifies on near-zero gradients (up to 8e-6): with BN it is checked in
+    # float64, where rounding is out of the picture and only the forward model counts
+    if bn:
+        model, x = model.double(), x.double()
+        params, buffers = split_state(model)
+        after = plain_loop(model, x, y, settings, make_opt)
+        real = {n: params[n] - p.detach() for n, p in after.named_parameters()}
+    out = batched_update(model, params, buffers, x[None], y[None], proto, "vmap")
+    assert rel_dist({n: t[0].detach() for n, t in out.items()}, real) <= 1e-6
 
 
 @pytest.mark.parametrize("convention", ["new_minus_old", "new_weights"])
@@ -228,3 +237,21 @@ def test_config_client_section_reaches_the_protocol():
         load_config(None, ["client.optimizer=adam"]).client.to_protocol()  # FedSGD has no local optimizer
     with pytest.raises(UserError, match="client.order"):
         load_config(None, ["client.order=random"])
+
+
+def test_observation_files_written_before_the_new_keys_still_load(tmp_path):
+    import json
+
+    from gradleak.fl.observation import Observation
+    from gradleak.models import build_model
+
+    model = build_model("lenet", 10, 1, 16, width=4)
+    x, y = torch.rand(2, 1, 16, 16), torch.tensor([1, 2])
+    obs = capture(Case(model, x, y, Protocol(kind="fedavg", local_steps=2, lr=0.1, local_batch_size=1)))
+    _, js = obs.save(tmp_path / "old")
+    meta = json.loads(js.read_text())
+    old_keys = ("kind", "local_steps", "lr", "local_batch_size", "epochs", "bn_mode", "share_bn_stats")
+    meta["protocol"] = {k: meta["protocol"][k] for k in old_keys}  # what format-1 files of earlier versions hold
+    js.write_text(json.dumps(meta))
+    back = Observation.load(tmp_path / "old")
+    assert back.protocol == obs.protocol and back.protocol.update == "old_minus_new"

@@ -1,6 +1,5 @@
 """gradleak capture / verify (/ attack) on an update produced by a plain PyTorch loop, at tiny size, and their
 bad inputs (exit 2, one line, nothing written)."""
-import textwrap
 
 import numpy as np
 import pytest
@@ -110,8 +109,8 @@ def test_verify_names_the_worst_layer_and_hints_the_sign(cli, deployment):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--model", "usernet:broken"), "model: factory 'usernet:broken' raised RuntimeError: no such layer"),
-    (("--model", "usernet:wrong_size"), "outputs (2, 6) for a batch of 2; num_classes is 5"),
+    (("--model", "usernet:broken"), "model: got 'usernet:broken'; allowed: a factory that builds (it raised RuntimeError: no such layer)"),
+    (("--model", "usernet:wrong_size"), "model 'usernet:wrong_size': outputs (6,) per image, the data has 5 classes"),
     (("--model", "usernet:nothere"), "model: got 'usernet:nothere'"),
     (("--model", "usernet:make", "--after", "AFTER", "--update", "AFTER"), "both --after and --update"),
     (("--model", "usernet:make", "--weights", "WRONG"), "tensor '0.weight' has shape (8, 3, 3, 3), the model's has shape (4, 3, 3, 3)"),

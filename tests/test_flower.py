@@ -98,11 +98,11 @@ def test_reconstruction_of_one_client_beats_the_grey_reference(tiny_run):
 
 def test_dp_client_side_clipping_capture(tmp_path):
     """Flower's DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod: the server holds each upload
-    clipped to C and un-noised; the released aggregate carries noise of σ = z·C / K."""
+    clipped to C and un-noised; the released aggregate carries noise of σ = z·C / K. LocalDpMod: noised."""
     ex = _example()
     results = ex.main(["--out", str(tmp_path), "--engine", "inprocess", "--clients", "2", "--images", "1",
                        "--batch-size", "1", "--epochs", "1", "--rounds", "1", "--iterations", "2",
-                       "--attack-clients", "1", "--dp-clip", "0.01", "--dp-noise", "0.5"])
+                       "--attack-clients", "1", "--dp-clip", "0.01", "--dp-noise", "0.5", "--local-dp-epsilon", "10"])
     index = load_index(tmp_path / "dp")
     client = next(e for e in index if e["kind"] == "client")
     obs = Observation.load(tmp_path / "dp" / client["path"])
@@ -113,6 +113,11 @@ def test_dp_client_side_clipping_capture(tmp_path):
     noise = torch.cat([(agg.update[n] - obs.update[n]).flatten() for n in obs.update])
     assert abs(float(noise.std()) - 0.5 * 0.01) < 0.05 * 0.5 * 0.01  # σ = z·C / K with K = 1
     assert results["dp_aggregate"]["update_norm"] > 10 * results["dp_client"]["update_norm"]
+    # LocalDpMod: the noise is added before upload, so the server's own per-client view carries it
+    local = next(e for e in load_index(tmp_path / "local-dp") if e["kind"] == "client")
+    local_obs = Observation.load(tmp_path / "local-dp" / local["path"])
+    assert [d["name"] for d in local_obs.defenses] == ["clip", "noise"]
+    assert results["local_dp_client"]["update_norm"] > 10 * 0.01
 
 
 def test_wrapper_refuses_a_model_that_does_not_match(tmp_path):
@@ -198,3 +203,33 @@ def test_legacy_strategy_capture_equals_the_clients_update(tmp_path):
     agg = Observation.load(tmp_path / next(e["path"] for e in index if e["kind"] == "aggregate"))
     for name in agg.update:  # FedAvg with equal weights: the mean of the two updates
         assert torch.allclose(agg.update[name], (truth["a"][name] + truth["b"][name]) / 2, atol=1e-7)
+
+
+@pytest.mark.parametrize("convention", ["old_minus_new", "new_minus_old", "new_weights"])
+def test_recorder_stores_the_update_in_the_protocols_convention(tmp_path, convention):
+    spec = {"name": "lenet", "num_classes": 10, "in_channels": 1, "resolution": 32, "options": {}}
+    rec = ServerRecorder(tmp_path, spec, Protocol(kind="fedavg", update=convention))
+    before = build_model("lenet", 10, 1, 32).state_dict()
+    after = {k: v + 0.01 * torch.randn_like(v) for k, v in before.items()}
+    path = rec.record(3, 42, before, after, 2, rec.protocol_for(3, 42, {}))
+    obs = Observation.load(path)
+    assert obs.protocol.update == convention and obs.extra["update_convention"] == convention
+    expected = {"old_minus_new": lambda k: before[k] - after[k], "new_minus_old": lambda k: after[k] - before[k],
+                "new_weights": lambda k: after[k]}[convention]
+    for k in obs.update:
+        assert torch.equal(obs.update[k], expected(k)), k
+
+
+def test_gradleak_attack_command_on_a_flower_capture(tiny_run, tmp_path, cli):
+    """`gradleak attack CAPTURE --truth …` (the command line) reconstructs a captured client too."""
+    out, _ = tiny_run
+    entry = next(e for e in load_index(out / "plain")  # the client the example attacked
+                 if e["kind"] == "client" and e["round"] == 1 and e["metrics"]["partition-id"] == 0)
+    truth = out / "clients" / f"partition-{entry['metrics']['partition-id']}.safetensors"
+    res = cli("attack", out / "plain" / entry["path"], "--attack", "idlg", "--set", "iterations=6",
+              "--truth", truth, "--out", tmp_path / "attack", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((tmp_path / "attack" / "metrics.json").read_text())
+    x = load_file(str(truth))["images"]
+    grey = 10 * torch.log10(1 / ((x - 0.5) ** 2).mean())
+    assert metrics["psnr"]["mean"] > float(grey) + 10, metrics["psnr"]

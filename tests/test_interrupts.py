@@ -111,7 +111,7 @@ def test_run_sigkill_while_writing_then_rerun_cleans_up_and_finishes(cli, tmp_pa
     r = _kill_child(_kill_at_call("gradleak.report", "write_report", 1), ["demo", "--out", str(out), *FAST_RUN])
     assert r.returncode == -signal.SIGKILL
     assert not (out / "metrics.json").exists()
-    (out / ".report.html.x1y2.tmp").write_text("left by the kill")
+    (out / ".report.html.x1y2z3w4.tmp").write_text("left by the kill")
     assert cli("demo", "--out", out, *FAST_RUN).returncode == 0
     assert (out / "metrics.json").is_file() and not list(out.rglob("*.tmp"))
 

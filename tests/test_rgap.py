@@ -7,7 +7,7 @@ from torch import nn
 
 from gradleak.attacks.analytic import FCAnalytic, FCAnalyticBatch
 from gradleak.attacks import ATTACKS, build_attack
-from gradleak.attacks.rgap import (DT, RGAP, LayerSystem, RGAPGenerative, parse_chain, psd_solve,
+from gradleak.attacks.rgap import (DT, RGAP, LayerSystem, RGAPGenerative, analyze_model, parse_chain, psd_solve,
                                    true_layer_inputs)
 from gradleak.case import Case, capture
 from gradleak.errors import UserError
@@ -48,12 +48,16 @@ def test_rgap_recovers_a_determined_standard_form_model(bias, balance):
 def test_rgap_inverts_one_step_fedavg_and_refuses_a_batch_or_several_steps():
     model = _determined_net(True)
     x = torch.rand(1, 1, 8, 8)
-    rec = RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=1, lr=0.5)), model=model)
-    assert psnr(rec.images, x) >= 60
+    for protocol in (Protocol(kind="fedavg", local_steps=1, lr=0.5),
+                     Protocol(kind="fedavg", local_steps=1, lr=0.5, update="new_minus_old")):
+        rec = RGAP()(_obs(model, x, protocol=protocol), model=model)
+        assert psnr(rec.images, x) >= 60
     with pytest.raises(UserError, match="batch_size: got 2; allowed: 1"):
         RGAP()(_obs(model, torch.rand(2, 1, 8, 8), torch.tensor([1, 2])), model=model)
     with pytest.raises(UserError, match="local_steps: got 3"):
         RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=3)), model=model)
+    with pytest.raises(UserError, match="optimizer: got adam"):
+        RGAP()(_obs(model, x, protocol=Protocol(kind="fedavg", local_steps=1, optimizer="adam")), model=model)
 
 
 def test_rank_analysis_matches_hand_counts():
@@ -64,6 +68,8 @@ def test_rank_analysis_matches_hand_counts():
     rows = [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in rec.analysis.layers]
     assert rows == [(8, 4, 2, 5), (4, 3, 12, 4)]
     assert rec.analysis.rank_deficient == [1] and rec.analysis.layers[0].deficiency == 3
+    # the attack-free indicator (random input, no observation) gives the same counts
+    assert [(r.unknowns, r.rank) for r in analyze_model(a, (2, 2, 2), label=1).layers] == [(8, 5), (4, 4)]
     # 2×2 stride-2 conv, 1 → 2 channels on 4×4 (non-overlapping patches): forward span(Θ₀,Θ₁)⊗R⁴ (8), gradient
     # R⁴⊗span(k₀,k₁) (8), intersection span(Θ)⊗span(k) (4): rank 12 of 16.
     b = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2, bias=False), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8, 3))
@@ -122,6 +128,14 @@ class _Residual(nn.Module):
         return self.classifier((self.act(self.conv(x)) + x).flatten(1))
 
 
+def test_a_shared_activation_instance_is_one_activation_per_layer():
+    act = nn.LeakyReLU(0.2)  # R-GAP's own CNN6 code shares one instance
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1), act, nn.Conv2d(4, 4, 3, 1, 1), act, nn.Flatten(), nn.Linear(256, 10))
+    assert [c.activation is act for c in parse_chain(model, (1, 8, 8))] == [True, True, False]
+    x = torch.rand(1, 1, 8, 8)
+    assert psnr(RGAP()(_obs(model, x), model=model).images, x) >= 60
+
+
 def test_rgap_refuses_a_forward_that_is_not_the_chain_and_accepts_lenet():
     with pytest.raises(UserError, match="forward is not the chain"):
         parse_chain(_Residual(), (1, 8, 8))
@@ -161,8 +175,9 @@ def test_rgap_gen_solves_the_rank_deficient_layer_through_the_prior():
     assert ns.analysis.layers[0].residual == pytest.approx(closed.analysis.layers[0].residual, abs=1e-9)
     assert not torch.allclose(ns.analysis.inputs[0], closed.analysis.inputs[0])
     # explicit layer list: only layer 1 is generative
-    only = RGAPGenerative(prior=_tiny_prior(), iterations=2, restarts=1, generative_layers=[1])(obs, model=model)
-    assert [r.solver.split(" ")[0] for r in only.analysis.layers] == ["generative", "gradient"]
+    only = RGAPGenerative(prior=_tiny_prior(), iterations=2, iterations_w=2, restarts=1, generative_layers=[1])(
+        obs, model=model)
+    assert [r.solver for r in only.analysis.layers] == ["generative (zw)", "gradient (top layer)"]
     with pytest.raises(UserError, match="generative_layers"):
         build_attack("rgap-gen", generative_layers=[0])
 
@@ -201,7 +216,7 @@ def test_fc_analytic_batch_finds_the_rows_that_isolate_one_sample():
 
 def test_gradleak_run_with_rgap_reports_the_rank_analysis(cli, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("data: {name: digits, resolution: 16, channels: 1, batch_size: 1}\n"
+    cfg.write_text("data: {name: digits, resolution: 8, channels: 1, batch_size: 1}\n"
                    "model: {name: cnn6, options: {width: 0.25, bias: true}}\n"
                    "attack: {name: rgap}\nmetrics: {tagger: none}\n")
     res = cli("run", cfg, "--out", tmp_path / "run", "--no-progress")
@@ -213,4 +228,4 @@ def test_gradleak_run_with_rgap_reports_the_rank_analysis(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(cfg.read_text().replace("batch_size: 1", "batch_size: 2"))
     res = cli("run", bad, "--out", tmp_path / "bad", "--no-progress")
-    assert res.returncode == 2 and "allowed: 1" in res.stderr and not (tmp_path / "bad" / "metrics.json").exists()
+    assert res.returncode == 2 and "allowed: 1" in res.stderr and not (tmp_path / "bad").exists()

@@ -118,7 +118,7 @@ def test_resume_after_kill_loses_only_runs_in_flight(tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(m.stat().st_mtime_ns == t for m, t in done.items())  # finished runs were not redone
     fresh = tmp_path / "fresh"
-    subprocess.run(cmd[:5] + [str(fresh)] + cmd[6:], check=True, capture_output=True)
+    subprocess.run(cmd[:6] + [str(fresh)] + cmd[7:], check=True, capture_output=True)
     assert _numbers(out) == _numbers(fresh)
 
 

@@ -13,19 +13,22 @@
    true images and against the no-information reference (every pixel 0.5).
 3. The same with Flower's central DP, ``DifferentialPrivacyClientSideFixedClipping`` (clients clip with
    ``fixedclipping_mod``, the server adds Gaussian noise σ = z·C / K to the aggregate) at the stated
-   ``--dp-noise`` z and ``--dp-clip`` C, one client sampled per round (K = 1): the attack on the client's
-   upload as the server receives it, and on the noised aggregate the server releases.
+   ``--dp-noise`` z and ``--dp-clip`` C, one client per round (K = 1: client 0 alone): the attack on the
+   client's upload as the server receives it, and on the noised aggregate the server releases.
 
     PYTHONPATH=src python examples/flower/run.py --out runs/flower
     PYTHONPATH=src python examples/flower/run.py --out /tmp/f --rounds 1 --clients 2 --images 1 --iterations 50 --no-dp
 
-Prints one line per attacked capture and writes ``OUT/results.json``. Needs ``pip install gradleak[flower]``
+Prints one line per attacked capture (and a ``gradleak attack`` command line doing the same on the first
+capture) and writes ``OUT/results.json``; ``OUT/clients/partition-P.safetensors`` hold each client's true
+images and labels (the ``--truth`` of ``gradleak attack``). Needs ``pip install gradleak[flower]``
 and Ray (``flwr[simulation]``).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -182,10 +185,17 @@ def protocol_from_config(server_round: int, node_id: int, config: dict) -> gl.Pr
                        local_batch_size=int(config["batch-size"]))
 
 
-def simulate(out: Path, parts, args, dp: bool, truth_dir: str | None = None) -> None:
-    """One Flower simulation; every train reply is captured under ``out``."""
+def local_dp_sigma(args) -> float:
+    """LocalDpMod's Gaussian-mechanism σ = Δ₂·√(2 ln(1.25/δ)) / ε, with sensitivity Δ₂ = C here."""
+    return args.dp_clip * math.sqrt(2 * math.log(1.25 / args.local_dp_delta)) / args.local_dp_epsilon
+
+
+def simulate(out: Path, parts, args, mode: str = "plain", truth_dir: str | None = None) -> None:
+    """One Flower simulation; every train reply is captured under ``out``. ``mode``: ``plain`` (FedAvg, all
+    clients), ``central-dp`` (DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod, K = 1) or
+    ``local-dp`` (FedAvg, all clients, each with LocalDpMod)."""
     from flwr.app import ArrayRecord, ConfigRecord
-    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
     from flwr.simulation import run_simulation
@@ -193,28 +203,35 @@ def simulate(out: Path, parts, args, dp: bool, truth_dir: str | None = None) -> 
     from gradleak.integrations.flower import GradleakCapture
 
     n = len(parts)
-    sampled = 1 if dp else n
+    sampled = 1 if mode == "central-dp" else n
     server = ServerApp()
+    # what the server knows was done to the uploads, for the attacker (gradleak describe() form)
+    clip = [{"name": "clip", "max_norm": args.dp_clip, "scope": "global", "source": "flwr clipping (FlatClip)"}]
+    defenses, aggregate_defenses, mods = [], [], []
+    if mode == "central-dp":  # clients clip Δ to C; the aggregate of K = 1 client gets noise σ = z·C / K
+        defenses, mods = clip, [fixedclipping_mod]
+        aggregate_defenses = clip + [{"name": "noise", "sigma": args.dp_noise * args.dp_clip / sampled,
+                                      "scope": "global", "source": "flwr DifferentialPrivacyClientSideFixedClipping"}]
+    elif mode == "local-dp":  # clients clip Δ to C and add noise σ before uploading
+        defenses = clip + [{"name": "noise", "sigma": local_dp_sigma(args), "scope": "global",
+                            "source": "flwr LocalDpMod"}]
+        mods = [LocalDpMod(clipping_norm=args.dp_clip, sensitivity=args.dp_clip, epsilon=args.local_dp_epsilon,
+                           delta=args.local_dp_delta)]
 
     @server.main()
     def main(grid, context):
         strategy = FedAvg(fraction_train=sampled / n, fraction_evaluate=0.0, min_train_nodes=sampled,
                           min_available_nodes=n)
-        if dp:
+        if mode == "central-dp":
             strategy = DifferentialPrivacyClientSideFixedClipping(
                 strategy, noise_multiplier=args.dp_noise, clipping_norm=args.dp_clip, num_sampled_clients=sampled)
-        # what the server knows was done to the uploads: the clients clip Δ to norm C (fixedclipping_mod);
-        # the aggregate (K = 1 client) additionally carries Gaussian noise σ = z·C / K
-        clip = [{"name": "clip", "max_norm": args.dp_clip, "scope": "global", "source": "flwr fixedclipping_mod"}]
-        noise = [{"name": "noise", "sigma": args.dp_noise * args.dp_clip / sampled, "scope": "global",
-                  "source": "flwr DifferentialPrivacyClientSideFixedClipping"}]
-        capture = GradleakCapture(strategy, out, SPEC, protocol_from_config, defenses=clip if dp else [],
-                                  aggregate_defenses=clip + noise if dp else [])
+        capture = GradleakCapture(strategy, out, SPEC, protocol_from_config, defenses=defenses,
+                                  aggregate_defenses=aggregate_defenses)
         config = ConfigRecord({"lr": args.lr, "local-epochs": args.epochs, "batch-size": args.batch_size})
         capture.start(grid=grid, initial_arrays=ArrayRecord(initial_model(args.seed).state_dict()),
-                      num_rounds=args.dp_rounds if dp else args.rounds, train_config=config)
+                      num_rounds=args.rounds if mode == "plain" else args.dp_rounds, train_config=config)
 
-    client = make_client_app(parts, truth_dir, mods=[fixedclipping_mod] if dp else [])
+    client = make_client_app(parts, truth_dir, mods=mods)
     if args.engine == "inprocess":
         from flwr.app import Context, RecordDict
         from flwr.supercore.task_identity import TaskIdentity
@@ -295,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dp-noise", type=float, default=1.0, help="noise multiplier z")
     ap.add_argument("--dp-clip", type=positive_float, default=0.1, help="clipping norm C")
     ap.add_argument("--dp-rounds", type=positive_int, default=1)
+    ap.add_argument("--local-dp-epsilon", type=positive_float, default=None,
+                    help="also audit LocalDpMod (clip C = --dp-clip, sensitivity C) at this ε")
+    ap.add_argument("--local-dp-delta", type=positive_float, default=1e-5)
     ap.add_argument("--truth-dir", default=None, help="clients also save their own θ0 − θτ here (tests)")
     args = ap.parse_args(argv)
     if args.dp_noise < 0:
@@ -306,10 +326,15 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
     parts = partitions(args.clients, args.images, args.seed)
+    from safetensors.torch import save_file
+
+    (args.out / "clients").mkdir(parents=True, exist_ok=True)
+    for pid, (x, y) in enumerate(parts):  # the ground truth, for scoring (gradleak attack --truth)
+        save_file({"images": x.contiguous(), "labels": y.contiguous()}, str(args.out / "clients" / f"partition-{pid}.safetensors"))
     results: dict = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
     t0 = time.time()
-    simulate(args.out / "plain", parts, args, dp=False, truth_dir=args.truth_dir)
+    simulate(args.out / "plain", parts, args, "plain", truth_dir=args.truth_dir)
     results["plain_simulation_s"] = round(time.time() - t0, 1)
     # attack the captured clients of round 1 (every one, or the first --attack-clients by partition)
     clients = sorted((e for e in load_index(args.out / "plain") if e["round"] == 1 and e["kind"] == "client"),
@@ -325,10 +350,17 @@ def main(argv: list[str] | None = None) -> dict:
     results["plain_mean_grey_psnr"] = sum(r["grey_psnr"] for r in plain) / len(plain)
     print(f"FedAvg round 1: mean PSNR {results['plain_mean_psnr']:.2f} dB over {len(plain)} clients "
           f"(no-information grey reference {results['plain_mean_grey_psnr']:.2f} dB)", flush=True)
+    first = clients[0]
+    print("the same from the command line:\n  gradleak attack "
+          f"{args.out / 'plain' / first['path']} --attack idlg --set iterations={args.iterations} "
+          f"--truth {args.out / 'clients' / ('partition-%d.safetensors' % first['metrics']['partition-id'])} "
+          f"--out {args.out / 'cli-attack'}", flush=True)
 
     if args.dp:
         t0 = time.time()
-        simulate(args.out / "dp", parts, args, dp=True)
+        # K = 1: a federation of client 0 alone, so which client is sampled is not left to Flower's random
+        # sampling; the server's view of a round is the same as when one client of many is sampled
+        simulate(args.out / "dp", parts[:1], args, "central-dp")
         results["dp_simulation_s"] = round(time.time() - t0, 1)
         index = load_index(args.out / "dp")
         entry = next(e for e in index if e["round"] == 1 and e["kind"] == "client")
@@ -343,6 +375,18 @@ def main(argv: list[str] | None = None) -> dict:
         results["dp_aggregate"] = r
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.local_dp_epsilon is not None:
+        t0 = time.time()
+        simulate(args.out / "local-dp", parts, args, "local-dp")
+        results["local_dp_simulation_s"] = round(time.time() - t0, 1)
+        entry = min((e for e in load_index(args.out / "local-dp") if e["round"] == 1 and e["kind"] == "client"),
+                    key=lambda e: e["metrics"]["partition-id"])
+        pid = entry["metrics"]["partition-id"]
+        r = attack(args.out / "local-dp" / entry["path"], parts[pid], args, f"local-dp-partition{pid}")
+        report(f"LocalDpMod ε={args.local_dp_epsilon} δ={args.local_dp_delta} C={args.dp_clip} "
+               f"(σ={local_dp_sigma(args):.4g}), client {pid}", r)
+        results["local_dp_client"] = r
+
     atomic_write_json(args.out / "results.json", results)
     return results
 

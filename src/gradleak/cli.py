@@ -1,6 +1,7 @@
 """The gradleak command line. Each command is a thin wrapper over the Python API (see README)."""
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import List, Optional
@@ -385,7 +386,7 @@ def giml_cmd(
 @app.command("capture")
 def capture_cmd(
     protocol: Path = typer.Option(..., "--protocol", help="PROTOCOL.yaml: model (num_classes, channels, resolution, options), num_images, client settings, labels."),
-    out: Path = typer.Option(..., "--out", help="Observation directory to write (observation.safetensors + .json)."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Observation directory to write (observation.safetensors + .json)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model factory: a registered name or 'package.module:factory' (current directory importable)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Global weights sent to the client (safetensors or weights-only torch file)."),
     after: Optional[Path] = typer.Option(None, "--after", help="The client's weights after its local round."),
@@ -406,14 +407,16 @@ def verify_cmd(
     observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
     images: Path = typer.Option(..., "--images", help="The client's true images: a directory (sorted by name) or a tensor file."),
     labels: Optional[str] = typer.Option(None, "--labels", help="The client's labels in the images' order, e.g. 3,1,4 (or a file)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
 ) -> None:
     """Re-run the stated protocol on the true batch: per-layer relative distance to the captured update and a verdict (exit 1 if it does not reproduce)."""
     from gradleak.deploy import verify_command
 
+    _set_threads(threads)
     result = verify_command(observation, images, labels)
     typer.echo(result.report())
     if not result.reproduces:
-        sys.exit(1)
+        raise typer.Exit(1)
 
 
 @app.command("sweep")
@@ -439,16 +442,18 @@ def sweep_cmd(
 def attack_cmd(
     observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
     attack: str = typer.Option(..., "--attack", help="A registered attack (gradleak list)."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
     set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
     seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
     from gradleak.deploy import attack_command
 
+    _set_threads(threads)
     metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device)
     if "psnr" in metrics:
         _summary(metrics, out)

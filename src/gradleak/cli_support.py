@@ -9,11 +9,13 @@ The policy (:func:`run_cli`, called by ``gradleak.cli.main``):
 
 ``--out`` is checked when the command line is parsed, before any work starts (:func:`checked_out`): it must
 not be an existing file, lie under a file, or be in a place this process cannot write; leftover temporary
-files of an earlier killed run (``.*.tmp``, ``*.safetensors.tmp``, ``*.json.tmp``) are removed from it.
+files of an earlier killed run (``.<name>.XXXXXXXX.tmp``, ``*.safetensors.tmp``, ``*.json.tmp``) are removed
+from it.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -63,7 +65,11 @@ def run_cli(app: Callable[..., object]) -> None:
             print("interrupted", file=sys.stderr)
             sys.exit(INTERRUPTED)
         if isinstance(err, _click_exception()):
-            print(f"error: {_usage_line(err)}", file=sys.stderr)
+            if type(err).__name__ == "NoArgsIsHelpError":  # no arguments at all: the help, not an error line
+                if err.format_message().strip():
+                    print(err.format_message())
+            elif err.format_message().strip():
+                print(f"error: {_usage_line(err)}", file=sys.stderr)
             sys.exit(getattr(err, "exit_code", USAGE) or USAGE)
         raise
     # typer turns KeyboardInterrupt into Exit(130), which standalone_mode=False *returns* (it would exit 0)
@@ -75,24 +81,25 @@ def run_cli(app: Callable[..., object]) -> None:
 
 # --- --out ---------------------------------------------------------------------------------------------------
 
-TMP_PATTERNS = (".*.tmp", "*.safetensors.tmp", "*.json.tmp")
+# exactly the names gradleak's writers use for temporary files: gradleak.atomic (mkstemp: ".<name>." + 8 random
+# characters + ".tmp"), gradleak.filepair ("<stem>.safetensors.tmp" / "<stem>.json.tmp") and the --out probe
+TMP_NAME = re.compile(r"^(\..+\.[a-z0-9_]{8}\.tmp|.+\.safetensors\.tmp|.+\.json\.tmp|\.gradleak-probe-.+\.tmp)$")
 
 
 def clean_tmp(directory: str | os.PathLike) -> list[Path]:
     """Remove leftover temporary files of gradleak's atomic writes under ``directory`` (a killed run leaves
-    them); returns what was removed. Only names gradleak's writers use are touched."""
+    them); returns what was removed. Only names gradleak's writers use are touched (:data:`TMP_NAME`)."""
     root = Path(directory)
     removed: list[Path] = []
     if not root.is_dir():
         return removed
-    for pattern in TMP_PATTERNS:
-        for p in root.rglob(pattern):
-            if p.is_file() and not p.is_symlink():
-                try:
-                    p.unlink()
-                    removed.append(p)
-                except OSError:
-                    pass
+    for p in root.rglob("*.tmp"):
+        if TMP_NAME.match(p.name) and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
     return removed
 
 

@@ -286,7 +286,7 @@ def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--ima
                 with Image.open(f) as img:
                     img = img.convert("L" if C == 1 else "RGB")
                     arr = np.array(img, dtype=np.uint8)
-            except (OSError, ValueError, SyntaxError) as err:
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 raise UserError(f"{key}: cannot read image {str(f)!r} ({_first_line(err)})") from None
             if arr.shape[:2] != (H, W):
                 raise UserError(f"{key}: {str(f)!r} is {arr.shape[1]}x{arr.shape[0]}; allowed: {W}x{H} "
@@ -479,7 +479,10 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
                              environment=Environment.current(str(resolve(device))), matched=matched,
                              notes=[f"attacked a saved observation: {observation}"])
         return write_run(result, out)
-    return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)
+    from gradleak.report.guard import run_dir_guard
+
+    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
+        return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)
 
 
 def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:

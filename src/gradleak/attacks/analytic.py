@@ -38,7 +38,8 @@ def first_linear(model: nn.Module, image_shape: tuple[int, ...]) -> str:
         if any(True for _ in m.parameters(recurse=False)):
             hooks.append(m.register_forward_hook(
                 lambda mod, inp, out, name=name: order.append((name, mod, inp[0].detach())) if not order else None))
-    x = torch.rand(1, *image_shape, generator=torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    x = torch.rand(1, *image_shape, generator=torch.Generator().manual_seed(0), device="cpu").to(device)
     was = model.training
     try:
         with torch.no_grad():
@@ -60,6 +61,7 @@ def first_linear(model: nn.Module, image_shape: tuple[int, ...]) -> str:
 
 
 def _first_layer_gradient(obs: Observation, model: nn.Module | None) -> tuple[nn.Module, Tensor, Tensor]:
+    obs = obs.as_delta()  # the upload as θ_0 − θ_τ (points along the gradient) whatever convention was stated
     if model is None:
         model = obs.build_model()
     else:

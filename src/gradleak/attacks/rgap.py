@@ -35,6 +35,7 @@ eigenvalues, i.e. √rcond on the singular values), so a 3×32×32 layer costs s
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -89,7 +90,7 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
     layers: list[tuple[str, nn.Module]] = []
     acts: list[nn.Module | None] = []
     act_names: dict[int, str] = {}
-    for name, m in model.named_modules():
+    for name, m in model.named_modules(remove_duplicate=False):  # a shared activation instance counts at every use
         if any(True for _ in m.children()):
             continue
         if isinstance(m, nn.Conv2d):
@@ -111,24 +112,22 @@ def parse_chain(model: nn.Module, image_shape: tuple[int, ...]) -> list[ChainLay
             if not layers or acts[-1] is not None:
                 raise _refuse(name, m, "does not follow a Conv2d/Linear layer")
             acts[-1] = m
-            act_names[id(m)] = name
+            act_names[len(acts) - 1] = name
         elif isinstance(m, nn.Flatten):
             continue
         elif isinstance(m, nn.ReLU):
             raise _refuse(name, m, "is not invertible (it zeroes negative inputs; R-GAP needs e.g. LeakyReLU)")
-        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
-                            nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
-                            nn.modules.pooling._AdaptiveMaxPoolNd, nn.Dropout)):
-            raise _refuse(name, m, "is not a linear layer or an invertible activation")
-        else:
+        else:  # pooling, normalisation, dropout, anything else
             raise _refuse(name, m, "is not a Conv2d/Linear layer or an invertible activation")
     if not layers or not isinstance(layers[-1][1], nn.Linear):
         name, m = layers[-1] if layers else ("<model>", model)
         raise _refuse(name, m, "is the last layer; R-GAP needs a final Linear layer (the classifier)")
     if acts[-1] is not None:
-        raise _refuse(act_names[id(acts[-1])], acts[-1], "follows the final layer (the logits must feed the loss directly)")
+        raise _refuse(act_names[len(acts) - 1], acts[-1], "follows the final layer (the logits must feed the loss directly)")
     own = {n for n, _ in model.named_parameters()}
     chain_params = {f"{n}.{p}" for n, m in layers for p, _ in m.named_parameters(recurse=False)}
+    if len({id(m) for _, m in layers}) != len(layers):
+        raise UserError(f"rgap: model {type(model).__name__} reuses a Conv2d/Linear module; allowed: {_FORM}")
     if own != chain_params:
         extra = sorted(own - chain_params)[0]
         raise UserError(f"rgap: parameter {extra!r} is not a Conv2d/Linear weight or bias; allowed: {_FORM}")
@@ -431,8 +430,13 @@ def observed_gradient(obs: Observation) -> dict[str, Tensor]:
     p = obs.protocol
     if p.kind == "fedsgd":
         return {k: v.to(DT) for k, v in obs.update.items()}
-    if len(p.schedule(1)) == 1:
-        return {k: v.to(DT) / p.lr for k, v in obs.update.items()}
+    if getattr(p, "optimizer", "sgd") != "sgd" or getattr(p, "weight_decay", 0.0):
+        raise UserError(f"rgap: client.optimizer: got {getattr(p, 'optimizer', 'sgd')} with weight_decay "
+                        f"{getattr(p, 'weight_decay', 0.0)}; allowed: sgd without weight decay (the upload must be "
+                        "a multiple of one gradient)")
+    if len(p.schedule(1)) == 1:  # one SGD step: Δ = η g (Nesterov's first step: η (1 + μ) g)
+        scale = p.lr * (1 + p.momentum if getattr(p, "nesterov", False) else 1)
+        return {k: v.to(DT) / scale for k, v in obs.update.items()}
     raise UserError(f"rgap: client.local_steps: got {len(p.schedule(1))} local steps; allowed: fedsgd or one local "
                     "step (R-GAP inverts one gradient)")
 
@@ -581,10 +585,16 @@ class RGAP(Attack):
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
                  progress: bool = True) -> Reconstruction:
         t0 = time.perf_counter()
-        model = self._model(obs, model)
-        label = None if labels is None else int(labels.reshape(-1)[0])
-        image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
-                                              self._layer_solver(labels, seed), self.generative_layers, self.balance)
+        with torch.device("cpu"):  # LAPACK linear algebra in float64: R-GAP computes on the CPU on any --device
+            obs = obs.to("cpu").as_delta()
+            model = self._model(obs, model)
+            if any(p.device.type != "cpu" for p in model.parameters()):
+                model = copy.deepcopy(model).cpu()
+            labels = None if labels is None else labels.cpu()
+            label = None if labels is None else int(labels.reshape(-1)[0])
+            image, analysis = recursive_inversion(obs, model, label, self.rcond, self.max_unknowns,
+                                                  self._layer_solver(labels, seed), self.generative_layers,
+                                                  self.balance)
         return Reconstruction(images=image.to(torch.float32).clamp(0, 1), labels=torch.tensor([analysis.label]),
                               attack=self.name, seconds=time.perf_counter() - t0, analysis=analysis)
 
@@ -689,10 +699,16 @@ def analyze_model(model: nn.Module, image_shape: tuple[int, int, int], label: in
     """Attack-free rank analysis of an architecture: R-GAP's systems at a random input (uniform [0, 1]) and the
     model's current weights. The rank of A_r is generic in the data, so this predicts which layers of any
     sample's gradient are under-determined."""
-    from gradleak.case import Case, capture
+    from gradleak.fl.client import client_update, split_state
+    from gradleak.fl.protocol import Protocol
 
     x = torch.rand(1, *image_shape, generator=torch.Generator().manual_seed(seed))
-    obs = capture(Case(model, x, torch.tensor([label]), give_labels=True))
+    params, buffers = split_state(model)
+    update = client_update(model, params, buffers, x, torch.tensor([label]), Protocol())
+    spec = {"name": type(model).__name__, "num_classes": 0, "in_channels": image_shape[0],
+            "resolution": image_shape[-1], "options": {}}
+    obs = Observation(model_spec=spec, parameters=params, buffers=buffers, update=update, protocol=Protocol(),
+                      num_images=1, image_shape=tuple(image_shape))
     _, analysis = recursive_inversion(obs, model, label, rcond, balance=balance)
     return analysis
 

@@ -78,7 +78,8 @@ class Observation:
                            update=move(self.update), protocol=self.protocol, num_images=self.num_images,
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
-                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra)
+                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
+                           model=self.model)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
@@ -162,7 +163,14 @@ class Observation:
             raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
         if validate:
-            obs.build_model()
+            built = obs.build_model()
+            # the model's tensor order (the file's is alphabetical): layer sums then run in the same order
+            # as for the simulated client, so a loaded observation is attacked bit-identically
+            for attr, named in (("parameters", built.named_parameters()), ("buffers", built.named_buffers())):
+                order = [n for n, _ in named]
+                d = getattr(obs, attr)
+                setattr(obs, attr, {**{n: d[n] for n in order if n in d}, **d})
+            obs.update = {**{n: obs.update[n] for n in obs.parameters if n in obs.update}, **obs.update}
         return obs
 
 

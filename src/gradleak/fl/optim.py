@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
 Params = dict[str, Tensor]
 
 

@@ -24,10 +24,12 @@ Local data order (the client's dataset is the batch in the order given):
   so every epoch draws a new permutation); without ``epochs`` the first τ mini-batches of those passes.
 * ``unknown``: the client shuffles with a seed the server does not know. The Observation then holds no
   seed (:meth:`Protocol.server_view`) and the attacker re-runs every epoch in sequential order. For one
-  epoch this loses nothing: any shuffle only regroups the images into mini-batches, and the
-  reconstruction's slots are free to take the images in the shuffled order (the metrics match
-  reconstructions to images by the best assignment). Over several epochs the grouping changes from epoch
-  to epoch and the attacker's model is only approximate (cost measured in ``benchmarks/deployment.py``).
+  epoch that model is exact up to a relabelling of the batch: a shuffle only regroups the (image, label)
+  pairs into mini-batches, and the sequential re-run of the pairs in the client's order reproduces the
+  update (tested). The attacker does not know that order, though: its image slots are free, but labels it
+  was given (or recovered) sit in their original order, so the label groups of the mini-batches are wrong
+  unless the shuffle happened to keep them; over several epochs every epoch regroups differently. The cost
+  is measured in ``benchmarks/deployment.py`` (docs/deployment.md).
 """
 from __future__ import annotations
 

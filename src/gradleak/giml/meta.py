@@ -84,13 +84,13 @@ class GIMLConfig:
 
     def check(self) -> None:
         for key, ok, allowed in (
-            ("steps", self.steps >= 0, "an integer >= 0"),
+            ("steps", 0 <= self.steps <= 10_000_000, "an integer in 0..10000000"),
             ("tasks_per_step", self.tasks_per_step >= 1, "an integer >= 1"),
             ("tau", self.tau >= 0, "an integer >= 0"),
             ("lam", self.lam >= 0, "a number >= 0"),
             ("alpha", self.alpha > 0, "a number > 0"),
             ("beta", 0 <= self.beta <= 1, "a number in [0, 1]"),
-            ("latent_iterations", self.latent_iterations >= 0, "an integer >= 0"),
+            ("latent_iterations", 0 <= self.latent_iterations <= 10_000_000, "an integer in 0..10000000"),
             ("lr_z", self.lr_z > 0, "a number > 0"),
             ("tv", self.tv >= 0, "a number >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),

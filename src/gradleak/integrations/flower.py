@@ -6,9 +6,10 @@ the wrapped strategy's — while it saves, for every sampled client in every rou
 process holds after that client's reply arrived:
 
 * θ_0, the global arrays the server sent to that client (parameters and buffers, e.g. BN statistics);
-* the update computed from the arrays the client sent back, Δ = θ_0 − θ_τ over the model's parameters
-  (gradleak's FedAvg convention, :mod:`gradleak.fl.protocol`), exact in float32 because both θ_0 and
-  θ_τ are the very arrays that travelled;
+* the update computed from the arrays the client sent back, over the model's parameters, in the
+  convention the protocol states (``Protocol.update``: ``old_minus_new`` Δ = θ_0 − θ_τ by default,
+  ``new_minus_old``, or ``new_weights`` θ_τ), exact in float32 because both θ_0 and θ_τ are the very
+  arrays that travelled;
 * the number of examples the client reported (the Observation's ``num_images``: the client's local
   dataset is the batch the attacker reconstructs), the round, the client's node id;
 * the client protocol as the server knows it (:class:`gradleak.fl.protocol.Protocol`: lr, local steps or
@@ -55,7 +56,6 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 StateDict = dict[str, Tensor]
 #: ``(server_round, node_id, train config sent to that node) -> Protocol``
 ProtocolFn = Callable[[int, int, dict], Protocol]
-UPDATE_CONVENTION = "theta_0 - theta_tau"
 
 
 def _spec_of(model: Union[nn.Module, dict]) -> dict:
@@ -129,17 +129,25 @@ class ServerRecorder:
     def record(self, server_round: int, node_id: int | str, sent: StateDict, received: StateDict,
                num_examples: int, protocol: Protocol, stem: str | None = None, extra: dict | None = None,
                defenses: list[dict] | None = None) -> Path:
-        """Save one Observation: θ_0 = ``sent``, Δ = θ_0 − θ_τ with θ_τ = ``received``."""
+        """Save one Observation: θ_0 = ``sent``, θ_τ = ``received``, the update in ``protocol.update``'s
+        convention (``protocol.server_view()`` is stored: no shuffle seed the server does not know)."""
         params, buffers = self.check_state(sent, f"round {server_round}, arrays sent to node {node_id}")
         after, _ = self.check_state(received, f"round {server_round}, arrays received from node {node_id}")
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
             raise UserError(f"flower capture: round {server_round}, node {node_id}: num-examples: got "
                             f"{num_examples!r}; allowed: an integer >= 1")
-        update = {n: params[n] - after[n] for n in params}
+        protocol = protocol.server_view()
+        convention = protocol.update  # stated in the Observation's protocol, computed exactly as stated
+        if convention == "new_weights":
+            update = {n: after[n].clone() for n in params}
+        elif convention == "new_minus_old":
+            update = {n: after[n] - params[n] for n in params}
+        else:  # "old_minus_new", gradleak's default
+            update = {n: params[n] - after[n] for n in params}
         stem = stem or f"node-{node_id}"
         rel = Path(f"round-{server_round:03d}") / stem
         meta = {"round": server_round, "node_id": node_id, "num_examples": num_examples,
-                "update_convention": UPDATE_CONVENTION, **(extra or {})}
+                "update_convention": convention, **(extra or {})}
         obs = Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
                           protocol=protocol, num_images=num_examples, image_shape=self.image_shape,
                           defenses=list(defenses or []), extra={"source": "flower", **meta})
@@ -417,4 +425,4 @@ def load_index(out: str | Path) -> list[dict]:
     return data["captures"]
 
 
-__all__ = ["GradleakCapture", "LegacyGradleakCapture", "ServerRecorder", "UPDATE_CONVENTION", "load_index"]
+__all__ = ["GradleakCapture", "LegacyGradleakCapture", "ServerRecorder", "load_index"]
