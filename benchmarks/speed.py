@@ -15,9 +15,9 @@ Columns: it/s of each; ``×tb`` = it/s ÷ textbook it/s (1 restart); ``4R/1R`` =
 iteration ÷ time of one 1-restart iteration (≤ 2 is the issue's floor for "batched"; the textbook's is 4).
 Rows: LeNet batch 1/4, ConvNet width 16/32 batch 4, ResNet-18 width 16 batch 1, FedSGD and FedAvg τ = 5
 (local batch = half the batch), then GI-z, GI-w (per-image generator copies), GI-z/w (half the iterations in
-each stage: its it/s is the harmonic mean of the two stage rows) through the built-in photos prior and ROG
-(bicubic ×4, relative L2, FedAvg τ = 5) on the ConvNet width 16, batch 4. Images are random (speed does not
-depend on them); 3×32×32, 10 classes.
+each stage: its it/s is the harmonic mean of the two stage rows) through the built-in photos prior on the
+ConvNet width 16, batch 4, FedSGD, and ROG (bicubic ×4, relative L2) on LeNet batch 4, FedAvg τ = 5.
+Images are random (speed does not depend on them); 3×32×32, 10 classes.
 
     python benchmarks/speed.py                    # the full table (long on a CPU: compilation dominates)
     python benchmarks/speed.py --quick            # a tiny version (LeNet only, no compilation)
@@ -36,15 +36,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
-from gradleak.attacks.engine import Objective, SearchContext, _choose_backend, _value_and_grads  # noqa: E402
-from gradleak.attacks.objectives import DISTANCES  # noqa: E402
-from gradleak.case import Case, capture  # noqa: E402
-from gradleak.fl.protocol import Protocol  # noqa: E402
-from gradleak.models import build_model, init_model  # noqa: E402
+
+def _imports() -> None:
+    """torch and gradleak, imported after the arguments are checked (a bad argument answers at once)."""
+    global torch, F, functional_call, Objective, SearchContext, _choose_backend, _value_and_grads, DISTANCES
+    global Case, capture, Protocol, build_model, init_model
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from gradleak.attacks.engine import Objective, SearchContext, _choose_backend, _value_and_grads
+    from gradleak.attacks.objectives import DISTANCES
+    from gradleak.case import Case, capture
+    from gradleak.fl.protocol import Protocol
+    from gradleak.models import build_model, init_model
 
 BACKENDS = ("loop", "vmap", "compiled", "auto")
 SHAPE = (3, 32, 32)
@@ -222,8 +228,9 @@ CASES = [  # (label, model, width, batch, protocol)
     ("convnet32-b4-fedsgd", "convnet", 32, 4, "fedsgd"), ("convnet32-b4-fedavg", "convnet", 32, 4, "fedavg"),
     ("resnet18w16-b1-fedsgd", "resnet18", 16, 1, "fedsgd"), ("resnet18w16-b1-fedavg", "resnet18", 16, 1, "fedavg"),
 ]
-FAMILY = [  # (label, representation, protocol, distance) on ConvNet width 16, batch 4
-    ("gi-z", "z", "fedsgd", "cosine"), ("gi-w", "w", "fedsgd", "cosine"), ("rog", "rog", "fedavg", "l2"),
+FAMILY = [  # (label, representation, victim, width, protocol, distance), batch 4
+    ("gi-z", "z", "convnet", 16, "fedsgd", "cosine"), ("gi-w", "w", "convnet", 16, "fedsgd", "cosine"),
+    ("rog", "rog", "lenet", None, "fedavg", "l2"),
 ]
 
 
@@ -242,11 +249,19 @@ def main() -> None:
     bad = [b for b in backends if b not in BACKENDS]
     if bad:
         ap.error(f"--backends: got {bad[0]!r}; allowed: {', '.join(BACKENDS)}")
+    known = [c[0] for c in CASES] + [f[0] for f in FAMILY] + ["gi-zw"]
+    unknown = [c for c in args.cases.split(",") if c and c not in known]
+    if unknown:
+        ap.error(f"--cases: got {unknown[0]!r}; allowed: {', '.join(known)}")
+    for key in ("iterations", "rounds", "threads"):
+        if getattr(args, key) < 1:
+            ap.error(f"--{key}: got {getattr(args, key)}; allowed: an integer >= 1")
     if args.quick:
         backends = [b for b in backends if b != "compiled"]
         args.cases = args.cases or "lenet-b4-fedsgd,gi-z"
         args.rounds, args.iterations, args.planned = 3, min(args.iterations, 5), 100
     wanted = set(args.cases.split(",")) if args.cases else None
+    _imports()
     torch.set_num_threads(args.threads)
     device = args.device
     if device != "cpu":
@@ -272,10 +287,10 @@ def main() -> None:
         prior = load_prior("photos")
         prior.net.to(device)
         fam = {}
-        for label, kind, proto, distance in family:
-            model, obs, y = victim_case("convnet", 16, 4, proto, device)
-            res = measure_case(f"{label} (convnet16-b4-{proto})", model, obs, y, kind, prior, distance, backends,
-                               args, device)
+        for label, kind, victim, width, proto, distance in family:
+            model, obs, y = victim_case(victim, width, 4, proto, device)
+            res = measure_case(f"{label} ({victim}{width or ''}-b4-{proto})", model, obs, y, kind, prior, distance,
+                               backends, args, device)
             fam[label] = res
             print(fmt_row(res, backends), flush=True)
         if "gi-z" in fam and "gi-w" in fam:
