@@ -33,7 +33,8 @@ def run_one(args: tuple[list[str], str | None]) -> dict:
     """Run one audit given ``--set`` style overrides; returns its metrics (run dir optional)."""
     import tempfile
 
-    from gradleak.audit import audit, write_run
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
     overrides, out = args

@@ -35,48 +35,23 @@ from pathlib import Path
 
 from _common import ROOT, parallel_map  # noqa: F401  (puts src/ on sys.path)
 
+SWEEP = ROOT / "examples" / "sweeps" / "defenses_invertgrad.yaml"
 BASE = ["data.name=photos", "data.channels=3", "data.resolution=32", "data.batch_size=1", "model.name=lenet",
         "client.protocol=fedsgd", "attack.name=invertgrad", "attack.labels=oracle"]
+GROUPS = {"topk": "sparsity", "quantize": "quantization", "qsgd": "quantization", "sign": "quantization",
+          "noise": "noise"}
 
 
-def settings() -> list[tuple[str, str, str]]:
-    """(group, defense list as YAML, distance)."""
-    out = []
-    for s in (0.0, 0.5, 0.9, 0.95, 0.99):
-        d = "[]" if s == 0 else f"[{{name: topk, sparsity: {s}}}]"
-        out += [("sparsity", d, "cosine"), ("sparsity", d, "masked_cosine")]
-    for q in ("quantize", "qsgd"):
-        out += [("quantization", f"[{{name: {q}, bits: 3}}]", "cosine"),
-                ("quantization", f"[{{name: {q}, bits: 3}}]", "masked_cosine")]
-    out += [("quantization", "[{name: sign}]", "cosine"), ("quantization", "[{name: sign}]", "tanh_sign")]
-    for snr in (20, 10, 0, -10):
-        out.append(("noise", f"[{{name: noise, snr_db: {snr}}}]", "cosine"))
-    out.append(("adaptive", "[{name: topk, sparsity: 0.99, attacker_knows: false}]", "auto"))
-    return out
+def _group(defense: list) -> str:
+    if not defense:
+        return "sparsity"
+    if defense[0].get("attacker_knows") is False:
+        return "adaptive"
+    return GROUPS.get(defense[0]["name"], defense[0]["name"])
 
 
-def run_setting(args: tuple[str, str, int, int]) -> dict:
-    """One attack: capture the defended upload, run InvertGrad, score PSNR/SSIM against the private image."""
-    import torch
-
-    torch.set_num_threads(1)
-    from gradleak.audit import audit
-    from gradleak.config import load_config
-
-    defense, distance, iterations, seed = args
-    cfg = load_config(None, BASE + [f"seed={seed}", f"defense={defense}",
-                                    f"attack.options={{iterations: {iterations}, restarts: 1, lr: 0.025, tv: 1.0e-4, "
-                                    f"distance: {distance}}}"])
-    t0 = time.perf_counter()
-    r = audit(cfg)
-    return {"psnr": r.scores.psnr["mean"], "ssim": r.scores.ssim["mean"], "seconds": time.perf_counter() - t0,
-            "distance_used": r.reconstruction.distance, "told": r.observation.defenses}
-
-
-def _label(defense: str) -> str:
-    import yaml
-
-    specs = yaml.safe_load(defense)
+def _label(specs: list) -> str:
+    specs = [dict(sp) for sp in specs]
     if not specs:
         return "none"
     parts = []
@@ -110,38 +85,43 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "defense_sweep.md"))
+    ap.add_argument("--runs", default=None, help="sweep directory (default: --out without its suffix); resumable")
     args = ap.parse_args()
 
-    todo = [(d, dist, args.iterations, seed) for _, d, dist in settings() for seed in range(args.images)]
+    from gradleak.experiments.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(SWEEP)
+    sweep.base["attack"]["options"]["iterations"] = args.iterations
+    sweep.batches = args.images
+    runs_dir = Path(args.out).with_suffix("") if args.runs is None else Path(args.runs)
     t0 = time.time()
-    results = parallel_map(run_setting, todo, args.workers)
+    rows = run_sweep(sweep, runs_dir, workers=args.workers, progress=False)
     wall = time.time() - t0
-    by: dict[tuple[str, str], list[dict]] = {}
-    for (d, dist, _, _), r in zip(todo, results):
-        by.setdefault((d, dist), []).append(r)
 
     lines = [f"InvertGrad vs obfuscations — LeNet, photos 32×32, batch 1, FedSGD, {args.iterations} iterations, "
-             f"{args.images} image(s) per setting, oracle labels", "",
+             f"{args.images} image(s) per setting, oracle labels (sweep file {SWEEP.relative_to(ROOT)})", "",
              "| group | defense (φ) | distance | PSNR (dB) | SSIM | PSNR per image | s / run |",
              "|---|---|---|---:|---:|---|---:|"]
     mean_psnr = {}
-    for group, d, dist in settings():
-        rs = by[(d, dist)]
+    for i, values in enumerate(sweep.cells()):
+        v = dict(values)
+        d, dist = v["defense"], v["attack.options.distance"]
+        rs = [r for r in rows if r["cell"] == f"c{i:03d}"]
         ps = [r["psnr"] for r in rs]
-        mean_psnr[(d, dist)] = statistics.mean(ps)
-        used = rs[0]["distance_used"]
+        mean_psnr[(str(d), dist)] = statistics.mean(ps)
+        used = rs[0]["distance"]
         dist_txt = dist if used == dist else f"{dist} → {used}"
-        lines.append(f"| {group} | {_label(d)} | {dist_txt} | {statistics.mean(ps):.2f} | "
+        lines.append(f"| {_group(d)} | {_label(d)} | {dist_txt} | {statistics.mean(ps):.2f} | "
                      f"{statistics.mean(r['ssim'] for r in rs):.3f} | {', '.join(f'{p:.1f}' for p in ps)} | "
                      f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
     checks = []
     for s in (0.95, 0.99):
-        d = f"[{{name: topk, sparsity: {s}}}]"
+        d = str([{"name": "topk", "sparsity": s}])
         m, c = mean_psnr[(d, "masked_cosine")], mean_psnr[(d, "cosine")]
         checks.append(f"- sparsity {s}: masked cosine {m:.2f} dB vs plain cosine {c:.2f} dB → "
                       f"{'masked wins' if m > c else 'MASKED DOES NOT WIN'}")
     text = "\n".join(lines + ["", *checks, "", fedcdp_table(), "",
-                              f"total wall time {wall:.0f} s ({len(todo)} runs, {args.workers} workers)"])
+                              f"total wall time {wall:.0f} s ({len(rows)} runs, {args.workers} workers; run directories in {runs_dir})"])
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """End to end through the CLI: run directory contents, determinism, bad input → one line + exit 2."""
 import json
+import re
 import subprocess
 import sys
 
@@ -84,12 +85,32 @@ def test_missing_config_file(tmp_path):
     assert r.returncode == 2 and "none.yaml" in r.stderr
 
 
-def test_help_explains_every_command():
-    r = gradleak("--help")
-    assert r.returncode == 0 and "demo" in r.stdout and "run" in r.stdout
-    for cmd in ("demo", "run", "list"):
-        r = gradleak(cmd, "--help")
-        assert r.returncode == 0 and len(r.stdout) > 100
+def test_help_explains_every_command(cli):
+    """Every registered command is listed by --help, and its own --help shows its docstring and the help text of
+    every one of its options and arguments."""
+    import typer.main
+
+    from gradleak.cli import app
+
+    group = typer.main.get_command(app)
+    top = cli("--help")
+    assert top.returncode == 0
+    assert len(group.commands) >= 10
+    for name, command in group.commands.items():
+        assert name in top.stdout, name
+        r = cli(name, "--help")
+        assert r.returncode == 0, (name, r.stderr)
+        text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", r.stdout).split())  # rich's boxes interleave wrapped lines
+        first = " ".join((command.help or "").split(".")[0].split())
+        assert first and first[:40] in text, (name, first)
+        for param in command.params:
+            if param.name == "help":
+                continue
+            if param.param_type_name == "argument":  # typer keeps an argument's help out of the click object
+                assert param.name.upper() in text, (name, param.name)
+                continue
+            assert getattr(param, "help", None), f"{name}: {param.name} has no help text"
+            assert " ".join(param.help.split())[:20] in text, (name, param.name)
 
 
 def test_list_describes_one_entry_from_its_signature(cli):
@@ -139,3 +160,22 @@ def test_attack_options_out_of_range_are_one_line(cli, tmp_path):
         assert not out.exists()
     r = cli("list", "invertgrad")
     assert any(line.split()[:3] == ["lr", "0.025", "float"] and "> 0" in line for line in r.stdout.splitlines())
+
+
+def test_threads_option_is_used_and_recorded_in_metrics(cli, tmp_path):
+    """--threads sets torch's thread count for the command; metrics.json records it with device and versions."""
+    import torch
+
+    import gradleak
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        r = cli("demo", "--out", tmp_path / "d", "--threads", "1", *FAST)
+        assert r.returncode == 0, r.stderr
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    env = json.loads((tmp_path / "d" / "metrics.json").read_text())["environment"]
+    assert env["threads"] == 1 and env["device"] == "cpu"
+    assert env["torch"] == torch.__version__ and env["gradleak"] == gradleak.__version__

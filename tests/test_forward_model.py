@@ -88,10 +88,12 @@ def test_vmap_backend_matches_loop_without_bn():
         torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6)
 
 
-def test_vmap_backend_refuses_train_bn():
-    from gradleak.errors import UserError
-
+def test_vmap_backend_matches_loop_with_train_bn():
+    """Formerly refused (torch's BN under vmap gives a wrong second-order term); the vmap path now runs a
+    functional BatchNorm (see tests/test_fast.py for the second-order check against finite differences)."""
     case = _case(True, PROTOCOLS["fedsgd"])
     params, buffers = split_state(case.model)
-    with pytest.raises(UserError, match="attack.backend"):
-        batched_update(case.model, params, buffers, case.images[None], case.labels[None], case.protocol, "vmap")
+    a = batched_update(case.model, params, buffers, case.images[None], case.labels[None], case.protocol, "loop")
+    b = batched_update(case.model, params, buffers, case.images[None], case.labels[None], case.protocol, "vmap")
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-6)

@@ -158,10 +158,18 @@ def test_registry_and_option_errors(tmp_path):
 
 
 def test_conditional_prior_gets_the_labels():
+    """Every generator call of a conditional prior receives the labels the attack was given (image j gets
+    label j, in every restart), and no labels at all is refused."""
     obs, model, _ = _obs(batch=2)
-    attack = build_attack("gi-z", prior=_prior(conditional=True), iterations=2, restarts=1)
-    rec = attack(obs, labels=obs.labels, model=model, progress=False)
-    assert rec.images.shape == (2, 1, 16, 16)
+    prior = _prior(conditional=True)
+    seen = []
+    prior.net.register_forward_pre_hook(lambda module, args: seen.append(args[1].detach().clone()))
+    attack = build_attack("gi-z", prior=prior, iterations=2, restarts=1)
+    for given in (obs.labels, obs.labels.flip(0)):
+        seen.clear()
+        rec = attack(obs, labels=given, model=model, progress=False)
+        assert rec.images.shape == (2, 1, 16, 16)
+        assert seen and all(torch.equal(t.reshape(-1, 2), given.expand(t.numel() // 2, 2)) for t in seen), seen
     with pytest.raises(UserError, match="conditional"):
         attack(obs, labels=None, model=model, progress=False)
 

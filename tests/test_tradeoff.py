@@ -8,7 +8,7 @@ from gradleak.data import ImageSet
 from gradleak.defenses import build_defenses
 from gradleak.errors import UserError
 from gradleak.experiments.tradeoff import TradeoffConfig, parse_setting
-from gradleak.fl.simulation import FedAvgConfig, dirichlet_split, simulate_fedavg
+from gradleak.experiments.simulation import FedAvgConfig, dirichlet_split, simulate_fedavg
 
 
 def test_dirichlet_split_sizes_determinism_and_alpha():

@@ -9,22 +9,42 @@ run an attack on it, :func:`score_images`, draw with :func:`reconstruction_grid`
     rec = gl.InvertGrad(iterations=500)(obs, labels=obs.labels, model=my_model)
     print(gl.score_images(rec.images, x)["psnr"])
 """
-from gradleak.attacks.base import Reconstruction
-from gradleak.attacks.engine import Objective, Stage, search
-from gradleak.attacks.labels import label_accuracy, recover_labels
-from gradleak.attacks import ATTACKS, Attack, build_attack
-from gradleak.attacks.presets import DLG, IDLG, InvertGrad
-from gradleak.audit import AuditResult, audit, write_run
-from gradleak.case import Case, capture
-from gradleak.config import RunConfig, load_config
-from gradleak.data import load_dataset, sample_batch
-from gradleak.defenses import build_defenses
-from gradleak.errors import UserError
-from gradleak.fl.observation import Observation
-from gradleak.fl.protocol import Protocol
-from gradleak.metrics import apply_match, lpips_status, score_images
-from gradleak.models import build_model, init_model, pretrain
-from gradleak.report import loss_plot, reconstruction_grid
+# Lazy exports (PEP 562): ``import gradleak`` and ``gradleak --help`` do not import torch; each name is
+# imported from its module on first access.
+_EXPORTS = {
+    "Objective": "gradleak.attacks.engine", "Reconstruction": "gradleak.attacks.base",
+    "Stage": "gradleak.attacks.engine", "search": "gradleak.attacks.engine",
+    "label_accuracy": "gradleak.attacks.labels", "recover_labels": "gradleak.attacks.labels",
+    "ATTACKS": "gradleak.attacks", "Attack": "gradleak.attacks", "build_attack": "gradleak.attacks",
+    "DLG": "gradleak.attacks.presets", "IDLG": "gradleak.attacks.presets", "InvertGrad": "gradleak.attacks.presets",
+    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "write_run": "gradleak.report.writer",
+    "Case": "gradleak.case", "capture": "gradleak.case",
+    "RunConfig": "gradleak.config", "load_config": "gradleak.config",
+    "load_dataset": "gradleak.data", "sample_batch": "gradleak.data",
+    "build_defenses": "gradleak.defenses",
+    "UserError": "gradleak.errors",
+    "Observation": "gradleak.fl.observation",
+    "Protocol": "gradleak.fl.protocol",
+    "apply_match": "gradleak.metrics", "lpips_status": "gradleak.metrics", "score_images": "gradleak.metrics",
+    "build_model": "gradleak.models", "init_model": "gradleak.models", "pretrain": "gradleak.models",
+    "loss_plot": "gradleak.report", "reconstruction_grid": "gradleak.report",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradleak' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@
 :func:`audit` is a pure function of the config (and the thread count: see the README on reproducibility):
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
-every piece as a typed field. :func:`write_run` turns a result into a run directory. ``gradleak run``,
+every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
 ``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
@@ -28,6 +28,7 @@ from gradleak.case import Case, capture
 from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
+from gradleak.devices import resolve as resolve_device, run_attack
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -215,18 +216,28 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
     built from ``cfg.attack``."""
     t0 = time.perf_counter()
+    resolve_device(cfg.device)  # a bad device fails before any work
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)
     attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
-    mode = label_mode_of(cfg, attack)
     case = build_case(cfg)
+    return audit_case(cfg, case, attack, progress=progress, started=t0)
+
+
+def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = False,
+               started: float | None = None) -> AuditResult:
+    """Audit a client side built elsewhere (e.g. a victim trained by ``gradleak tradeoff``): capture its
+    upload, attack it, score it. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
+    t0 = time.perf_counter() if started is None else started
+    device = resolve_device(cfg.device)
+    mode = label_mode_of(cfg, attack)
     case.give_labels = mode == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    rec = attack(obs, labels=labels, seed=cfg.seed, model=model, progress=progress)
+    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
@@ -235,12 +246,5 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(), matched=matched, before_postprocess=before,
+                       environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
                        calibration=calibration)
-
-
-def write_run(result: AuditResult, out: str | Path) -> dict:
-    """Write the run directory of ``result``; returns the metrics dict (see :mod:`gradleak.report.writer`)."""
-    from gradleak.report.writer import write_run_dir
-
-    return write_run_dir(Path(out), result)

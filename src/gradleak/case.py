@@ -37,6 +37,15 @@ def model_spec_of(model: nn.Module, images: Tensor, num_classes: int | None = No
             "in_channels": images.shape[1], "resolution": images.shape[-1], "options": {}}
 
 
+def rebuildable(spec: dict) -> bool:
+    """Whether ``spec`` names a registered model or a ``package.module:factory`` path (else the Observation
+    keeps the model object, and loading it back from a file needs ``Observation.load(path, model=...)``)."""
+    from gradleak.models import MODELS
+
+    name = spec.get("name")
+    return isinstance(name, str) and (name.lower() in MODELS or ":" in name)
+
+
 def capture(case: Case, seed: int = 0) -> Observation:
     """Simulate the client: compute its upload, apply the defense chain φ, package what the server sees."""
     params, buffers = split_state(case.model)
@@ -45,10 +54,11 @@ def capture(case: Case, seed: int = 0) -> Observation:
                         torch.Generator().manual_seed(seed))
     for d in case.defenses:
         update = d.apply(update, ctx)
-    bn = bn_batch_statistics(case.model, params, buffers, case.images) if case.protocol.share_bn_stats else None
+    bn = bn_batch_statistics(case.model, params, buffers, case.images, case.protocol) if case.protocol.share_bn_stats else None
+    spec = case.model_spec or model_spec_of(case.model, case.images)
     return Observation(
-        model_spec=case.model_spec or model_spec_of(case.model, case.images),
-        parameters=params, buffers=buffers, update=update, protocol=case.protocol,
+        model_spec=spec, model=None if rebuildable(spec) else case.model,
+        parameters=params, buffers=buffers, update=update, protocol=case.protocol.server_view(),
         num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
         defenses=[d.describe() for d in case.defenses],

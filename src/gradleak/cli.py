@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
+from gradleak.cli_support import checked_out, run_cli, set_threads, version_callback
 from gradleak.errors import UserError
+
+# Plain click help: typer's rich help imports rich + markdown-it (≈0.4–0.7 s of a 1 s budget for
+# ``--help``, issue 14); error messages are one line anyway.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit how much private data leaks from federated-learning client updates.")
@@ -32,41 +38,60 @@ def _summary(metrics: dict, out: Path) -> None:
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
+    analysis = metrics.get("analysis")
+    for row in (analysis.get("layers", []) if isinstance(analysis, dict) else []):  # R-GAP: per-layer rank analysis
+        typer.echo(f"  layer {row['layer']} {row['name']} ({row['kind']}): {row['unknowns']} unknowns, "
+                   f"{row['forward_constraints']} + {row['gradient_constraints']} constraints, rank {row['rank']}"
+                   f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
 
 
-def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool) -> None:
-    from gradleak.audit import audit, write_run
+DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
+
+
+def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
+                device: Optional[str] = None) -> None:
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
-    cfg = load_config(path, overrides)
+    cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
     metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
 
 
 def _set_threads(threads: int) -> None:
     """``--threads N``: torch CPU threads for this command (0 keeps torch's default)."""
-    if threads:
-        import torch
+    set_threads(threads)
 
-        torch.set_num_threads(threads)
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                       help="Print the gradleak version and exit.")) -> None:
+    """Audit how much private data leaks from federated-learning client updates."""
 
 
 @app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory to write."),
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
-         progress: bool = typer.Option(True, help="Show a progress bar with the current loss.")) -> None:
+         progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
+    _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
-        _run_config(cfg_path, out, set_, progress)
+        _run_config(cfg_path, out, set_, progress, device)
 
 
 @app.command("run")
 def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed, data, model, client, defense, attack, metrics)."),
-            out: Path = typer.Option(..., "--out", help="Run directory to write."),
+            out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
-            progress: bool = typer.Option(True, help="Show a progress bar with the current loss.")) -> None:
+            progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
     """Run any audit case from a YAML config and write its run directory."""
-    _run_config(config, out, set_, progress)
+    _set_threads(threads)
+    _run_config(config, out, set_, progress, device)
 
 
 @app.command("list")
@@ -95,7 +120,7 @@ def list_cmd(name: Optional[str] = typer.Argument(
 @app.command("train-prior")
 def train_prior_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the prior learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = the prior-training side)."),
     resolution: int = typer.Option(32, "--resolution", help="32 or 64."),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
@@ -104,7 +129,7 @@ def train_prior_cmd(
     latent_dim: int = typer.Option(64, "--latent-dim", help="Size of z."),
     width: int = typer.Option(32, "--width", help="Base width w of the DCGAN (generator widths 4w, 2w, w at 32x32)."),
     steps: int = typer.Option(3000, "--steps", help="Total training steps (resume continues up to this)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Random translation of real and fake images before D (DiffAugment)."),
     seed: int = typer.Option(0, "--seed", help="Initialisation, batch order, z and augmentation."),
@@ -129,7 +154,7 @@ def train_prior_cmd(
 @app.command("train-enhancer")
 def train_enhancer_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
     resolution: int = typer.Option(64, "--resolution", help="Training image size (a multiple of 2^depth)."),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
@@ -139,7 +164,7 @@ def train_enhancer_cmd(
     disc_width: int = typer.Option(16, "--disc-width", help="PatchGAN discriminator base width."),
     conditional: bool = typer.Option(False, "--conditional/--unconditional", help="Label-conditional enhancer."),
     steps: int = typer.Option(2000, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(16, "--batch-size"),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per training step."),
     lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
     adv_weight: float = typer.Option(0.001, "--adv-weight", help="Weight of the adversarial loss (L1 has weight 1; 0 = L1 only)."),
     crops: bool = typer.Option(True, "--crops/--no-crops", help="Half of each batch: random crops of the images loaded at twice the resolution."),
@@ -172,18 +197,18 @@ def train_enhancer_cmd(
 @app.command("train-autoencoder")
 def train_autoencoder_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the autoencoder learns."),
-    out: Path = typer.Option(..., "--out", help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
-    split: str = typer.Option("public", "--split"),
-    resolution: int = typer.Option(64, "--resolution"),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
+    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
+    resolution: int = typer.Option(64, "--resolution", help="Training image size."),
     channels: int = typer.Option(3, "--channels", help="1 or 3."),
     root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
     latent_dim: int = typer.Option(768, "--latent-dim", help="d_z: a multiple of (resolution/downsample)^2."),
     downsample: int = typer.Option(4, "--downsample", help="Spatial reduction of the latent (power of two)."),
     width: int = typer.Option(32, "--width", help="Convolution width."),
-    steps: int = typer.Option(2000, "--steps"),
-    batch_size: int = typer.Option(32, "--batch-size"),
+    steps: int = typer.Option(2000, "--steps", help="Training steps."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Initialisation and batch order."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -202,14 +227,14 @@ def train_autoencoder_cmd(
 @app.command("train-tagger")
 def train_tagger_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the tagger learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", help="Directory: tagger.safetensors + tagger.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: tagger.safetensors + tagger.json."),
     split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
-    resolution: int = typer.Option(32, "--resolution"),
+    resolution: int = typer.Option(32, "--resolution", help="Image size."),
     channels: int = typer.Option(1, "--channels", help="1 or 3."),
     root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
     width: int = typer.Option(16, "--width", help="CNN base width (stages w, 2w, 4w)."),
-    steps: int = typer.Option(1500, "--steps"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    steps: int = typer.Option(1500, "--steps", help="Training steps."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
     lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay)."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the split held out to measure the tagger."),
     seed: int = typer.Option(0, "--seed", help="Initialisation, hold-out draw, batches."),
@@ -228,7 +253,7 @@ def train_tagger_cmd(
 
 @app.command("tradeoff")
 def tradeoff_cmd(
-    out: Path = typer.Option(Path("runs/tradeoff"), "--out", help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
+    out: Path = typer.Option(Path("runs/tradeoff"), "--out", callback=checked_out, help="Directory: results.json, tradeoff.md, tradeoff_*.png, reconstructions.png."),
     settings: str = typer.Option(",".join(["none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16",
                                            "fedcdp-eps:64", "quantize", "topk"]), "--settings",
                                  help="Comma-separated defense settings: none, soteria[:rate], precode[:bottleneck], "
@@ -244,12 +269,13 @@ def tradeoff_cmd(
     attack_batch: int = typer.Option(4, "--attack-batch", help="Images of the attacked client."),
     attack_batches: int = typer.Option(1, "--attack-batches", help="Attacked clients (batches) per setting and attack."),
     attack_resolution: int = typer.Option(64, "--attack-resolution", help="Resolution of the attacked photos."),
-    rog_iterations: int = typer.Option(100, "--rog-iterations"),
-    invertgrad_iterations: int = typer.Option(300, "--invertgrad-iterations"),
+    rog_iterations: int = typer.Option(100, "--rog-iterations", help="ROG iterations per attacked batch."),
+    invertgrad_iterations: int = typer.Option(300, "--invertgrad-iterations", help="InvertGrad iterations per attacked batch."),
     enhancer: str = typer.Option("auto", "--enhancer", help="ROG enhancer: auto, none, a built-in name or a path."),
     model_options: Optional[str] = typer.Option(None, "--model-options", help="Victim options as YAML, e.g. '{c1: 8, c2: 16, hidden: 128}'."),
     workers: int = typer.Option(2, "--workers", help="Worker processes (1 torch thread each)."),
     seed: int = typer.Option(0, "--seed", help="Client split/sampling, victim init, attacked batches."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; each worker process uses 1)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Privacy-utility trade-off (ROG Fig. 9a): FedAvg accuracy vs ROG/InvertGrad leakage per defense setting."""
@@ -257,6 +283,7 @@ def tradeoff_cmd(
 
     from gradleak.experiments.tradeoff import TradeoffConfig, format_table, run_tradeoff
 
+    _set_threads(threads)
     options = {}
     if model_options:
         try:
@@ -278,10 +305,10 @@ def tradeoff_cmd(
 
 @app.command("giml-tasks")
 def giml_tasks_cmd(
-    out: Path = typer.Option(..., "--out", help="Task-set directory: tasks.json, task_NNNNNN.safetensors/.json (Observations), truth.json."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Task-set directory: tasks.json, task_NNNNNN.safetensors/.json (Observations), truth.json."),
     data: str = typer.Option("digits", "--data", help="Dataset of the clients' private images."),
     split: str = typer.Option("private", "--split", help="Split the clients hold (GIML never sees these images, only their uploads)."),
-    resolution: int = typer.Option(32, "--resolution"),
+    resolution: int = typer.Option(32, "--resolution", help="Image size."),
     channels: int = typer.Option(1, "--channels", help="1 or 3."),
     root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
     clients: int = typer.Option(200, "--clients", help="Clients M (paper: 200)."),
@@ -297,6 +324,7 @@ def giml_tasks_cmd(
     sparsity: float = typer.Option(0.0, "--sparsity", help="Top-k gradient sparsity applied to every upload (0 = none)."),
     labels: bool = typer.Option(True, "--labels/--no-labels", help="Threat model: the server is told each client's labels."),
     seed: int = typer.Option(0, "--seed", help="Client data, victim init, participation."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Simulate an FL run and save every client upload as a GIML task (theta_i, g_i)."""
@@ -305,6 +333,7 @@ def giml_tasks_cmd(
     from gradleak.giml import TaskSetConfig, make_task_set
     from gradleak.priors.train import command_line
 
+    _set_threads(threads)
     try:
         options = yaml.safe_load(model_options)
     except yaml.YAMLError:
@@ -322,7 +351,7 @@ def giml_tasks_cmd(
 @app.command("giml")
 def giml_cmd(
     tasks: Path = typer.Option(..., "--tasks", help="Task-set directory (gradleak giml-tasks, or a folder of Observation files)."),
-    out: Path = typer.Option(..., "--out", help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
     steps: int = typer.Option(100, "--steps", help="Outer GIML steps (resume continues up to this)."),
     tasks_per_step: int = typer.Option(4, "--tasks-per-step", help="N: tasks sampled per step."),
     tau: int = typer.Option(5, "--tau", help="tau: meta gradient steps on w' per outer step."),
@@ -354,12 +383,49 @@ def giml_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("capture")
+def capture_cmd(
+    protocol: Path = typer.Option(..., "--protocol", help="PROTOCOL.yaml: model (num_classes, channels, resolution, options), num_images, client settings, labels."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Observation directory to write (observation.safetensors + .json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model factory: a registered name or 'package.module:factory' (current directory importable)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Global weights sent to the client (safetensors or weights-only torch file)."),
+    after: Optional[Path] = typer.Option(None, "--after", help="The client's weights after its local round."),
+    update: Optional[Path] = typer.Option(None, "--update", help="Or: the upload itself (in the convention client.update states)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Side information: the client's labels, e.g. 3,1,4 (or a file)."),
+    bn_stats: Optional[Path] = typer.Option(None, "--bn-stats", help="Side information: shared BN batch statistics (<layer>.mean/.var)."),
+) -> None:
+    """Build an Observation from a captured update (weights before/after a real local round, or the upload)."""
+    from gradleak.deploy import capture_observation
+
+    path = capture_observation(out, protocol, model, weights, after, update, labels, bn_stats)
+    typer.echo(f"observation written: {path}/observation.safetensors (+ .json)\n"
+               f"next: gradleak verify {path} --images DIR   (check the protocol reproduces the update)")
+
+
+@app.command("verify")
+def verify_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    images: Path = typer.Option(..., "--images", help="The client's true images: a directory (sorted by name) or a tensor file."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="The client's labels in the images' order, e.g. 3,1,4 (or a file)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+) -> None:
+    """Re-run the stated protocol on the true batch: per-layer relative distance to the captured update and a verdict (exit 1 if it does not reproduce)."""
+    from gradleak.deploy import verify_command
+
+    _set_threads(threads)
+    result = verify_command(observation, images, labels)
+    typer.echo(result.report())
+    if not result.reproduces:
+        raise typer.Exit(1)
+
+
 @app.command("sweep")
 def sweep_cmd(
     sweep_file: Path = typer.Argument(..., help="Sweep YAML: base config, axes (lists of values), zip groups, batches."),
-    out: Path = typer.Option(..., "--out", help="Directory: runs/<cell>/b<batch>/, results.csv, summary.csv, plots, sweep.html."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: runs/<cell>/b<batch>/, results.csv, summary.csv, plots, sweep.html."),
     workers: int = typer.Option(0, "--workers", help="Local processes (0: one per core; 1: in this process)."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: 'local' starts a local instance, or a cluster ADDRESS (ray://... or host:port)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance, or the cluster at --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://host:port or host:port); implies --ray."),
     threads: int = typer.Option(1, "--threads", help="torch threads per run (the same on every executor, so numbers match)."),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
 ) -> None:
@@ -367,31 +433,38 @@ def sweep_cmd(
     from gradleak.experiments.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(sweep_file)
-    rows = run_sweep(sweep, out, workers=workers, use_ray=ray is not None,
-                     ray_address=None if ray in (None, "local") else ray, threads=threads, progress=progress)
+    rows = run_sweep(sweep, out, workers=workers, use_ray=ray or ray_address is not None, ray_address=ray_address,
+                     threads=threads, progress=progress)
     typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
 
 
+@app.command("attack")
+def attack_cmd(
+    observation: Path = typer.Argument(..., help="Observation directory (gradleak capture) or file."),
+    attack: str = typer.Option(..., "--attack", help="A registered attack (gradleak list)."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
+    set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
+    seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
+    progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+) -> None:
+    """Run any registered attack on a saved or captured Observation and write its run directory."""
+    from gradleak.deploy import attack_command
+
+    _set_threads(threads)
+    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device)
+    if "psnr" in metrics:
+        _summary(metrics, out)
+    else:
+        typer.echo(f"{metrics['attack']}: recovered labels {metrics['labels']} ({metrics['label_mode']}); not scored "
+                   f"(no --truth)\nrun directory: {out} (open report.html)")
+
+
 def main() -> None:
-    """Entry point: user errors print one line and exit 2, no traceback."""
-    try:
-        app(standalone_mode=False)
-    except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as err:  # usage errors (bad option, missing argument)
-        if isinstance(err, _click_exception()):
-            err.show()
-            sys.exit(2)
-        raise
-
-
-def _click_exception() -> type:
-    """click's ClickException, whether typer depends on click (typer < 0.2x) or vendors it (typer._click)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    """Entry point: user errors one line + exit 2, Ctrl-C exit 130, bugs a traceback (gradleak.cli_support)."""
+    run_cli(app)
 
 
 if __name__ == "__main__":

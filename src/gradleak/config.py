@@ -18,7 +18,7 @@ from gradleak.validate import format_error
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -46,6 +46,29 @@ class ClientConfig(_Section):
     epochs: int | None = Field(None, ge=1)
     bn_mode: Literal["train", "eval"] = "train"
     share_bn_stats: bool = False
+    # the local training as the real client runs it (see gradleak.fl.protocol)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    dampening: float = Field(0.0, ge=0, le=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, ge=0)
+    loss: str = "cross_entropy"
+    label_smoothing: float = Field(0.0, ge=0, le=1)
+    class_weights: list[float] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    order: Literal["sequential", "shuffled", "unknown"] = "sequential"
+    seed: int | None = None
+    drop_last: bool = False
+    update: Literal["old_minus_new", "new_minus_old", "new_weights"] = "old_minus_new"
+
+    def to_protocol(self):
+        """The :class:`gradleak.fl.protocol.Protocol` these settings describe (validated there too)."""
+        from gradleak.fl.protocol import Protocol
+
+        return Protocol(kind=self.protocol, **self.model_dump(exclude={"protocol"}))
 
 
 class AttackConfig(_Section):
@@ -66,6 +89,7 @@ class RunConfig(_Section):
     """A whole audit case. ``seed`` drives the batch draw, the victim's init and the attack."""
 
     seed: int = 0
+    device: str = "cpu"  # where the attack computes: cpu | cuda | cuda:N | mps | auto (gradleak.devices)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
@@ -121,9 +145,13 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         if not p.is_file():
             raise UserError(f"config: file not found: {p}")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"config: {p} is not UTF-8 text (byte {err.start}); allowed: a YAML file") from None
         except yaml.YAMLError as err:
             raise UserError(f"config: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if raw is None:  # an empty file would silently run the defaults
+            raise UserError(f"config: {p} is empty; allowed: a mapping of sections (write {{}} to run the defaults)")
         if not isinstance(raw, dict):
             raise UserError(f"config: {p} must hold a mapping of sections, got {type(raw).__name__}")
     for o in overrides:

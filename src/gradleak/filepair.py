@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from gradleak.errors import UserError
 
@@ -22,6 +24,9 @@ def _stem(path: str | Path) -> Path:
     return stem.with_suffix("") if stem.suffix in (".safetensors", ".json") else stem
 
 
+PAIR_KEY = "gradleak_pair"
+
+
 def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tuple[Path, Path]:
     """Write ``tensors`` and ``meta`` (which carries its own format/kind) next to each other at ``path``
     (a stem, or either file's name); returns (safetensors path, json path)."""
@@ -29,11 +34,19 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
     stem.parent.mkdir(parents=True, exist_ok=True)
     st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     tmp_st, tmp_js = st.with_name(st.name + ".tmp"), js.with_name(js.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st))
-    os.chmod(tmp_st, 0o644)  # safetensors creates the file private; these are shareable weights
-    tmp_js.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp_st.replace(st)
-    tmp_js.replace(js)
+    pair_id = uuid.uuid4().hex  # in both files: a kill between the two renames leaves a detectable mismatch
+    text = json.dumps({**meta, PAIR_KEY: pair_id}, indent=2, sort_keys=True) + "\n"  # serialise before writing
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp_st),
+                  metadata={PAIR_KEY: pair_id})
+        os.chmod(tmp_st, 0o644)  # safetensors creates the file private; these are shareable weights
+        tmp_js.write_text(text)
+        tmp_st.replace(st)
+        tmp_js.replace(js)
+    except BaseException:
+        for t in (tmp_st, tmp_js):
+            t.unlink(missing_ok=True)
+        raise
     return st, js
 
 
@@ -50,12 +63,47 @@ def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = No
         if not f.is_file():
             raise UserError(f"{key}: file not found: {str(f)!r}")
     try:
-        meta = json.loads(js.read_text())
+        meta = json.loads(js.read_text(encoding="utf-8"))
         tensors = load_file(str(st))
+        with safe_open(str(st), "pt") as f:
+            st_meta = f.metadata() or {}
     except Exception as err:  # noqa: BLE001 - corrupt files are one line
         raise UserError(f"{key}: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{key}: {str(js)!r} holds a JSON {type(meta).__name__}; allowed: a JSON object (gradleak metadata)")
+    if PAIR_KEY in meta and PAIR_KEY in st_meta and meta[PAIR_KEY] != st_meta[PAIR_KEY]:
+        raise UserError(f"{key}: {str(st)!r} and {str(js)!r} were written by different saves (an interrupted write?); "
+                        "allowed: a matching pair")
+    meta.pop(PAIR_KEY, None)
     if (fmt is not None and meta.get("format") != fmt) or (kind is not None and meta.get("kind") != kind):
         what = kind or fmt.removeprefix("gradleak-")
         raise UserError(f"{key}: {str(js)!r} is not a gradleak {what} file "
                         f"(format {meta.get('format')!r}, kind {meta.get('kind')!r})")
     return tensors, meta
+
+
+def load_state(module: nn.Module, state: dict[str, Tensor], key: str, path: str | Path) -> None:
+    """``module.load_state_dict(state)`` (strict) with a one-line error naming ``key`` and the file when the
+    JSON's architecture and the tensors disagree (missing, unexpected or mis-shaped tensors)."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines[1:] if ln), lines[0] if lines else type(err).__name__)
+        raise UserError(f"{key}: the tensors in {str(path)!r} do not fit the architecture its JSON describes "
+                        f"({detail[:200]})") from None
+
+
+def build(cls, meta: dict, key: str, path: str | Path, field: str = "arch"):
+    """``cls(**meta[field])`` with a one-line error naming ``key`` and the file when the JSON's architecture is
+    missing or not what ``cls`` takes."""
+    arch = meta.get(field)
+    if not isinstance(arch, dict):
+        raise UserError(f"{key}: {str(path)!r} has no {field!r} mapping in its JSON; allowed: a file written by gradleak")
+    try:
+        return cls(**arch)
+    except UserError as err:
+        raise UserError(f"{key}: {str(path)!r}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{key}: {str(path)!r} describes an architecture {cls.__name__} cannot build "
+                        f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None

@@ -15,10 +15,11 @@ from pydantic import Field
 from gradleak.errors import UserError
 
 # constrained option types for factory signatures (checked by validate_options, shown by ``gradleak list``)
-Iterations = Annotated[int, Field(ge=1)]
-Steps = Annotated[int, Field(ge=0)]  # a stage of a multi-stage attack, which may be skipped
-LearningRate = Annotated[float, Field(gt=0)]
-Weight = Annotated[float, Field(ge=0)]  # a regulariser's weight
+MAX_ITERATIONS = 10_000_000  # more than any attack run could finish (days per image at ~1 ms an iteration)
+Iterations = Annotated[int, Field(ge=1, le=MAX_ITERATIONS)]
+Steps = Annotated[int, Field(ge=0, le=MAX_ITERATIONS)]  # a stage of a multi-stage attack, which may be skipped
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]  # a regulariser's weight
 
 
 def _model_for(fn: Callable) -> type[pydantic.BaseModel]:
@@ -33,7 +34,8 @@ def _model_for(fn: Callable) -> type[pydantic.BaseModel]:
         ann = hints.get(name, Any)
         fields[name] = (ann, ... if p.default is inspect.Parameter.empty else p.default)
     return pydantic.create_model(f"{getattr(fn, '__name__', 'options')}_options",
-                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                                 __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True,
+                                                                allow_inf_nan=False),
                                  **fields)
 
 

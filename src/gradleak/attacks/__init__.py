@@ -1,9 +1,10 @@
 """Attacks: observation in, reconstruction out (:mod:`gradleak.attacks.base`).
 
 Importing the package registers every attack in :data:`ATTACKS`: the search presets (DLG, iDLG,
-InvertGrad), the GIAS family, ROG and ROGS.
+InvertGrad), the GIAS family, ROG and ROGS, R-GAP (closed form and with a generative prior) and the analytic
+FC-layer attacks.
 """
 from gradleak.attacks.base import ATTACKS, Attack, LabelMode, Reconstruction, build_attack
-from gradleak.attacks import presets, generative, rog, rogs  # noqa: F401,E402  (register)
+from gradleak.attacks import presets, generative, rog, rogs, rgap, analytic  # noqa: F401,E402  (register)
 
 __all__ = ["ATTACKS", "Attack", "LabelMode", "Reconstruction", "build_attack"]

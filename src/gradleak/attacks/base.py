@@ -33,7 +33,8 @@ class Reconstruction:
     the rest is filled by the attacks that have it (a closed-form attack has no restarts or loss trace).
 
     Search attacks: ``all_images`` (R,B,C,H,W) of every restart, their final objective ``losses`` (R,),
-    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend``.
+    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend`` (the
+re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" measured).
     What the attack used, for the report: the resolved gradient ``distance``, the generative ``prior``
     (described), whether it ran as the random-gradient ``control``, ROG's ``enhancer``; images produced
     on the way, by step name (``intermediates``: ROG's raw search output, signSGD-normalised, enhanced; ROGS'
@@ -52,6 +53,7 @@ class Reconstruction:
     trace: list[dict] = field(default_factory=list)
     iterations: int = 0
     backend: str | None = None
+    backend_timing: dict[str, float] | None = None  # "auto": seconds per evaluation of each candidate
     distance: str | None = None
     prior: dict | None = None
     control: bool = False
@@ -64,13 +66,27 @@ class Reconstruction:
     snapshots: list[tuple[int, Tensor]] | None = None
     analysis: Any = None
 
+    def cpu(self) -> "Reconstruction":
+        """The same reconstruction with every tensor on the CPU (for scoring and writing)."""
+        def mv(t):
+            return t.cpu() if isinstance(t, Tensor) else t
+
+        self.images, self.labels, self.all_images, self.losses = map(mv, (self.images, self.labels, self.all_images,
+                                                                          self.losses))
+        self.intermediates = {k: mv(v) for k, v in self.intermediates.items()}
+        if self.semantic_path is not None:
+            self.semantic_path = [(i, mv(v)) for i, v in self.semantic_path]
+        if self.snapshots is not None:
+            self.snapshots = [(i, mv(v)) for i, v in self.snapshots]
+        return self
+
     def describe(self) -> dict:
         """The JSON-able facts of this reconstruction (everything but image tensors) for ``metrics.json``."""
         out: dict = {"attack": self.attack, "seconds": round(self.seconds, 3), "iterations": self.iterations}
         if self.losses is not None:
             out["best_restart"] = self.best_restart
             out["restart_losses"] = [float(v) for v in self.losses]
-        for key in ("backend", "distance", "prior", "enhancer", "generator"):
+        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.perceptual is not None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradleak.errors import UserError
-from gradleak.fl.client import bn_batch_statistics
+from gradleak.fl.client import bn_batch_statistics, client_inputs
 
 BNSource = Literal["exact", "public", "running"]
 
@@ -65,9 +65,9 @@ def public_bn_statistics(model: nn.Module, obs, data: str, size: int = 64, seed:
 
     C, H, _ = obs.image_shape
     pub = load_dataset(data, split="public", resolution=H, channels=C)
-    idx = torch.randperm(len(pub), generator=torch.Generator().manual_seed(seed))[:size]
+    idx = torch.randperm(len(pub), generator=torch.Generator().manual_seed(seed), device="cpu")[:size]
     model.train(obs.protocol.bn_mode == "train")
-    return bn_batch_statistics(model, obs.parameters, obs.buffers, pub.images[idx])
+    return bn_batch_statistics(model, obs.parameters, obs.buffers, pub.images[idx], obs.protocol)
 
 
 def running_bn_statistics(model: nn.Module, obs) -> dict[str, Tensor]:
@@ -114,7 +114,8 @@ class BNRegularizer:
         if self.target is None:
             self.target = self.resolve(ctx.obs, ctx.model)
         train = ctx.obs.protocol.bn_mode == "train"
-        out = [bn_distance(batch_bn_statistics(ctx.model, ctx.obs.parameters, ctx.obs.buffers, x, train), self.target)
+        out = [bn_distance(batch_bn_statistics(ctx.model, ctx.obs.parameters, ctx.obs.buffers,
+                                               client_inputs(ctx.obs.protocol, x), train), self.target)
                for x in images]
         ctx.model.train(train)
         return torch.stack(out)

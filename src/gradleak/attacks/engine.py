@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
@@ -22,11 +22,20 @@ from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
+from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization
+from gradleak.errors import UserError
 from gradleak.fl.client import batched_update
 from gradleak.fl.observation import Observation, validate_against
 
 Regularizer = Callable[[Tensor, "SearchContext"], Tensor]  # images (R,B,C,H,W) -> (R,)
+# How the gradient-matching term and its image gradient are computed (all give the same numbers, tested):
+# "loop" autograd per restart, "vmap" torch.func over restarts, "compiled" the same under torch.compile,
+# "auto" the fastest of these on a short measured warm-up (see gradleak.attacks.fast, benchmarks/speed.py).
+Backend = Literal["loop", "vmap", "compiled", "auto"]
+BACKENDS = ("loop", "vmap", "compiled", "auto")
+AUTO_MIN_ITERATIONS = 50  # shorter searches: "auto" runs "loop" without measuring (the warm-up would dominate)
+AUTO_COMPILE_MIN_SECONDS = 600.0  # "auto" compiles only when the eager search would take at least this long
 
 
 @dataclass
@@ -65,6 +74,7 @@ class SearchContext:
     names: list[str]
     observed: list[Tensor]
     backend: str = "loop"
+    fast: object | None = None  # a gradleak.attacks.fast.FastStep when the backend is not "loop"
 
 
 def lr_scheduler(opt, stage: Stage):
@@ -80,18 +90,51 @@ def lr_scheduler(opt, stage: Stage):
 
 def objective_value(ctx: SearchContext, objective: Objective, images: Tensor, labels: Tensor) -> Tensor:
     """The per-restart objective (R,) for images (R,B,C,H,W) and labels (R,B) or soft (R,B,K)."""
+    if ctx.fast is not None:
+        return ctx.fast(images, labels)[0] + _regularizer_value(objective, images, ctx)
     obs = ctx.obs
     trial = batched_update(ctx.model, obs.parameters, obs.buffers, images, labels, obs.protocol, ctx.backend)
     trial = [trial[n] for n in ctx.names]
     if objective.trial_view is not None:
         trial = objective.trial_view(trial)
     dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
-    loss = dist(trial, ctx.observed)
+    return dist(trial, ctx.observed) + _regularizer_value(objective, images, ctx)
+
+
+def _regularizer_value(objective: Objective, images: Tensor, ctx: SearchContext) -> Tensor | float:
+    """Σ_k λ_k R_k(images), per restart (R,), or 0.0 when there is none."""
+    loss: Tensor | float = 0.0
     if objective.tv:
         loss = loss + objective.tv * total_variation(images)
     for weight, reg in objective.regularizers:
         loss = loss + weight * reg(images, ctx)
     return loss
+
+
+def _value_and_grads(ctx: SearchContext, objective: Objective, images: Tensor, labels: Tensor,
+                     variables: list[Tensor]) -> tuple[Tensor, tuple]:
+    """The per-restart objective (R,) and its gradient w.r.t. ``variables``. With a fast step the matching
+    term's image (and soft-label) gradient comes from torch.func and is chained through the
+    parametrization by autograd, together with the first-order regularizers."""
+    if ctx.fast is None:
+        per = objective_value(ctx, objective, images, labels)
+        return per.detach(), torch.autograd.grad(per.sum(), variables, allow_unused=True)
+    d, g_x, g_y = ctx.fast(images, labels)
+    outs, gouts = [images], [g_x]
+    if g_y is not None and labels.requires_grad:
+        outs.append(labels)
+        gouts.append(g_y)
+    reg = _regularizer_value(objective, images, ctx)
+    if isinstance(reg, Tensor):
+        d = d + reg.detach()
+        if reg.requires_grad:
+            outs.append(reg.sum())
+            gouts.append(torch.ones((), dtype=reg.dtype, device=reg.device))
+    outs_req = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
+    if not outs_req:
+        return d, tuple(None for _ in variables)
+    grads = torch.autograd.grad([o for o, _ in outs_req], variables, [g for _, g in outs_req], allow_unused=True)
+    return d, grads
 
 
 def search(
@@ -102,24 +145,29 @@ def search(
     restarts: int = 1,
     seed: int = 0,
     model: nn.Module | None = None,
-    backend: str = "loop",
+    backend: Backend = "loop",
     progress: bool = True,
     name: str = "",
 ) -> Reconstruction:
     """Run the staged search. ``labels``: known labels (B,), or None to learn soft labels jointly (DLG).
 
     Adam stages optimise all restarts as one batched problem (per-element updates keep them independent);
-    L-BFGS couples variables through its line search, so L-BFGS schedules run one restart at a time."""
+    L-BFGS couples variables through its line search, so L-BFGS schedules run one restart at a time.
+    ``backend``: see :data:`Backend`; the one used is ``Reconstruction.backend``."""
+    if backend not in BACKENDS:
+        raise UserError(f"attack.options.backend: got {backend!r}; allowed: {', '.join(BACKENDS)}")
+    obs = obs.as_delta()  # the upload as θ_0 − θ_τ, whatever convention the client stated
     if model is None:
         model = obs.build_model()
     else:
         validate_against(model, obs)
     names = list(obs.parameters)
     ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     chunk = 1 if any(s.optimizer == "lbfgs" for s in stages) else restarts
     t0 = time.perf_counter()
     total = sum(s.iterations for s in stages) * math.ceil(restarts / chunk)
+    timing = _choose_backend(ctx, objective, backend, chunk, labels, total)
     bar = tqdm(total=total, desc=name or "attack", disable=not progress, leave=False, dynamic_ncols=True)
     results, trace = [], []
     for first in range(0, restarts, chunk):
@@ -132,9 +180,75 @@ def search(
     return Reconstruction(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
-        iterations=sum(s.iterations for s in stages), attack=name, backend=backend,
+        iterations=sum(s.iterations for s in stages), attack=name,
+        backend=ctx.fast.backend if ctx.fast is not None else ctx.backend,  # "compiled" may have fallen back
+        backend_timing=timing or None,
         distance=objective.distance if isinstance(objective.distance, str) else None,
     )
+
+
+def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bool):
+    from gradleak.attacks.fast import FastStep
+
+    obs = ctx.obs
+    dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
+    return FastStep(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist, objective.trial_view,
+                    soft=soft, compile=compile)
+
+
+def _choose_backend(ctx: SearchContext, objective: Objective, backend: str, R: int, labels: Tensor | None,
+                    total_iterations: int) -> dict:
+    """Set ``ctx.backend``/``ctx.fast``. For "auto": time a few matching-term evaluations of "loop" and
+    "vmap" on random images (its own RNG: the search's draws are untouched), interleaved, keep the faster;
+    when the search would still take ``AUTO_COMPILE_MIN_SECONDS`` or more, also compile (minutes on a CPU)
+    and time that. Searches under ``AUTO_MIN_ITERATIONS`` iterations run "loop" unmeasured.
+    Returns seconds per evaluation by candidate ({} unless measured)."""
+    soft = labels is None
+    if backend == "loop" or (backend == "auto" and total_iterations < AUTO_MIN_ITERATIONS):
+        ctx.backend, ctx.fast = "loop", None
+        return {}
+    if backend in ("vmap", "compiled"):
+        ctx.backend, ctx.fast = backend, _fast_step(ctx, objective, soft, backend == "compiled")
+        return {}
+    obs = ctx.obs
+    dev = ctx.observed[0].device
+    gen = torch.Generator(device=dev).manual_seed(12345)
+    x = torch.rand(R, obs.num_images, *obs.image_shape, generator=gen, device=dev)
+    if soft:
+        y = torch.softmax(torch.randn(R, obs.num_images, obs.model_spec["num_classes"], generator=gen, device=dev), -1)
+    else:
+        y = labels.expand(R, *labels.shape)
+    objective = replace(objective, regularizers=[])  # the priors cost the same on every backend
+    cands: dict[str, object] = {"loop": None, "vmap": _fast_step(ctx, objective, soft, False)}
+    best: dict[str, float] = {}
+
+    def measure(names: list[str], rounds: int) -> None:
+        for rnd in range(rounds + 1):  # round 0 is the warm-up (first-call allocations, compilation)
+            for name in [n for n in names if n in cands]:
+                ctx.backend, ctx.fast = name, cands[name]
+                xi = x.clone().requires_grad_()
+                t0 = time.perf_counter()
+                try:
+                    _value_and_grads(ctx, objective, xi, y, [xi])
+                except Exception:  # noqa: BLE001 - a backend this model cannot run is not a candidate
+                    if name == "loop":
+                        raise
+                    del cands[name]
+                    continue
+                dt = time.perf_counter() - t0
+                if name == "compiled" and cands[name].fallback is not None:
+                    del cands[name]
+                    continue
+                if rnd > 0:
+                    best[name] = min(best.get(name, math.inf), dt)
+
+    measure(["loop", "vmap"], 2)
+    if min(best.values()) * total_iterations >= AUTO_COMPILE_MIN_SECONDS:
+        cands["compiled"] = _fast_step(ctx, objective, soft, True)
+        measure(["compiled"], 2)
+    choice = min(best, key=best.get)
+    ctx.backend, ctx.fast = choice, cands[choice]
+    return {k: round(v, 6) for k, v in best.items()}
 
 
 def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
@@ -165,12 +279,13 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
         def closure():
             nonlocal last
             opt.zero_grad(set_to_none=True)
-            per = objective_value(ctx, objective, stage.parametrization.images(), current_labels())
-            grads = torch.autograd.grad(per.sum(), variables, allow_unused=True)
+            per, grads = _value_and_grads(ctx, objective, stage.parametrization.images(), current_labels(), variables)
             for v, g in zip(variables, grads):
                 v.grad = torch.zeros_like(v) if g is None else (g.sign() if stage.signed else g)
-            last = per.detach()
+            last = per
             return per.sum()
+
+        stage_losses: list[Tensor] = []  # kept as tensors; the trace's dicts are built after the stage
 
         for i in range(stage.iterations):
             opt.step(closure)
@@ -178,15 +293,17 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
             if sched is not None:
                 sched.step()
             loss_now = last
-            if not torch.isfinite(loss_now).all() and stage.optimizer == "lbfgs":
+            if stage.optimizer == "lbfgs" and not torch.isfinite(loss_now).all():
                 bar.update(stage.iterations - i)
                 break
-            for r in range(R):
-                trace.append({"iteration": it0 + i, "stage": stage.name, "restart": first + r,
-                              "loss": float(loss_now[r])})
+            stage_losses.append(loss_now)
             bar.update(1)
             if i % 10 == 0 or i == stage.iterations - 1:
                 bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
+        if stage_losses:
+            table = torch.stack(stage_losses).tolist()
+            trace.extend({"iteration": it0 + i, "stage": stage.name, "restart": first + r, "loss": row[r]}
+                         for i, row in enumerate(table) for r in range(R))
         it0 += stage.iterations
         with torch.no_grad():
             prev = stage.parametrization.images().detach()

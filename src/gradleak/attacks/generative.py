@@ -38,10 +38,11 @@ from torch.func import functional_call
 
 from gradleak.attacks.bn_prior import BNRegularizer
 from gradleak.attacks.base import ATTACKS, Reconstruction
-from gradleak.attacks.engine import Objective, Stage, search
+from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.attacks.presets import InvertGrad, SearchAttack
+from gradleak.devices import generator
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.priors.prior import Prior, describe, load_prior
@@ -205,7 +206,7 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
     """The "random gradient, true labels" control (GIAS §5.3 spirit): a copy of ``obs`` whose upload is
     replaced by Gaussian noise with each tensor's shape, support (zeros stay zero, e.g. after sparsity)
     and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept."""
-    gen = torch.Generator().manual_seed(1_000_003 + seed)
+    gen = generator(1_000_003 + seed)
     update = {}
     for name, t in obs.update.items():
         r = torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t != 0).to(t.dtype)
@@ -281,7 +282,7 @@ class GIX(_PriorMixin, InvertGrad):
                  signed: bool = True, box: bool = True, distance: Distance = "cosine",
                  init: Literal["randn", "uniform"] = "randn", bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 backend: Literal["loop", "vmap"] = "loop"):
+                 backend: Backend = "loop"):
         _check_distance(distance)
         InvertGrad.__init__(self, iterations, lr, tv, restarts, signed, box, distance, init, backend)
         self._setup_common(bn, bn_source, bn_data, control, snapshot_every)
@@ -365,7 +366,7 @@ class GIZ(GenerativeAttack):
                  lr_z: LearningRate = 3e-2, tv: Weight = 1e-4, distance: Distance = "cosine", z_penalty: Weight = 0.0,
                  bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop"):
+                 space: Literal["z", "w", "w+"] = "w+", backend: Backend = "loop"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
         self.iterations = iterations
@@ -385,7 +386,7 @@ class GIW(GenerativeAttack):
                  lr_w: LearningRate = 1e-3, tv: Weight = 1e-4,
                  distance: Distance = "cosine", bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 space: Literal["z", "w", "w+"] = "w+", backend: Literal["loop", "vmap"] = "loop",
+                 space: Literal["z", "w", "w+"] = "w+", backend: Backend = "loop",
                  lr_w_relative: bool = True):
         self._setup(prior, restarts, 3e-2, lr_w, tv, distance, 0.0, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
@@ -416,7 +417,7 @@ class GIZW(GenerativeAttack):
                  lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4, distance: Distance = "cosine",
                  z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
                  control: bool = False, snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
-                 backend: Literal["loop", "vmap"] = "loop", lr_w_relative: bool = True):
+                 backend: Backend = "loop", lr_w_relative: bool = True):
         self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
         self.iterations_z, self.iterations_w, self.lr_w_relative = iterations_z, iterations_w, lr_w_relative
@@ -440,7 +441,7 @@ class GIZX(GenerativeAttack):
                  distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0,
                  bn_source: BNSource = "exact", bn_data: str | None = None, control: bool = False,
                  snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
-                 backend: Literal["loop", "vmap"] = "loop"):
+                 backend: Backend = "loop"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
         if lr_x <= 0:

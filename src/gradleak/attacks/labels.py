@@ -31,6 +31,7 @@ def last_linear_names(model: nn.Module) -> tuple[str, str | None]:
 def class_scores(obs: Observation, model: nn.Module) -> Tensor:
     """Per-class evidence (lower = more likely present): row sums of the last layer's weight update."""
     w, b = last_linear_names(model)
+    obs = obs.as_delta()
     scores = obs.update[w].sum(1)
     if b is not None:
         scores = scores + obs.update[b]

@@ -12,7 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, Attack, LabelMode, Reconstruction, build_attack  # noqa: F401
-from gradleak.attacks.engine import Objective, Stage, search
+from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
@@ -23,7 +23,7 @@ class SearchAttack(Attack):
     """An attack that is a preset of the search engine: subclasses define ``stages()`` (fresh objects on
     every call) and ``objective(obs)``; restarts run as one batched problem."""
 
-    def __init__(self, restarts: Iterations = 1, backend: Literal["loop", "vmap"] = "loop"):
+    def __init__(self, restarts: Iterations = 1, backend: Backend = "loop"):
         if restarts < 1:
             raise UserError(f"attack.restarts: got {restarts}; allowed: integer >= 1")
         self.restarts, self.backend = restarts, backend
@@ -52,7 +52,7 @@ class DLG(SearchAttack):
 
     def __init__(self, iterations: Iterations = 300, lr: LearningRate = 1.0, restarts: Iterations = 1,
                  line_search: Literal["strong_wolfe", "none"] = "strong_wolfe",
-                 backend: Literal["loop", "vmap"] = "loop"):
+                 backend: Backend = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.line_search = iterations, lr, line_search
 
@@ -86,7 +86,7 @@ class InvertGrad(SearchAttack):
                  restarts: Iterations = 1,
                  signed: bool = True, box: bool = True,
                  distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
-                 init: Literal["randn", "uniform"] = "randn", backend: Literal["loop", "vmap"] = "loop"):
+                 init: Literal["randn", "uniform"] = "randn", backend: Backend = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.tv = iterations, lr, tv
         self.signed, self.box, self.distance, self.init = signed, box, distance, init

@@ -47,7 +47,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, Reconstruction
-from gradleak.attacks.engine import Objective, Stage, search
+from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.attacks.presets import SearchAttack
@@ -227,7 +227,7 @@ class ROG(SearchAttack):
                  distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
                  tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
                  sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
-                 post: PostHook | None = None, backend: Literal["loop", "vmap"] = "loop"):
+                 post: PostHook | None = None, backend: Backend = "loop"):
         super().__init__(restarts, backend)
         self.iterations, self.lr, self.representation, self.scale = iterations, lr, representation, scale
         self.distance, self.tv, self.sign_postprocess, self.post = distance, tv, sign_postprocess, post

@@ -43,9 +43,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from gradleak.attacks.engine import Backend
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.perceptual import Distance, build_perceptual
 from gradleak.attacks.rog import ROG, PostHook
+from gradleak.devices import generator
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
@@ -137,7 +139,7 @@ def invert(prior, targets: Tensor, labels: Tensor, *, iterations: int = 1000, lr
     if iterations < 0 or restarts < 1:
         raise UserError(f"rogs: iterations must be >= 0 and restarts >= 1, got {iterations}, {restarts}")
     shape = tuple(targets.shape[1:])
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator(seed)
     z = prior.sample_latent(restarts * B, gen).requires_grad_()
     y = labels.repeat(restarts)
     tgt = targets.detach().float().repeat(restarts, 1, 1, 1)
@@ -192,7 +194,7 @@ class ROGS(ROG):
                  distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
                  tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
                  sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
-                 post: PostHook | None = None, backend: Literal["loop", "vmap"] = "loop",
+                 post: PostHook | None = None, backend: Backend = "loop",
                  generator: str = "auto", rogs_iterations: Annotated[int, Field(ge=0)] = 1000,
                  rogs_lr: Annotated[float, Field(gt=0)] = 0.05, rogs_restarts: Annotated[int, Field(ge=1)] = 1,
                  lambda_l2: Annotated[float, Field(ge=0)] = 1.0,

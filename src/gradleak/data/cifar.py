@@ -54,13 +54,62 @@ def find_dir(root: str | Path | None, layout: CifarLayout) -> Path:
     return path / layout.dirname if (path / layout.dirname).is_dir() else path
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the CIFAR allow-list."""
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR batch needs (numpy arrays and dtypes), under their numpy 1 and 2 module names,
+    mapped to the real objects (the module named in the file is never imported)."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray, numeric
+    found: dict[tuple[str, str], object] = {}
+    for mod in ("numpy.core", "numpy._core"):
+        found[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        if hasattr(numeric, "_frombuffer"):
+            found[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+        found[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
+    found[("numpy", "ndarray")] = np.ndarray
+    found[("numpy", "dtype")] = np.dtype
+    found[("_codecs", "encode")] = _latin1_bytes  # how Python 3 writes bytes at pickle protocol 2
+    return found
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RefusedGlobal("_codecs.encode with other than (str, 'latin1')")
+    return text.encode("latin1")
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Restricted unpickler: a pickle may build dicts, lists, tuples, bytes, str, numbers, numpy arrays and
+    dtypes — what the official CIFAR batches hold — and nothing else. Any other global (``os.system``,
+    ``builtins.eval``, a class to instantiate, ...) is refused before it is looked up, so loading a crafted
+    file never runs code from it."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        allowed = type(self)._allowed
+        if allowed is None:
+            allowed = type(self)._allowed = _numpy_globals()
+        if (module, name) in allowed:
+            return allowed[(module, name)]
+        raise RefusedGlobal(f"{module}.{name}")
+
+
 def read_pickle(path: Path, allowed: str) -> dict:
-    """Unpickle one CIFAR file (bytes keys); errors name the file."""
+    """Unpickle one CIFAR file (bytes keys) with :class:`CifarUnpickler`; errors name the file."""
     if not path.is_file():
         raise missing_path(path, allowed)
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = CifarUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as err:
+        raise UserError(f"data.root: {str(path)!r} is not a CIFAR batch: its pickle refers to {err}, which a CIFAR "
+                        f"file never holds (refused, nothing run); allowed: the python-version CIFAR pickles") from None
     except Exception as err:  # corrupt or not a pickle
         raise UserError(f"data.root: cannot read CIFAR file {str(path)!r} ({type(err).__name__}); "
                         f"allowed: the python-version CIFAR pickles") from None

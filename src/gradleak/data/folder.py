@@ -101,8 +101,8 @@ def read_image(path: Path, resolution: int, channels: int) -> Tensor:
             left, top = (w - s) // 2, (h - s) // 2
             img = img.crop((left, top, left + s, top + s)).resize((resolution, resolution),
                                                                    Image.Resampling.BILINEAR)
-    except (OSError, ValueError, SyntaxError) as err:
-        raise UserError(f"data.root: cannot read image {str(path)!r} ({err}); "
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # bomb: over 2x MAX_IMAGE_PIXELS
+        raise UserError(f"data.root: cannot read image {str(path)!r} ({' '.join(str(err).split())}); "
                         f"allowed: images Pillow can open") from None
     arr = torch.from_numpy(np.array(img, dtype=np.uint8)).to(torch.float32).div_(255.0)
     return arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)

@@ -220,6 +220,11 @@ class FedCDP(Defense):
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         model, proto = ctx.model, ctx.protocol
         x, y = ctx.images, ctx.labels
+        for key in ("optimizer", "momentum", "weight_decay", "loss", "label_smoothing", "class_weights", "mean",
+                    "update"):  # Fed-CDP replaces the local round by its own per-example clipped plain SGD
+            if getattr(proto, key) != getattr(Protocol(), key):
+                raise UserError(f"defense fedcdp: got client.{key} {getattr(proto, key)!r}; allowed: the default "
+                                f"{getattr(Protocol(), key)!r} (Fed-CDP runs per-example clipped plain SGD)")
         sched = proto.schedule(x.shape[0])
         b = len(sched[0])
         if b > self.dataset_size:

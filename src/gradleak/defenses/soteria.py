@@ -30,6 +30,7 @@ from torch.func import functional_call
 
 from gradleak.defenses.base import ClientContext, Defense, Params, check, register
 from gradleak.errors import UserError
+from gradleak.fl.client import client_inputs
 
 
 def defended_layer(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -112,7 +113,8 @@ class Soteria(Defense):
         was = model.training
         model.train(ctx.protocol.bn_mode == "train")
         try:
-            sens, _ = feature_sensitivity(model, ctx.params, ctx.buffers, ctx.images, self._chunk)
+            sens, _ = feature_sensitivity(model, ctx.params, ctx.buffers, client_inputs(ctx.protocol, ctx.images),
+                                          self._chunk)
         finally:
             model.train(was)
         mask = soteria_mask(sens, self.pruning_rate)

@@ -11,7 +11,7 @@ A sweep file is a base config plus axes::
     batches: 4                             # private batches per cell: seeds base.seed + 0 … + 3
 
 A cell is one combination of axis values; a run is one cell × batch, written by
-:func:`gradleak.audit.write_run` to ``OUT/runs/<cell>/b<batch>/``. A run whose ``metrics.json`` exists is
+:func:`gradleak.report.writer.write_run` to ``OUT/runs/<cell>/b<batch>/``. A run whose ``metrics.json`` exists is
 done and skipped on re-run, so an interrupted sweep loses at most the runs in flight. Every executor runs
 each audit with the same thread count (``threads``, default 1), so the same sweep gives the same numbers
 in-process, on the pool and on Ray.
@@ -177,7 +177,8 @@ def run_one(sweep: Sweep, run: Run, out: str, threads: int = 1) -> dict:
     """Audit one run and write its directory; returns its results row. Runs in any worker process."""
     import torch
 
-    from gradleak.audit import audit, write_run
+    from gradleak.audit import audit
+    from gradleak.report.writer import write_run
 
     if threads:
         torch.set_num_threads(threads)
@@ -198,7 +199,7 @@ def row_of(run: Run, m: dict) -> dict:
         row[k] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v)
     row.update({"psnr": mean("psnr"), "psnr_best": (m.get("psnr") or {}).get("best"), "ssim": mean("ssim"),
                 "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
-                "seconds": m.get("seconds")})
+                "seconds": m.get("seconds"), "distance": m.get("distance")})
     return row
 
 

@@ -1,7 +1,7 @@
 """The privacy–utility trade-off of ROG §5.2 / Figure 9a: for every defense setting, the test accuracy of
 a model trained by FedAvg under it (utility) against how much an attack reconstructs under it (leakage).
 
-Utility: :func:`gradleak.fl.simulation.simulate_fedavg` on a held-out classification task (default: the
+Utility: :func:`gradleak.experiments.simulation.simulate_fedavg` on a held-out classification task (default: the
 built-in digits at 32×32 RGB, public side split over 100 clients by Dir(α = 0.5), 10 clients per round, τ = 5
 local steps of b = 16, lr 0.05), accuracy on the task's private side. Leakage: ROG and InvertGrad on a
 FedAvg client (τ = 5, lr 5e-3, full local batch) holding a batch of the built-in photos at 64×64, under the
@@ -169,7 +169,7 @@ class TradeoffConfig:
         return parsed
 
     def fedavg(self):
-        from gradleak.fl.simulation import FedAvgConfig
+        from gradleak.experiments.simulation import FedAvgConfig
 
         return FedAvgConfig(rounds=self.rounds, num_clients=self.num_clients, clients_per_round=self.clients_per_round,
                             alpha=self.alpha, local_steps=self.local_steps, lr=self.task_lr,
@@ -192,7 +192,7 @@ def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolu
 def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
     from gradleak.data import load_dataset
     from gradleak.defenses import build_defenses
-    from gradleak.fl.simulation import simulate_fedavg
+    from gradleak.experiments.simulation import simulate_fedavg
 
     train = load_dataset(cfg.task, split="public", resolution=cfg.task_resolution, channels=3)
     test = load_dataset(cfg.task, split="private", resolution=cfg.task_resolution, channels=3)
@@ -202,61 +202,47 @@ def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
             "initial_accuracy": res["initial_accuracy"], "seconds": res["seconds"]}
 
 
-def _invertgrad_distance(rog_distance: str) -> str:
-    return {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance, rog_distance)
-
-
 def _attack_job(cfg: TradeoffConfig, setting: Setting, attack: str, batch: int) -> dict:
+    """One audit of the setting's victim (:func:`gradleak.audit.audit_case`): ROG, or InvertGrad with the
+    distance that sees through the defense (``auto``: masked cosine for sparsifiers, tanh-sign for signSGD)."""
     import torch
 
     from gradleak.attacks.presets import InvertGrad
-    from gradleak.attacks.rog import ROG, rog_distance
-    from gradleak.case import Case, capture
+    from gradleak.attacks.rog import ROG
+    from gradleak.audit import audit_case
+    from gradleak.case import Case
+    from gradleak.config import validate_config
     from gradleak.data import load_dataset, sample_batch
     from gradleak.defenses import build_defenses
     from gradleak.fl.protocol import Protocol
-    from gradleak.metrics import load_lpips, lpips_status, score_images
 
     seed = cfg.seed + batch
     data = load_dataset(cfg.attack_data, split="private", resolution=cfg.attack_resolution, channels=3)
     x, y = sample_batch(data, cfg.attack_batch, distinct_labels=False, seed=seed)
     model = _build_model(cfg, setting, data.num_classes, cfg.attack_resolution, seed)
     protocol = Protocol(kind="fedavg", local_steps=cfg.local_steps, lr=cfg.client_lr)
-    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec, give_labels=True)
-    obs = capture(case, seed=seed)
-    t0 = time.perf_counter()
+    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec)
+    run_cfg = validate_config({"seed": seed, "data": {"name": cfg.attack_data, "resolution": cfg.attack_resolution,
+                                                      "channels": 3, "batch_size": cfg.attack_batch},
+                               "attack": {"name": attack, "labels": "oracle"}, "metrics": {"tagger": "none"}})
     if attack == "rog":
         atk = ROG(iterations=cfg.rog_iterations, enhancer=cfg.enhancer)
     else:
-        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance=_invertgrad_distance(rog_distance(obs)))
-    rec = atk(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    net, reason = (None, None)
-    weights, why = lpips_status()
-    if weights is not None:
-        net = load_lpips()
-    else:
-        reason = why
-    s = score_images(rec.images, x, lpips_model=net, lpips_reason=reason)
-    from gradleak.metrics import apply_match
-
-    from gradleak.metrics.reference import calibrate
-
-    public = load_dataset(cfg.attack_data, split="public", resolution=cfg.attack_resolution, channels=3)
-    cal = calibrate({"psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "jaccard": None}, x,
-                    public.images, public.labels, y, seed=seed)
-    refs = cal["reference"]
+        atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance="auto")
+    r = audit_case(run_cfg, case, atk)
+    obs, s, cal = r.observation, r.scores, r.calibration  # references on the same matched originals
+    refs = cal.reference
     best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean", "same_class")
                     if n in refs and refs[n]["psnr"][i] is not None) for i in range(len(x))]
     fed = next((d for d in obs.defenses if d.get("name") == "fedcdp"), {})
     eps, sigma = fed.get("epsilon"), fed.get("sigma_used")
     sigma = sigma[0] if isinstance(sigma, list) else sigma  # FedAvg: the same σ at every local step
-    return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch,
-            "psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"], "sigma": sigma,
-            "ref_psnr": sum(best_ref) / len(best_ref), "margin_psnr": cal["margins"]["psnr"]["mean"],
-            "margin_ssim": cal["margins"]["ssim"]["mean"], "verdict": cal["verdict"]["batch"],
-            "lpips": None if s["lpips"] is None else s["lpips"]["mean"], "seconds": time.perf_counter() - t0,
-            "iterations": rec.iterations, "epsilon": eps,
-            "images": apply_match(rec.images, s["order"]).to(torch.float16), "originals": x.to(torch.float16)}
+    return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch, "sigma": sigma,
+            "ref_psnr": sum(best_ref) / len(best_ref), "margin_psnr": cal.margins["psnr"]["mean"],
+            "margin_ssim": cal.margins["ssim"]["mean"], "verdict": cal.verdict["batch"],
+            "psnr": s.psnr["mean"], "ssim": s.ssim["mean"], "lpips": None if s.lpips is None else s.lpips["mean"],
+            "seconds": r.timing.attack, "iterations": r.reconstruction.iterations, "epsilon": eps,
+            "images": r.matched.to(torch.float16), "originals": x.to(torch.float16)}
 
 
 def _run_job(job):

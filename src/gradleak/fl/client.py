@@ -6,6 +6,8 @@ Labels ``y`` are class indices (B,) or class probabilities (B, K) (DLG's soft du
 """
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Literal
 
 import torch
@@ -13,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradleak.errors import UserError
+from gradleak.errors import bad_value
+from gradleak.fl.optim import init_state, optimizer_step
 from gradleak.fl.protocol import Protocol
 
 Params = dict[str, Tensor]
@@ -26,13 +29,62 @@ def split_state(model: nn.Module) -> tuple[Params, Params]:
     return params, buffers
 
 
-def batch_loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy of the batch, ℓ = (1/B) Σ_i CE(f_θ(x_i), y_i)."""
-    return F.cross_entropy(functional_call(model, {**params, **buffers}, (x,)), y)
+def client_inputs(protocol: Protocol | None, x: Tensor) -> Tensor:
+    """The client's input normalization N(x) = (x − mean_c) / std_c per channel (identity when unset)."""
+    if protocol is None or protocol.mean is None:
+        return x
+    mean = torch.tensor(protocol.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(protocol.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _import_loss(path: str):
+    module_name, _, attribute = path.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except Exception as error:  # noqa: BLE001 - anything going wrong while importing user code
+        raise bad_value("client.loss", path, f"an importable 'package.module:function' path "
+                                             f"(import failed: {type(error).__name__})") from None
+    if not callable(target):
+        raise bad_value("client.loss", path, "an import path naming a callable (logits, labels) -> scalar")
+    return target
+
+
+def client_loss(protocol: Protocol | None, logits: Tensor, y: Tensor) -> Tensor:
+    """The client's loss: mean cross-entropy (with ``label_smoothing`` and ``class_weights`` as
+    ``torch.nn.CrossEntropyLoss``: weighted mean Σ w_{y_i} ℓ_i / Σ w_{y_i}), or ``protocol.loss`` imported."""
+    if protocol is None or protocol.loss == "cross_entropy":
+        weight = None
+        if protocol is not None and protocol.class_weights is not None:
+            if len(protocol.class_weights) != logits.shape[-1]:
+                raise bad_value("client.class_weights", list(protocol.class_weights),
+                                f"one weight per class ({logits.shape[-1]})")
+            weight = torch.tensor(protocol.class_weights, dtype=logits.dtype, device=logits.device)
+        smoothing = protocol.label_smoothing if protocol is not None else 0.0
+        return F.cross_entropy(logits, y, weight=weight, label_smoothing=smoothing)
+    return _import_loss(protocol.loss)(logits, y)
+
+
+def batch_loss(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor,
+               protocol: Protocol | None = None) -> Tensor:
+    """The client's mini-batch loss ℓ(f_θ(N(x)), y) (plain mean cross-entropy when ``protocol`` is None)."""
+    return client_loss(protocol, functional_call(model, {**params, **buffers}, (client_inputs(protocol, x),)), y)
 
 
 def _set_mode(model: nn.Module, protocol: Protocol) -> None:
     model.train(protocol.bn_mode == "train")
+
+
+def _upload(protocol: Protocol, theta0: Params, theta: Params) -> Params:
+    """The upload in the protocol's stated convention (see :mod:`gradleak.fl.protocol`)."""
+    if protocol.update == "new_weights":
+        return dict(theta)
+    if protocol.update == "new_minus_old":
+        return {n: theta[n] - theta0[n] for n in theta}
+    return {n: theta0[n] - theta[n] for n in theta}
 
 
 def client_update(
@@ -44,7 +96,8 @@ def client_update(
     protocol: Protocol,
     create_graph: bool = False,
 ) -> Params:
-    """The upload of one client: g (FedSGD) or Δ = θ_0 − θ_τ (FedAvg), see ``protocol``.
+    """The upload of one client: g (FedSGD), or for FedAvg τ steps of the local optimizer from fresh state
+    (:mod:`gradleak.fl.optim`) reported as Δ = θ_0 − θ_τ, θ_τ − θ_0 or θ_τ (``protocol.update``).
 
     With ``create_graph=True`` the result is differentiable w.r.t. ``x`` (and ``y``) through all τ
     unrolled steps — the attacker's re-run. BN running statistics are updated on copies (train mode),
@@ -56,37 +109,40 @@ def client_update(
     b = {n: t.clone() for n, t in buffers.items()}
     steps = protocol.schedule(x.shape[0])
     full = tuple(range(x.shape[0]))
+    state = init_state()
     for idx in steps:
         xb, yb = (x, y) if idx == full else (x[list(idx)], y[list(idx)])
-        loss = batch_loss(model, p, b, xb, yb)
+        loss = batch_loss(model, p, b, xb, yb, protocol)
         grads = torch.autograd.grad(loss, [p[n] for n in names], create_graph=create_graph)
         if protocol.kind == "fedsgd":
             return dict(zip(names, grads if create_graph else [g.detach() for g in grads]))
-        if create_graph:
-            p = {n: p[n] - protocol.lr * g for n, g in zip(names, grads)}
-        else:
-            p = {n: (p[n] - protocol.lr * g).detach().requires_grad_() for n, g in zip(names, grads)}
-    delta = {n: params[n].detach() - p[n] for n in names}
-    return delta if create_graph else {n: d.detach() for n, d in delta.items()}
+        p, state = optimizer_step(protocol, p, dict(zip(names, grads)), state)
+        if not create_graph:
+            p = {n: t.detach().requires_grad_() for n, t in p.items()}
+            state = {k: v.detach() if isinstance(v, Tensor) else v for k, v in state.items()}
+    up = _upload(protocol, {n: params[n].detach() for n in names}, p)
+    return up if create_graph else {n: d.detach() for n, d in up.items()}
 
 
 def update_functional(model: nn.Module, protocol: Protocol, names: list[str]):
     """``(params, buffers, x, y) -> tuple(upload)`` built from ``torch.func.grad``, for ``vmap``."""
     def loss(p, b, xb, yb):
-        return batch_loss(model, p, b, xb, yb)
+        return batch_loss(model, p, b, xb, yb, protocol)
 
     grad = torch.func.grad(loss)
 
     def update(params, buffers, x, y):
         p = params
         full = tuple(range(x.shape[0]))
+        state = init_state()
         for idx in protocol.schedule(x.shape[0]):
             xb, yb = (x, y) if idx == full else (x[list(idx)], y[list(idx)])
             g = grad(p, buffers, xb, yb)
             if protocol.kind == "fedsgd":
                 return tuple(g[n] for n in names)
-            p = {n: p[n] - protocol.lr * g[n] for n in names}
-        return tuple(params[n] - p[n] for n in names)
+            p, state = optimizer_step(protocol, {n: p[n] for n in names}, g, state)
+        up = _upload(protocol, params, p)
+        return tuple(up[n] for n in names)
 
     return update
 
@@ -98,18 +154,18 @@ def batched_update(
     x: Tensor,
     y: Tensor,
     protocol: Protocol,
-    backend: Literal["loop", "vmap"] = "loop",
+    backend: Literal["loop", "vmap", "compiled", "auto"] = "loop",
 ) -> Params:
     """The attacker's differentiable re-run for R restarts at once.
 
     ``x``: (R, B, C, H, W); ``y``: (R, B) class indices or (R, B, K) probabilities.
     Returns the upload with a leading restart dimension, each entry (R, *param_shape).
     ``backend="loop"`` calls :func:`client_update` per restart with ``torch.autograd.grad``;
-    ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts. Both give the same numbers on
-    BatchNorm-free models (tested); through train-mode BatchNorm the vmap path's second-order term is
-    wrong in torch 2.13 (checked against finite differences), so it is refused there.
-    ``benchmarks/speed.py`` measures which is faster (small conv net here: loop 25 vs vmap 18 it/s for
-    FedSGD, 6.0 vs 6.5 it/s for FedAvg τ=5).
+    ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts (``"compiled"``/``"auto"`` mean the same
+    here: the engine's fast step, :mod:`gradleak.attacks.fast`, is where those differ). Both give the same
+    numbers (tested), BatchNorm included: the vmap path runs a copy of the model whose BatchNorm layers are
+    :class:`gradleak.fl.functional_bn.FunctionalBatchNorm` (torch's own train-mode BN gives a wrong
+    second-order term under vmap in this torch). ``benchmarks/speed.py`` measures which is faster.
     """
     R = x.shape[0]
     ys = y
@@ -117,23 +173,21 @@ def batched_update(
     if backend == "loop":
         ups = [client_update(model, params, buffers, x[r], ys[r], protocol, create_graph=True) for r in range(R)]
         return {n: torch.stack([u[n] for u in ups]) for n in names}
-    if protocol.bn_mode == "train" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
-    ):
-        raise UserError(
-            "attack.backend: got 'vmap' with a train-mode BatchNorm model; allowed: 'loop' "
-            "(vmap over torch.func.grad gives wrong second-order gradients through BatchNorm here, see tests)"
-        )
+    from gradleak.fl.functional_bn import functional_model
+
     _set_mode(model, protocol)
-    fn = update_functional(model, protocol, names)
+    fmodel = functional_model(model)
+    fn = update_functional(fmodel, protocol, names)
     bufs = {n: t.expand(R, *t.shape).clone() for n, t in buffers.items()}
     out = torch.vmap(fn, in_dims=(None, 0, 0, 0))({n: p.detach() for n, p in params.items()}, bufs, x, ys)
     return dict(zip(names, out))
 
 
-def bn_batch_statistics(model: nn.Module, params: Params, buffers: Params, x: Tensor) -> Params:
+def bn_batch_statistics(model: nn.Module, params: Params, buffers: Params, x: Tensor,
+                        protocol: Protocol | None = None) -> Params:
     """Per BatchNorm layer, the mean and (biased) variance of its input over the batch — what a client
-    shares when it sends BN statistics (GradInversion's assumption). Keys ``<layer>.mean``/``<layer>.var``."""
+    shares when it sends BN statistics (GradInversion's assumption). Keys ``<layer>.mean``/``<layer>.var``.
+    ``x`` is normalized as the client does (``protocol``) first."""
     stats: Params = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -146,7 +200,8 @@ def bn_batch_statistics(model: nn.Module, params: Params, buffers: Params, x: Te
             hooks.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            functional_call(model, {**params, **{k: v.clone() for k, v in buffers.items()}}, (x,))
+            functional_call(model, {**params, **{k: v.clone() for k, v in buffers.items()}},
+                            (client_inputs(protocol, x),))
     finally:
         for h in hooks:
             h.remove()

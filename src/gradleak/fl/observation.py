@@ -6,6 +6,7 @@ validates every tensor's shape against the model and refuses NaN/inf, naming the
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,17 +45,56 @@ class Observation:
     bn_stats: Params | None = None
     defenses: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
 
     def build_model(self) -> nn.Module:
-        """The victim architecture with θ_0 loaded (validated against the stored tensors)."""
-        from gradleak.models import build_model
+        """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
+        object given to :meth:`load` (or set on the Observation), else rebuilt from ``model_spec`` — a
+        registered name or a ``package.module:factory`` import path."""
+        from gradleak.models import MODELS, build_model
 
         spec = self.model_spec
-        model = build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["resolution"],
-                            **spec.get("options", {}))
+        if self.model is not None:
+            model = self.model
+        else:
+            name = spec.get("name")
+            if not isinstance(name, str) or (name.lower() not in MODELS and ":" not in name):
+                raise UserError(
+                    f"observation: model {name!r} was built in Python and cannot be rebuilt from the file; "
+                    f"allowed: Observation.load(path, model=your_model), or a model_spec name that is a registered "
+                    f"model or an import path 'package.module:factory'")
+            model = build_model(name, spec["num_classes"], spec["in_channels"], spec["resolution"],
+                                **spec.get("options", {}))
         validate_against(model, self)
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
+
+    def to(self, device) -> "Observation":
+        """A copy with every tensor on ``device`` (the attacker's hardware); metadata shared."""
+        def move(d: Params | None) -> Params | None:
+            return None if d is None else {k: v.to(device) for k, v in d.items()}
+
+        return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
+                           update=move(self.update), protocol=self.protocol, num_images=self.num_images,
+                           image_shape=self.image_shape,
+                           labels=None if self.labels is None else self.labels.to(device),
+                           bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
+                           model=self.model)
+
+    def as_delta(self) -> "Observation":
+        """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
+        converted from the stated convention: θ_τ − θ_0 is negated, new weights θ_τ give θ_0 − θ_τ.
+        Attacks and label recovery work on Δ (it points along the gradient); a no-op for the default."""
+        conv = self.protocol.update
+        if conv == "old_minus_new":
+            return self
+        if conv == "new_minus_old":
+            update = {n: -t for n, t in self.update.items()}
+        else:
+            update = {n: self.parameters[n] - t for n, t in self.update.items()}
+        return dataclasses.replace(self, update=update,
+                                   protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
+                                   extra={**self.extra, "update_converted_from": conv})
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (path given without or with suffix)."""
@@ -81,9 +121,15 @@ class Observation:
         return write_pair(stem, tensors, meta)
 
     @classmethod
-    def load(cls, path: str | Path, validate: bool = True) -> "Observation":
-        """Load and validate; raises UserError naming the file, key or tensor at fault."""
-        stem = Path(path).with_suffix("")
+    def load(cls, path: str | Path, validate: bool = True, model: nn.Module | None = None) -> "Observation":
+        """Load and validate; raises UserError naming the file, key or tensor at fault. ``path``: the stem,
+        either file, or a directory holding ``observation.safetensors``/``.json`` (``gradleak capture``).
+        ``model``: the architecture object (any ``nn.Module``, e.g. an ``nn.Sequential`` built in Python),
+        used instead of rebuilding it from the recorded ``model_spec``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "observation"
+        stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
         tensors, meta = read_pair(stem, "observation", None)
         js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
         for key in ("model", "protocol", "num_images", "image_shape"):
@@ -96,21 +142,35 @@ class Observation:
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise UserError(f"observation: tensor {name!r} in {st} contains NaN or inf")
-        obs = cls(
-            model_spec=meta["model"],
-            parameters=part("param/"),
-            buffers=part("buffer/"),
-            update=part("update/"),
-            protocol=Protocol.from_dict(meta["protocol"]),
-            num_images=int(meta["num_images"]),
-            image_shape=tuple(meta["image_shape"]),
-            labels=tensors.get("labels"),
-            bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
-            defenses=meta.get("defenses", []),
-            extra=meta.get("extra", {}),
-        )
+        if not isinstance(meta["model"], dict) or not isinstance(meta["model"].get("options", {}), dict):
+            raise UserError(f"observation: {js} 'model' is not a mapping of name, num_classes, in_channels, resolution")
+        try:
+            obs = cls(
+                model_spec=meta["model"],
+                parameters=part("param/"),
+                buffers=part("buffer/"),
+                update=part("update/"),
+                protocol=Protocol.from_dict(meta["protocol"]),
+                num_images=int(meta["num_images"]),
+                image_shape=tuple(meta["image_shape"]),
+                labels=tensors.get("labels"),
+                bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
+                defenses=meta.get("defenses", []),
+                extra=meta.get("extra", {}),
+                model=model,
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
         if validate:
-            obs.build_model()
+            built = obs.build_model()
+            # the model's tensor order (the file's is alphabetical): layer sums then run in the same order
+            # as for the simulated client, so a loaded observation is attacked bit-identically
+            for attr, named in (("parameters", built.named_parameters()), ("buffers", built.named_buffers())):
+                order = [n for n, _ in named]
+                d = getattr(obs, attr)
+                setattr(obs, attr, {**{n: d[n] for n in order if n in d}, **d})
+            obs.update = {**{n: obs.update[n] for n in obs.parameters if n in obs.update}, **obs.update}
         return obs
 
 
@@ -118,18 +178,20 @@ def validate_against(model: nn.Module, obs: Observation) -> None:
     """Every parameter/buffer/update tensor must exist in the model with the model's shape."""
     ref = dict(model.named_parameters())
     bufs = dict(model.named_buffers())
+    name_of = obs.model_spec.get("name") if isinstance(obs.model_spec, dict) else None
     for kind, tensors, expected in (("param", obs.parameters, ref), ("update", obs.update, ref),
                                     ("buffer", obs.buffers, bufs)):
-        missing = set(expected) - set(tensors)
-        if kind != "buffer" and missing:
-            raise UserError(f"observation: {kind}/{sorted(missing)[0]} missing for model {obs.model_spec['name']!r}")
-        for name, t in tensors.items():
+        for name, want in expected.items():  # in the model's order: the first mismatch is reported
+            if name not in tensors:
+                if kind != "buffer":
+                    raise UserError(f"observation: {kind}/{name} missing for model {name_of!r}")
+                continue
+            if tuple(tensors[name].shape) != tuple(want.shape):
+                raise UserError(f"observation: {kind}/{name} has shape {tuple(tensors[name].shape)}, "
+                                f"model expects {tuple(want.shape)}")
+        for name in tensors:
             if name not in expected:
-                raise UserError(f"observation: {kind}/{name} is not a tensor of model {obs.model_spec['name']!r}")
-            if tuple(t.shape) != tuple(expected[name].shape):
-                raise UserError(
-                    f"observation: {kind}/{name} has shape {tuple(t.shape)}, model expects {tuple(expected[name].shape)}"
-                )
+                raise UserError(f"observation: {kind}/{name} is not a tensor of model {name_of!r}")
     if obs.labels is not None and obs.labels.shape[0] != obs.num_images:
         raise UserError(f"observation: labels has {obs.labels.shape[0]} entries, num_images is {obs.num_images}")
     if obs.num_images < 1 or math.prod(obs.image_shape) < 1:

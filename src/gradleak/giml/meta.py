@@ -84,20 +84,21 @@ class GIMLConfig:
 
     def check(self) -> None:
         for key, ok, allowed in (
-            ("steps", self.steps >= 0, "an integer >= 0"),
+            ("steps", 0 <= self.steps <= 10_000_000, "an integer in 0..10000000"),
             ("tasks_per_step", self.tasks_per_step >= 1, "an integer >= 1"),
             ("tau", self.tau >= 0, "an integer >= 0"),
             ("lam", self.lam >= 0, "a number >= 0"),
             ("alpha", self.alpha > 0, "a number > 0"),
             ("beta", 0 <= self.beta <= 1, "a number in [0, 1]"),
-            ("latent_iterations", self.latent_iterations >= 0, "an integer >= 0"),
+            ("latent_iterations", 0 <= self.latent_iterations <= 10_000_000, "an integer in 0..10000000"),
             ("lr_z", self.lr_z > 0, "a number > 0"),
             ("tv", self.tv >= 0, "a number >= 0"),
             ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
             ("samples", self.samples >= 1, "an integer >= 1"),
         ):
-            if not ok:
-                raise bad_value(f"giml.{key}", getattr(self, key), allowed)
+            value = getattr(self, key)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise bad_value(f"giml.{key}", value, allowed)
         if self.distance != "auto" and self.distance not in DISTANCES:
             raise bad_value("giml.distance", self.distance, f"{', '.join(DISTANCES)}, auto")
 
@@ -276,11 +277,15 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
                             "use a new --out or --no-resume")
         if meta.get("tasks_fingerprint") != ts.fingerprint():
             raise UserError(f"giml: {ckpt}.json was run on another task set; use a new --out or --no-resume")
-        state = generator_state(tensors)
-        prior.net.load_state_dict(state)
-        w = {n: state[n].clone() for n in w}
-        rng.set_state(tensors["rng"])
-        step, history, elapsed = int(meta["step"]), list(meta["history"]), float(meta.get("seconds", 0.0))
+        try:
+            state = generator_state(tensors)
+            prior.net.load_state_dict(state)
+            w = {n: state[n].clone() for n in w}
+            rng.set_state(tensors["rng"])
+            step, history, elapsed = int(meta["step"]), list(meta["history"]), float(meta.get("seconds", 0.0))
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UserError(f"giml: {ckpt}.safetensors/.json is not a complete GIML checkpoint ({type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:200]}); use a new --out or --no-resume") from None
     fixed_z = prior.sample_latent(cfg.samples, torch.Generator().manual_seed(10_000 + cfg.seed))
     info = {"dataset": None, "giml": {"tasks": str(getattr(ts, "root", "")), "config": config, "command": command}}
     t0 = time.perf_counter()

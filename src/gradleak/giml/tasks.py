@@ -21,6 +21,7 @@ is one task, in file-name order. All tasks must share the victim architecture.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class TaskSetConfig:
             ("rounds", self.rounds >= 1, "an integer >= 1"),
             ("per_round", self.per_round is None or 1 <= self.per_round <= self.clients, "1..clients or null"),
             ("batch", self.batch >= 1, "an integer >= 1"),
-            ("server_lr", self.server_lr >= 0, "a number >= 0"),
+            ("server_lr", math.isfinite(self.server_lr) and self.server_lr >= 0, "a finite number >= 0"),
+            ("client_lr", math.isfinite(self.client_lr) and self.client_lr > 0, "a finite number > 0"),
+            ("local_steps", self.local_steps >= 1, "an integer >= 1"),
             ("sparsity", 0 <= self.sparsity < 1, "a number in [0, 1)"),
         ):
             if not ok:
@@ -106,9 +109,14 @@ class TaskSet:
                 meta = json.loads(index.read_text())
             except ValueError as err:
                 raise UserError(f"giml --tasks: cannot read {index}: {err}") from None
-            if meta.get("format") != FORMAT or not isinstance(meta.get("tasks"), list):
-                raise UserError(f"giml --tasks: {index} is not a gradleak task index (format {meta.get('format')!r})")
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("tasks"), list):
+                raise UserError(f"giml --tasks: {index} is not a gradleak task index (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
             entries = meta.pop("tasks")
+            for i, e in enumerate(entries):
+                f = e.get("file") if isinstance(e, dict) else None
+                if not isinstance(f, str) or not f or "/" in f or "\\" in f or f.startswith("."):
+                    raise UserError(f"giml --tasks: {index} task {i} has no valid 'file' entry (got {f!r}); "
+                                    "allowed: the stem of a task file in the same directory")
         else:
             entries = [{"file": p.stem} for p in sorted(root.glob("*.safetensors")) if p.with_suffix(".json").is_file()]
             meta = {"format": FORMAT, "source": "observation files"}
@@ -131,7 +139,21 @@ class TaskSet:
             elif key != ref:
                 raise UserError(f"giml --tasks: task {e['file']} has another victim architecture or image shape "
                                 "than the first task; all tasks must share one")
+        ts.validate()
         return ts
+
+    def validate(self) -> None:
+        """Load every task once and check its tensors against the victim (shapes, NaN/inf), so a bad task is
+        found before anything is written, not when it is first sampled."""
+        from gradleak.fl.observation import validate_against
+
+        model = self[0].build_model()
+        for e in self.entries:
+            obs = Observation.load(self.root / e["file"], validate=False)  # (same architecture: checked above)
+            try:
+                validate_against(model, obs)
+            except UserError as err:
+                raise UserError(f"giml --tasks: task {self.root / e['file']}: {err}") from None
 
 
 def _client_data(n_images: int, clients: int, batch: int, gen: torch.Generator) -> list[list[int]]:

@@ -256,6 +256,10 @@ def _find(fname: str, explicit: str | os.PathLike | None, dirs: list[Path]) -> P
     return None
 
 
+def _line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
+
+
 def lpips_status(
     weights_dir: str | os.PathLike | None = None,
     *,
@@ -296,11 +300,11 @@ def lpips_status(
     try:
         a_state = torch.load(a_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes a reason string
-        return None, f"LPIPS unavailable: cannot read {a_path}: {type(e).__name__}: {e}"
+        return None, f"LPIPS unavailable: cannot read {a_path}: {type(e).__name__}: {_line(e)}"
     try:
         l_state = torch.load(l_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        return None, f"LPIPS unavailable: cannot read {l_path}: {type(e).__name__}: {e}"
+        return None, f"LPIPS unavailable: cannot read {l_path}: {type(e).__name__}: {_line(e)}"
     if not isinstance(a_state, dict) or not isinstance(l_state, dict):
         return None, f"LPIPS unavailable: {a_path} / {l_path} do not hold state dicts"
 

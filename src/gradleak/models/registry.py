@@ -8,14 +8,16 @@ from typing import Any, Callable
 
 from torch import nn
 
-from gradleak.errors import bad_value
+from gradleak.errors import UserError, bad_value
 from gradleak.registry import Registry
 
 from ._checks import check_int
 from .convnet import ConvNet
+from .fit import check_fits
 from .lenet import LeNet
 from .precode import precode
 from .resnet import ResNet18
+from .rgapnets import CNN6, CNN10, MLP
 from .vgg import VGG7
 
 ModelFactory = Callable[..., nn.Module]
@@ -27,6 +29,9 @@ MODELS.register("convnet")(ConvNet)
 MODELS.register("resnet18")(ResNet18)
 MODELS.register("vgg7")(VGG7)
 MODELS.register("precode")(precode)  # options: base, base_options, bottleneck, seed, noise
+MODELS.register("cnn6")(CNN6)  # R-GAP standard form (options: width, bias, slope)
+MODELS.register("cnn10")(CNN10)
+MODELS.register("mlp")(MLP)  # options: width, depth, activation
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
 
@@ -105,11 +110,20 @@ def build_model(
             raise bad_value("model", name, _allowed_names())
         factory = MODELS[name]
     _check_options(name, factory, options)
-    model = factory(
-        num_classes=num_classes, in_channels=in_channels, resolution=resolution, **options
-    )
+    try:
+        model = factory(
+            num_classes=num_classes, in_channels=in_channels, resolution=resolution, **options
+        )
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a user factory that raises is bad input, one line
+        if ":" not in name:
+            raise
+        raise bad_value("model", name, f"a factory that builds (it raised {_first_line(error)})") from None
     if not isinstance(model, nn.Module):
         raise bad_value("model", name, "a factory returning a torch.nn.Module")
+    if ":" in name:  # built-in models fit by construction (tested); a user factory is checked here
+        check_fits(model, name, num_classes, in_channels, resolution)
     model.gradleak_name = name
     model.gradleak_options = dict(options)
     model.gradleak_spec = {"name": name, "num_classes": num_classes, "in_channels": in_channels,

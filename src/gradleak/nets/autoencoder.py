@@ -20,9 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import bad_value
+from gradleak.interrupt import deferred_interrupt
 from gradleak.nets.enhancer import augment, read_pair, save_pair
 from gradleak.priors.train import command_line
+from gradleak.trainstate import TrainState
 
 
 def latent_layout(resolution: int, latent_dim: int, downsample: int, key: str = "autoencoder") -> tuple[int, int]:
@@ -104,7 +107,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
 
     for key, ok, allowed in (("steps", cfg.steps >= 1, "an integer >= 1"),
                              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-                             ("lr", cfg.lr > 0, "a number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
+                             ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
         if not ok:
             raise bad_value(f"train-autoencoder.{key}", getattr(cfg, key), allowed)
     latent_layout(cfg.resolution, cfg.latent_dim, cfg.downsample, "train-autoencoder")
@@ -117,19 +120,24 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    bar = tqdm(range(cfg.steps), desc="train-autoencoder", disable=not progress, dynamic_ncols=True)
-    hist = []
-    for step in bar:
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-        x = augment(data.images[idx], gen)
-        loss = F.mse_loss(ae(x), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        hist.append(float(loss.detach()))
-        if step % 20 == 0:
-            bar.set_postfix(mse=f"{sum(hist[-20:]) / len(hist[-20:]):.5f}")
+    state = TrainState(out, "train-autoencoder", asdict(cfg), {"ae": ae}, {"opt": opt}, {"sched": sched}, {"gen": gen})
+    start, hist = state.resume()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-autoencoder",
+               disable=not progress, dynamic_ncols=True)
+    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+        for step in bar:
+            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+            x = augment(data.images[idx], gen)
+            loss = F.mse_loss(ae(x), x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hist.append(float(loss.detach()))
+            if step % 20 == 0:
+                bar.set_postfix(mse=f"{sum(hist[-20:]) / len(hist[-20:]):.5f}")
+            if stop.requested:
+                state.interrupted(step + 1, hist)
     bar.close()
     ae.eval()
     k = min(64, len(data))
@@ -141,6 +149,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
             "resolution": cfg.resolution, "channels": cfg.channels, "config": asdict(cfg),
             "command": command_line(), "seed": cfg.seed, "summary": summary}
     st, _ = save_pair(out / "autoencoder", ae.state_dict(), meta)
+    state.finished()
     image_rows([data.images[:8], rec[:8]], ["original", "autoencoded"], out / "samples.png",
                scale=max(1, 128 // cfg.resolution))
     return st
@@ -149,7 +158,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
 def load_autoencoder(path: str | Path, key: str = "attack.options.autoencoder") -> ConvAutoencoder:
     """Load a ``train-autoencoder`` result (directory, stem, .safetensors or .json)."""
     tensors, meta = read_pair(path, "autoencoder", key)
-    ae = ConvAutoencoder(**meta["arch"])
-    ae.load_state_dict(tensors)
+    ae = filepair.build(ConvAutoencoder, meta, key, path)
+    filepair.load_state(ae, tensors, key, path)
     ae.meta = meta
     return ae.eval()

@@ -38,7 +38,9 @@ from torch import Tensor, nn
 from gradleak import filepair
 from gradleak.errors import UserError, bad_value
 from gradleak.filepair import write_pair
+from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
+from gradleak.trainstate import TrainState
 
 FORMAT = "gradleak-rog"
 VERSION = 1
@@ -254,8 +256,8 @@ def load_enhancer(spec: str | Path, key: str = "enhancer") -> Enhancer:
             raise bad_value(key, text, f"{', '.join(BUILTIN_ENHANCERS)}, auto, none, or a path to an enhancer "
                                        "(.safetensors + .json, or a train-enhancer output directory)")
     tensors, meta = read_pair(path, "enhancer", key)
-    net = UNet(**meta["arch"])
-    net.load_state_dict(tensors)
+    net = filepair.build(UNet, meta, key, path)
+    filepair.load_state(net, tensors, key, path)
     return Enhancer(net, meta, text)
 
 
@@ -308,9 +310,10 @@ class EnhancerConfig:
 def _check(cfg: EnhancerConfig) -> None:
     checks = [("width", cfg.width >= 1, "an integer >= 1"), ("depth", 1 <= cfg.depth <= 6, "an integer in 1..6"),
               ("disc_width", cfg.disc_width >= 1, "an integer >= 1"), ("steps", cfg.steps >= 1, "an integer >= 1"),
-              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", cfg.lr > 0, "a number > 0"),
-              ("adv_weight", cfg.adv_weight >= 0, "a number >= 0"), ("max_noise", cfg.max_noise >= 0, "a number >= 0"),
-              ("max_blur", cfg.max_blur >= 0, "a number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
+              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
+              ("adv_weight", math.isfinite(cfg.adv_weight) and cfg.adv_weight >= 0, "a finite number >= 0"),
+              ("max_noise", math.isfinite(cfg.max_noise) and cfg.max_noise >= 0, "a finite number >= 0"),
+              ("max_blur", math.isfinite(cfg.max_blur) and cfg.max_blur >= 0, "a finite number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
               ("rog_iterations", cfg.rog_iterations >= 1, "an integer >= 1"),
               ("rog_batch", cfg.rog_batch >= 1, "an integer >= 1")]
     for key, ok, allowed in checks:
@@ -372,33 +375,39 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
     vx, vy = data.images[vidx], data.labels[vidx]
     deg = Degradation(max_noise=cfg.max_noise, max_blur=cfg.max_blur)
     vdeg = degrade(vx, vgen, deg)
-    bar = tqdm(range(cfg.steps), desc="train-enhancer", disable=not progress, dynamic_ncols=True)
-    l1_hist = []
-    for step in bar:
-        x, y = _batch(data, big, cfg, gen)
-        xd = degrade(x, gen, deg)
-        if pairs is not None and step % 2 == 1:  # every other step: actual ROG outputs
-            j = torch.randint(0, pairs[0].shape[0], (cfg.batch_size,), generator=gen)
-            xd, x, y = pairs[0][j], pairs[1][j], pairs[2][j]
-        lab = y if ncls else None
-        fake = G(xd, lab)
-        if cfg.adv_weight > 0:
-            opt_d.zero_grad(set_to_none=True)
-            d_real, d_fake = D(xd, x), D(xd, fake.detach())
-            loss_d = 0.5 * (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake)))
-            loss_d.backward()
-            opt_d.step()
-        opt_g.zero_grad(set_to_none=True)
-        l1 = (fake - x).abs().mean()
-        loss_g = l1
-        if cfg.adv_weight > 0:
-            d_out = D(xd, fake)
-            loss_g = loss_g + cfg.adv_weight * bce(d_out, torch.ones_like(d_out))
-        loss_g.backward()
-        opt_g.step()
-        l1_hist.append(float(l1.detach()))
-        if step % 20 == 0:
-            bar.set_postfix(l1=f"{sum(l1_hist[-20:]) / len(l1_hist[-20:]):.4f}")
+    state = TrainState(out, "train-enhancer", asdict(cfg), {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d},
+                       generators={"gen": gen})
+    start, l1_hist = state.resume()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-enhancer", disable=not progress,
+               dynamic_ncols=True)
+    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+        for step in bar:
+            x, y = _batch(data, big, cfg, gen)
+            xd = degrade(x, gen, deg)
+            if pairs is not None and step % 2 == 1:  # every other step: actual ROG outputs
+                j = torch.randint(0, pairs[0].shape[0], (cfg.batch_size,), generator=gen)
+                xd, x, y = pairs[0][j], pairs[1][j], pairs[2][j]
+            lab = y if ncls else None
+            fake = G(xd, lab)
+            if cfg.adv_weight > 0:
+                opt_d.zero_grad(set_to_none=True)
+                d_real, d_fake = D(xd, x), D(xd, fake.detach())
+                loss_d = 0.5 * (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake)))
+                loss_d.backward()
+                opt_d.step()
+            opt_g.zero_grad(set_to_none=True)
+            l1 = (fake - x).abs().mean()
+            loss_g = l1
+            if cfg.adv_weight > 0:
+                d_out = D(xd, fake)
+                loss_g = loss_g + cfg.adv_weight * bce(d_out, torch.ones_like(d_out))
+            loss_g.backward()
+            opt_g.step()
+            l1_hist.append(float(l1.detach()))
+            if step % 20 == 0:
+                bar.set_postfix(l1=f"{sum(l1_hist[-20:]) / len(l1_hist[-20:]):.4f}")
+            if stop.requested:
+                state.interrupted(step + 1, l1_hist)
     bar.close()
     G.eval()
     with torch.no_grad():
@@ -413,6 +422,7 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
             "resolution": cfg.resolution, "channels": cfg.channels, "config": asdict(cfg),
             "command": command_line(), "seed": cfg.seed, "summary": summary}
     st, _ = save_pair(out / "enhancer", G.state_dict(), meta)
+    state.finished()
     from gradleak.imagegrid import image_rows
 
     k = min(8, vx.shape[0])

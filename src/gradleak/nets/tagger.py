@@ -28,9 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak import filepair
 from gradleak.errors import UserError, bad_value
 from gradleak.nets.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
+from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
+from gradleak.trainstate import TrainState
 
 KEY = "metrics.tagger"
 FORMAT = "gradleak-tagger"
@@ -172,6 +175,8 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
 
     from gradleak.data import load_dataset
 
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise UserError(f"train-tagger --lr: got {cfg.lr!r}; allowed: a finite number > 0")
     if cfg.steps < 1 or cfg.batch_size < 1 or not 0 <= cfg.holdout < 1:
         raise UserError(f"train-tagger: steps and batch size must be >= 1 and holdout in [0, 1), got {cfg.steps}, "
                         f"{cfg.batch_size}, {cfg.holdout}")
@@ -195,13 +200,19 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     t0 = time.perf_counter()
     net.train()
-    for _ in tqdm(range(cfg.steps), desc=f"train-tagger {cfg.data}", disable=not progress, dynamic_ncols=True):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-        loss = net.loss(x[idx], y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    state = TrainState(out, "train-tagger", asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen})
+    start, _ = state.resume()
+    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+        for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train-tagger {cfg.data}",
+                         disable=not progress, dynamic_ncols=True):
+            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+            loss = net.loss(x[idx], y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if stop.requested:
+                state.interrupted(step + 1, [])
     net.eval()
     seconds = time.perf_counter() - t0
     held = {}
@@ -222,6 +233,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     from gradleak.nets.enhancer import save_pair
 
     st, _ = save_pair(Path(out) / "tagger", net.state_dict(), meta)
+    state.finished()
     return st
 
 
@@ -230,12 +242,12 @@ def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None =
     from gradleak.nets.enhancer import read_pair
 
     tensors, meta = read_pair(path, "tagger", "metrics.tagger", fmt=FORMAT)
-    net = TaggerNet(**meta["arch"])
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as err:
-        raise UserError(f"metrics.tagger: weights do not match {path}'s architecture: "
-                        f"{str(err).splitlines()[0]}") from None
+    net = filepair.build(TaggerNet, meta, "metrics.tagger", path)
+    filepair.load_state(net, tensors, "metrics.tagger", path)
+    for k, ok in (("tag_names", isinstance(meta.get("tag_names"), list)), ("channels", meta.get("channels") in (1, 3)),
+                  ("resolution", isinstance(meta.get("resolution"), int))):
+        if not ok:
+            raise UserError(f"metrics.tagger: {str(path)!r} has no valid {k!r} in its JSON")
     return ModelTagger(net, meta["tag_names"], threshold=threshold, top_k=top_k, name=name or str(path),
                        input_channels=meta["channels"], input_resolution=meta["resolution"], outputs="probabilities",
                        meta=meta)

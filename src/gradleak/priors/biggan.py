@@ -295,7 +295,7 @@ def read_biggan_state(path: str | Path) -> tuple[dict[str, Tensor], BigGANConfig
             sd = torch.load(str(weights), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - corrupt files are one line
         raise UserError(f"prior: cannot read BigGAN files {str(weights)!r} / {str(cfg_file)!r}: "
-                        f"{type(err).__name__}: {err}") from None
+                        f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise UserError(f"prior: {str(weights)!r} is not a state dict of tensors")
     return sd, cfg

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gradleak.devices import generator as device_generator
 from gradleak.errors import UserError, bad_value
 from gradleak.priors.checkpoint import generator_state, read_pair
 from gradleak.priors.dcgan import DCGANGenerator, calibrate_bn, dcgan_init_
@@ -107,7 +108,7 @@ class Prior:
                 for m in net.modules():
                     if hasattr(m, "reset_parameters") and m is not net:
                         m.reset_parameters()
-            g = torch.Generator().manual_seed(seed + 1)
+            g = device_generator(seed + 1)
             K = self.num_classes
 
             def inputs(_i):
@@ -152,7 +153,7 @@ def dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
     cfg = meta.get("config", {})
     try:
         net = DCGANGenerator(**cfg)
-    except TypeError as err:
+    except (TypeError, ValueError, AttributeError) as err:
         raise UserError(f"prior {name}: bad DCGAN config {cfg}: {err}") from None
     try:
         net.load_state_dict(generator_state(tensors))

@@ -13,6 +13,7 @@ resumed run continues bit-identically. Writes into ``out``:
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import sys
 import time
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gradleak.errors import UserError
+from gradleak.errors import UserError, bad_value
+from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.checkpoint import load_checkpoint, save_checkpoint, save_prior
 from gradleak.priors.dcgan import DCGANDiscriminator, DCGANGenerator, calibrate_bn
 
@@ -46,6 +48,20 @@ class TrainConfig:
     seed: int = 0
     sample_every: int = 500
     checkpoint_every: int = 500
+
+    def check(self) -> None:
+        """One-line errors for values no training run can use (before any data is read or file written)."""
+        for key, ok, allowed in (
+            ("steps", 0 <= self.steps <= 10_000_000, "an integer in 0..10000000"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("latent_dim", self.latent_dim >= 1, "an integer >= 1"),
+            ("width", self.width >= 1, "an integer >= 1"),
+            ("sample_every", self.sample_every >= 0, "an integer >= 0 (0: first and last step only)"),
+            ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0: at the end only)"),
+        ):
+            if not ok:
+                raise bad_value(f"train-prior --{key.replace('_', '-')}", getattr(self, key), allowed)
 
 
 def translate(x: Tensor, shifts: Tensor, pad: int) -> Tensor:
@@ -79,6 +95,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
     from gradleak.data import load_dataset
     from gradleak.imagegrid import image_rows
 
+    cfg.check()
     out = Path(out)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels,
                         root=cfg.root, seed=cfg.seed)
@@ -104,17 +121,28 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
     perm, pos = torch.randperm(n, generator=rng), 0
     if resume and ckpt.with_suffix(".json").exists():
         try:
-            saved = json.loads(ckpt.with_suffix(".json").read_text()).get("config", {})
+            saved = json.loads(ckpt.with_suffix(".json").read_text(encoding="utf-8"))
         except ValueError as err:
             raise UserError(f"train-prior: cannot read {ckpt}.json: {err}") from None
+        saved = saved.get("config") if isinstance(saved, dict) else None
+        if not isinstance(saved, dict):
+            raise UserError(f"train-prior: {ckpt}.json is not a train-prior checkpoint (no config object); "
+                            "use a new --out or --no-resume")
         free = ("steps", "sample_every", "checkpoint_every")
         changed = sorted(k for k in config if k not in free and saved.get(k) != config[k])
         if changed:
             raise UserError(f"train-prior: {ckpt}.json was trained with different settings ({', '.join(changed)}); "
                             "use a new --out or --no-resume")
-        meta, extra = load_checkpoint(ckpt, G, D, opt_g, opt_d, rng)
-        step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
-        perm, pos = extra["epoch_order"], int(meta["epoch_position"])
+        try:
+            meta, extra = load_checkpoint(ckpt, G, D, opt_g, opt_d, rng)
+            step, elapsed = int(meta["step"]), float(meta.get("seconds", 0.0))
+            perm, pos = extra["epoch_order"], int(meta["epoch_position"])
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            raise UserError(f"train-prior: {ckpt}.safetensors/.json is not a complete checkpoint "
+                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
+                            "use a new --out or --no-resume") from None
     command = command or command_line()
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
@@ -137,34 +165,41 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
     t0 = time.perf_counter()
     if step == 0:
         snapshot(0)
-    while step < cfg.steps:
-        # batch without replacement within an epoch, drawn from the checkpointed RNG
-        if pos + cfg.batch_size > n:
-            perm, pos = torch.randperm(n, generator=rng), 0
-        idx = perm[pos:pos + min(cfg.batch_size, n)]
-        pos += len(idx)
-        real, y = images[idx], labels[idx]
-        yk = y if K else None
-        z = torch.randn(len(idx), cfg.latent_dim, generator=rng)
-        fake = G(z, yk)
-        d_real = D(_augment(real, rng, cfg.augment), yk)
-        d_fake = D(_augment(fake.detach(), rng, cfg.augment), yk)
-        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = F.softplus(-D(_augment(fake, rng, cfg.augment), yk)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        step += 1
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
-        if cfg.sample_every and step % cfg.sample_every == 0:
-            snapshot(step)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint(step)
+    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint it, then stop
+        while step < cfg.steps:
+            # batch without replacement within an epoch, drawn from the checkpointed RNG
+            if pos + cfg.batch_size > n:
+                perm, pos = torch.randperm(n, generator=rng), 0
+            idx = perm[pos:pos + min(cfg.batch_size, n)]
+            pos += len(idx)
+            real, y = images[idx], labels[idx]
+            yk = y if K else None
+            z = torch.randn(len(idx), cfg.latent_dim, generator=rng)
+            fake = G(z, yk)
+            d_real = D(_augment(real, rng, cfg.augment), yk)
+            d_fake = D(_augment(fake.detach(), rng, cfg.augment), yk)
+            loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            loss_g = F.softplus(-D(_augment(fake, rng, cfg.augment), yk)).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            step += 1
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
+            if cfg.sample_every and step % cfg.sample_every == 0:
+                snapshot(step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint(step)
+            if stop.requested:
+                checkpoint(step)
+                bar.close()
+                print(f"train-prior: interrupted; step {step} is saved in {ckpt}.json — run the same command again "
+                      "to resume", file=sys.stderr)
+                raise KeyboardInterrupt
     bar.close()
     checkpoint(step)
     snapshot(step)

@@ -17,13 +17,28 @@ def _numeric(values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
+def value_text(value: Any) -> str:
+    """Short text for an axis value: a defense chain as ``topk 0.9; qsgd 3`` (``none`` when empty)."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            import json
+
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, list) and all(isinstance(d, dict) for d in value):
+        return "; ".join(" ".join([str(d.get("name", "?"))] + [str(v) for k, v in d.items() if k != "name"])
+                         for d in value) or "none"
+    return str(value)
+
+
 def _label(key: str, value: Any) -> str:
-    return f"{key.split('.')[-1]}={value}"
+    return f"{key.split('.')[-1]}={value_text(value)}"
 
 
 def sweep_plots(keys: list[str], summary: list[dict], out: Path) -> list[tuple[str, Path]]:
     """For each numeric axis: mean PSNR and SSIM vs its values, one line per combination of the other
-    axes' values (error bars: the 95 % bootstrap interval); for exactly two axes, a PSNR heatmap."""
+    axes' values (the intervals are in the table); for exactly two axes, a PSNR heatmap."""
     plots: list[tuple[str, Path]] = []
     for key in keys:
         xs = sorted({s[key] for s in summary}, key=lambda v: (isinstance(v, str), v))
@@ -50,8 +65,8 @@ def _heatmap(keys: list[str], summary: list[dict], path: Path) -> Path | None:
 
     from gradleak.atomic import atomic_save_figure
 
-    a = sorted({str(s[keys[0]]) for s in summary})
-    b = sorted({str(s[keys[1]]) for s in summary})
+    a = list(dict.fromkeys(str(s[keys[0]]) for s in summary))
+    b = list(dict.fromkeys(str(s[keys[1]]) for s in summary))
     grid = [[math.nan] * len(b) for _ in a]
     for s in summary:
         v = s.get("psnr_mean")
@@ -59,8 +74,8 @@ def _heatmap(keys: list[str], summary: list[dict], path: Path) -> Path | None:
     fig = Figure(figsize=(1.2 + 1.1 * len(b), 1.0 + 0.6 * len(a)), dpi=110)
     ax = fig.add_subplot()
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(b)), b, fontsize="small")
-    ax.set_yticks(range(len(a)), a, fontsize="small")
+    ax.set_xticks(range(len(b)), [value_text(v) for v in b], fontsize="small", rotation=20, ha="right")
+    ax.set_yticks(range(len(a)), [value_text(v) for v in a], fontsize="small")
     ax.set_xlabel(keys[1])
     ax.set_ylabel(keys[0])
     for i, row in enumerate(grid):
@@ -68,6 +83,7 @@ def _heatmap(keys: list[str], summary: list[dict], path: Path) -> Path | None:
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w", fontsize="small")
     fig.colorbar(im, ax=ax, label="mean PSNR (dB)")
+    fig.tight_layout()
     return atomic_save_figure(fig, path)
 
 
@@ -85,7 +101,7 @@ def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict]
     head = ["cell", *keys, "runs", "PSNR (dB)", "best PSNR", "SSIM", "LPIPS", "Jaccard", "label acc.", "s/run"]
     rows = []
     for s in summary:
-        cells = [s["cell"], *[s[k] for k in keys], s["runs"]]
+        cells = [s["cell"], *[value_text(s[k]) for k in keys], s["runs"]]
         for m in ("psnr", None, "ssim", "lpips", "jaccard", "label_accuracy", "seconds"):
             if m is None:
                 cells.append(_fmt(s.get("psnr_best_in_batch"), "psnr"))

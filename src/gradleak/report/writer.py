@@ -3,10 +3,9 @@ grid, trace, loss plot, report, metrics (last)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
-
-from typing import TYPE_CHECKING
 
 from gradleak.attacks.base import Reconstruction
 from gradleak.metrics import apply_match
@@ -56,3 +55,12 @@ def write_run_dir(out: Path, result: "AuditResult") -> dict:
     write_report(out, metrics, config_yaml, images=images)
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
+
+
+def write_run(result: "AuditResult", out: str | Path) -> dict:
+    """Write the run directory of an audit's ``result``; returns the metrics dict. An error or Ctrl-C while
+    writing leaves no partial run directory (:func:`gradleak.report.guard.run_dir_guard`)."""
+    from gradleak.report.guard import run_dir_guard
+
+    with run_dir_guard(out):
+        return write_run_dir(Path(out), result)

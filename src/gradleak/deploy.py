@@ -1,0 +1,511 @@
+"""Audit a real deployment: turn what a server captured into an Observation, check that the stated client
+protocol reproduces it, and attack it (``gradleak capture`` / ``verify`` / ``attack``).
+
+* :func:`capture_observation` — weights before and after a real local round (state dicts), or the upload
+  itself, plus ``PROTOCOL.yaml`` (the client's settings as the server knows them) → ``OBS_DIR/observation.*``.
+* :func:`verify_observation` — re-run the protocol from the true batch (the user's own images) and report
+  the relative distance to the captured upload per layer, with a verdict naming the worst layer.
+* :func:`attack_observation` — any registered attack on a saved Observation; scored when the truth is given.
+
+Weights are read from safetensors or ``torch.load(weights_only=True)`` files, so loading never executes
+code from a file. Model factories are registered names or ``package.module:factory`` paths with the
+signature ``factory(num_classes, in_channels, resolution, **options) -> nn.Module``; the current directory
+is importable. Every bad input is one line (``UserError``) and nothing is written before all inputs load.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from gradleak.config import ClientConfig
+from gradleak.errors import UserError
+from gradleak.fl.observation import Observation
+from gradleak.fl.protocol import Protocol
+
+#: relative distance below which ``verify`` says the protocol reproduces the update (float32 rounding
+#: through a few dozen local steps stays around 1e-6; a wrong setting gives 1e-3 … 1)
+VERIFY_TOLERANCE = 1e-4
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    name: str | None = None  # registered name or 'package.module:factory' (--model overrides)
+    num_classes: int = Field(..., ge=1)
+    channels: int = Field(..., ge=1)
+    resolution: int = Field(..., ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProtocolFile(_Strict):
+    """``PROTOCOL.yaml``: what the server knows about the client (see docs/deployment.md)."""
+
+    model: ModelSection
+    num_images: int = Field(..., ge=1)  # the client's local dataset size for this round
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    labels: list[int] | None = None  # side information: the client's labels, when the server has them
+
+
+def ensure_cwd_importable() -> None:
+    """Make ``package.module:factory`` paths in the current directory importable (as ``python -m`` does)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def read_protocol_file(path: str | Path) -> ProtocolFile:
+    from gradleak.validate import format_error
+    import pydantic
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--protocol: file not found: {str(p)!r}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--protocol: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--protocol: {p} must hold a mapping (model, num_images, client, labels)")
+    try:
+        spec = ProtocolFile.model_validate(raw)
+    except pydantic.ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "extra_forbidden":
+            key = ".".join(map(str, e["loc"]))
+            raise UserError(f"--protocol {p}: key {key!r}: unknown key; see docs/deployment.md for the keys") from None
+        raise UserError(f"--protocol {p}: " + format_error(err)) from None
+    spec.client.to_protocol()  # protocol-level checks (one line naming client.<key>)
+    return spec
+
+
+def build_victim(name: str | None, spec: ModelSection) -> nn.Module:
+    """The architecture from its factory; the factory's output size is checked against ``num_classes``."""
+    from gradleak.models import build_model
+
+    name = name or spec.name
+    if not name:
+        raise UserError("--model: missing; allowed: a registered model name or 'package.module:factory' "
+                        "(or model.name in PROTOCOL.yaml)")
+    ensure_cwd_importable()
+    try:
+        model = build_model(name, spec.num_classes, spec.channels, spec.resolution, **spec.options)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's factory raised
+        raise UserError(f"model: factory {name!r} raised {_first_line(err)}") from None
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, spec.channels, spec.resolution, spec.resolution))
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"model: {name!r} fails on a ({spec.channels}, {spec.resolution}, {spec.resolution}) "
+                        f"input: {_first_line(err)}") from None
+    if not isinstance(out, Tensor) or out.shape != (2, spec.num_classes):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UserError(f"model: {name!r} outputs {got} for a batch of 2; num_classes is {spec.num_classes}, "
+                        f"allowed: logits of shape (batch, {spec.num_classes})")
+    return model
+
+
+def load_state_file(path: str | Path, key: str) -> dict[str, Tensor]:
+    """A state dict from ``.safetensors`` or a ``torch.save`` file (read with ``weights_only=True``; a
+    ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and DataParallel's ``module.`` prefix are accepted)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{key}: file not found: {str(p)!r}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - corrupt or pickled-code files are one line
+        raise UserError(f"{key}: cannot read {str(p)!r} as safetensors or a weights-only torch file "
+                        f"({_first_line(err)})") from None
+    if isinstance(state, dict) and not all(isinstance(v, Tensor) for v in state.values()):
+        for wrapper in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(k, str) and isinstance(v, Tensor)
+                                                          for k, v in state.items()):
+        raise UserError(f"{key}: {str(p)!r} holds {type(state).__name__}; allowed: a state dict (name -> tensor)")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def check_state(model: nn.Module, state: dict[str, Tensor], path: str | Path, key: str,
+                params_only: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split ``state`` into (parameters, buffers) of ``model``; the first key (in the model's order) that
+    is missing or has another shape is named with both shapes; a key the model lacks is named too."""
+    params = dict(model.named_parameters())
+    bufs = dict(model.named_buffers())
+    for name, ref in {**params, **bufs}.items():
+        if name not in state:
+            if name in params:
+                raise UserError(f"{key}: {str(path)!r} lacks the model's tensor {name!r} (shape {tuple(ref.shape)})")
+            continue
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise UserError(f"{key}: {str(path)!r}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                            f"the model's has shape {tuple(ref.shape)}")
+    for name, t in state.items():
+        if name not in params and name not in bufs:
+            raise UserError(f"{key}: {str(path)!r} holds {name!r}, which the model lacks "
+                            f"(the model's first tensors: {', '.join(list(params)[:3])})")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"{key}: {str(path)!r}: tensor {name!r} contains NaN or inf")
+    p = {n: state[n].detach().to(params[n].dtype).clone() for n in params}
+    b = {} if params_only else {n: state[n].detach().to(bufs[n].dtype).clone() for n in bufs if n in state}
+    return p, b
+
+
+def parse_labels(text: str | None, num_images: int, num_classes: int, key: str = "--labels") -> Tensor | None:
+    """``"3,1,4"`` or a file holding integers separated by commas / whitespace."""
+    if text is None:
+        return None
+    src = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        vals = [int(v) for v in src.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{key}: got {text!r}; allowed: integers separated by commas, or a file of them") from None
+    if len(vals) != num_images or any(not 0 <= v < num_classes for v in vals):
+        raise UserError(f"{key}: got {len(vals)} labels {vals[:8]}; allowed: {num_images} integers in "
+                        f"0..{num_classes - 1}")
+    return torch.tensor(vals, dtype=torch.long)
+
+
+def capture_observation(out: str | Path, protocol_file: str | Path, model: str | None = None,
+                        weights: str | Path | None = None, after: str | Path | None = None,
+                        update: str | Path | None = None, labels: str | None = None,
+                        bn_stats: str | Path | None = None) -> Path:
+    """Build and save ``out/observation.safetensors`` + ``.json`` (see the module docstring).
+
+    ``after``: the client's weights after its local round → the upload Δ = θ_0 − θ_τ (stored with
+    ``update: old_minus_new``); ``update``: the upload itself, in the convention ``client.update`` of the
+    protocol file states. θ_0 comes from ``weights`` (else the factory's own weights)."""
+    spec = read_protocol_file(protocol_file)
+    if (after is None) == (update is None):
+        raise UserError("capture: got " + ("both --after and --update" if after else "neither --after nor --update")
+                        + "; allowed: exactly one (weights after the local round, or the upload)")
+    if after is not None and spec.client.protocol != "fedavg":
+        raise UserError(f"--after: weights after a local round need client.protocol fedavg; got "
+                        f"{spec.client.protocol!r} (a FedSGD client uploads the gradient: use --update)")
+    victim = build_victim(model, spec.model)
+    params, buffers = check_state(victim, dict(victim.state_dict()), "model", "model")
+    if weights is not None:
+        params, buffers = check_state(victim, load_state_file(weights, "--weights"), weights, "--weights")
+        buffers = {**{n: b.detach().clone() for n, b in victim.named_buffers()}, **buffers}
+    proto = spec.client.to_protocol().server_view()
+    extra: dict = {"captured": {"protocol_file": str(protocol_file), "weights": str(weights) if weights else None}}
+    if after is not None:
+        new, _ = check_state(victim, load_state_file(after, "--after"), after, "--after")
+        upd = {n: params[n] - new[n] for n in params}
+        if proto.update != "old_minus_new":
+            extra["captured"]["stated_update"] = proto.update
+        proto = Protocol.from_dict({**proto.to_dict(), "update": "old_minus_new"}) if proto.kind == "fedavg" else proto
+        extra["captured"]["after"] = str(after)
+    else:
+        upd, _ = check_state(victim, load_state_file(update, "--update"), update, "--update", params_only=True)
+        extra["captured"]["update"] = str(update)
+    y = parse_labels(labels, spec.num_images, spec.model.num_classes) if labels is not None else (
+        parse_labels(",".join(map(str, spec.labels)), spec.num_images, spec.model.num_classes, "labels")
+        if spec.labels is not None else None)
+    bn = None
+    if bn_stats is not None:
+        bn = load_state_file(bn_stats, "--bn-stats")
+        layers = {n for n, m in victim.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        for k, t in bn.items():
+            layer, _, stat = k.rpartition(".")
+            if layer not in layers or stat not in ("mean", "var"):
+                raise UserError(f"--bn-stats: key {k!r}; allowed: <bn layer>.mean / <bn layer>.var for the "
+                                f"layers {', '.join(sorted(layers)) or '(none)'}")
+        proto = Protocol.from_dict({**proto.to_dict(), "share_bn_stats": True})
+    name = model or spec.model.name
+    m = spec.model
+    obs = Observation(
+        model_spec={"name": name, "num_classes": m.num_classes, "in_channels": m.channels,
+                    "resolution": m.resolution, "options": dict(m.options)},
+        parameters=params, buffers=buffers, update=upd, protocol=proto, num_images=spec.num_images,
+        image_shape=(m.channels, m.resolution, m.resolution), labels=y, bn_stats=bn, extra=extra)
+    obs.save(Path(out) / "observation")
+    return Path(out)
+
+
+def load_observation(path: str | Path) -> Observation:
+    """``Observation.load`` with the current directory importable (for ``package.module:factory`` models)."""
+    ensure_cwd_importable()
+    p = Path(path)
+    if p.is_dir() and not (p / "observation.json").is_file():
+        raise UserError(f"observation: {str(p)!r} holds no observation.json / observation.safetensors "
+                        f"(write one with gradleak capture)")
+    return Observation.load(p)
+
+
+def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--images") -> tuple[Tensor, Tensor | None]:
+    """The client's images in its local dataset order: a directory of image files (sorted by name, read
+    as 8-bit and divided by 255 as ``ToTensor`` does; no resizing — sizes must match), or a tensor file
+    (``.safetensors`` / weights-only ``.pt``) with ``images`` (B, C, H, W) in [0, 1] and optional ``labels``."""
+    from gradleak.data.folder import is_image
+
+    p = Path(path)
+    C, H, W = shape
+    labels = None
+    if p.is_file():
+        state = load_state_file(p, key)
+        if "images" not in state:
+            raise UserError(f"{key}: {str(p)!r} has no tensor 'images'; allowed: keys images (B,C,H,W), labels (B,)")
+        x, labels = state["images"].float(), state.get("labels")
+        labels = labels.long() if labels is not None else None
+    elif p.is_dir():
+        files = sorted(f for f in p.iterdir() if is_image(f))
+        if not files:
+            raise UserError(f"{key}: {str(p)!r} holds no image files; allowed: a directory of images or a tensor file")
+        import numpy as np
+        from PIL import Image
+
+        imgs = []
+        for f in files:
+            try:
+                with Image.open(f) as img:
+                    img = img.convert("L" if C == 1 else "RGB")
+                    arr = np.array(img, dtype=np.uint8)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                raise UserError(f"{key}: cannot read image {str(f)!r} ({_first_line(err)})") from None
+            if arr.shape[:2] != (H, W):
+                raise UserError(f"{key}: {str(f)!r} is {arr.shape[1]}x{arr.shape[0]}; allowed: {W}x{H} "
+                                f"(the client's input size; gradleak does not resize the true images)")
+            t = torch.from_numpy(arr).to(torch.float32).div(255.0)
+            imgs.append(t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1))
+        x = torch.stack(imgs)
+    else:
+        raise UserError(f"{key}: not found: {str(p)!r}; allowed: a directory of images or a tensor file")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (C, H, W):
+        raise UserError(f"{key}: images of shape {tuple(x.shape)}; allowed: (B, {C}, {H}, {W})")
+    return x, labels
+
+
+@dataclass
+class Verification:
+    """Per-layer relative distances ‖U(x) − u_obs‖ / ‖u_obs‖ and the verdict."""
+
+    layers: dict[str, float]
+    overall: float
+    reproduces: bool
+    worst: str
+    hints: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        width = max(len(n) for n in self.layers)
+        lines = [f"{'layer'.ljust(width)}  relative distance"]
+        lines += [f"{n.ljust(width)}  {d:.3e}" for n, d in self.layers.items()]
+        lines.append(f"{'overall'.ljust(width)}  {self.overall:.3e}")
+        if self.reproduces:
+            lines.append(f"verdict: the protocol reproduces this update (relative distance {self.overall:.1e} "
+                         f"<= {VERIFY_TOLERANCE:g}); an audit of it models this client exactly")
+        else:
+            lines.append(f"verdict: the protocol does NOT reproduce this update (relative distance "
+                         f"{self.overall:.2e}): the largest mismatch is in layer {self.worst} "
+                         f"({self.layers[self.worst]:.2e}); check optimizer, loss, normalization, order, "
+                         f"epochs/drop_last and the update convention")
+        lines += [f"hint: {h}" for h in self.hints]
+        return "\n".join(lines)
+
+
+def _rel(a: dict[str, Tensor], b: dict[str, Tensor], names) -> float:
+    num = sum(float((a[n] - b[n]).double().pow(2).sum()) for n in names)
+    den = sum(float(b[n].double().pow(2).sum()) for n in names)
+    return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+def verify_observation(obs: Observation, images: Tensor, labels: Tensor) -> Verification:
+    """Re-run the observation's protocol on the true batch and compare with the captured upload."""
+    from gradleak.fl.client import client_update
+
+    if images.shape[0] != obs.num_images:
+        raise UserError(f"--images: got {images.shape[0]} images; allowed: the client's {obs.num_images}")
+    model = obs.build_model()
+    rerun = client_update(model, obs.parameters, obs.buffers, images, labels, obs.protocol)
+    names = [n for n, _ in model.named_parameters() if n in obs.update]  # the model's layer order
+    layers = {n: _rel(rerun, obs.update, [n]) for n in names}
+    overall = _rel(rerun, obs.update, names)
+    worst = max(layers, key=layers.get)
+    hints = []
+    ok = overall <= VERIFY_TOLERANCE
+    if not ok:
+        if _rel({n: -t for n, t in rerun.items()}, obs.update, names) <= VERIFY_TOLERANCE:
+            hints.append("the negated re-run matches: the client uploads the other sign (set client.update: "
+                         + ("new_minus_old" if obs.protocol.update == "old_minus_new" else "old_minus_new") + ")")
+        if obs.protocol.order == "unknown":
+            hints.append("client.order is unknown: the re-run uses sequential order, which reproduces a "
+                         "shuffled round only up to the images' order; give the seed (order: shuffled) if known")
+        if obs.labels is None:
+            hints.append("labels were given on the command line: check they are in the images' order")
+    return Verification(layers, overall, ok, worst, hints)
+
+
+def verify_command(obs_dir: str | Path, images: str | Path, labels: str | None = None) -> Verification:
+    """``gradleak verify``: load the observation and the true batch, re-run, compare."""
+    obs = load_observation(obs_dir)
+    x, file_labels = load_images(images, obs.image_shape)
+    K = int(obs.model_spec["num_classes"])
+    y = parse_labels(labels, obs.num_images, K) if labels is not None else None
+    if y is None:
+        y = obs.labels if obs.labels is not None else file_labels
+    if y is None:
+        raise UserError("--labels: missing; allowed: the client's labels in the images' order (e.g. 3,1,4), "
+                        "since the observation holds none")
+    if y.shape != (x.shape[0],) or int(y.min()) < 0 or int(y.max()) >= K:
+        raise UserError(f"--labels: got {y.tolist()[:8]}; allowed: {x.shape[0]} integers in 0..{K - 1}")
+    return verify_observation(obs, x, y)
+
+
+def attack_observation(obs: Observation, attack, options: dict | None = None, seed: int = 0,
+                       progress: bool = False, device: str = "cpu"):
+    """Run the attack ``attack`` (a registered name with ``options`` for its constructor, or an attack
+    object) on ``obs``; the upload is first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`).
+    Labels: the observation's when the attack uses given labels and the server holds them, else recovered
+    from the last layer (iDLG / Yin et al.), or learned, as the attack's default says.
+    Returns ``(reconstruction, label mode used)``."""
+    from gradleak.attacks import build_attack
+    from gradleak.attacks.labels import recover_labels
+
+    atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
+    obs = obs.as_delta()
+    model = obs.build_model()
+    mode = atk.default_labels
+    if mode == "oracle" and obs.labels is None:
+        mode = "recover"  # the server was not given the labels
+    labels = obs.labels if mode == "oracle" else recover_labels(obs, model) if mode == "recover" else None
+    from gradleak.devices import resolve, run_attack
+
+    rec = run_attack(atk, obs, labels, seed, model, progress, resolve(device, "--device"))
+    return rec, mode
+
+
+def parse_sets(sets: list[str]) -> dict:
+    """``--set KEY=VALUE`` attack options (value parsed as YAML; ``attack.options.`` prefix optional)."""
+    out: dict = {}
+    for a in sets:
+        key, eq, value = a.partition("=")
+        key = key.strip().removeprefix("attack.options.")
+        if not eq or not key or "." in key:
+            raise UserError(f"--set: got {a!r}; allowed: KEY=VALUE with an option of the attack, e.g. iterations=500")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: got {value!r}; allowed: a YAML value") from None
+    return out
+
+
+def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: int, truth) -> "Any":
+    """A RunConfig recording what was attacked (config.yaml of the run directory)."""
+    import pydantic
+
+    from gradleak.config import RunConfig
+
+    C, H, _ = obs.image_shape
+    client = obs.protocol.to_dict()
+    client["protocol"] = client.pop("kind")
+    raw = {"seed": seed, "model": {"name": obs.model_spec.get("name"), "options": obs.model_spec.get("options", {})},
+           "client": client, "attack": {"name": attack, "labels": mode, "options": options},
+           "data": {"name": "folder", "root": str(truth) if truth else None, "resolution": H, "channels": C,
+                    "batch_size": obs.num_images, "distinct_labels": False},
+           "metrics": {"tagger": "none"}}
+    try:
+        return RunConfig.model_validate(raw)
+    except pydantic.ValidationError:  # an input shape a run config cannot describe: keep the rest
+        raw.pop("data")
+        return RunConfig.model_validate(raw)
+
+
+def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
+                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
+    """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
+    (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
+    (:func:`gradleak.report.writer.write_run`); without it the directory holds the reconstructions, the loss trace
+    and the recovered labels. Every input is loaded and checked before anything is written."""
+    import time
+
+    from gradleak.attacks import build_attack
+    from gradleak.attacks.labels import label_accuracy
+    from gradleak.audit import AuditResult, Environment, Timing, score
+    from gradleak.report.writer import write_run
+    from gradleak.case import Case
+
+    t0 = time.perf_counter()
+    obs = load_observation(observation)
+    options = parse_sets(sets)
+    atk = build_attack(attack, **options)
+    x = y_true = None
+    if truth is not None:
+        x, y_true = load_images(truth, obs.image_shape, "--truth")
+        if x.shape[0] != obs.num_images:
+            raise UserError(f"--truth: got {x.shape[0]} images; allowed: the client's {obs.num_images}")
+        y_true = obs.labels if obs.labels is not None else y_true
+    model = obs.build_model()
+    t1 = time.perf_counter()
+    from gradleak.devices import resolve
+
+    resolve(device, "--device")  # before any work
+    rec, mode = attack_observation(obs, atk, seed=seed, progress=progress, device=device)
+    t2 = time.perf_counter()
+    cfg = _run_config(obs, attack, options, mode, seed, truth)
+    out = Path(out)
+    if x is not None:
+        scores, matched = score(rec.images, x, cfg)
+        acc = label_accuracy(rec.labels, y_true) if rec.labels is not None and y_true is not None else None
+        case = Case(model=model, images=x, labels=y_true if y_true is not None else torch.full((x.shape[0],), -1),
+                    protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
+        result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
+                             label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
+                                                                               time.perf_counter() - t2),
+                             environment=Environment.current(str(resolve(device))), matched=matched,
+                             notes=[f"attacked a saved observation: {observation}"])
+        return write_run(result, out)
+    from gradleak.report.guard import run_dir_guard
+
+    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
+        return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)
+
+
+def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:
+    from gradleak.audit import Environment
+    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
+    from gradleak.imagegrid import image_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_yaml = cfg.to_yaml()
+    atomic_write_text(out / "config.yaml", config_yaml)
+    obs.save(out / "observation")
+    image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
+    images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
+    if rec.trace:
+        write_trace_csv(rec.trace, out / "trace.csv")
+        loss_plot(rec.trace, out / "loss.png")
+        images.append(("Attack objective", "loss.png"))
+    metrics = {**rec.describe(), "scored": False, "label_mode": mode,
+               "labels": rec.labels.tolist() if rec.labels is not None else None,
+               "seed": cfg.seed, "defenses": obs.defenses,
+               "timing": {"prepare": round(timing.prepare, 3), "attack": round(timing.attack, 3)},
+               "environment": vars(Environment.current()),
+               "notes": [f"attacked a saved observation: {source}; no --truth, so nothing is scored"]}
+    write_report(out, metrics, config_yaml, images=images)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,61 @@
+"""Where an attack computes: ``device: cpu | cuda | cuda:N | mps | auto`` (config key and ``--device``).
+
+The audit builds the case and captures the upload on the CPU (so the observation is the same whatever the
+attacker's hardware), then moves the victim and the observation to the device and runs the attack with
+that device as torch's default (``with torch.device(...)``): the same code on every device, no copies.
+Random starts come from :func:`generator`, a generator on the default device, so a seed gives the same
+numbers on the same device and thread count (CPU and CUDA random streams differ).
+"""
+from __future__ import annotations
+
+import torch
+
+from gradleak.errors import bad_value
+
+ALLOWED = "cpu, cuda, cuda:N, mps, auto"
+
+
+def resolve(name: str = "cpu", key: str = "device") -> torch.device:
+    """The torch device for ``name``; ``auto`` = cuda, else mps, else cpu. Unavailable ones are refused."""
+    if not isinstance(name, str):
+        raise bad_value(key, name, ALLOWED)
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise bad_value(key, name, ALLOWED) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise bad_value(key, name, f"{ALLOWED} (this torch build sees no CUDA device: use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise bad_value(key, name, f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise bad_value(key, name, f"{ALLOWED} (MPS is not available here: use cpu or auto)")
+        return dev
+    raise bad_value(key, name, ALLOWED)
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator on torch's current default device (CPU unless an attack runs on a device)."""
+    return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
+
+
+def run_attack(attack, obs, labels, seed: int, model, progress: bool = False, device: torch.device | str = "cpu"):
+    """``attack(obs, labels=..., ...)`` computed on ``device`` (the default device inside), the victim moved
+    there and back; the reconstruction comes back on the CPU."""
+    device = torch.device(device)
+    with torch.device(device):
+        rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=seed,
+                     model=model.to(device), progress=progress).cpu()
+    model.to("cpu")
+    return rec

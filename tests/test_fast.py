@@ -1,0 +1,218 @@
+"""Fast attack backends (issue 14): functional BatchNorm, the torch.func step, its compiled form and
+fallbacks, and the engine's backends giving the same numbers as the autograd loop."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradleak.attacks.engine import Objective, SearchContext, Stage, _value_and_grads, search
+from gradleak.attacks.fast import FastStep
+from gradleak.attacks.objectives import cosine_distance, l2_distance
+from gradleak.attacks.parametrizations import Pixels
+from gradleak.case import Case, capture
+from gradleak.fl.client import batched_update, split_state
+from gradleak.fl.functional_bn import FunctionalBatchNorm, functional_model
+from gradleak.fl.protocol import Protocol
+from gradleak.models import build_model, init_model
+
+FEDAVG = Protocol(kind="fedavg", local_steps=3, lr=0.1, local_batch_size=2)
+
+
+def _obs(bn: bool, protocol=Protocol(), batch=2, model_name="lenet", dtype=torch.float32):
+    opts = {"width": 3, "batchnorm": bn}
+    model = init_model(build_model(model_name, 10, 1, 8, **opts), 0).to(dtype)
+    spec = {"name": model_name, "num_classes": 10, "in_channels": 1, "resolution": 8, "options": opts}
+    x, y = torch.rand(batch, 1, 8, 8, dtype=dtype), torch.arange(batch)
+    return capture(Case(model, x, y, protocol, give_labels=True, model_spec=spec)), model
+
+
+def test_functional_batchnorm_matches_torch_forward_and_backward():
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    fbn = FunctionalBatchNorm(bn)
+    assert dict(fbn.named_parameters()).keys() == dict(bn.named_parameters()).keys()
+    assert dict(fbn.named_buffers()).keys() == dict(bn.named_buffers()).keys()
+    for train in (True, False):
+        bn.train(train), fbn.train(train)
+        x = torch.randn(4, 3, 5, 5, requires_grad=True)
+        ref_bn = copy.deepcopy(bn)  # torch's layer updates its running statistics in train mode
+        ref = ref_bn(x)
+        out = fbn(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        w = torch.randn_like(out)
+        g_ref = torch.autograd.grad((ref * w).sum(), [x, ref_bn.weight, ref_bn.bias])
+        g_out = torch.autograd.grad((out * w).sum(), [x, fbn.weight, fbn.bias])
+        for a, b in zip(g_out, g_ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_functional_model_keeps_names_and_outputs():
+    model = init_model(build_model("convnet", 10, 1, 16, width=2, batchnorm=True), 0).train()
+    fm = functional_model(model)
+    assert fm is not model and functional_model(model) is fm  # cached
+    assert [k for k, _ in fm.named_parameters()] == [k for k, _ in model.named_parameters()]
+    assert [k for k, _ in fm.named_buffers()] == [k for k, _ in model.named_buffers()]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fm.modules())
+    x = torch.rand(3, 1, 16, 16)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.testing.assert_close(torch.func.functional_call(fm, state, (x,)),
+                               torch.func.functional_call(model, state, (x,)), rtol=1e-4, atol=1e-5)
+    plain = build_model("lenet", 10, 1, 8)
+    assert functional_model(plain) is plain
+
+
+def _distance_and_grad(obs, model, backend, images, labels, objective=Objective(distance="cosine")):
+    names = list(obs.parameters)
+    ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
+    if backend != "loop":
+        ctx.fast = FastStep(model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, cosine_distance,
+                            soft=labels.is_floating_point(), compile=backend == "compiled")
+    x = images.clone().requires_grad_()
+    lab = labels.clone().requires_grad_() if labels.is_floating_point() else labels
+    variables = [x, lab] if labels.is_floating_point() else [x]
+    d, grads = _value_and_grads(ctx, objective, x, lab, variables)
+    return d.detach(), [g.detach() for g in grads]
+
+
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("protocol", [Protocol(), FEDAVG], ids=["fedsgd", "fedavg"])
+def test_fast_step_equals_autograd_loop(bn, protocol):
+    """vmap over torch.func.grad ∘ grad (functional BN for BN victims) = autograd create_graph per restart."""
+    obs, model = _obs(bn, protocol, batch=4)
+    images, labels = torch.rand(3, 4, 1, 8, 8), torch.randint(0, 10, (3, 4))
+    d0, g0 = _distance_and_grad(obs, model, "loop", images, labels)
+    d1, g1 = _distance_and_grad(obs, model, "vmap", images, labels)
+    torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-6)
+    scale = g0[0].abs().max()
+    assert float((g1[0] - g0[0]).abs().max()) <= 1e-5 * float(scale) + 1e-9
+
+
+def test_fast_step_soft_labels_equal_loop():
+    obs, model = _obs(False, batch=2)
+    images, labels = torch.rand(2, 2, 1, 8, 8), torch.softmax(torch.randn(2, 2, 10), -1)
+    d0, g0 = _distance_and_grad(obs, model, "loop", images, labels)
+    d1, g1 = _distance_and_grad(obs, model, "vmap", images, labels)
+    torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_fast_step_second_order_through_train_bn_matches_finite_differences():
+    """The image gradient of d(U(x), g) through train-mode BN, against central differences (float64)."""
+    obs, model = _obs(True, FEDAVG, batch=4, dtype=torch.float64)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names], l2_distance)
+    x = torch.rand(1, 4, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (1, 4))
+    d, g, _ = fs(x, y)
+    v = torch.randn_like(x)
+    eps = 1e-5
+    fd = (fs(x + eps * v, y)[0] - fs(x - eps * v, y)[0]) / (2 * eps)
+    torch.testing.assert_close((g * v).sum(), fd[0], rtol=1e-5, atol=1e-10)
+
+
+def test_vmap_batched_update_equals_loop_with_train_bn():
+    obs, model = _obs(True, FEDAVG, batch=4)
+    params, buffers = split_state(model)
+    x, y = torch.rand(2, 4, 1, 8, 8), torch.randint(0, 10, (2, 4))
+    a = batched_update(model, params, buffers, x, y, FEDAVG, "loop")
+    b = batched_update(model, params, buffers, x, y, FEDAVG, "vmap")
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-6)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    obs, model = _obs(False)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+
+    def broken(*a, **k):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    x, y = torch.rand(2, 2, 1, 8, 8), torch.randint(0, 10, (2, 2))
+    with pytest.warns(UserWarning, match="no compiler here"):
+        d, g, _ = fs(x, y)
+    assert fs.backend == "vmap" and "no compiler here" in fs.fallback
+    ref = fs._eager(x, y)
+    torch.testing.assert_close(g, ref[1])
+
+
+def test_compiled_result_is_checked_against_eager(monkeypatch):
+    """A compiled step that drops a term (as compiling autograd.grad(create_graph=True) does) is caught."""
+    obs, model = _obs(False)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+
+    def wrong_compile(fn, **k):
+        def run(*args):
+            grads, value = fn(*args)
+            return grads * 0.5, value
+        return run
+
+    monkeypatch.setattr(torch, "compile", wrong_compile)
+    x, y = torch.rand(2, 2, 1, 8, 8), torch.randint(0, 10, (2, 2))
+    with pytest.warns(UserWarning, match="disagrees"):
+        _, g, _ = fs(x, y)
+    assert fs.backend == "vmap"
+    torch.testing.assert_close(g, fs._eager(x, y)[1])
+
+
+@pytest.mark.slow  # Inductor compiles for minutes on a loaded 2-core CPU; benchmarks/speed.py runs it too
+def test_compiled_step_equals_eager_to_1e5():
+    """The real torch.compile of the nested torch.func step (tiny victim: compilation is the slow part).
+    Run with ``pytest -m slow tests/test_fast.py``; every compiled call also checks itself against eager."""
+    pytest.importorskip("torch._inductor")
+    obs, model = _obs(False, batch=1)
+    names = list(obs.parameters)
+    args = (model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names], cosine_distance)
+    compiled, eager = FastStep(*args, compile=True), FastStep(*args)
+    x, y = torch.rand(2, 1, 1, 8, 8), torch.randint(0, 10, (2, 1))
+    d1, g1, _ = compiled(x, y)
+    if compiled.fallback is not None and "failed" in compiled.fallback:
+        pytest.skip(f"no working compiler: {compiled.fallback}")
+    assert compiled.backend == "compiled", compiled.fallback
+    d0, g0, _ = eager(x, y)
+    torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-7)
+    assert float((g1 - g0).abs().max()) <= 1e-5 * float(g0.abs().max())
+
+
+@pytest.mark.parametrize("backend", ["vmap", "auto"])
+def test_search_backends_agree_with_loop(backend, monkeypatch):
+    import gradleak.attacks.engine as engine
+
+    monkeypatch.setattr(engine, "AUTO_MIN_ITERATIONS", 1)  # measure even for this short search
+    obs, model = _obs(True, FEDAVG, batch=2)
+
+    def run(b):
+        st = [Stage("x", Pixels(init="uniform", box=True), 5, 0.05, signed=False)]
+        return search(obs, st, Objective(tv=1e-3), obs.labels, restarts=2, seed=3, backend=b, progress=False)
+
+    ref, rec = run("loop"), run(backend)
+    assert ref.backend == "loop"
+    torch.testing.assert_close(rec.all_images, ref.all_images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rec.losses, ref.losses, rtol=1e-4, atol=1e-6)
+    assert [r["loss"] for r in rec.trace] == pytest.approx([r["loss"] for r in ref.trace], rel=1e-4, abs=1e-6)
+    if backend == "auto":
+        assert rec.backend in ("loop", "vmap") and set(rec.backend_timing) >= {"loop", "vmap"}
+    else:
+        assert rec.backend == "vmap"
+
+
+def test_auto_skips_measuring_short_searches():
+    obs, _ = _obs(False)
+    rec = search(obs, [Stage("x", Pixels(), 3, 0.1)], Objective(), obs.labels, backend="auto", progress=False)
+    assert rec.backend == "loop" and rec.backend_timing is None
+
+
+def test_unknown_backend_is_a_user_error():
+    from gradleak.errors import UserError
+
+    obs, _ = _obs(False)
+    with pytest.raises(UserError, match="backend"):
+        search(obs, [Stage("x", Pixels(), 1, 0.1)], Objective(), obs.labels, backend="jit", progress=False)
