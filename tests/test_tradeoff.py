@@ -89,18 +89,23 @@ def test_settings_parse_and_refuse():
 
 def test_tradeoff_cli_tiny(tmp_path, cli):
     out = tmp_path / "t"
-    r = cli("tradeoff", "--out", str(out), "--settings", "none,topk:0.9", "--rounds", "2", "--clients", "6",
+    r = cli("tradeoff", "--out", str(out), "--settings", "none,fedcdp-eps:8", "--rounds", "2", "--clients", "6",
             "--per-round", "2", "--attack-batch", "1", "--attack-resolution", "16", "--rog-iterations", "2",
             "--invertgrad-iterations", "2", "--model-options", "{c1: 2, c2: 2, hidden: 8}", "--workers", "1",
             "--enhancer", "none", "--no-progress")
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "results.json").read_text())
-    assert [row["setting"] for row in res["rows"]] == ["none", "topk 0.9"]
+    assert [row["setting"] for row in res["rows"]] == ["none", "fedcdp ε=8"]
     for row in res["rows"]:
         assert 0 <= row["accuracy"] <= 1 and row["rog_psnr"] > 0 and row["invertgrad_psnr"] > 0
+        for a in ("rog", "invertgrad"):  # margins over the best no-information reference and the verdict
+            assert row[f"{a}_psnr"] - row[f"{a}_ref_psnr"] >= row[f"{a}_margin_psnr"] - 1e-9
+            assert row[f"{a}_verdict"] in ("none", "partial", "recognisable")
+    dp = res["rows"][1]
+    assert 7.98 <= dp["epsilon"] <= 8 and dp["sigma_attacked"] > 0  # σ from Opacus for ε = 8, accounted ε ≤ 8
     for f in ("tradeoff.md", "tradeoff_psnr.png", "reconstructions.png"):
         assert (out / f).is_file(), f
-    assert "| setting |" in (out / "tradeoff.md").read_text()
+    assert "| setting |" in (out / "tradeoff.md").read_text() and "verdict" in (out / "tradeoff.md").read_text()
     r = cli("tradeoff", "--out", str(tmp_path / "bad"), "--settings", "none,fedcdp")
     assert r.returncode == 2 and r.stderr.startswith("error: tradeoff.settings") and r.stderr.count("\n") == 1
     assert not (tmp_path / "bad").exists()

@@ -230,9 +230,16 @@ def _attack_job(cfg: TradeoffConfig, setting: Setting, attack: str, batch: int) 
     else:
         atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance="auto")
     r = audit_case(run_cfg, case, atk)
-    obs, s = r.observation, r.scores
-    eps = next((d.get("epsilon") for d in obs.defenses if d.get("name") == "fedcdp"), None)
-    return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch,
+    obs, s, cal = r.observation, r.scores, r.calibration  # references on the same matched originals
+    refs = cal.reference
+    best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean", "same_class")
+                    if n in refs and refs[n]["psnr"][i] is not None) for i in range(len(x))]
+    fed = next((d for d in obs.defenses if d.get("name") == "fedcdp"), {})
+    eps, sigma = fed.get("epsilon"), fed.get("sigma_used")
+    sigma = sigma[0] if isinstance(sigma, list) else sigma  # FedAvg: the same σ at every local step
+    return {"kind": "attack", "setting": setting.name, "attack": attack, "batch": batch, "sigma": sigma,
+            "ref_psnr": sum(best_ref) / len(best_ref), "margin_psnr": cal.margins["psnr"]["mean"],
+            "margin_ssim": cal.margins["ssim"]["mean"], "verdict": cal.verdict["batch"],
             "psnr": s.psnr["mean"], "ssim": s.ssim["mean"], "lpips": None if s.lpips is None else s.lpips["mean"],
             "seconds": r.timing.attack, "iterations": r.reconstruction.iterations, "epsilon": eps,
             "images": r.matched.to(torch.float16), "originals": x.to(torch.float16)}
@@ -285,10 +292,13 @@ def run_tradeoff(cfg: TradeoffConfig, out: str | Path, progress: bool = True) ->
         row["accuracy"], row["initial_accuracy"], row["train_seconds"] = tr["accuracy"], tr["initial_accuracy"], tr["seconds"]
         for a in cfg.attacks:
             rs = [r for r in results if r["kind"] == "attack" and r["setting"] == s.name and r["attack"] == a]
-            for m in ("psnr", "ssim", "lpips", "seconds"):
+            for m in ("psnr", "ssim", "lpips", "seconds", "ref_psnr", "margin_psnr", "margin_ssim"):
                 row[f"{a}_{m}"] = _mean([r[m] for r in rs])
+            levels = [r["verdict"] for r in rs]
+            row[f"{a}_verdict"] = max(levels, key=("none", "partial", "recognisable").index) if levels else None
             if rs and rs[0]["epsilon"] is not None:
                 row["epsilon"] = rs[0]["epsilon"]
+                row["sigma_attacked"] = rs[0]["sigma"]
         rows.append(row)
     have_lpips = any(row.get(f"{a}_lpips") is not None for row in rows for a in cfg.attacks)
     summary = {"config": asdict(cfg), "rows": rows, "wall_seconds": wall, "lpips_available": have_lpips}
@@ -326,8 +336,9 @@ def format_table(summary: dict) -> str:
     head = "| setting | ε (FedCDP) | accuracy |"
     sep = "|---|---:|---:|"
     for a in attacks:
-        head += f" {label[a]} PSNR | {label[a]} SSIM | {label[a]} LPIPS |"
-        sep += "---:|---:|---:|"
+        head += f" {label[a]} PSNR | {label[a]} SSIM | {label[a]} LPIPS | {label[a]} ΔPSNR / ΔSSIM vs best ref | " \
+                f"{label[a]} verdict |"
+        sep += "---:|---:|---:|---:|---|"
     lines = [head, sep]
 
     def f(v, d=2):
@@ -338,8 +349,11 @@ def format_table(summary: dict) -> str:
         eps_txt = "–" if eps is None else ("∞" if isinstance(eps, str) or eps == math.inf else f"{eps:.3g}")
         line = f"| {r['setting']} | {eps_txt} | {r['accuracy']:.3f} |"
         for a in attacks:
-            line += f" {f(r.get(f'{a}_psnr'))} | {f(r.get(f'{a}_ssim'), 3)} | {f(r.get(f'{a}_lpips'), 3)} |"
+            line += (f" {f(r.get(f'{a}_psnr'))} | {f(r.get(f'{a}_ssim'), 3)} | {f(r.get(f'{a}_lpips'), 3)} | "
+                     f"{f(r.get(f'{a}_margin_psnr'))} / {f(r.get(f'{a}_margin_ssim'), 3)} | "
+                     f"{r.get(f'{a}_verdict') or '–'} |")
         lines.append(line)
+    refs = [r.get(f"{a}_ref_psnr") for r in rows for a in attacks if r.get(f"{a}_ref_psnr") is not None]
     note = (f"Utility: {cfg['task']} {cfg['task_resolution']}×{cfg['task_resolution']}, FedAvg {cfg['rounds']} rounds, "
             f"{cfg['num_clients']} clients (Dir α = {cfg['alpha']}), {cfg['clients_per_round']} per round, τ = "
             f"{cfg['local_steps']}, b = {cfg['local_batch_size']}, lr {cfg['task_lr']}. Leakage: {cfg['attack_data']} "
@@ -348,4 +362,9 @@ def format_table(summary: dict) -> str:
             f"{cfg['rog_iterations']} iterations, InvertGrad {cfg['invertgrad_iterations']}. Victim {cfg['model']} "
             f"{cfg['model_options'] or '(defaults)'}. Wall time {summary['wall_seconds'] / 60:.1f} min, "
             f"{cfg['workers']} workers.")
+    if refs:
+        note += (f" References (grey, public mean, random same-class public image where labels are shared) on the "
+                 f"same matched originals: best reference PSNR {sum(refs) / len(refs):.2f} dB on average; Δ columns are "
+                 "margins over the best reference per image, the verdict is the highest level of any attacked image "
+                 "(gradleak.metrics.reference).")
     return "\n".join(lines + ["", note])
