@@ -279,8 +279,11 @@ def run_sweep(sweep: Sweep, out: str | Path, workers: int = 0, use_ray: bool = F
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"name": sweep.name, "base": sweep.base, "axes": sweep.axes,
-                                                "zip": sweep.zips, "batches": sweep.batches}, indent=1, default=str))
+    from gradleak.atomic import atomic_write_text
+
+    atomic_write_text(out / "sweep.json", json.dumps({"name": sweep.name, "base": sweep.base, "axes": sweep.axes,
+                                                      "zip": sweep.zips, "batches": sweep.batches}, indent=1,
+                                                     default=str))
     runs = sweep.runs()
     rows: dict[str, dict] = {}
     todo = []
