@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, parallel_map  # noqa: F401  (puts src/ on sys.path)
+from _common import ROOT  # (puts src/ on sys.path)
 
 SWEEP = ROOT / "examples" / "sweeps" / "defenses_invertgrad.yaml"
 BASE = ["data.name=photos", "data.channels=3", "data.resolution=32", "data.batch_size=1", "model.name=lenet",

@@ -50,8 +50,7 @@ def main() -> int:
     sweep = load_sweep(args.sweep)
     sweep.base.setdefault("attack", {}).setdefault("options", {})["iterations"] = args.iterations
     sweep_file = out / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({"name": sweep.name, "base": sweep.base, "axes": sweep.axes,
-                                          "zip": sweep.zips, "batches": sweep.batches}, sort_keys=False))
+    sweep_file.write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     runs = sweep.runs()
     exe = [sys.executable, "-m", "gradleak.cli"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -63,10 +63,6 @@ class Timing:
     attack: float
     score: float
 
-    @property
-    def total(self) -> float:
-        return self.prepare + self.capture + self.attack + self.score
-
 
 @dataclass
 class Scores:

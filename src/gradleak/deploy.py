@@ -384,7 +384,8 @@ def attack_observation(obs: Observation, attack, options: dict | None = None, se
     from the last layer (iDLG / Yin et al.), or learned, as the attack's default says.
     Returns ``(reconstruction, label mode used)``."""
     from gradleak.attacks import build_attack
-    from gradleak.attacks.labels import recover_labels
+    from gradleak.audit import attack_labels
+    from gradleak.devices import resolve, run_attack
 
     atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
     obs = obs.as_delta()
@@ -392,8 +393,7 @@ def attack_observation(obs: Observation, attack, options: dict | None = None, se
     mode = atk.default_labels
     if mode == "oracle" and obs.labels is None:
         mode = "recover"  # the server was not given the labels
-    labels = obs.labels if mode == "oracle" else recover_labels(obs, model) if mode == "recover" else None
-    from gradleak.devices import resolve, run_attack
+    labels = attack_labels(obs, mode, model)
 
     rec = run_attack(atk, obs, labels, seed, model, progress, resolve(device, "--device"))
     return rec, mode

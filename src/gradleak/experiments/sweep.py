@@ -55,6 +55,10 @@ class Sweep:
     batches: int = 1
     name: str = "sweep"
 
+    def to_dict(self) -> dict:
+        """The sweep as a sweep file holds it (``load_sweep`` reads this back)."""
+        return {"name": self.name, "base": self.base, "axes": self.axes, "zip": self.zips, "batches": self.batches}
+
     @property
     def keys(self) -> list[str]:
         return list(self.axes) + [k for group in self.zips for k in group]
@@ -205,7 +209,7 @@ def row_of(run: Run, m: dict) -> dict:
     return row
 
 
-def done_row(sweep: Sweep, run: Run, out: Path) -> dict | None:
+def done_row(run: Run, out: Path) -> dict | None:
     """The row of a run whose ``metrics.json`` exists (a finished run), else None."""
     path = out / "runs" / run.key / "metrics.json"
     if not path.is_file():
@@ -217,12 +221,6 @@ def done_row(sweep: Sweep, run: Run, out: Path) -> dict | None:
 
 
 # --- executors ----------------------------------------------------------------------------------------------
-
-def _init_worker(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
 
 def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_address: str | None = None,
             use_ray: bool = False, threads: int = 1) -> Iterator[dict]:
@@ -238,8 +236,7 @@ def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_addr
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(threads,))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=ctx)  # run_one sets the threads
     try:
         futures = [pool.submit(run_one, sweep, run, str(out), threads) for run in runs]
         for fut in as_completed(futures):
@@ -277,18 +274,16 @@ def run_sweep(sweep: Sweep, out: str | Path, workers: int = 0, use_ray: bool = F
 
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     from gradleak.atomic import atomic_write_text
 
-    atomic_write_text(out / "sweep.json", json.dumps({"name": sweep.name, "base": sweep.base, "axes": sweep.axes,
-                                                      "zip": sweep.zips, "batches": sweep.batches}, indent=1,
-                                                     default=str))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(sweep.to_dict(), indent=1, default=str))
     runs = sweep.runs()
     rows: dict[str, dict] = {}
     todo = []
     for run in runs:
-        row = done_row(sweep, run, out)
+        row = done_row(run, out)
         if row is None:
             todo.append(run)
         else:

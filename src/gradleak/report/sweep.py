@@ -102,7 +102,7 @@ def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict]
             "label acc.", "s/run", "verdicts"]
     rows = []
     for s in summary:
-        cells = [s["cell"], *[value_text(s[k]) for k in keys], s["runs"]]
+        cells = [html.escape(s["cell"]), *[html.escape(value_text(s[k])) for k in keys], str(s["runs"])]
         for m in ("psnr", "dpsnr", None, "ssim", "lpips", "jaccard", "label_accuracy", "seconds"):
             if m is None:
                 cells.append(_fmt(s.get("psnr_best_in_batch"), "psnr"))
@@ -113,7 +113,7 @@ def write_sweep_html(path: Path, name: str, keys: list[str], summary: list[dict]
                 txt += f" <small>[{_fmt(lo, m)}, {_fmt(hi, m)}]</small>"
             cells.append(txt)
         cells.append(_fmt(s.get("verdicts"), ""))
-        rows.append("<tr>" + "".join(f"<td>{c if isinstance(c, str) and c.startswith(('<', '–')) or '<small>' in str(c) else _fmt(c, '')}</td>" for c in cells) + "</tr>")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # every cell is HTML already
     figs = "".join(f"<figure><img src='{data_uri(p)}'><figcaption>{html.escape(t)}</figcaption></figure>"
                    for t, p in plots)
     cell_imgs = "".join(
