@@ -145,6 +145,8 @@ USAGE = [
     (["demo", "--out", "{out}", "--threads", "two"], "--threads"),
     (["train-autoencoder", "--out", "{out}"], "--data"),
     (["run", "--out", "{out}"], "config"),
+    *[([c, "--data", "digits", "--out", "{out}", "--checkpoint-every", "often"], "--checkpoint-every")
+      for c in ("train-enhancer", "train-autoencoder", "train-tagger")],
 ]
 
 
@@ -316,6 +318,8 @@ TRAINING = [
     (["train-tagger", "--data", "nope"], "data.name"),
     (["train-tagger", "--data", "digits", "--lr", "nan"], "--lr"),
     (["train-tagger", "--data", "digits", "--holdout", "2"], "holdout"),
+    *[([c, "--data", "digits", "--checkpoint-every", n], "--checkpoint-every")
+      for c in ("train-enhancer", "train-autoencoder", "train-tagger") for n in ("0", "-3")],
     (["tradeoff", "--model-options", "[1"], "model_options"),
     (["tradeoff", "--settings", "bogus"], "bogus"),
     (["tradeoff", "--attacks", "nope"], "nope"),

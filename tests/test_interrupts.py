@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGKILL for run, giml and train-prior (issue 17).
+"""Ctrl-C and SIGKILL for run, giml, train-prior and the small trainers (issue 17).
 
 SIGINT is a real signal sent to this process at a chosen point (a hook wraps one function and calls
 ``os.kill(os.getpid(), SIGINT)``), and the command runs in-process through the real entry point: exit 130,
@@ -61,6 +61,42 @@ def _kill_child(hook: str, args: list[str]) -> subprocess.CompletedProcess:
                       "from gradleak.cli import main", f"sys.argv = ['gradleak', *{args!r}]", "main()"])
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _kill_forked(module: str, name: str, n: int, args: list[str], log: Path) -> int:
+    """Fork a child that runs ``gradleak ARGS`` and SIGKILLs itself at the ``n``-th call of ``module.name``;
+    returns its wait status. Like :func:`_kill_child`, but the child inherits this process's imports (torch and
+    gradleak: seconds of start-up on a loaded machine), so a test stays a few seconds. Its stderr goes to ``log``."""
+    import importlib
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 2)
+            sys.stderr = open(2, "w", closefd=False)
+            owner = importlib.import_module(module)
+            *path, attr = name.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            _after_calls(owner, attr, n, signal.SIGKILL)
+            from gradleak.cli import main
+
+            sys.argv = ["gradleak", *args]
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - reported through the exit status
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
 
 
 def _kill_at_call(module: str, name: str, n: int) -> str:
@@ -193,9 +229,9 @@ def test_giml_sigkill_resumes_from_the_last_checkpoint_bit_identically(cli, tmp_
     assert _same_tensors(out / "prior.safetensors", full / "prior.safetensors")
 
 
-# --- train-enhancer, train-autoencoder, train-tagger: checkpoint on Ctrl-C, resume -----------------------------
+# --- train-enhancer, train-autoencoder, train-tagger: checkpoint every N steps and on Ctrl-C, resume ----------
 
-SMALL_TRAINERS = {
+SMALL_TRAINERS = {  # command: (arguments, module and function called once per step, result file)
     "train-autoencoder": (["--data", "digits", "--resolution", "16", "--channels", "1", "--latent-dim", "16",
                            "--downsample", "4", "--width", "4", "--steps", "4", "--batch-size", "4"],
                           "gradleak.nets.autoencoder", "augment", "autoencoder.safetensors"),
@@ -207,13 +243,37 @@ SMALL_TRAINERS = {
 }
 
 
+@pytest.fixture(scope="module")
+def trainer_reference(tmp_path_factory):
+    """``reference(command)``: the directory of an uninterrupted run (default --checkpoint-every: no periodic
+    checkpoint in 4 steps), made once per command, in-process through the entry point."""
+    from gradleak.cli import main
+
+    done: dict[str, Path] = {}
+
+    def reference(command: str) -> Path:
+        if command not in done:
+            out = tmp_path_factory.mktemp(command)
+            argv, sys.argv = sys.argv, ["gradleak", command, "--out", str(out), *SMALL_TRAINERS[command][0],
+                                        "--no-progress"]
+            try:
+                main()
+            finally:
+                sys.argv = argv
+            assert not (out / "checkpoint.json").exists()  # removed once the result is written
+            done[command] = out
+        return done[command]
+
+    return reference
+
+
 @pytest.mark.parametrize("command", sorted(SMALL_TRAINERS))
-def test_trainer_ctrl_c_checkpoints_and_resumes_bit_identically(cli, tmp_path, monkeypatch, command):
+def test_trainer_ctrl_c_checkpoints_and_resumes_bit_identically(cli, tmp_path, monkeypatch, command,
+                                                                trainer_reference):
     import importlib
 
     args, module, name, result = SMALL_TRAINERS[command]
-    assert cli(command, "--out", tmp_path / "full", *args, "--no-progress").returncode == 0
-    assert not (tmp_path / "full" / "checkpoint.json").exists()  # removed once the result is written
+    full = trainer_reference(command)
     target = importlib.import_module(module)
     owner, attr = (getattr(target, name.split(".")[0]), name.split(".")[1]) if "." in name else (target, name)
     _after_calls(owner, attr, 2, signal.SIGINT, monkeypatch)  # Ctrl-C during step 2
@@ -221,7 +281,25 @@ def test_trainer_ctrl_c_checkpoints_and_resumes_bit_identically(cli, tmp_path, m
     _interrupted(cli(command, "--out", out, *args, "--no-progress"))
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 2 and not (out / result).exists()
     monkeypatch.undo()
-    assert cli(command, "--out", out, *args, "--no-progress").returncode == 0
-    assert _same_tensors(out / result, tmp_path / "full" / result)
+    # --checkpoint-every may differ on resume (it does not change the training)
+    assert cli(command, "--out", out, *args, "--checkpoint-every", "3", "--no-progress").returncode == 0
+    assert _same_tensors(out / result, full / result)
+    assert not (out / "checkpoint.json").exists()
     r = cli(command, "--out", out, *args[:-1], "3", "--no-progress")  # no checkpoint left: a fresh run is fine
     assert r.returncode == 0
+
+
+@pytest.mark.parametrize("command", sorted(SMALL_TRAINERS))
+def test_trainer_sigkill_resumes_from_the_periodic_checkpoint_bit_identically(cli, tmp_path, command,
+                                                                             trainer_reference):
+    args, module, name, result = SMALL_TRAINERS[command]
+    args = [*args, "--checkpoint-every", "2", "--no-progress"]
+    out = tmp_path / "cut"
+    log = tmp_path / "child.stderr"
+    status = _kill_forked(module, name, 3, [command, "--out", str(out), *args], log)  # killed in step 3
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (status, log.read_text()[-1500:])
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 2  # steps 1-2 kept, step 3 lost
+    assert not (out / result).exists()
+    assert cli(command, "--out", out, *args).returncode == 0  # the same command again
+    assert _same_tensors(out / result, trainer_reference(command) / result)
+    assert not (out / "checkpoint.json").exists() and not list(out.glob("*.tmp"))

@@ -173,6 +173,7 @@ def train_enhancer_cmd(
     rog_pairs: int = typer.Option(0, "--rog-pairs", help="Also train on ROG outputs of this many public batches (0 = synthetic degradations only)."),
     rog_iterations: int = typer.Option(100, "--rog-iterations", help="ROG iterations per generated batch."),
     seed: int = typer.Option(0, "--seed", help="Initialisation, batches, degradations."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -184,7 +185,7 @@ def train_enhancer_cmd(
                          depth=depth, disc_width=disc_width, conditional=conditional, steps=steps,
                          batch_size=batch_size, lr=lr, adv_weight=adv_weight, crops=crops, max_noise=max_noise,
                          max_blur=max_blur, rog_pairs=rog_pairs,
-                         rog_iterations=rog_iterations, seed=seed)
+                         rog_iterations=rog_iterations, seed=seed, checkpoint_every=checkpoint_every)
     pairs = None
     if cfg.rog_pairs:
         from gradleak.experiments.rog_pairs import rog_output_pairs
@@ -209,6 +210,7 @@ def train_autoencoder_cmd(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay)."),
     seed: int = typer.Option(0, "--seed", help="Initialisation and batch order."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -218,7 +220,7 @@ def train_autoencoder_cmd(
     _set_threads(threads)
     cfg = AutoencoderConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
                             latent_dim=latent_dim, downsample=downsample, width=width, steps=steps,
-                            batch_size=batch_size, lr=lr, seed=seed)
+                            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
     path = train_autoencoder(cfg, out, progress=progress)
     typer.echo(f"autoencoder written: {path} (+ .json); use it with attack.options.representation=autoencoder "
                f"attack.options.autoencoder={out}")
@@ -238,6 +240,7 @@ def train_tagger_cmd(
     lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay)."),
     holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the split held out to measure the tagger."),
     seed: int = typer.Option(0, "--seed", help="Initialisation, hold-out draw, batches."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -246,7 +249,8 @@ def train_tagger_cmd(
 
     _set_threads(threads)
     cfg = TaggerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
-                       steps=steps, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed)
+                       steps=steps, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
+                       checkpoint_every=checkpoint_every)
     path = train_tagger(cfg, out, progress=progress)
     typer.echo(f"tagger written: {path} (+ .json); use it with --set metrics.tagger={out}")
 

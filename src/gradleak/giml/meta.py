@@ -37,7 +37,6 @@ import csv
 import io
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from gradleak.filepair import write_pair
 from gradleak.priors.checkpoint import FORMAT, VERSION, generator_state, read_pair, save_prior
 from gradleak.priors.dcgan import DCGANGenerator, dcgan_init_
 from gradleak.priors.prior import Prior, load_prior
+from gradleak.trainstate import changed_settings, incomplete, say_interrupted
 
 Weights = dict[str, Tensor]
 FREE_KEYS = ("steps", "checkpoint_every")  # may change on resume
@@ -271,7 +271,7 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
     if resume and ckpt.with_suffix(".json").is_file():
         tensors, meta = read_pair(ckpt)
         saved = meta.get("giml_config", {})
-        changed = sorted(k for k in config if k not in FREE_KEYS and saved.get(k) != config[k])
+        changed = changed_settings(saved, config, FREE_KEYS)
         if changed:
             raise UserError(f"giml: {ckpt}.json was run with different settings ({', '.join(changed)}); "
                             "use a new --out or --no-resume")
@@ -284,8 +284,7 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
             rng.set_state(tensors["rng"])
             step, history, elapsed = int(meta["step"]), list(meta["history"]), float(meta.get("seconds", 0.0))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise UserError(f"giml: {ckpt}.safetensors/.json is not a complete GIML checkpoint ({type(err).__name__}: "
-                            f"{(str(err).splitlines() or [''])[0][:200]}); use a new --out or --no-resume") from None
+            raise incomplete("giml", ckpt, err, "use a new --out or --no-resume", "GIML checkpoint") from None
     fixed_z = prior.sample_latent(cfg.samples, torch.Generator().manual_seed(10_000 + cfg.seed))
     info = {"dataset": None, "giml": {"tasks": str(getattr(ts, "root", "")), "config": config, "command": command}}
     t0 = time.perf_counter()
@@ -342,8 +341,7 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
     except KeyboardInterrupt:
         checkpoint(step, w, rng_state)  # the last completed step: nothing done is lost
         bar.close()
-        print(f"giml: interrupted; step {step} is saved in {ckpt}.json — run the same command again to resume",
-              file=sys.stderr)
+        say_interrupted("giml", step, ckpt)
         raise
     bar.close()
     if not ckpt.with_suffix(".json").is_file() or json.loads(ckpt.with_suffix(".json").read_text())["step"] != step:

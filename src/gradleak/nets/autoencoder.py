@@ -25,7 +25,7 @@ from gradleak.errors import bad_value
 from gradleak.interrupt import deferred_interrupt
 from gradleak.nets.enhancer import augment, read_pair, save_pair
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState
+from gradleak.trainstate import TrainState, check_every
 
 
 def latent_layout(resolution: int, latent_dim: int, downsample: int, key: str = "autoencoder") -> tuple[int, int]:
@@ -94,6 +94,7 @@ class AutoencoderConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
+    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
 
 
 def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = True) -> Path:
@@ -110,6 +111,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
                              ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
         if not ok:
             raise bad_value(f"train-autoencoder.{key}", getattr(cfg, key), allowed)
+    check_every("train-autoencoder", cfg.checkpoint_every)
     latent_layout(cfg.resolution, cfg.latent_dim, cfg.downsample, "train-autoencoder")
     out = Path(out)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root)
@@ -120,11 +122,12 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    state = TrainState(out, "train-autoencoder", asdict(cfg), {"ae": ae}, {"opt": opt}, {"sched": sched}, {"gen": gen})
+    state = TrainState(out, "train-autoencoder", asdict(cfg), {"ae": ae}, {"opt": opt}, {"sched": sched}, {"gen": gen},
+                       every=cfg.checkpoint_every)
     start, hist = state.resume()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-autoencoder",
                disable=not progress, dynamic_ncols=True)
-    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
         for step in bar:
             idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
             x = augment(data.images[idx], gen)
@@ -136,8 +139,7 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
             hist.append(float(loss.detach()))
             if step % 20 == 0:
                 bar.set_postfix(mse=f"{sum(hist[-20:]) / len(hist[-20:]):.5f}")
-            if stop.requested:
-                state.interrupted(step + 1, hist)
+            state.step_done(step + 1, hist, stop.requested)
     bar.close()
     ae.eval()
     k = min(64, len(data))

@@ -40,7 +40,7 @@ from gradleak.errors import UserError, bad_value
 from gradleak.filepair import write_pair
 from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState
+from gradleak.trainstate import TrainState, check_every
 
 FORMAT = "gradleak-rog"
 VERSION = 1
@@ -305,6 +305,7 @@ class EnhancerConfig:
     rog_iterations: int = 100
     rog_batch: int = 8
     seed: int = 0
+    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
 
 
 def _check(cfg: EnhancerConfig) -> None:
@@ -319,6 +320,7 @@ def _check(cfg: EnhancerConfig) -> None:
     for key, ok, allowed in checks:
         if not ok:
             raise bad_value(f"train-enhancer.{key}", getattr(cfg, key), allowed)
+    check_every("train-enhancer", cfg.checkpoint_every)
     if cfg.resolution % 2 ** cfg.depth:
         raise bad_value("train-enhancer.resolution", cfg.resolution, f"a multiple of 2^depth = {2 ** cfg.depth}")
 
@@ -376,11 +378,11 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
     deg = Degradation(max_noise=cfg.max_noise, max_blur=cfg.max_blur)
     vdeg = degrade(vx, vgen, deg)
     state = TrainState(out, "train-enhancer", asdict(cfg), {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d},
-                       generators={"gen": gen})
+                       generators={"gen": gen}, every=cfg.checkpoint_every)
     start, l1_hist = state.resume()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-enhancer", disable=not progress,
                dynamic_ncols=True)
-    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
         for step in bar:
             x, y = _batch(data, big, cfg, gen)
             xd = degrade(x, gen, deg)
@@ -406,8 +408,7 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
             l1_hist.append(float(l1.detach()))
             if step % 20 == 0:
                 bar.set_postfix(l1=f"{sum(l1_hist[-20:]) / len(l1_hist[-20:]):.4f}")
-            if stop.requested:
-                state.interrupted(step + 1, l1_hist)
+            state.step_done(step + 1, l1_hist, stop.requested)
     bar.close()
     G.eval()
     with torch.no_grad():

@@ -33,7 +33,7 @@ from gradleak.errors import UserError, bad_value
 from gradleak.nets.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
 from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState
+from gradleak.trainstate import TrainState, check_every
 
 KEY = "metrics.tagger"
 FORMAT = "gradleak-tagger"
@@ -155,6 +155,7 @@ class TaggerConfig:
     lr: float = 2e-3
     holdout: float = 0.1
     seed: int = 0
+    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
 
 
 def target_matrix(images: Tensor, labels: Tensor, class_names: list[str], tag_names: list[str],
@@ -180,6 +181,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     if cfg.steps < 1 or cfg.batch_size < 1 or not 0 <= cfg.holdout < 1:
         raise UserError(f"train-tagger: steps and batch size must be >= 1 and holdout in [0, 1), got {cfg.steps}, "
                         f"{cfg.batch_size}, {cfg.holdout}")
+    check_every("train-tagger", cfg.checkpoint_every)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root,
                         seed=cfg.seed)
     names = data.class_names or [str(i) for i in range(data.num_classes)]
@@ -200,9 +202,10 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     t0 = time.perf_counter()
     net.train()
-    state = TrainState(out, "train-tagger", asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen})
+    state = TrainState(out, "train-tagger", asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen},
+                       every=cfg.checkpoint_every)
     start, _ = state.resume()
-    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint, stop (gradleak.trainstate)
+    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
         for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train-tagger {cfg.data}",
                          disable=not progress, dynamic_ncols=True):
             idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
@@ -211,8 +214,7 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
             loss.backward()
             opt.step()
             sched.step()
-            if stop.requested:
-                state.interrupted(step + 1, [])
+            state.step_done(step + 1, [], stop.requested)
     net.eval()
     seconds = time.perf_counter() - t0
     held = {}

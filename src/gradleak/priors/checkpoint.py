@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from gradleak import filepair
 from gradleak.errors import UserError
 from gradleak.filepair import write_pair
+from gradleak.trainstate import optimizer_state, optimizer_tensors
 
 FORMAT = "gradleak-prior"
 VERSION = 1
@@ -43,36 +44,13 @@ def save_prior(path: str | Path, generator: nn.Module, arch: str, config: dict, 
     return write_pair(Path(path).with_suffix(""), _prefixed("generator", generator.state_dict()), meta)
 
 
-def _optim_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
-        for key, v in state.items():
-            if isinstance(v, Tensor):
-                tensors[f"{prefix}/{idx}/{key}"] = v
-            else:
-                scalars[f"{idx}/{key}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optim_state(tensors: dict[str, Tensor], meta: dict, prefix: str) -> dict:
-    state: dict = {}
-    for k, v in _strip(prefix, tensors).items():
-        idx, key = k.split("/", 1)
-        state.setdefault(int(idx), {})[key] = v
-    for k, v in meta["scalars"].items():
-        idx, key = k.split("/", 1)
-        state.setdefault(int(idx), {})[key] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d, rng: torch.Generator,
                     step: int, meta: dict, extra: dict[str, Tensor] | None = None) -> tuple[Path, Path]:
     """Training checkpoint (resume point): G, D, both optimisers, the RNG state, the step, ``extra`` tensors."""
     tensors = _prefixed("generator", G.state_dict()) | _prefixed("discriminator", D.state_dict())
     tensors |= _prefixed("extra", extra or {})
-    tg, mg = _optim_tensors(opt_g, "opt_g")
-    td, md = _optim_tensors(opt_d, "opt_d")
+    tg, mg = optimizer_tensors(opt_g, "opt_g")
+    td, md = optimizer_tensors(opt_d, "opt_d")
     tensors |= tg | td
     tensors["rng"] = rng.get_state()
     full = {"format": FORMAT, "version": VERSION, "kind": "checkpoint", "step": step, "opt_g": mg, "opt_d": md,
@@ -88,8 +66,8 @@ def load_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d,
         raise UserError(f"prior: {path} is not a training checkpoint (kind {meta.get('kind')!r})")
     G.load_state_dict(_strip("generator", tensors))
     D.load_state_dict(_strip("discriminator", tensors))
-    opt_g.load_state_dict(_optim_state(tensors, meta["opt_g"], "opt_g"))
-    opt_d.load_state_dict(_optim_state(tensors, meta["opt_d"], "opt_d"))
+    opt_g.load_state_dict(optimizer_state(tensors, meta["opt_g"], "opt_g"))
+    opt_d.load_state_dict(optimizer_state(tensors, meta["opt_d"], "opt_d"))
     rng.set_state(tensors["rng"])
     return meta, _strip("extra", tensors)
 

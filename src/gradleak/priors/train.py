@@ -29,6 +29,7 @@ from gradleak.errors import UserError, bad_value
 from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.checkpoint import load_checkpoint, save_checkpoint, save_prior
 from gradleak.priors.dcgan import DCGANDiscriminator, DCGANGenerator, calibrate_bn
+from gradleak.trainstate import changed_settings, incomplete, say_interrupted
 
 
 @dataclass
@@ -129,7 +130,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
             raise UserError(f"train-prior: {ckpt}.json is not a train-prior checkpoint (no config object); "
                             "use a new --out or --no-resume")
         free = ("steps", "sample_every", "checkpoint_every")
-        changed = sorted(k for k in config if k not in free and saved.get(k) != config[k])
+        changed = changed_settings(saved, config, free)
         if changed:
             raise UserError(f"train-prior: {ckpt}.json was trained with different settings ({', '.join(changed)}); "
                             "use a new --out or --no-resume")
@@ -140,9 +141,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
         except UserError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
-            raise UserError(f"train-prior: {ckpt}.safetensors/.json is not a complete checkpoint "
-                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); "
-                            "use a new --out or --no-resume") from None
+            raise incomplete("train-prior", ckpt, err, "use a new --out or --no-resume") from None
     command = command or command_line()
     (out / "samples").mkdir(parents=True, exist_ok=True)
 
@@ -197,8 +196,7 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
             if stop.requested:
                 checkpoint(step)
                 bar.close()
-                print(f"train-prior: interrupted; step {step} is saved in {ckpt}.json — run the same command again "
-                      "to resume", file=sys.stderr)
+                say_interrupted("train-prior", step, ckpt)
                 raise KeyboardInterrupt
     bar.close()
     checkpoint(step)
