@@ -16,6 +16,8 @@ from typing import IO, Any, Callable
 
 __all__ = [
     "atomic_write",
+    "fsync_file",
+    "fsync_dir",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -31,8 +33,18 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (best effort; not possible on every platform)."""
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file written by another library (e.g. ``safetensors.save_file``) to disk before it is renamed
+    into place, so a power loss cannot leave an empty or partial file under the final name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Persist a rename itself (best effort; not possible on every platform)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -65,7 +77,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -2,8 +2,10 @@
 provenance). Used by observations, priors and their training checkpoints, enhancers, autoencoders and
 taggers.
 
-Reading never executes code from the files (safetensors + JSON only); writing goes through temporary files
-and renames, so an interrupted save never leaves a half-written pair.
+Reading never executes code from the files (safetensors + JSON only); writing goes through temporary files,
+flushed to disk (:func:`gradleak.atomic.fsync_file`) before the renames, so an interrupted save (Ctrl-C,
+SIGKILL, power loss) never leaves a half-written file; a pair id in both files detects the one unsafe instant,
+between the two renames.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from gradleak.atomic import fsync_dir, fsync_file
 from gradleak.errors import UserError
 
 
@@ -41,12 +44,15 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
                   metadata={PAIR_KEY: pair_id})
         os.chmod(tmp_st, 0o644)  # safetensors creates the file private; these are shareable weights
         tmp_js.write_text(text)
+        for t in (tmp_st, tmp_js):
+            fsync_file(t)
         tmp_st.replace(st)
         tmp_js.replace(js)
     except BaseException:
         for t in (tmp_st, tmp_js):
             t.unlink(missing_ok=True)
         raise
+    fsync_dir(stem.parent)
     return st, js
 
 
