@@ -21,13 +21,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _references(refs: dict) -> str:
-    """``grey, public_mean; not computed: same_class (why)``: the references a margin is taken over."""
+    """``grey, public_mean; same_class: why not``: the references a margin is taken over, and why any is missing."""
     missing: dict[str, list[str]] = {}
     for name, why in (refs.get("unavailable") or {}).items():
         missing.setdefault(str(why), []).append(name)
     used = ", ".join(n for n, r in refs.items() if n != "unavailable" and isinstance(r, dict))
-    return used + "".join(f"; {', '.join(names)}: {why.removeprefix('not computed: ')}"
-                          for why, names in missing.items())
+    return used + "".join(f"; {', '.join(names)}: {why}" for why, names in missing.items())
 
 
 def _summary(metrics: dict, out: Path) -> None:

@@ -306,7 +306,7 @@ def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--ima
 PUBLIC_ALLOWED = ("a folder of images (class subfolders or labels.csv/labels.txt give labels), a tensor file "
                   "(images, optional labels), or NAME:SPLIT[:ROOT] of a dataset (gradleak list dataset)")
 #: why the public references of ``gradleak attack`` are missing without ``--public``
-NO_PUBLIC = "not computed: no public data given (gradleak attack --public)"
+NO_PUBLIC = "no public data given (gradleak attack --public), so not computed"
 
 
 def load_public_data(spec: str, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor | None, str]:
