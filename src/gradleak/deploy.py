@@ -545,7 +545,7 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
                 f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
         calibration = calibration_of(cfg, scores, obs, x, y_true, mode, data=data,
-                                     public=pub[:2] + (None,) if pub else (None, None, NO_PUBLIC))
+                                     public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC))
         result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                              label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
                                                                                time.perf_counter() - t2),
