@@ -103,6 +103,7 @@ def f(tmp_path_factory) -> Path:
     _write(root / "tasks-nometa" / "task_000001.json", json.dumps(meta))
     evil_pickle(root / "tasks-evil" / "task_000001.safetensors", root / "PWNED-tasks")
     (root / "tasks-empty").mkdir()
+    save_file({"images": torch.rand(1, 1, 32, 32)}, str(root / "truth-task0.safetensors"))  # task_000000's shape
     # a train-prior output directory whose checkpoint JSON is not an object
     _pair(root / "ckpt-list" / "checkpoint", {"rng": torch.zeros(1, dtype=torch.uint8)}, ["not", "an", "object"])
     return root
@@ -350,6 +351,12 @@ TRAINING = [
     (["attack", "{f}/tasks-nan/task_000001", "--attack", "invertgrad"], "task_000001"),
     (["attack", "{f}/tasks-ok/task_000000", "--attack", "invertgrad", "--set", "tv=.inf"], "tv"),
     (["attack", "{f}/tasks-evil/task_000001", "--attack", "invertgrad"], "task_000001"),
+    (["attack", "{f}/tasks-ok/task_000000", "--attack", "invertgrad", "--public", "digits:public"], "--public"),
+    *[(["attack", "{f}/tasks-ok/task_000000", "--attack", "invertgrad", "--truth", "{f}/truth-task0.safetensors",
+        "--public", public], key) for public, key in [
+        ("{f}/nothing-here", "--public"), ("nope:public", "data.name"), ("digits:bogus", "data.split"),
+        ("cifar10:train", "data.root"), ("{f}/img-garbage", "a.png"), ("{f}/file.txt", "file.txt"),
+        ("{f}/tasks-evil/task_000001.safetensors", "task_000001")]],
     (["sweep", "{f}/file.txt"], "file.txt"),
 ]
 

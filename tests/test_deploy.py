@@ -182,7 +182,8 @@ def test_attack_a_captured_observation_with_and_without_truth(cli, deployment):
     assert r.returncode == 0, r.stderr
     m = json.loads((d / "run2" / "metrics.json").read_text())
     assert m["scored"] is False and m["label_mode"] == "recover" and len(m["labels"]) == N
-    assert "psnr" not in m and (d / "run2" / "trace.csv").is_file() and (d / "run2" / "report.html").is_file()
+    assert "psnr" not in m and "verdict" not in m and "reference" not in m and "margins" not in m
+    assert (d / "run2" / "trace.csv").is_file() and (d / "run2" / "report.html").is_file()
 
 
 def test_attack_bad_inputs(cli, deployment):
@@ -195,5 +196,102 @@ def test_attack_bad_inputs(cli, deployment):
         (("--attack", "invertgrad", "--truth", d / "nowhere"), "--truth: not found"),
     ]:
         r = cli("attack", d / "obs", *args, "--out", d / "run", "--no-progress")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (args, r.stderr)
+        assert not (d / "run").exists()
+
+
+def _hand_back_truth(monkeypatch, d, perm=(2, 0, 3, 1)):
+    """Make the attack return the client's true images (shuffled: the matching must undo it)."""
+    from gradleak.attacks.base import Reconstruction
+    from gradleak.deploy import load_images
+
+    x, _ = load_images(d / "imgs", (3, R, R))
+
+    def fake(obs, atk, seed=0, progress=False, device="cpu"):
+        return Reconstruction(images=x[list(perm)].clone(), labels=None, attack="invertgrad", seconds=0.0), "oracle"
+
+    monkeypatch.setattr("gradleak.deploy.attack_observation", fake)
+    return x
+
+
+def test_attack_with_truth_scores_beside_the_grey_reference_and_gives_a_verdict(cli, deployment, monkeypatch):
+    import json
+
+    from gradleak.metrics.reference import reference_scores
+
+    d = deployment
+    assert _capture(cli, d, "--labels", "0,3,1,4").returncode == 0
+    x = _hand_back_truth(monkeypatch, d)
+    r = cli("attack", d / "obs", "--attack", "invertgrad", "--truth", d / "imgs", "--out", d / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d / "run" / "metrics.json").read_text())
+    assert m["verdict"]["batch"] == "recognisable" and m["verdict"]["per_image"] == ["recognisable"] * N
+    grey = reference_scores(x)["grey"]  # the matched originals are the truth in its own order
+    assert m["reference"]["grey"]["psnr"] == pytest.approx(grey["psnr"], abs=1e-9)
+    assert m["reference"]["grey"]["ssim"] == pytest.approx(grey["ssim"], abs=1e-9)
+    assert m["margins"]["psnr"]["per_image"] == pytest.approx(
+        [a - b for a, b in zip(m["psnr"]["per_image"], grey["psnr"])])
+    assert set(m["reference"]) == {"grey", "unavailable"}
+    assert set(m["reference"]["unavailable"]) == {"public_mean", "same_class"}
+    assert all("no public data given" in why for why in m["reference"]["unavailable"].values())
+    assert "public data: none given" in m["header"]["data"] and "batch of 4" in m["header"]["data"]
+    assert "verdict: recognisable (4 recognisable)" in r.stdout and "no public data given" in r.stdout
+    html = (d / "run" / "report.html").read_text()
+    assert "recognisable" in html and "no public data given" in html
+
+
+def test_attack_public_folder_adds_the_public_mean_and_same_class_references(cli, deployment, monkeypatch):
+    import json
+
+    from gradleak.deploy import load_public_data
+    from gradleak.metrics import psnr
+
+    d = deployment
+    assert _capture(cli, d, "--labels", "0,3,1,4").returncode == 0
+    x = _hand_back_truth(monkeypatch, d)
+    g = torch.Generator().manual_seed(5)
+    for k in range(K):  # class subfolders c0..c4 = labels 0..4, two images each
+        (d / "public" / f"c{k}").mkdir(parents=True)
+        for j in range(2):
+            arr = torch.randint(0, 256, (R, R, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(arr).save(d / "public" / f"c{k}" / f"{j}.png")
+    r = cli("attack", d / "obs", "--attack", "invertgrad", "--truth", d / "imgs", "--public", d / "public",
+            "--seed", "7", "--out", d / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d / "run" / "metrics.json").read_text())
+    ref = m["reference"]
+    assert {"grey", "public_mean", "same_class"} <= set(ref) and ref["unavailable"] == {}
+    pub, labels, _ = load_public_data(str(d / "public"), (3, R, R))
+    mean = pub.mean(0, keepdim=True).expand_as(x)
+    assert ref["public_mean"]["psnr"] == pytest.approx(psnr(mean, x).tolist(), abs=1e-9)
+    idx = ref["same_class"]["public_index"]
+    assert [int(labels[j]) for j in idx] == [0, 3, 1, 4]  # a public image of each original's true label
+    assert ref["same_class"]["psnr"] == pytest.approx(psnr(pub[idx], x).tolist(), abs=1e-9)
+    best = [max(ref[n]["psnr"][i] for n in ("grey", "public_mean", "same_class")) for i in range(N)]
+    assert m["margins"]["psnr"]["per_image"] == pytest.approx([a - b for a, b in zip(m["psnr"]["per_image"], best)])
+    assert m["verdict"]["batch"] == "recognisable" and "10 images, labelled, 5 classes" in m["header"]["data"]
+    assert "(grey, public_mean, same_class)" in r.stdout
+    # a built-in dataset split works too (digits has labels 0..9)
+    r = cli("attack", d / "obs", "--attack", "invertgrad", "--truth", d / "imgs", "--public", "digits:public",
+            "--out", d / "run_digits", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    ref = json.loads((d / "run_digits" / "metrics.json").read_text())["reference"]
+    assert ref["unavailable"] == {} and all(j is not None for j in ref["same_class"]["public_index"])
+
+
+def test_attack_public_bad_inputs(cli, deployment):
+    d = deployment
+    assert _capture(cli, d).returncode == 0
+    (d / "empty").mkdir()
+    save_file({"images": torch.rand(3, 1, R, R)}, str(d / "gray.safetensors"))
+    for args, message in [
+        (("--public", "digits:public"), "--public: got 'digits:public' without --truth"),
+        (("--truth", d / "imgs", "--public", "nowhere"), "--public: got 'nowhere'"),
+        (("--truth", d / "imgs", "--public", "nope:public"), "data.name: got 'nope'"),
+        (("--truth", d / "imgs", "--public", "digits:bogus"), "--public digits:bogus"),
+        (("--truth", d / "imgs", "--public", d / "empty"), "holds no images"),
+        (("--truth", d / "imgs", "--public", d / "gray.safetensors"), "--public: images of shape (3, 1, 8, 8)"),
+    ]:
+        r = cli("attack", d / "obs", "--attack", "invertgrad", *args, "--out", d / "run", "--no-progress")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, (args, r.stderr)
         assert not (d / "run").exists()

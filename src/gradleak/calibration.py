@@ -1,6 +1,7 @@
 """A run's calibration: the references and verdict of :mod:`gradleak.metrics.reference` for the run's own
 data (the public side of its dataset), and the header a reader sees first (model, data, protocol, defense
-chain, threat model). Used by :func:`gradleak.audit.audit`; the result is :class:`Calibration`."""
+chain, threat model). Used by :func:`gradleak.audit.audit` and, with the public data the user names (or
+none), by ``gradleak attack`` (:func:`gradleak.deploy.attack_command`); the result is :class:`Calibration`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,10 +56,13 @@ def _tagger(cfg, originals: Tensor, sem: dict):
 
 
 def calibrate_run(cfg, psnr: list[float], ssim: list[float], sem: dict, originals: Tensor,
-                  true_labels: Tensor) -> dict:
+                  true_labels: Tensor | None, public: tuple | None = None) -> dict:
     """``{"reference", "margins", "verdict"}`` for a run: the attack's matched per-image scores against the
-    grey image, the public mean image and a random same-class public image (seeded by ``cfg.seed``)."""
-    pub_x, pub_y, why = load_public(cfg.data)
+    grey image, the public mean image and a random same-class public image (seeded by ``cfg.seed``).
+
+    ``public``: ``(images, labels, reason)`` as :func:`load_public` returns it (default: the public side of
+    ``cfg.data``); where ``reason`` is set it is why the public references are missing."""
+    pub_x, pub_y, why = public if public is not None else load_public(cfg.data)
     tagger = _tagger(cfg, originals, sem)
     jac = (sem.get("jaccard") or {}).get("per_image") if tagger is not None else None
     attack = {"psnr": psnr, "ssim": ssim, "jaccard": jac}
@@ -69,20 +73,23 @@ def calibrate_run(cfg, psnr: list[float], ssim: list[float], sem: dict, original
     return out
 
 
-def calibration_of(cfg, scores, obs, originals: Tensor, true_labels: Tensor, label_mode: str) -> Calibration:
-    """:class:`Calibration` of an audit (``scores``: :class:`gradleak.audit.Scores`)."""
+def calibration_of(cfg, scores, obs, originals: Tensor, true_labels: Tensor | None, label_mode: str,
+                   public: tuple | None = None, data: str | None = None) -> Calibration:
+    """:class:`Calibration` of an audit (``scores``: :class:`gradleak.audit.Scores`); ``public`` as in
+    :func:`calibrate_run`, ``data`` the header's data line (default: from ``cfg.data``)."""
     cal = calibrate_run(cfg, scores.psnr["per_image"], scores.ssim["per_image"], scores.semantic, originals,
-                        true_labels)
+                        true_labels, public)
     return Calibration(reference=cal["reference"], margins=cal["margins"], verdict=cal["verdict"],
-                       header=run_header(cfg, obs, label_mode))
+                       header=run_header(cfg, obs, label_mode, data))
 
 
 def _options(opts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in opts.items()) if opts else "defaults"
 
 
-def run_header(cfg, obs, label_mode: str) -> dict:
-    """What was audited and what the attacker knew, in plain words (the report's first table)."""
+def run_header(cfg, obs, label_mode: str, data: str | None = None) -> dict:
+    """What was audited and what the attacker knew, in plain words (the report's first table); ``data``
+    replaces the data line built from ``cfg.data`` (a captured observation names no dataset)."""
     d, p = cfg.data, obs.protocol
     proto = f"{p.kind}" + ("" if p.kind == "fedsgd" else f", τ = {len(p.schedule(obs.num_images))} local steps, "
                                                           f"lr {p.lr}, mini-batch {p.local_batch_size or 'full'}")
@@ -97,8 +104,8 @@ def run_header(cfg, obs, label_mode: str) -> dict:
               f"defense parameters {'known: ' + ', '.join(knows) if knows else 'none to know'}"
               + (f", unknown: {', '.join(hidden)}" if hidden else ""))
     return {"model": f"{cfg.model.name} ({_options(cfg.model.options)})",
-            "data": f"{d.name}, split {d.split}, {d.resolution}×{d.resolution}, {d.channels} channel(s), "
-                    f"batch of {obs.num_images}",
+            "data": data or f"{d.name}, split {d.split}, {d.resolution}×{d.resolution}, {d.channels} channel(s), "
+                            f"batch of {obs.num_images}",
             "protocol": proto, "defense chain": chain, "threat model": threat,
             "attack": f"{cfg.attack.name} ({_options(cfg.attack.options)})"
                       + (" — random-gradient control run" if cfg.attack.options.get("control") else "")}

@@ -20,6 +20,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Audit how much private data leaks from federated-learning client updates.")
 
 
+def _references(refs: dict) -> str:
+    """``grey, public_mean; same_class: why not``: the references a margin is taken over, and why any is missing."""
+    missing: dict[str, list[str]] = {}
+    for name, why in (refs.get("unavailable") or {}).items():
+        missing.setdefault(str(why), []).append(name)
+    used = ", ".join(n for n, r in refs.items() if n != "unavailable" and isinstance(r, dict))
+    return used + "".join(f"; {', '.join(names)}: {why}" for why, names in missing.items())
+
+
 def _summary(metrics: dict, out: Path) -> None:
     acc = metrics.get("label_accuracy")
     acc_txt = "n/a" if acc is None else f"{acc:.2f}"
@@ -31,7 +40,8 @@ def _summary(metrics: dict, out: Path) -> None:
     if v:
         counts = ", ".join(f"{n} {k}" for k, n in v["counts"].items() if n)
         dp, ds = ((m.get(k) or {}).get("mean") for k in ("psnr", "ssim"))
-        typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference: ΔPSNR {dp:+.2f} dB, "
+        typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference "
+                   f"({_references(metrics.get('reference') or {})}): ΔPSNR {dp:+.2f} dB, "
                    f"ΔSSIM {ds:+.3f} (rule: {v['rule']})")
     typer.echo(
         f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
@@ -449,7 +459,8 @@ def attack_cmd(
     out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
     set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=500."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="The client's true images (directory or tensor file): score the reconstructions."),
-    seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
+    public: Optional[str] = typer.Option(None, "--public", help="Public data the server has (with --truth): a folder of images (class subfolders or labels.csv give labels), a tensor file, or NAME:SPLIT[:ROOT] of a dataset; adds the public-mean and same-class references."),
+    seed: int = typer.Option(0, "--seed", help="Attack initialisation (and the same-class reference draws with --public)."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
@@ -458,7 +469,7 @@ def attack_cmd(
     from gradleak.deploy import attack_command
 
     _set_threads(threads)
-    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device)
+    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
     if "psnr" in metrics:
         _summary(metrics, out)
     else:

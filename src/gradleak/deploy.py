@@ -5,7 +5,8 @@ protocol reproduces it, and attack it (``gradleak capture`` / ``verify`` / ``att
   itself, plus ``PROTOCOL.yaml`` (the client's settings as the server knows them) → ``OBS_DIR/observation.*``.
 * :func:`verify_observation` — re-run the protocol from the true batch (the user's own images) and report
   the relative distance to the captured upload per layer, with a verdict naming the worst layer.
-* :func:`attack_observation` — any registered attack on a saved Observation; scored when the truth is given.
+* :func:`attack_observation` — any registered attack on a saved Observation; scored when the truth is given,
+  beside the grey image and, with public data (:func:`load_public_data`), the public references.
 
 Weights are read from safetensors or ``torch.load(weights_only=True)`` files, so loading never executes
 code from a file. Model factories are registered names or ``package.module:factory`` paths with the
@@ -301,6 +302,64 @@ def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--ima
     return x, labels
 
 
+#: what ``gradleak attack --public`` accepts
+PUBLIC_ALLOWED = ("a folder of images (class subfolders or labels.csv/labels.txt give labels), a tensor file "
+                  "(images, optional labels), or NAME:SPLIT[:ROOT] of a dataset (gradleak list dataset)")
+#: why the public references of ``gradleak attack`` are missing without ``--public``
+NO_PUBLIC = "no public data given (gradleak attack --public), so not computed"
+
+
+def load_public_data(spec: str, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor | None, str]:
+    """Public images the server holds, for the references of ``gradleak attack --public`` (ROG, Yue et al.
+    2023, §6: a same-class image as the no-gradient baseline); at most
+    :data:`gradleak.calibration.PUBLIC_LIMIT` of them. ``spec`` is
+
+    * a tensor file, read as ``--truth`` is (``images`` (N, C, H, W) in [0, 1], optional ``labels``);
+    * a folder in a layout of the ``folder`` dataset (class subfolders, or a ``labels.csv``/``labels.txt``:
+      labelled), else a flat folder of images (unlabelled), centre-cropped and resized to the client's input
+      size as ``data.name: folder`` does;
+    * ``NAME:SPLIT[:ROOT]``, a registered dataset's split at the client's input size (``digits:public``,
+      ``cifar10:train:~/data/cifar``).
+
+    Returns ``(images, labels or None, description)``; labels are class indices of the model's head only if
+    the public data numbers its classes as the client does (subfolders: in sorted order)."""
+    from gradleak.calibration import PUBLIC_LIMIT
+    from gradleak.data import load_dataset
+    from gradleak.data.folder import LABEL_FILES, is_image, read_image
+
+    C, H, W = shape
+    p = Path(spec).expanduser()
+    try:
+        if p.is_file():
+            x, y = load_images(p, shape, "--public")
+            x, y, what = x[:PUBLIC_LIMIT], None if y is None else y[:PUBLIC_LIMIT], f"tensor file {spec}"
+        elif p.is_dir() and (any((p / n).is_file() for n in LABEL_FILES)
+                             or any(d.is_dir() and not d.name.startswith(".") for d in p.iterdir())):
+            ds = load_dataset("folder", split="all", resolution=H, channels=C, root=str(p), limit=PUBLIC_LIMIT)
+            x, y, what = ds.images, ds.labels, f"folder {spec}"
+        elif p.is_dir():
+            files = sorted(f for f in p.iterdir() if is_image(f))[:PUBLIC_LIMIT]
+            x = torch.stack([read_image(f, H, C) for f in files]) if files else torch.zeros(0, C, H, W)
+            y, what = None, f"folder {spec}"
+        else:
+            name, sep, rest = spec.partition(":")
+            split, _, root = rest.partition(":")
+            if not sep or not name or not split:
+                raise UserError(f"--public: got {spec!r} (no such file or folder); allowed: {PUBLIC_ALLOWED}")
+            ds = load_dataset(name, split=split, resolution=H, channels=C, root=root or None, limit=PUBLIC_LIMIT)
+            x, y, what = ds.images, ds.labels, f"dataset {name}, split {split}"
+    except UserError as err:
+        msg = str(err)
+        raise UserError(msg if msg.startswith("--public") else f"--public {spec}: {msg}") from None
+    if x.shape[0] == 0:
+        raise UserError(f"--public: {spec!r} holds no images; allowed: {PUBLIC_ALLOWED}")
+    if tuple(x.shape[1:]) != (C, H, W):
+        raise UserError(f"--public: {spec!r} gives images of shape {tuple(x.shape[1:])}; allowed: the client's "
+                        f"({C}, {H}, {W})")
+    labelled = f"labelled, {len(torch.unique(y))} classes" if y is not None else "unlabelled"
+    return x, y, f"{what} ({x.shape[0]} images, {labelled})"
+
+
 @dataclass
 class Verification:
     """Per-layer relative distances ‖U(x) − u_obs‖ / ‖u_obs‖ and the verdict."""
@@ -436,16 +495,21 @@ def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: i
 
 
 def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
-                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu") -> dict:
+                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu",
+                   public: str | None = None) -> dict:
     """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
     (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
-    (:func:`gradleak.report.writer.write_run`); without it the directory holds the reconstructions, the loss trace
-    and the recovered labels. Every input is loaded and checked before anything is written."""
+    (:func:`gradleak.report.writer.write_run`), with the same references, margins and verdict
+    (:func:`gradleak.calibration.calibration_of`): the grey image always, the public mean and a same-class
+    public image (seeded by ``seed``) when ``public`` names public data (:func:`load_public_data`). Without
+    ``truth`` the directory holds the reconstructions, the loss trace and the recovered labels. Every input
+    is loaded and checked before anything is written."""
     import time
 
     from gradleak.attacks import build_attack
     from gradleak.attacks.labels import label_accuracy
     from gradleak.audit import AuditResult, Environment, Timing, score
+    from gradleak.calibration import calibration_of
     from gradleak.report.writer import write_run
     from gradleak.case import Case
 
@@ -459,6 +523,10 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         if x.shape[0] != obs.num_images:
             raise UserError(f"--truth: got {x.shape[0]} images; allowed: the client's {obs.num_images}")
         y_true = obs.labels if obs.labels is not None else y_true
+    if public is not None and truth is None:
+        raise UserError(f"--public: got {public!r} without --truth; allowed: --public together with --truth "
+                        "(the references are scored against the true images)")
+    pub = load_public_data(public, obs.image_shape) if public is not None else None
     model = obs.build_model()
     t1 = time.perf_counter()
     from gradleak.devices import resolve
@@ -473,11 +541,16 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         acc = label_accuracy(rec.labels, y_true) if rec.labels is not None and y_true is not None else None
         case = Case(model=model, images=x, labels=y_true if y_true is not None else torch.full((x.shape[0],), -1),
                     protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
+        C, H, W = obs.image_shape
+        data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+                f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
+        calibration = calibration_of(cfg, scores, obs, x, y_true, mode, data=data,
+                                     public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC))
         result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                              label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
                                                                                time.perf_counter() - t2),
                              environment=Environment.current(str(resolve(device))), matched=matched,
-                             notes=[f"attacked a saved observation: {observation}"])
+                             notes=[f"attacked a saved observation: {observation}"], calibration=calibration)
         return write_run(result, out)
     from gradleak.report.guard import run_dir_guard
 
