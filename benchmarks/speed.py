@@ -41,12 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def _imports() -> None:
     """torch and gradleak, imported after the arguments are checked (a bad argument answers at once)."""
     global torch, F, functional_call, Objective, SearchContext, _choose_backend, _value_and_grads, DISTANCES
+    global Stage, Pixels, _fused_step
     global Case, capture, Protocol, build_model, init_model
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from gradleak.attacks.engine import Objective, SearchContext, _choose_backend, _value_and_grads
+    from gradleak.attacks.engine import Objective, SearchContext, Stage, _choose_backend, _fused_step, _value_and_grads
+    from gradleak.attacks.parametrizations import Pixels
     from gradleak.attacks.objectives import DISTANCES
     from gradleak.case import Case, capture
     from gradleak.fl.protocol import Protocol
@@ -79,8 +81,21 @@ def textbook_loop(model, x, y, observed, protocol, iterations, lr=0.1, distance=
         opt.step()
 
 
-def engine_step(ctx, objective, param, variables, labels, lr, signed=True, box=True):
-    """One iteration of the engine's inner loop (see ``_run_chunk``): value and gradients, Adam."""
+def engine_step(ctx, objective, param, variables, labels, lr, signed=True, box=True, pixels=False):
+    """One iteration of the engine's inner loop (see ``_run_chunk``): value and gradients, Adam; on pixels
+    with ``compiled``, the engine's fused iteration (``_fused_step`` / ``_run_fused``: one compiled call)."""
+    fused = _fused_step(ctx, objective, Stage("x", Pixels(box=box), 1, lr, signed=signed), soft=False) if pixels else None
+    if fused is not None:
+        x = variables[0].detach()
+        state = [x, torch.zeros_like(x), torch.zeros_like(x)]
+        count = [0]
+
+        def fused_step():
+            count[0] += 1
+            t = torch.tensor(float(count[0]), dtype=torch.float64, device=x.device)
+            lr_t = torch.tensor(lr, dtype=torch.float64, device=x.device)
+            state[:] = fused(*state, t, lr_t, labels)[:3]
+        return fused_step
     opt = torch.optim.Adam(variables, lr=lr)
 
     def step():
@@ -182,11 +197,12 @@ def measure_case(label, model, obs, y, kind, prior, distance, backends, args, de
             # "auto" measures for a planned search of --planned iterations (compiling only for long ones)
             timing = _choose_backend(ctx, objective, backend, R, y, args.planned)
             img_fn, variables = make(R, B, device, torch.Generator(device=device).manual_seed(1))
-            step = engine_step(ctx, objective, img_fn, variables, y.expand(R, B), 0.01, signed=signed, box=signed)
+            step = engine_step(ctx, objective, img_fn, variables, y.expand(R, B), 0.01, signed=signed, box=signed,
+                               pixels=kind == "pixels")
             step()  # warm-up (first-call allocations; compilation for "compiled")
             setup = time.perf_counter() - t0
             used = ctx.backend
-            fb = getattr(ctx.fast, "fallback", None)
+            fb = getattr(ctx.fast, "fallback", None) or next((f.fallback for f in ctx.fused.values() if f.fallback), None)
             info[f"{backend}/{R}"] = {"setup_s": setup, "used": used, "fallback": fb, "timing": timing}
 
             def run(step=step):

@@ -138,7 +138,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     with pytest.warns(UserWarning, match="no compiler here"):
         d, g, _ = fs(x, y)
     assert fs.backend == "vmap" and "no compiler here" in fs.fallback
-    ref = fs._eager(x, y)
+    ref = fs.eager_step(x, y)
     torch.testing.assert_close(g, ref[1])
 
 
@@ -160,7 +160,7 @@ def test_compiled_result_is_checked_against_eager(monkeypatch):
     with pytest.warns(UserWarning, match="disagrees"):
         _, g, _ = fs(x, y)
     assert fs.backend == "vmap"
-    torch.testing.assert_close(g, fs._eager(x, y)[1])
+    torch.testing.assert_close(g, fs.eager_step(x, y)[1])
 
 
 @pytest.mark.slow  # Inductor compiles for minutes on a loaded 2-core CPU; benchmarks/speed.py runs it too
@@ -216,3 +216,111 @@ def test_unknown_backend_is_a_user_error():
     obs, _ = _obs(False)
     with pytest.raises(UserError, match="backend"):
         search(obs, [Stage("x", Pixels(), 1, 0.1)], Objective(), obs.labels, backend="jit", progress=False)
+
+
+# --- the fused compiled iteration (gradleak.attacks.fused) ---------------------------------------------
+
+def _search_fused(obs, signed, box, tv, monkeypatch, compile_as=None):
+    """A two-stage InvertGrad-style search on ``backend: compiled`` whose fused steps run eagerly (Inductor is
+    replaced by ``compile_as``: None = never compile, else a stand-in for torch.compile)."""
+    import gradleak.attacks.engine as engine
+    from gradleak.attacks.fused import FusedAdam
+
+    made = []
+
+    def fused_step(*a, **k):  # the engine's own builder; compile only through compile_as
+        out = real(*a, **k)
+        if out is not None and compile_as is None:
+            out.run.compile = False
+        made.append(out)
+        return out
+
+    real = engine._fused_step
+    monkeypatch.setattr(engine, "_fused_step", fused_step)
+    if compile_as is not None:
+        monkeypatch.setattr(torch, "compile", compile_as)
+    stages = [Stage("a", Pixels(init="randn", box=box), 4, 0.05, signed=signed),
+              Stage("b", Pixels(init="previous", box=box), 3, 0.02, schedule="cosine", signed=signed)]
+    rec = search(obs, stages, Objective(tv=tv), obs.labels, restarts=2, seed=5, backend="compiled", progress=False)
+    assert made and all(isinstance(f, FusedAdam) for f in made)
+    return rec
+
+
+def _search_loop(obs, signed, box, tv):
+    stages = [Stage("a", Pixels(init="randn", box=box), 4, 0.05, signed=signed),
+              Stage("b", Pixels(init="previous", box=box), 3, 0.02, schedule="cosine", signed=signed)]
+    return search(obs, stages, Objective(tv=tv), obs.labels, restarts=2, seed=5, backend="loop", progress=False)
+
+
+def _assert_same_search(rec, ref, tol=1e-5):
+    torch.testing.assert_close(rec.all_images, ref.all_images, rtol=tol, atol=tol)
+    torch.testing.assert_close(rec.losses, ref.losses, rtol=tol, atol=tol)
+    assert [(r["iteration"], r["stage"], r["restart"]) for r in rec.trace] == \
+        [(r["iteration"], r["stage"], r["restart"]) for r in ref.trace]
+    assert [r["loss"] for r in rec.trace] == pytest.approx([r["loss"] for r in ref.trace], rel=tol, abs=tol)
+
+
+@pytest.mark.parametrize("protocol,signed,box", [(Protocol(), True, True), (Protocol(), False, False),
+                                                 (FEDAVG, True, False), (FEDAVG, False, True)],
+                         ids=["fedsgd-signed-box", "fedsgd-plain", "fedavg-signed", "fedavg-box"])
+def test_fused_iteration_equals_loop_search(protocol, signed, box, monkeypatch):
+    """The fused step (∇_x(d + tv·TV) by torch.func, written-out Adam, box), run eagerly inside the engine,
+    gives the `loop` backend's images, losses and trace (torch.optim.Adam + MultiStep/cosine schedule)."""
+    obs, model = _obs(False, protocol, batch=2)
+    ref = _search_loop(obs, signed, box, 1e-2)
+    rec = _search_fused(obs, signed, box, 1e-2, monkeypatch)
+    assert not torch.equal(rec.all_images, torch.zeros_like(rec.all_images))
+    _assert_same_search(rec, ref)
+    assert rec.backend == "compiled"
+
+
+def test_fused_traced_graph_equals_loop_search(monkeypatch):
+    """The functionalized make_fx trace of the fused step (what Inductor would compile), run as it is."""
+    obs, model = _obs(False, batch=2)
+    ref = _search_loop(obs, True, True, 1e-2)
+    rec = _search_fused(obs, True, True, 1e-2, monkeypatch, compile_as=lambda fn, **k: fn)
+    _assert_same_search(rec, ref)
+    assert rec.backend == "compiled"
+
+
+def test_fused_wrong_compile_falls_back(monkeypatch):
+    """A compiled fused step that gets the Adam update wrong is caught on its first call (fallback: vmap)."""
+    def wrong(fn, **k):
+        def run(*args):
+            x, m, v, f, g = fn(*args)
+            return x + 1e-2, m, v, f, g
+        return run
+
+    obs, model = _obs(False, batch=2)
+    ref = _search_loop(obs, True, True, 1e-2)
+    with pytest.warns(UserWarning, match="images"):
+        rec = _search_fused(obs, True, True, 1e-2, monkeypatch, compile_as=wrong)
+    _assert_same_search(rec, ref)
+    assert rec.backend == "vmap"
+
+
+def test_fused_not_used_outside_its_stage_kind(monkeypatch):
+    """Soft labels (DLG), L-BFGS, other regularizers keep the FastStep path."""
+    import gradleak.attacks.engine as engine
+
+    obs, model = _obs(False, batch=2)
+    ctx = SearchContext(model, obs, list(obs.parameters), [obs.update[n] for n in obs.parameters], "compiled")
+    ctx.fast = object()
+    adam = Stage("a", Pixels(), 2, 0.1)
+    assert engine._fused_step(ctx, Objective(), adam, soft=True) is None
+    assert engine._fused_step(ctx, Objective(), Stage("l", Pixels(), 2, 0.1, optimizer="lbfgs"), False) is None
+    assert engine._fused_step(ctx, Objective(regularizers=[(1.0, lambda x, c: x.sum())]), adam, False) is None
+    ctx.backend = "vmap"
+    assert engine._fused_step(ctx, Objective(), adam, False) is None
+
+
+@pytest.mark.slow  # Inductor, minutes on this CPU
+def test_fused_compiled_equals_loop_search():
+    pytest.importorskip("torch._inductor")
+    obs, model = _obs(False, batch=1)
+    ref = _search_loop(obs, True, True, 1e-2)
+    stages = [Stage("a", Pixels(init="randn", box=True), 4, 0.05, signed=True),
+              Stage("b", Pixels(init="previous", box=True), 3, 0.02, schedule="cosine", signed=True)]
+    rec = search(obs, stages, Objective(tv=1e-2), obs.labels, restarts=2, seed=5, backend="compiled", progress=False)
+    assert rec.backend == "compiled"
+    _assert_same_search(rec, ref, tol=1e-4)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.devices import generator
-from gradleak.attacks.parametrizations import Parametrization
+from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.errors import UserError
 from gradleak.fl.client import batched_update
 from gradleak.fl.observation import Observation, validate_against
@@ -75,6 +75,7 @@ class SearchContext:
     observed: list[Tensor]
     backend: str = "loop"
     fast: object | None = None  # a gradleak.attacks.fast.FastStep when the backend is not "loop"
+    fused: dict = field(default_factory=dict)  # gradleak.attacks.fused.FusedAdam steps by (signed, box)
 
 
 def lr_scheduler(opt, stage: Stage):
@@ -88,10 +89,13 @@ def lr_scheduler(opt, stage: Stage):
     return None
 
 
-def objective_value(ctx: SearchContext, objective: Objective, images: Tensor, labels: Tensor) -> Tensor:
-    """The per-restart objective (R,) for images (R,B,C,H,W) and labels (R,B) or soft (R,B,K)."""
+def objective_value(ctx: SearchContext, objective: Objective, images: Tensor, labels: Tensor,
+                    eager: bool = False) -> Tensor:
+    """The per-restart objective (R,) for images (R,B,C,H,W) and labels (R,B) or soft (R,B,K).
+    ``eager``: never compile for this call (a one-off evaluation)."""
     if ctx.fast is not None:
-        return ctx.fast(images, labels)[0] + _regularizer_value(objective, images, ctx)
+        d = ctx.fast.eager_step(images, labels)[0] if eager else ctx.fast(images, labels)[0]
+        return d + _regularizer_value(objective, images, ctx)
     obs = ctx.obs
     trial = batched_update(ctx.model, obs.parameters, obs.buffers, images, labels, obs.protocol, ctx.backend)
     trial = [trial[n] for n in ctx.names]
@@ -181,7 +185,7 @@ def search(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
         iterations=sum(s.iterations for s in stages), attack=name,
-        backend=ctx.fast.backend if ctx.fast is not None else ctx.backend,  # "compiled" may have fallen back
+        backend=_backend_used(ctx),
         backend_timing=timing or None,
         distance=objective.distance if isinstance(objective.distance, str) else None,
     )
@@ -194,6 +198,46 @@ def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bo
     dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
     return FastStep(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist, objective.trial_view,
                     soft=soft, compile=compile)
+
+
+def _backend_used(ctx: SearchContext) -> str:
+    """The backend that ran: "compiled" falls back to "vmap" if the step, or a fused step, could not compile."""
+    if ctx.fast is None:
+        return ctx.backend
+    if ctx.fast.backend == "compiled" and any(f.fallback is not None for f in ctx.fused.values()):
+        return "vmap"
+    return ctx.fast.backend
+
+
+def _fused_step(ctx: SearchContext, objective: Objective, stage: Stage, soft: bool):
+    """The fused compiled iteration (:class:`gradleak.attacks.fused.FusedAdam`) for a ``compiled`` stage that
+    fits it — pixels, Adam, known labels, no regularizer but TV — else None (the stage runs the usual way).
+    One per (signed, box), kept on ``ctx`` so restarts' chunks and later stages reuse its compiled graphs."""
+    if (ctx.backend != "compiled" or soft or objective.regularizers or stage.optimizer != "adam"
+            or type(stage.parametrization) is not Pixels):
+        return None
+    key = (stage.signed, stage.parametrization.box)
+    if key not in ctx.fused:
+        from gradleak.attacks.fused import FusedAdam
+
+        obs = ctx.obs
+        dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
+        ctx.fused[key] = FusedAdam(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist,
+                                   objective.trial_view, objective.tv, *key, compile=ctx.fast.compile)
+    return ctx.fused[key]
+
+
+def stage_lrs(stage: Stage) -> list[float]:
+    """The learning rate of each iteration of an Adam stage under its schedule (torch's schedulers)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=stage.lr)
+    sched = lr_scheduler(opt, stage)
+    lrs = []
+    for _ in range(stage.iterations):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()  # no gradient: changes nothing, but the scheduler expects a step before its own
+        if sched is not None:
+            sched.step()
+    return lrs
 
 
 def _choose_backend(ctx: SearchContext, objective: Objective, backend: str, R: int, labels: Tensor | None,
@@ -267,6 +311,13 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
 
     for stage in stages:
         variables = stage.parametrization.start(R, B, shape, prev, gen)
+        fused = _fused_step(ctx, objective, stage, label_var is not None)
+        if fused is not None:
+            stage_losses = _run_fused(fused, stage, current_labels(), bar)
+            _record(trace, stage, stage_losses, it0, first, R)
+            it0 += stage.iterations
+            prev = stage.parametrization.images().detach()
+            continue
         if label_var is not None:
             variables = variables + [label_var]
         if stage.optimizer == "lbfgs":
@@ -300,17 +351,42 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
             bar.update(1)
             if i % 10 == 0 or i == stage.iterations - 1:
                 bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
-        if stage_losses:
-            table = torch.stack(stage_losses).tolist()
-            trace.extend({"iteration": it0 + i, "stage": stage.name, "restart": first + r, "loss": row[r]}
-                         for i, row in enumerate(table) for r in range(R))
+        _record(trace, stage, stage_losses, it0, first, R)
         it0 += stage.iterations
         with torch.no_grad():
             prev = stage.parametrization.images().detach()
     # the final objective ranks the restarts; it needs autograd (the update is itself a gradient)
-    final = objective_value(ctx, objective, prev, current_labels()).detach()
+    final = objective_value(ctx, objective, prev, current_labels(), eager=bool(ctx.fused)).detach()
     imgs = prev.detach().clamp(0, 1)
     lab = current_labels().detach()
     if lab.dim() == 3:
         lab = lab.argmax(-1)
     return imgs, final, lab
+
+
+def _record(trace: list, stage: Stage, stage_losses: list[Tensor], it0: int, first: int, R: int) -> None:
+    """Append a stage's per-iteration losses (tensors (R,)) to the trace as rows."""
+    if stage_losses:
+        table = torch.stack(stage_losses).tolist()
+        trace.extend({"iteration": it0 + i, "stage": stage.name, "restart": first + r, "loss": row[r]}
+                     for i, row in enumerate(table) for r in range(R))
+
+
+def _run_fused(fused, stage: Stage, labels: Tensor, bar) -> list[Tensor]:
+    """An Adam stage on pixels as fused iterations (same numbers as the optimiser loop of ``_run_chunk``:
+    Adam's state starts at zero, the schedule's lr per iteration, the box after each step); returns the
+    per-iteration objective before each step, like the loop's ``last``."""
+    param = stage.parametrization
+    x = param.x.detach()
+    exp_avg, exp_avg_sq = torch.zeros_like(x), torch.zeros_like(x)
+    losses: list[Tensor] = []
+    for i, lr in enumerate(stage_lrs(stage)):
+        t = torch.tensor(float(i + 1), dtype=torch.float64, device=x.device)
+        lr_t = torch.tensor(lr, dtype=torch.float64, device=x.device)
+        x, exp_avg, exp_avg_sq, loss_now = fused(x, exp_avg, exp_avg_sq, t, lr_t, labels.detach())
+        losses.append(loss_now)
+        bar.update(1)
+        if i % 10 == 0 or i == stage.iterations - 1:
+            bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
+    param.x = x.detach().requires_grad_()
+    return losses

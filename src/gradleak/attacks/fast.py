@@ -36,6 +36,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from gradleak.attacks.objectives import total_variation
 from gradleak.fl.client import update_functional
 from gradleak.fl.functional_bn import functional_model
 from gradleak.fl.protocol import Protocol
@@ -44,8 +45,9 @@ Distance = Callable[[list[Tensor], list[Tensor]], Tensor]
 
 
 def matching_function(model: nn.Module, protocol: Protocol, names: list[str], distance: Distance,
-                      trial_view: Callable | None, soft: bool):
-    """``(params, buffers, observed, x, y) -> ((∇_x d[, ∇_y d]), d)`` for one restart (x: (B, C, H, W))."""
+                      trial_view: Callable | None, soft: bool, tv: float = 0.0):
+    """``(x, y, params, buffers, observed) -> ((∇_x f[, ∇_y f]), f)`` for one restart (x: (B, C, H, W)),
+    f = d(U(x, y), g_obs) + tv·TV(x) (the TV term only when ``tv`` is not 0)."""
     model.train(protocol.bn_mode == "train")
     fmodel = functional_model(model)
     update = update_functional(fmodel, protocol, names)
@@ -54,9 +56,67 @@ def matching_function(model: nn.Module, protocol: Protocol, names: list[str], di
         trial = [u.unsqueeze(0) for u in update(params, buffers, x, y)]
         if trial_view is not None:
             trial = trial_view(trial)
-        return distance(trial, list(observed))[0]
+        value = distance(trial, list(observed))[0]
+        return value + tv * total_variation(x.unsqueeze(0))[0] if tv else value
 
     return torch.func.grad_and_value(one, argnums=(0, 1) if soft else 0)
+
+
+class Compiled:
+    """``fn(*args, *const)`` run eagerly or, with ``compile=True``, as its Inductor-compiled trace.
+
+    The trace (``torch.func.functionalize`` + ``make_fx``) is made once per shape of ``args`` (the per-call
+    inputs; ``const`` are the fixed ones: θ_0, buffers, the observed upload). The first compiled call for each
+    shape is checked against the eager ``fn`` with ``check(out, ref) -> ''`` or what differs; a failure to
+    trace or compile, or a mismatch, sets :attr:`fallback` (why), warns once and runs eagerly from then on.
+    Used by :class:`FastStep` and :class:`gradleak.attacks.fused.FusedAdam`."""
+
+    def __init__(self, fn: Callable, const: tuple, compile: bool, check: Callable[[tuple, tuple], str]):
+        self.fn, self.const, self.compile, self.check = fn, const, compile, check
+        self.compiled: dict[tuple, Callable] = {}  # by input shapes: the traced graph is shape-specialised
+        self.compile_seconds = 0.0
+        self.fallback: str | None = None  # why a requested compilation is not used
+
+    @property
+    def active(self) -> bool:
+        return self.compile and self.fallback is None
+
+    def eager(self, *args):
+        return self.fn(*args, *self.const)
+
+    def __call__(self, *args):
+        if not self.active:
+            return self.eager(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        full = (*args, *self.const)
+        first = key not in self.compiled
+        try:
+            if first:
+                t0 = time.perf_counter()
+                from torch.fx.experimental.proxy_tensor import make_fx
+
+                # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
+                # step (LeNet: distance 1.6 instead of 0.07, caught by the check below); without mutations and
+                # views it matches the eager step to 1e-6
+                graph = make_fx(torch.func.functionalize(self.fn, remove="mutations_and_views"))(*full)
+                self.compiled[key] = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
+                out = self.compiled[key](*full)
+                self.compile_seconds += time.perf_counter() - t0
+            else:
+                return self.compiled[key](*full)
+        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
+            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            return self._give_up(f"torch.compile failed: {type(err).__name__}: {msg}", args)
+        ref = self.eager(*args)
+        bad = self.check(out, ref)
+        if bad:
+            return self._give_up(f"compiled step disagrees with the eager one ({bad})", args, ref)
+        return out
+
+    def _give_up(self, why: str, args, ref=None):
+        self.fallback = why
+        warnings.warn(f"attack backend 'compiled': {why}; running the eager torch.func step", stacklevel=4)
+        return self.eager(*args) if ref is None else ref
 
 
 class FastStep:
@@ -70,26 +130,22 @@ class FastStep:
         self.buffers = {n: b.detach() for n, b in buffers.items()}
         self.observed = tuple(o.detach() for o in observed)
         self.soft = soft
-        grad_fn = matching_function(model, protocol, self.names, distance, trial_view, soft)
-        batched = torch.vmap(grad_fn, in_dims=(0, 0, None, None, None))
-
-        def eager(images, labels, params, buffers, observed):
-            if images.shape[0] != 1:
-                return batched(images, labels, params, buffers, observed)
-            # one restart: the same function without the vmap layer (its dispatch costs ~20 % here)
-            grads, value = grad_fn(images[0], labels[0], params, buffers, observed)
-            grads = tuple(g.unsqueeze(0) for g in grads) if isinstance(grads, tuple) else grads.unsqueeze(0)
-            return grads, value.unsqueeze(0)
-
-        self.eager = eager
+        self.eager = restarts_function(matching_function(model, protocol, self.names, distance, trial_view, soft))
         self.compile = compile
-        self.compiled: dict[tuple, Callable] = {}  # by input shapes: the traced graph is shape-specialised
-        self.compile_seconds = 0.0
-        self.fallback: str | None = None  # why a requested compilation is not used
+        self.run = Compiled(self.eager, (self.params, self.buffers, self.observed), compile,
+                            lambda out, ref: _mismatch(self._split(out), self._split(ref)))
+
+    @property
+    def fallback(self) -> str | None:
+        return self.run.fallback
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.run.compile_seconds
 
     @property
     def backend(self) -> str:
-        return "compiled" if self.compile and self.fallback is None else "vmap"
+        return "compiled" if self.run.active else "vmap"
 
     def _split(self, out) -> tuple[Tensor, Tensor, Tensor | None]:
         grads, value = out
@@ -97,43 +153,27 @@ class FastStep:
             return value, grads[0], grads[1]
         return value, grads, None
 
-    def _eager(self, images: Tensor, labels: Tensor):
-        return self._split(self.eager(images, labels, self.params, self.buffers, self.observed))
+    def eager_step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The step without compilation (same outputs as calling it)."""
+        return self._split(self.run.eager(images.detach(), labels.detach()))
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        images, labels = images.detach(), labels.detach()
-        if not self.compile or self.fallback is not None:
-            return self._eager(images, labels)
-        key = (tuple(images.shape), tuple(labels.shape), labels.dtype, images.dtype, images.device)
-        args = (images, labels, self.params, self.buffers, self.observed)
-        first = key not in self.compiled
-        try:
-            if first:
-                t0 = time.perf_counter()
-                from torch.fx.experimental.proxy_tensor import make_fx
+        return self._split(self.run(images.detach(), labels.detach()))
 
-                # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
-                # step (LeNet: distance 1.6 instead of 0.07, caught by the check below); without mutations and
-                # views it matches the eager step to 1e-6
-                graph = make_fx(torch.func.functionalize(self.eager, remove="mutations_and_views"))(*args)
-                self.compiled[key] = torch.compile(graph, dynamic=False, options=inductor_options(images.device))
-                out = self._split(self.compiled[key](*args))
-                self.compile_seconds += time.perf_counter() - t0
-            else:
-                out = self._split(self.compiled[key](*args))
-        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
-            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            return self._give_up(f"torch.compile failed: {type(err).__name__}: {msg}", images, labels)
-        if first:
-            bad = _mismatch(out, self._eager(images, labels))
-            if bad:
-                return self._give_up(f"compiled step disagrees with the eager one ({bad})", images, labels)
-        return out
 
-    def _give_up(self, why: str, images, labels):
-        self.fallback = why
-        warnings.warn(f"attack backend 'compiled': {why}; running the eager torch.func step", stacklevel=3)
-        return self._eager(images, labels)
+def restarts_function(grad_fn: Callable) -> Callable:
+    """``grad_fn`` over one restart -> the same over R restarts (leading dimension of images and labels):
+    ``vmap``, or for one restart the function itself without the vmap layer (its dispatch costs ~20 % here)."""
+    batched = torch.vmap(grad_fn, in_dims=(0, 0, None, None, None))
+
+    def over_restarts(images, labels, params, buffers, observed):
+        if images.shape[0] != 1:
+            return batched(images, labels, params, buffers, observed)
+        grads, value = grad_fn(images[0], labels[0], params, buffers, observed)
+        grads = tuple(g.unsqueeze(0) for g in grads) if isinstance(grads, tuple) else grads.unsqueeze(0)
+        return grads, value.unsqueeze(0)
+
+    return over_restarts
 
 
 def inductor_options(device: torch.device) -> dict:
