@@ -25,7 +25,9 @@ quicker), which is why ``backend: auto`` only tries it for long searches.
 
 The engine (:mod:`gradleak.attacks.engine`) chains ∇_x d with autograd through the parametrization
 (pixels, generator latents, per-image generator copies, ROG's upsampling) and adds the image priors
-(TV, BN statistics, ‖z‖), which need no second-order term.
+(TV, BN statistics, ‖z‖), which need no second-order term. For ``compiled`` stages on pixels with Adam and
+known labels it instead runs :class:`gradleak.attacks.fused.FusedAdam`: the whole iteration (∇_x of the
+matching term + TV, Adam, the box) compiled as one function with the same machinery (:class:`Compiled`).
 """
 from __future__ import annotations
 
