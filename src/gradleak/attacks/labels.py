@@ -36,6 +36,7 @@ in FedAvg the model also learns during the τ local steps, which the approximati
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -71,8 +72,6 @@ def effective_steps(obs: Observation) -> float | None:
         return 1.0 / p.lr
     if p.optimizer != "sgd":
         return None
-    import dataclasses
-
     q = dataclasses.replace(p, weight_decay=0.0)
     theta, state = {"x": torch.zeros((), dtype=torch.float64)}, init_state()
     for _ in range(len(p.schedule(obs.num_images))):
@@ -132,8 +131,9 @@ def dummy_statistics(obs: Observation, model: nn.Module, images: int = DUMMY_IMA
 
 
 def estimate_counts(obs: Observation, model: nn.Module) -> Tensor | None:
-    """n̂_k = n (p̄_k − ε/K − c_k) / (1 − ε), c_k = ḡ_b,k (or Σ_j ḡ_W,kj / ō without a bias) (Geng et al., 2021, §3.2; see the module docstring), or
-    None where the Observation's protocol gives no count (Adam, class weights, a custom loss)."""
+    """n̂_k = n (p̄_k − ε/K − c_k) / (1 − ε), c_k = ḡ_b,k (Σ_j ḡ_W,kj / ō without a bias): Geng et al.
+    (2021, §3.2), see the module docstring. None where the protocol gives no count (Adam, class weights, a
+    custom loss)."""
     p = obs.protocol
     if p.loss != "cross_entropy" or p.class_weights is not None:
         return None
@@ -191,8 +191,9 @@ def explain_labels(obs: Observation, model: nn.Module) -> LabelRecovery:
             stage2 = "ranking"
             rest = [int(k) for k in scores.argsort() if int(k) not in picked]
             if len(rest) < n - len(picked):
-                raise UserError(f"attack.labels: cannot recover {n} labels from {scores.numel()} classes with this "
-                                "protocol (no label counts for it); allowed: batch size <= number of classes")
+                raise UserError(f"attack.labels: got a batch of {n} with {scores.numel()} classes and no label counts "
+                                "for this protocol (Adam, class weights or a custom loss); allowed: a batch no "
+                                "larger than the number of classes")
             picked += rest[: n - len(picked)]
     labels = torch.tensor(sorted(picked), dtype=torch.long, device=scores.device)
     return LabelRecovery(labels=labels, certain=certain, stage2=stage2, scores=scores, counts=counts)
