@@ -24,6 +24,7 @@ CASES = {
     "rogs_table": (["--batches", "1", "--batch", "2", "--rogs-iterations", "2"], []),
     "giml_bench": (["--smoke"], ["table.md", "results.json", "psnr_vs_step.png", "multi_gradient.png"]),
     "defense_sweep": (["--iterations", "2", "--images", "1"], []),
+    "label_recovery": (["--seeds", "1", "--cases", "lenet-fedsgd-b4,lenet-flower-config-b2"], []),
     "gias_leaveout": (["--folds", "1", "--steps", "2", "--batches", "1", "--iterations", "2", "--victims", "relu"],
                       ["table.md", "grid_relu.png", "prior_fold1/prior.safetensors"]),
 }

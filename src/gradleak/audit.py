@@ -161,7 +161,9 @@ def label_mode_of(cfg: RunConfig, attack: Attack) -> str:
 
 
 def attack_labels(obs: Observation, mode: str, model) -> Tensor | None:
-    """Labels the attacker uses: given (oracle), recovered (iDLG / Yin et al.), or None (learned)."""
+    """Labels the attacker uses: given (oracle), recovered from the last layer's update (the sign rule of iDLG /
+    Yin et al. for the classes certainly present, label counts of Geng et al. for the rest:
+    :func:`gradleak.attacks.labels.recover_labels`), or None (learned)."""
     if mode == "oracle":
         return obs.labels
     if mode == "recover":
