@@ -163,6 +163,37 @@ def test_compiled_result_is_checked_against_eager(monkeypatch):
     torch.testing.assert_close(g, fs.eager_step(x, y)[1])
 
 
+def test_compiled_step_is_rechecked_during_the_search(monkeypatch):
+    """A compiled graph that is right on its first call and wrong later (it drifts with the images a search
+    reaches) is caught by the periodic re-check, and from then on the eager step runs."""
+    from gradleak.attacks import fast
+
+    monkeypatch.setattr(fast, "RECHECK_EVERY", 3)
+    obs, model = _obs(False)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+    calls = []
+
+    def drifting_compile(fn, **k):
+        def run(*args):
+            calls.append(1)
+            grads, value = fn(*args)
+            return (grads if len(calls) <= 2 else grads * 0.5), value
+        return run
+
+    monkeypatch.setattr(torch, "compile", drifting_compile)
+    x, y = torch.rand(2, 2, 1, 8, 8), torch.randint(0, 10, (2, 2))
+    fs(x, y), fs(x, y)  # first call (checked) and one unchecked call: both right
+    assert fs.backend == "compiled"
+    fs(x, y)  # wrong and unchecked (the 2nd call after the first)
+    assert fs.backend == "compiled"
+    with pytest.warns(UserWarning, match="disagrees"):
+        _, g, _ = fs(x, y)  # the 3rd call after the first is re-checked
+    assert fs.backend == "vmap"
+    torch.testing.assert_close(g, fs.eager_step(x, y)[1])
+
+
 @pytest.mark.slow  # Inductor compiles for minutes on a loaded 2-core CPU; benchmarks/speed.py runs it too
 def test_compiled_step_equals_eager_to_1e5():
     """The real torch.compile of the nested torch.func step (tiny victim: compilation is the slow part).
