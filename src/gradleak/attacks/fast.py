@@ -16,8 +16,9 @@ batch) instead of a Python loop. BatchNorm victims run with
 ``torch.compile`` (Inductor; on a CPU with the C++ wrapper, :func:`inductor_options`). Compiling nested
 ``torch.func.grad`` is correct; compiling a step that calls
 ``torch.autograd.grad(create_graph=True)`` is not (it silently drops the second-order term), which is why
-the compiled path is only ever built from this function. The first compiled call for each shape is checked
-against the eager function on the same input (values and gradients to a relative 1e-4); any failure to
+the compiled path is only ever built from this function. The first compiled call for each shape, and every
+:data:`RECHECK_EVERY`-th call after it, is checked against the eager function on the same input (values and
+gradients to a relative 1e-4); any failure to
 trace or compile, or a mismatch, falls back to the eager function and says why in
 :attr:`FastStep.fallback`. Compilation is slow on a CPU (tens of seconds to minutes for a small victim;
 Inductor caches compiled graphs on disk, so a repeated attack on the same architecture and shapes is
@@ -146,9 +147,13 @@ class FastStep:
         self.observed = tuple(o.detach() for o in observed)
         self.soft = soft
         self.eager = restarts_function(matching_function(model, protocol, self.names, distance, trial_view, soft))
-        self.compile = compile
         self.run = Compiled(self.eager, (self.params, self.buffers, self.observed), compile,
                             lambda out, ref: _mismatch(self._split(out), self._split(ref)))
+
+    @property
+    def compile(self) -> bool:
+        """Whether compilation was asked for (it may since have fallen back: :attr:`fallback`)."""
+        return self.run.compile
 
     @property
     def fallback(self) -> str | None:
