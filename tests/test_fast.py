@@ -313,6 +313,8 @@ def test_fused_traced_graph_equals_loop_search(monkeypatch):
     rec = _search_fused(obs, True, True, 1e-2, monkeypatch, compile_as=lambda fn, **k: fn)
     _assert_same_search(rec, ref)
     assert rec.backend == "compiled"
+    # both traces (convolutions as they are, and as im2col + matmul) ran, were timed, and are on record
+    assert set(rec.backend_timing) == {"compiled/conv", "compiled/matmul-conv"}
 
 
 def test_fused_wrong_compile_falls_back(monkeypatch):
