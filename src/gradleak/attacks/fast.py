@@ -39,6 +39,7 @@ import contextlib
 import logging
 import time
 import warnings
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -148,7 +149,7 @@ class Compiled:
         full = (*args, *self.const)
         ref = self.eager(*args)
         passing: dict[str, tuple[Callable, object]] = {}
-        codes = set()
+        seen: set[tuple] = set()
         for name, fn in self.variants.items():
             try:
                 from torch.fx.experimental.proxy_tensor import make_fx
@@ -157,9 +158,10 @@ class Compiled:
                 # step (LeNet: distance 1.6 instead of 0.07, caught by the check); without mutations and
                 # views it matches the eager step to 1e-6
                 graph = make_fx(torch.func.functionalize(fn, remove="mutations_and_views"))(*full)
-                if graph.code in codes:  # e.g. no convolution small enough to switch: nothing new to compile
+                ops = _operations(graph)
+                if ops in seen:  # e.g. no convolution small enough to switch: nothing new to compile
                     continue
-                codes.add(graph.code)
+                seen.add(ops)
                 compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
                 with _quiet_cshim():  # compilation happens in this first call
                     out = compiled(*full)
@@ -188,6 +190,13 @@ class Compiled:
         self.fallback = why
         warnings.warn(f"attack backend 'compiled': {why}; running the eager torch.func step", stacklevel=4)
         return self.eager(*args) if ref is None else ref
+
+
+def _operations(graph) -> tuple:
+    """The multiset of operations of a traced graph (the same computation traced twice gives the same one,
+    whatever its nodes are named)."""
+    ops = Counter(str(n.target) for n in graph.graph.nodes if n.op == "call_function")
+    return tuple(sorted(ops.items()))
 
 
 def _failed(err: Exception) -> str:
