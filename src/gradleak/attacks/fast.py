@@ -162,7 +162,7 @@ class Compiled:
                 if ops in seen:  # e.g. no convolution small enough to switch: nothing new to compile
                     continue
                 seen.add(ops)
-                compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
+                compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device, len(graph.graph.nodes)))
                 with _quiet_cshim():  # compilation happens in this first call
                     out = compiled(*full)
             except Exception as err:  # noqa: BLE001 - any compiler failure means: not this variant
@@ -281,12 +281,17 @@ def restarts_function(grad_fn: Callable) -> Callable:
     return over_restarts
 
 
-def inductor_options(device: torch.device) -> dict:
-    """Inductor settings for the compiled step. On a CPU, ``cpp_wrapper``: the compiled graph's kernel
-    calls are made from generated C++ instead of a Python wrapper, which is what an attack step of many small
-    kernels spends its time on (LeNet batch 1, FedSGD, 1 thread: 2.4× the textbook loop with it, 1.8×
-    without; ``benchmarks/speed.py``)."""
-    return {"cpp_wrapper": True} if device.type == "cpu" else {}
+CPP_WRAPPER_MAX_NODES = 2500  # larger traces keep Inductor's Python wrapper (see inductor_options)
+
+
+def inductor_options(device: torch.device, nodes: int = 0) -> dict:
+    """Inductor settings for the compiled step. On a CPU, ``cpp_wrapper`` for traces of at most
+    :data:`CPP_WRAPPER_MAX_NODES` nodes: the compiled graph's kernel calls are made from generated C++ instead
+    of a Python wrapper, which is what an attack step of many small kernels spends its time on (LeNet batch 1,
+    FedSGD, 1 thread: 2.4× the textbook loop with it, 1.8× without; ``benchmarks/speed.py``). A larger trace
+    (ConvNet FedAvg τ = 5: 6 400 nodes; ResNet-18: 3 000–20 000) is compute-bound, so the wrapper's overhead
+    does not matter there, while gcc spent over 20 minutes on the C++ wrapper of the ConvNet's FedAvg step."""
+    return {"cpp_wrapper": True} if device.type == "cpu" and nodes <= CPP_WRAPPER_MAX_NODES else {}
 
 
 class _CshimFilter(logging.Filter):
