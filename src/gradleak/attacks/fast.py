@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
 from gradleak.attacks.objectives import total_variation
 from gradleak.fl.client import update_functional
 from gradleak.fl.functional_bn import functional_model
@@ -110,7 +111,9 @@ class Compiled:
                 # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
                 # step (LeNet: distance 1.6 instead of 0.07, caught by the check below); without mutations and
                 # views it matches the eager step to 1e-6
-                graph = make_fx(torch.func.functionalize(self.fn, remove="mutations_and_views"))(*full)
+                # max-pool backward as a gather, not Inductor's scatter_add (miscompiled on the BN ConvNet)
+                graph = make_fx(torch.func.functionalize(self.fn, remove="mutations_and_views"),
+                                decomposition_table=TRACE_DECOMPOSITIONS)(*full)
                 self.compiled[key] = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
                 with _quiet_cshim():  # compilation happens in this first call
                     out = self.compiled[key](*full)
