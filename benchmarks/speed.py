@@ -203,7 +203,10 @@ def measure_case(label, model, obs, y, kind, prior, distance, backends, args, de
             setup = time.perf_counter() - t0
             used = ctx.backend
             fb = getattr(ctx.fast, "fallback", None) or next((f.fallback for f in ctx.fused.values() if f.fallback), None)
-            info[f"{backend}/{R}"] = {"setup_s": setup, "used": used, "fallback": fb, "timing": timing}
+            steps = [f for f in ctx.fused.values()] or ([ctx.fast] if backend == "compiled" else [])
+            chosen = sorted({v for f in steps for v in f.run.chosen.values()})
+            info[f"{backend}/{R}"] = {"setup_s": setup, "used": used, "fallback": fb, "timing": timing,
+                                      "variant": "+".join(chosen)}
 
             def run(step=step):
                 for _ in range(args.iterations):
@@ -233,6 +236,8 @@ def fmt_row(res, backends):
             name = f" ({info['auto/1']['used']}/{info['auto/4']['used']})"
         if b == "compiled" and info["compiled/1"]["fallback"]:
             name = " (fell back)"
+        elif b == "compiled":
+            name = f" ({info['compiled/1']['variant']}/{info['compiled/4']['variant']})"
         cells.append(f"{one:.1f} ({one / tb:.2f}×tb) · {four:.1f} ({one / four:.2f}){name}")
     return "| " + " | ".join(cells) + " |"
 
@@ -313,7 +318,8 @@ def main() -> None:
             z, w = fam["gi-z"]["ips"], fam["gi-w"]["ips"]
             hm = {k: 2 / (1 / z[k] + 1 / w[k]) for k in z}
             info = {k: {"used": f"{fam['gi-z']['info'][k]['used']}+{fam['gi-w']['info'][k]['used']}",
-                        "fallback": fam["gi-z"]["info"][k]["fallback"] or fam["gi-w"]["info"][k]["fallback"]}
+                        "fallback": fam["gi-z"]["info"][k]["fallback"] or fam["gi-w"]["info"][k]["fallback"],
+                        "variant": f"{fam['gi-z']['info'][k]['variant']}+{fam['gi-w']['info'][k]['variant']}"}
                     for k in fam["gi-z"]["info"]}
             print(fmt_row({"label": "gi-zw (half z, half w)", "ips": hm, "info": info}, backends), flush=True)
     print("\nset-up seconds (backend choice + first step; compilation included) and fallbacks:")

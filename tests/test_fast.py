@@ -173,19 +173,19 @@ def test_compiled_step_is_rechecked_during_the_search(monkeypatch):
     names = list(obs.parameters)
     fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
                   cosine_distance, compile=True)
-    calls = []
+    drift = [False]
 
     def drifting_compile(fn, **k):
         def run(*args):
-            calls.append(1)
             grads, value = fn(*args)
-            return (grads if len(calls) <= 2 else grads * 0.5), value
+            return (grads * 0.5 if drift[0] else grads), value
         return run
 
     monkeypatch.setattr(torch, "compile", drifting_compile)
     x, y = torch.rand(2, 2, 1, 8, 8), torch.randint(0, 10, (2, 2))
-    fs(x, y), fs(x, y)  # first call (checked) and one unchecked call: both right
+    fs(x, y), fs(x, y)  # first call (checked; variants timed) and one unchecked call: both right
     assert fs.backend == "compiled"
+    drift[0] = True
     fs(x, y)  # wrong and unchecked (the 2nd call after the first)
     assert fs.backend == "compiled"
     with pytest.warns(UserWarning, match="disagrees"):
@@ -208,6 +208,7 @@ def test_compiled_step_equals_eager_to_1e5():
     if compiled.fallback is not None and "failed" in compiled.fallback:
         pytest.skip(f"no working compiler: {compiled.fallback}")
     assert compiled.backend == "compiled", compiled.fallback
+    assert not compiled.run.rejected, compiled.run.rejected  # both variants compiled and matched eager
     d0, g0, _ = eager(x, y)
     torch.testing.assert_close(d1, d0, rtol=1e-5, atol=1e-7)
     assert float((g1 - g0).abs().max()) <= 1e-5 * float(g0.abs().max())
@@ -312,6 +313,8 @@ def test_fused_traced_graph_equals_loop_search(monkeypatch):
     rec = _search_fused(obs, True, True, 1e-2, monkeypatch, compile_as=lambda fn, **k: fn)
     _assert_same_search(rec, ref)
     assert rec.backend == "compiled"
+    # both traces (convolutions as they are, and as im2col + matmul) ran, were timed, and are on record
+    assert set(rec.backend_timing) == {"compiled/conv", "compiled/matmul-conv"}
 
 
 def test_fused_wrong_compile_falls_back(monkeypatch):
@@ -355,6 +358,61 @@ def test_fused_compiled_equals_loop_search():
     rec = search(obs, stages, Objective(tv=1e-2), obs.labels, restarts=2, seed=5, backend="compiled", progress=False)
     assert rec.backend == "compiled"
     _assert_same_search(rec, ref, tol=1e-4)
+
+
+def _count_convolutions(graph) -> int:
+    return sum(1 for n in graph.graph.nodes if n.op == "call_function" and "convolution" in str(n.target))
+
+
+def _compile_by_convolutions(slow_if, corrupt_if=lambda convs: False):
+    """A stand-in for torch.compile that runs the traced graph itself, 30 ms slower when
+    ``slow_if(number of convolution nodes)`` and with halved gradients when ``corrupt_if(...)``."""
+    import time
+
+    def compile_(graph, **k):
+        convs = _count_convolutions(graph)
+
+        def run(*args):
+            if slow_if(convs):
+                time.sleep(0.03)
+            grads, value = graph(*args)
+            return (grads * 0.5 if corrupt_if(convs) else grads), value
+        return run
+    return compile_
+
+
+@pytest.mark.parametrize("faster", ["conv", "matmul-conv"])
+def test_compiled_keeps_the_faster_variant(faster, monkeypatch):
+    """Both the convolution and the im2col trace are compiled and checked; the faster one is kept."""
+    obs, model = _obs(False, batch=1)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+    assert set(fs.run.variants) == {"conv", "matmul-conv"}
+    slow = (lambda convs: convs > 0) if faster == "matmul-conv" else (lambda convs: convs == 0)
+    monkeypatch.setattr(torch, "compile", _compile_by_convolutions(slow))
+    x, y = torch.rand(1, 1, 1, 8, 8), torch.randint(0, 10, (1, 1))
+    d, g, _ = fs(x, y)
+    key = next(iter(fs.run.chosen))
+    assert fs.run.chosen[key] == faster and fs.backend == "compiled" and not fs.run.rejected
+    assert set(fs.run.timings[key]) == {"conv", "matmul-conv"}
+    ref = fs.eager_step(x, y)
+    torch.testing.assert_close(g, ref[1], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fs(x, y)[1], ref[1], rtol=1e-4, atol=1e-7)  # the kept graph, second call
+
+
+def test_a_wrong_variant_is_dropped_not_the_backend(monkeypatch):
+    obs, model = _obs(False, batch=1)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+    # the im2col graph (no convolution node left at this size) is fast but wrong: it must not be chosen
+    monkeypatch.setattr(torch, "compile", _compile_by_convolutions(lambda c: c > 0, corrupt_if=lambda c: c == 0))
+    x, y = torch.rand(1, 1, 1, 8, 8), torch.randint(0, 10, (1, 1))
+    _, g, _ = fs(x, y)
+    assert fs.backend == "compiled" and list(fs.run.chosen.values()) == ["conv"]
+    assert "disagrees" in fs.run.rejected["matmul-conv"]
+    torch.testing.assert_close(g, fs.eager_step(x, y)[1], rtol=1e-4, atol=1e-7)
 
 
 # --- the max-pool backward the compiled trace sees (gradleak.attacks.inductor_workarounds) ----------------

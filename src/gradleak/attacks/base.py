@@ -53,7 +53,7 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
     trace: list[dict] = field(default_factory=list)
     iterations: int = 0
     backend: str | None = None
-    backend_timing: dict[str, float] | None = None  # "auto": seconds per evaluation of each candidate
+    backend_timing: dict[str, float] | None = None  # seconds per evaluation of each "auto" candidate / compiled variant
     distance: str | None = None
     prior: dict | None = None
     control: bool = False

@@ -186,7 +186,7 @@ def search(
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
         iterations=sum(s.iterations for s in stages), attack=name,
         backend=_backend_used(ctx),
-        backend_timing=timing or None,
+        backend_timing={**timing, **_variant_timing(ctx)} or None,
         distance=objective.distance if isinstance(objective.distance, str) else None,
     )
 
@@ -198,6 +198,17 @@ def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bo
     dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
     return FastStep(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist, objective.trial_view,
                     soft=soft, compile=compile)
+
+
+def _variant_timing(ctx: SearchContext) -> dict[str, float]:
+    """Seconds per call of the compiled variants that were timed against each other (``compiled/conv``,
+    ``compiled/matmul-conv``; :class:`gradleak.attacks.fast.Compiled`), the fused step's where it ran."""
+    steps = list(ctx.fused.values()) or ([ctx.fast] if ctx.fast is not None and ctx.fast.compile else [])
+    out: dict[str, float] = {}
+    for step in steps:
+        for timing in step.run.timings.values():
+            out.update({f"compiled/{name}": round(t, 6) for name, t in timing.items()})
+    return out
 
 
 def _backend_used(ctx: SearchContext) -> str:

@@ -20,7 +20,10 @@ the compiled path is only ever built from this function. The first compiled call
 :data:`RECHECK_EVERY`-th call after it, is checked against the eager function on the same input (values and
 gradients to a relative 1e-4); any failure to
 trace or compile, or a mismatch, falls back to the eager function and says why in
-:attr:`FastStep.fallback`. Compilation is slow on a CPU (tens of seconds to minutes for a small victim;
+:attr:`FastStep.fallback`. For a victim with plain 2-D convolutions the step is also traced with the small
+ones written as im2col + matrix product (:mod:`gradleak.fl.matmul_conv`; oneDNN spends most of a LeNet-sized
+convolution's time on fixed costs), both are compiled and checked, and the faster on a short timing is kept.
+Compilation is slow on a CPU (tens of seconds to minutes for a small victim;
 Inductor caches compiled graphs on disk, so a repeated attack on the same architecture and shapes is
 quicker), which is why ``backend: auto`` only tries it for long searches.
 
@@ -45,17 +48,21 @@ from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
 from gradleak.attacks.objectives import total_variation
 from gradleak.fl.client import update_functional
 from gradleak.fl.functional_bn import functional_model
+from gradleak.fl.matmul_conv import has_eligible, matmul_convs
 from gradleak.fl.protocol import Protocol
 
 Distance = Callable[[list[Tensor], list[Tensor]], Tensor]
 
 
 def matching_function(model: nn.Module, protocol: Protocol, names: list[str], distance: Distance,
-                      trial_view: Callable | None, soft: bool, tv: float = 0.0):
+                      trial_view: Callable | None, soft: bool, tv: float = 0.0, matmul: bool = False):
     """``(x, y, params, buffers, observed) -> ((∇_x f[, ∇_y f]), f)`` for one restart (x: (B, C, H, W)),
-    f = d(U(x, y), g_obs) + tv·TV(x) (the TV term only when ``tv`` is not 0)."""
+    f = d(U(x, y), g_obs) + tv·TV(x) (the TV term only when ``tv`` is not 0). ``matmul``: small
+    convolutions as im2col + matrix product (:mod:`gradleak.fl.matmul_conv`; for traced graphs)."""
     model.train(protocol.bn_mode == "train")
     fmodel = functional_model(model)
+    if matmul:
+        fmodel = matmul_convs(fmodel)
     update = update_functional(fmodel, protocol, names)
 
     def one(x, y, params, buffers, observed):
@@ -69,23 +76,43 @@ def matching_function(model: nn.Module, protocol: Protocol, names: list[str], di
 
 
 RECHECK_EVERY = 100  # compiled calls between two checks against the eager function (≈ 1–2 % extra time)
+TIMED_ROUNDS, TIMED_CALLS = 3, 2  # how compiled variants are timed against each other on their first shape
+
+
+def variants(build: Callable[[bool], Callable], model: nn.Module, compile: bool) -> dict[str, Callable]:
+    """The functions :class:`Compiled` may trace: ``build(False)`` (convolutions as they are) and, when
+    compiling a model with plain 2-D convolutions, ``build(True)`` (small ones as im2col + matrix product,
+    :mod:`gradleak.fl.matmul_conv`) under the name ``"matmul-conv"``."""
+    out = {"conv": build(False)}
+    if compile and has_eligible(model):
+        out["matmul-conv"] = build(True)
+    return out
 
 
 class Compiled:
     """``fn(*args, *const)`` run eagerly or, with ``compile=True``, as its Inductor-compiled trace.
 
     The trace (``torch.func.functionalize`` + ``make_fx``) is made once per shape of ``args`` (the per-call
-    inputs; ``const`` are the fixed ones: θ_0, buffers, the observed upload). The first compiled call for each
-    shape is checked against the eager ``fn`` with ``check(out, ref) -> ''`` or what differs, and so is every
-    :data:`RECHECK_EVERY`-th call after it (a graph that is right on the first, random images need not stay
-    right on the images a search reaches: on a BatchNorm ConvNet and a generator's images Inductor's image
-    gradient was 6·10⁻³ off where float32 eager is 4·10⁻⁵ from float64); a failure to trace or compile, or a
-    mismatch, sets :attr:`fallback` (why), warns once and runs eagerly from then on.
+    inputs; ``const`` are the fixed ones: θ_0, buffers, the observed upload). ``fn`` may come in several
+    ``variants`` (same signature, same mathematics, e.g. convolutions written two ways): on the first call
+    for a shape each is traced and compiled, each result is checked against the eager ``variants["conv"]``
+    with ``check(out, ref) -> ''`` or what differs, and of those that pass, the one with the shortest
+    measured call time (:data:`TIMED_ROUNDS` interleaved rounds of :data:`TIMED_CALLS` calls, median) is
+    kept (:attr:`chosen`, :attr:`timings`). Every :data:`RECHECK_EVERY`-th call after that is checked again
+    (a graph that is right on the first, random images need not stay right on the images a search reaches:
+    on a BatchNorm ConvNet and a generator's images Inductor's image gradient was 6·10⁻³ off where float32
+    eager is 4·10⁻⁵ from float64); a failure to trace or compile every variant, or a mismatch, sets
+    :attr:`fallback` (why), warns once and runs eagerly from then on.
     Used by :class:`FastStep` and :class:`gradleak.attacks.fused.FusedAdam`."""
 
-    def __init__(self, fn: Callable, const: tuple, compile: bool, check: Callable[[tuple, tuple], str]):
-        self.fn, self.const, self.compile, self.check = fn, const, compile, check
+    def __init__(self, variants: dict[str, Callable], const: tuple, compile: bool,
+                 check: Callable[[tuple, tuple], str]):
+        self.variants, self.fn = variants, variants["conv"]
+        self.const, self.compile, self.check = const, compile, check
         self.compiled: dict[tuple, Callable] = {}  # by input shapes: the traced graph is shape-specialised
+        self.chosen: dict[tuple, str] = {}  # the variant kept per shape
+        self.timings: dict[tuple, dict[str, float]] = {}  # seconds per call of each passing variant, per shape
+        self.rejected: dict[str, str] = {}  # variants that failed to compile or to match, and why
         self.calls: dict[tuple, int] = {}  # compiled calls per shape, for the periodic re-check
         self.compile_seconds = 0.0
         self.fallback: str | None = None  # why a requested compilation is not used
@@ -101,41 +128,89 @@ class Compiled:
         if not self.active:
             return self.eager(*args)
         key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
-        full = (*args, *self.const)
-        first = key not in self.compiled
+        if key not in self.compiled:
+            return self._first(key, args)
+        self.calls[key] = self.calls.get(key, 0) + 1
         try:
-            if first:
-                t0 = time.perf_counter()
-                from torch.fx.experimental.proxy_tensor import make_fx
-
-                # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
-                # step (LeNet: distance 1.6 instead of 0.07, caught by the check below); without mutations and
-                # views it matches the eager step to 1e-6
-                # max-pool backward as a gather, not Inductor's scatter_add (miscompiled on the BN ConvNet)
-                graph = make_fx(torch.func.functionalize(self.fn, remove="mutations_and_views"),
-                                decomposition_table=TRACE_DECOMPOSITIONS)(*full)
-                self.compiled[key] = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
-                with _quiet_cshim():  # compilation happens in this first call
-                    out = self.compiled[key](*full)
-                self.compile_seconds += time.perf_counter() - t0
-            else:
-                self.calls[key] = self.calls.get(key, 0) + 1
-                out = self.compiled[key](*full)
-                if self.calls[key] % RECHECK_EVERY:
-                    return out
-        except Exception as err:  # noqa: BLE001 - any compiler failure means: run eagerly
-            msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            return self._give_up(f"torch.compile failed: {type(err).__name__}: {msg}", args)
+            out = self.compiled[key](*args, *self.const)
+        except Exception as err:  # noqa: BLE001 - any failure of the compiled graph means: run eagerly
+            return self._give_up(_failed(err), args)
+        if self.calls[key] % RECHECK_EVERY:
+            return out
         ref = self.eager(*args)
         bad = self.check(out, ref)
         if bad:
             return self._give_up(f"compiled step disagrees with the eager one ({bad})", args, ref)
         return out
 
+    def _first(self, key: tuple, args: tuple):
+        """Trace, compile and check every variant for this shape; keep the fastest that passes."""
+        t0 = time.perf_counter()
+        full = (*args, *self.const)
+        ref = self.eager(*args)
+        passing: dict[str, tuple[Callable, object]] = {}
+        codes = set()
+        for name, fn in self.variants.items():
+            try:
+                from torch.fx.experimental.proxy_tensor import make_fx
+
+                # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
+                # step (LeNet: distance 1.6 instead of 0.07, caught by the check); without mutations and
+                # views it matches the eager step to 1e-6; max-pool backward as a gather, not Inductor's
+                # scatter_add (a reader of its buffer was fused into the zero-fill: inductor_workarounds)
+                graph = make_fx(torch.func.functionalize(fn, remove="mutations_and_views"),
+                                decomposition_table=TRACE_DECOMPOSITIONS)(*full)
+                if graph.code in codes:  # e.g. no convolution small enough to switch: nothing new to compile
+                    continue
+                codes.add(graph.code)
+                compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
+                with _quiet_cshim():  # compilation happens in this first call
+                    out = compiled(*full)
+            except Exception as err:  # noqa: BLE001 - any compiler failure means: not this variant
+                self.rejected[name] = _failed(err)
+                continue
+            bad = self.check(out, ref)
+            if bad:
+                self.rejected[name] = f"compiled step disagrees with the eager one ({bad})"
+                continue
+            passing[name] = (compiled, out)
+        if not passing:
+            self.compile_seconds += time.perf_counter() - t0
+            return self._give_up(self.rejected.get("conv") or next(iter(self.rejected.values())), args, ref)
+        if len(passing) > 1:
+            self.timings[key] = _time_calls({n: c for n, (c, _) in passing.items()}, full)
+            name = min(self.timings[key], key=self.timings[key].get)
+        else:
+            name = next(iter(passing))
+        self.compiled[key], self.chosen[key] = passing[name][0], name
+        self.calls[key] = 0
+        self.compile_seconds += time.perf_counter() - t0
+        return passing[name][1]
+
     def _give_up(self, why: str, args, ref=None):
         self.fallback = why
         warnings.warn(f"attack backend 'compiled': {why}; running the eager torch.func step", stacklevel=4)
         return self.eager(*args) if ref is None else ref
+
+
+def _failed(err: Exception) -> str:
+    msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+    return f"torch.compile failed: {type(err).__name__}: {msg}"
+
+
+def _time_calls(fns: dict[str, Callable], full: tuple) -> dict[str, float]:
+    """Median seconds per call of each function on ``full``, interleaved (:data:`TIMED_ROUNDS` rounds of
+    :data:`TIMED_CALLS` calls each, after one untimed call)."""
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for fn in fns.values():
+        fn(*full)
+    for _ in range(TIMED_ROUNDS):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(TIMED_CALLS):
+                fn(*full)
+            times[name].append((time.perf_counter() - t0) / TIMED_CALLS)
+    return {n: sorted(t)[len(t) // 2] for n, t in times.items()}
 
 
 class FastStep:
@@ -149,8 +224,9 @@ class FastStep:
         self.buffers = {n: b.detach() for n, b in buffers.items()}
         self.observed = tuple(o.detach() for o in observed)
         self.soft = soft
-        self.eager = restarts_function(matching_function(model, protocol, self.names, distance, trial_view, soft))
-        self.run = Compiled(self.eager, (self.params, self.buffers, self.observed), compile,
+        fns = variants(lambda matmul: restarts_function(
+            matching_function(model, protocol, self.names, distance, trial_view, soft, matmul=matmul)), model, compile)
+        self.run = Compiled(fns, (self.params, self.buffers, self.observed), compile,
                             lambda out, ref: _mismatch(self._split(out), self._split(ref)))
 
     @property

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from gradleak.attacks.fast import Compiled, _mismatch, matching_function, restarts_function
+from gradleak.attacks.fast import Compiled, _mismatch, matching_function, restarts_function, variants
 from gradleak.fl.protocol import Protocol
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which the engine uses
@@ -57,10 +57,13 @@ class FusedAdam:
                  observed: list[Tensor], distance: Callable, trial_view: Callable | None, tv: float,
                  signed: bool, box: bool, compile: bool = False):
         names = list(params)
-        grad_fn = restarts_function(matching_function(model, protocol, names, distance, trial_view, False, tv))
+
+        def build(matmul: bool) -> Callable:
+            return fused_adam_function(restarts_function(
+                matching_function(model, protocol, names, distance, trial_view, False, tv, matmul=matmul)), signed, box)
         const = ({n: p.detach() for n, p in params.items()}, {n: b.detach() for n, b in buffers.items()},
                  tuple(o.detach() for o in observed))
-        self.run = Compiled(fused_adam_function(grad_fn, signed, box), const, compile, _check)
+        self.run = Compiled(variants(build, model, compile), const, compile, _check)
 
     @property
     def fallback(self) -> str | None:
