@@ -415,6 +415,21 @@ def test_a_wrong_variant_is_dropped_not_the_backend(monkeypatch):
     torch.testing.assert_close(g, fs.eager_step(x, y)[1], rtol=1e-4, atol=1e-7)
 
 
+def test_identical_variant_is_not_compiled_twice(monkeypatch):
+    """When no convolution is small enough to switch, the im2col trace is the same computation: one compile."""
+    from gradleak.fl import matmul_conv
+
+    monkeypatch.setattr(matmul_conv, "SMALL_CONV_MACS", 0)
+    obs, model = _obs(False, batch=1)
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names],
+                  cosine_distance, compile=True)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda graph, **k: compiled.append(graph) or graph)
+    fs(torch.rand(1, 1, 1, 8, 8), torch.randint(0, 10, (1, 1)))
+    assert len(compiled) == 1 and list(fs.run.chosen.values()) == ["conv"] and not fs.run.timings
+
+
 # --- the max-pool backward the compiled trace sees (gradleak.attacks.inductor_workarounds) ----------------
 
 @pytest.mark.parametrize("k,s,p,ceil", [(3, 3, 0, False), (2, 2, 0, False), (3, 2, 1, False), (3, 2, 0, True),

@@ -39,6 +39,7 @@ import contextlib
 import logging
 import time
 import warnings
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -149,7 +150,7 @@ class Compiled:
         full = (*args, *self.const)
         ref = self.eager(*args)
         passing: dict[str, tuple[Callable, object]] = {}
-        codes = set()
+        seen: set[tuple] = set()
         for name, fn in self.variants.items():
             try:
                 from torch.fx.experimental.proxy_tensor import make_fx
@@ -160,9 +161,10 @@ class Compiled:
                 # scatter_add (a reader of its buffer was fused into the zero-fill: inductor_workarounds)
                 graph = make_fx(torch.func.functionalize(fn, remove="mutations_and_views"),
                                 decomposition_table=TRACE_DECOMPOSITIONS)(*full)
-                if graph.code in codes:  # e.g. no convolution small enough to switch: nothing new to compile
+                ops = _operations(graph)
+                if ops in seen:  # e.g. no convolution small enough to switch: nothing new to compile
                     continue
-                codes.add(graph.code)
+                seen.add(ops)
                 compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device))
                 with _quiet_cshim():  # compilation happens in this first call
                     out = compiled(*full)
@@ -191,6 +193,13 @@ class Compiled:
         self.fallback = why
         warnings.warn(f"attack backend 'compiled': {why}; running the eager torch.func step", stacklevel=4)
         return self.eager(*args) if ref is None else ref
+
+
+def _operations(graph) -> tuple:
+    """The multiset of operations of a traced graph (the same computation traced twice gives the same one,
+    whatever its nodes are named)."""
+    ops = Counter(str(n.target) for n in graph.graph.nodes if n.op == "call_function")
+    return tuple(sorted(ops.items()))
 
 
 def _failed(err: Exception) -> str:

@@ -19,6 +19,7 @@ parameter names, for ``torch.func.functional_call``.
 from __future__ import annotations
 
 import copy
+import math
 import weakref
 
 import torch.nn.functional as F
@@ -47,7 +48,7 @@ class MatmulConv2d(nn.Module):
         b, _, h, w = x.shape
         ho, wo = self._out(h, 0), self._out(w, 1)
         out_channels = self.weight.shape[0]
-        if b * self.weight[0].numel() * out_channels * ho * wo > SMALL_CONV_MACS:
+        if b * math.prod(self.weight.shape) * ho * wo > SMALL_CONV_MACS:  # shapes only: nothing traced
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (b, C·kh·kw, ho·wo)
