@@ -428,3 +428,83 @@ def test_identical_variant_is_not_compiled_twice(monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda graph, **k: compiled.append(graph) or graph)
     fs(torch.rand(1, 1, 1, 8, 8), torch.randint(0, 10, (1, 1)))
     assert len(compiled) == 1 and list(fs.run.chosen.values()) == ["conv"] and not fs.run.timings
+
+
+# --- the max-pool backward the compiled trace sees (gradleak.attacks.inductor_workarounds) ----------------
+
+@pytest.mark.parametrize("k,s,p,ceil", [(3, 3, 0, False), (2, 2, 0, False), (3, 2, 1, False), (3, 2, 0, True),
+                                        (2, 1, 0, False), (3, 1, 1, False)])
+def test_max_pool_backward_gather_equals_aten(k, s, p, ceil):
+    from gradleak.attacks.inductor_workarounds import max_pool2d_backward_gather
+
+    aten = torch.ops.aten
+    torch.manual_seed(k * 10 + s)
+    x = torch.relu(torch.randn(2, 3, 11, 10) - 0.7)  # all-zero windows: ties routed by the forward's indices
+    x[0, 0, :3, :3] = 0.0
+    _, idx = aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p], [1, 1], ceil)
+    g = torch.randn(idx.shape)
+    ref = aten.max_pool2d_with_indices_backward(g, x, [k, k], [s, s], [p, p], [1, 1], ceil, idx)
+    out = max_pool2d_backward_gather(g, x, [k, k], [s, s], [p, p], [1, 1], ceil, idx)
+    if k <= s:  # one window per input position: the same numbers, bit for bit
+        assert torch.equal(out, ref)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    assert max_pool2d_backward_gather(g, x, [k, k], [s, s], [p, p], [2, 2], ceil, idx) is NotImplemented
+
+
+def test_compiled_trace_has_no_max_pool_scatter_and_equals_eager():
+    """The graph handed to Inductor computes the pooled layers' backward by gathers (no
+    max_pool2d_with_indices_backward for Inductor to turn into scatter_add), and still equals the eager step."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
+
+    model = init_model(build_model("convnet", 10, 1, 9, width=1, batchnorm=True), 0)
+    spec = {"name": "convnet", "num_classes": 10, "in_channels": 1, "resolution": 9,
+            "options": {"width": 1, "batchnorm": True}}
+    obs = capture(Case(model, torch.rand(2, 1, 9, 9), torch.arange(2), Protocol(), give_labels=True, model_spec=spec))
+    names = list(obs.parameters)
+    fs = FastStep(model, obs.protocol, obs.parameters, obs.buffers, [obs.update[n] for n in names], cosine_distance)
+    full = (torch.rand(1, 2, 1, 9, 9), torch.arange(2).unsqueeze(0), *fs.run.const)
+    graph = make_fx(torch.func.functionalize(fs.run.fn, remove="mutations_and_views"),
+                    decomposition_table=TRACE_DECOMPOSITIONS)(*full)
+    targets = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert not any("max_pool2d_with_indices_backward" in t or "scatter" in t for t in targets)
+    assert any("max_pool2d_with_indices" in t for t in targets)  # the forward pooling is still there
+    (g1, d1), (g0, d0) = graph(*full), fs.run.fn(*full)
+    torch.testing.assert_close(d1, d0, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g1, g0, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow  # a real Inductor compile, ~1 min on this CPU
+def test_inductor_max_pool_backward_workaround_is_exact():
+    """docs/inductor_maxpool_scatter_repro.py as a test: the gradient graph of conv → BN (two-pass) → ReLU →
+    MaxPool2d(3) → linear, with every intermediate an output. Inductor (torch 2.13, CPU) computes the ReLU
+    backward after the pooling from the zero-filled scatter_add buffer (relative error 1.0 there) unless
+    the max-pool backward is traced in gather form, which is what the compiled attack step does."""
+    pytest.importorskip("torch._inductor")
+    from torch import nn
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
+
+    torch.manual_seed(0)
+    bn = FunctionalBatchNorm(nn.BatchNorm2d(64, track_running_stats=False))
+    net = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), bn, nn.ReLU(), nn.MaxPool2d(3),
+                        nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(576, 10))
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x, y = torch.relu(torch.randn(4, 64, 10, 10)), torch.arange(4)
+
+    def loss(p, x):
+        return F.cross_entropy(torch.func.functional_call(net, p, (x,)), y)
+
+    gm = make_fx(torch.func.grad(loss), decomposition_table=TRACE_DECOMPOSITIONS)(params, x)
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    gm.graph.erase_node([n for n in gm.graph.nodes if n.op == "output"][0])
+    gm.graph.output(tuple(nodes))
+    gm.graph._codegen = torch.fx.graph.CodeGen()
+    gm.recompile()
+    flat = [*params.values(), x]
+    ref, out = gm(*flat), torch.compile(gm, dynamic=False)(*flat)
+    for n, o, r in zip(nodes, out, ref):
+        if torch.is_tensor(r) and r.is_floating_point() and r.numel():
+            assert float((o - r).abs().max()) <= 1e-4 * float(r.abs().max()) + 1e-12, n.format_node()

@@ -45,6 +45,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
 from gradleak.attacks.objectives import total_variation
 from gradleak.fl.client import update_functional
 from gradleak.fl.functional_bn import functional_model
@@ -156,8 +157,10 @@ class Compiled:
 
                 # functionalized first: Inductor miscompiled the non-functional trace of the one-restart FedAvg
                 # step (LeNet: distance 1.6 instead of 0.07, caught by the check); without mutations and
-                # views it matches the eager step to 1e-6
-                graph = make_fx(torch.func.functionalize(fn, remove="mutations_and_views"))(*full)
+                # views it matches the eager step to 1e-6; max-pool backward as a gather, not Inductor's
+                # scatter_add (a reader of its buffer was fused into the zero-fill: inductor_workarounds)
+                graph = make_fx(torch.func.functionalize(fn, remove="mutations_and_views"),
+                                decomposition_table=TRACE_DECOMPOSITIONS)(*full)
                 ops = _operations(graph)
                 if ops in seen:  # e.g. no convolution small enough to switch: nothing new to compile
                     continue
