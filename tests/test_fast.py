@@ -508,3 +508,56 @@ def test_inductor_max_pool_backward_workaround_is_exact():
     for n, o, r in zip(nodes, out, ref):
         if torch.is_tensor(r) and r.is_floating_point() and r.numel():
             assert float((o - r).abs().max()) <= 1e-4 * float(r.abs().max()) + 1e-12, n.format_node()
+
+
+def _kinked(x):
+    """A step with a kink: its 'gradient' jumps by 0.04 where x crosses 0.3 (as a ReLU mask flips)."""
+    return x.sum(), x + 0.02 * torch.sign(x - 0.3)
+
+
+def _compiled_kinked(x, shift_at, monkeypatch):
+    """Compiled(_kinked) whose stand-in compiler returns the other side of the kink at index ``shift_at``
+    (what a different rounding does next to a kink), or 0.05 added everywhere when ``shift_at`` is None."""
+    from gradleak.attacks.fast import Compiled, _mismatch
+
+    def compile_(graph, **k):
+        def run(*args):
+            value, grad = graph(*args)
+            if shift_at is None:
+                return value, grad + 0.05
+            return value, grad.index_put((torch.tensor([shift_at]),), -grad[shift_at] + 2 * x[shift_at])
+        return run
+    monkeypatch.setattr(torch, "compile", compile_)
+    return Compiled({"conv": _kinked}, (), True, lambda out, ref, rtol=1e-4: _mismatch(out, ref, rtol))
+
+
+def test_check_accepts_a_difference_the_eager_step_shows_by_itself(monkeypatch):
+    """At an input within rounding of a kink the eager step itself jumps; a compiled result on the other side
+    of that kink is not a miscompilation (the BN ConvNet's ReLU kinks, docs/speed.md)."""
+    x = torch.tensor([0.1, 0.3 + 1e-7, 0.7, 0.9])  # within a 1e-6 relative change of the kink
+    run = _compiled_kinked(x, 1, monkeypatch)
+    out = run(x)
+    assert run.active and run.kinks == 1
+    assert not torch.equal(out[1], _kinked(x)[1])  # the compiled graph's side of the kink was kept
+
+
+def test_check_still_rejects_an_error_where_the_step_is_smooth(monkeypatch):
+    x = torch.tensor([0.1, 0.2, 0.7, 0.9])  # no element near the kink: eager moves by ~1e-6 only
+    run = _compiled_kinked(x, None, monkeypatch)
+    with pytest.warns(UserWarning, match="moves by"):
+        out = run(x)
+    assert not run.active and run.kinks == 0
+    torch.testing.assert_close(out[1], _kinked(x)[1])
+
+
+def test_check_rejects_a_large_error_even_at_a_kink(monkeypatch):
+    """Whatever the eager spread, a compiled result further than KINK_CAP from eager is rejected (the jump
+    here is 0.04 of the gradient's scale: accepted at the default cap of 0.1, rejected at 0.03)."""
+    from gradleak.attacks import fast
+
+    monkeypatch.setattr(fast, "KINK_CAP", 0.03)
+    x = torch.tensor([0.1, 0.3 + 1e-7, 0.7, 0.9])  # within a 1e-6 relative change of the kink
+    run = _compiled_kinked(x, 1, monkeypatch)
+    with pytest.warns(UserWarning, match="disagrees"):
+        run(x)
+    assert not run.active

@@ -8,11 +8,11 @@ and its derivative) the scheduler can fuse a *consumer* of that buffer — the R
 zero-fills the buffer, before the kernel that scatters into it: the consumer reads zeros. Seen in the
 generated C++ (``cpp_fused_..._max_pool2d_with_indices_backward_..._threshold_backward_1`` stores 0 to the
 buffer and reads it back in its next loop; ``cpp_fused_max_pool2d_with_indices_backward_..._5`` does the
-``+=`` later), so the pooled layer's gradient is dropped and the image gradient was 5·10⁻² (uniform images)
-or 6·10⁻³ (a generator's images) relative off, caught by :class:`gradleak.attacks.fast.Compiled`'s check.
-Whether the fusion happens depends on the rest of the graph (which buffers are outputs, the layout), which is
-why ``layout_optimization: False`` cured one image set and not the other; backends without Inductor's
-lowering (``aot_eager``) are exact. ``docs/speed.md`` ("Session 4") has the reproduction steps.
+``+=`` later), so the pooled layer's gradient is dropped: relative error 1.0 in a part of the step compiled
+alone and in ``docs/inductor_maxpool_scatter_repro.py``. Whether the fusion happens depends on the rest of the
+graph (which buffers are outputs, the layout); in the whole step it happened not to be chosen — the step's
+separate 10⁻²-level disagreements on that victim are ReLU kinks, not this bug (``docs/speed.md``,
+"Session 4"). Backends without Inductor's lowering (``aot_eager``) are exact.
 
 **The workaround.** :data:`TRACE_DECOMPOSITIONS` replaces the op while ``make_fx`` traces the step by a
 gather form without any scatter or mutation: every input position looks up the (at most ⌈k/s⌉² per axis)
