@@ -44,6 +44,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_leaves
 
 from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
 from gradleak.attacks.objectives import total_variation
@@ -184,7 +185,8 @@ class Compiled:
                 if ops in seen:  # e.g. no convolution small enough to switch: nothing new to compile
                     continue
                 seen.add(ops)
-                compiled = torch.compile(graph, dynamic=False, options=inductor_options(args[0].device, len(graph.graph.nodes)))
+                options = inductor_options(args[0].device, len(graph.graph.nodes))
+                compiled = torch.compile(graph, dynamic=False, options=options)
                 with _quiet_cshim():  # compilation happens in this first call
                     out = compiled(*full)
             except Exception as err:  # noqa: BLE001 - any compiler failure means: not this variant
@@ -227,7 +229,7 @@ def rounding_spread(fn: Callable, args: tuple, ref, probed: Callable[[tuple], tu
     for _ in range(draws):
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         moved = fn(x * (1 + ROUNDING * noise), *args[1:])
-        for a, b in zip(torch.utils._pytree.tree_leaves(probed(moved)), torch.utils._pytree.tree_leaves(probed(ref))):
+        for a, b in zip(tree_leaves(probed(moved)), tree_leaves(probed(ref))):
             scale = float(b.abs().max()) if b.numel() else 0.0
             if scale > 0:
                 worst = max(worst, float((a - b).abs().max()) / scale)
