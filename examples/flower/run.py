@@ -241,10 +241,19 @@ def simulate(out: Path, parts, args, mode: str = "plain", truth_dir: str | None 
         server(in_process_grid(client, n, args.seed),
                Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
         return
-    run_simulation(server_app=server, client_app=client, num_supernodes=n,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
-                                                 "log_to_driver": False}})
+    import signal
+
+    # Flower's entry points may register their own SIGINT/SIGTERM/SIGQUIT handlers (flwr.supercore.exit) and do
+    # not put the previous ones back; restore the caller's, so Ctrl-C means KeyboardInterrupt again afterwards
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    try:
+        run_simulation(server_app=server, client_app=client, num_supernodes=n,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
+                                                     "log_to_driver": False}})
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def flat_clip(max_norm: float):
