@@ -16,12 +16,11 @@ same parameter and buffer names, so ``functional_call`` with the original state 
 """
 from __future__ import annotations
 
-import copy
-import weakref
-
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from gradleak.fl.swapped import SwappedCopies
 
 
 class FunctionalBatchNorm(nn.Module):
@@ -59,15 +58,7 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def _swap(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, _BatchNorm):
-            setattr(module, name, FunctionalBatchNorm(child))
-        else:
-            _swap(child)
-
-
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_COPIES = SwappedCopies(lambda m: FunctionalBatchNorm(m) if isinstance(m, _BatchNorm) else None)
 
 
 def functional_model(model: nn.Module) -> nn.Module:
@@ -75,12 +66,4 @@ def functional_model(model: nn.Module) -> nn.Module:
     :class:`FunctionalBatchNorm`. Meant for ``functional_call``: the copy's own tensor values are those of
     ``model`` at the time of the first call; pass the state explicitly. The copy follows ``model``'s
     train/eval mode at each call."""
-    if not has_batchnorm(model):
-        return model
-    swapped = _CACHE.get(model)
-    if swapped is None:
-        swapped = copy.deepcopy(model)
-        _swap(swapped)
-        _CACHE[model] = swapped
-    swapped.train(model.training)
-    return swapped
+    return _COPIES(model) if has_batchnorm(model) else model

@@ -18,12 +18,12 @@ parameter names, for ``torch.func.functional_call``.
 """
 from __future__ import annotations
 
-import copy
 import math
-import weakref
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from gradleak.fl.swapped import SwappedCopies
 
 SMALL_CONV_MACS = 600_000  # per call (one restart): LeNet batch 1–2 switch, batch 4 and every ConvNet layer not
 
@@ -68,25 +68,11 @@ def has_eligible(model: nn.Module) -> bool:
     return any(eligible(m) for m in model.modules())
 
 
-def _swap(module: nn.Module) -> None:
-    for name, child in module.named_children():
-        if eligible(child):
-            setattr(module, name, MatmulConv2d(child))
-        else:
-            _swap(child)
-
-
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_COPIES = SwappedCopies(lambda m: MatmulConv2d(m) if eligible(m) else None)
 
 
 def matmul_convs(model: nn.Module) -> nn.Module:
     """A (cached) copy of ``model`` with every eligible ``nn.Conv2d`` replaced by :class:`MatmulConv2d`; same
     parameter and buffer names, so pass the state with ``functional_call``. Follows ``model``'s train/eval
     mode at each call."""
-    swapped = _CACHE.get(model)
-    if swapped is None:
-        swapped = copy.deepcopy(model)
-        _swap(swapped)
-        _CACHE[model] = swapped
-    swapped.train(model.training)
-    return swapped
+    return _COPIES(model)
