@@ -41,13 +41,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 def _imports() -> None:
     """torch and gradleak, imported after the arguments are checked (a bad argument answers at once)."""
     global torch, F, functional_call, Objective, SearchContext, _choose_backend, _value_and_grads, DISTANCES
-    global Stage, Pixels, _fused_step
+    global Stage, Pixels, _fused_step, compiled_steps
     global Case, capture, Protocol, build_model, init_model
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from gradleak.attacks.engine import Objective, SearchContext, Stage, _choose_backend, _fused_step, _value_and_grads
+    from gradleak.attacks.engine import (Objective, SearchContext, Stage, _choose_backend, _fused_step, _value_and_grads,
+                                         compiled_steps)
     from gradleak.attacks.parametrizations import Pixels
     from gradleak.attacks.objectives import DISTANCES
     from gradleak.case import Case, capture
@@ -203,8 +204,7 @@ def measure_case(label, model, obs, y, kind, prior, distance, backends, args, de
             setup = time.perf_counter() - t0
             used = ctx.backend
             fb = getattr(ctx.fast, "fallback", None) or next((f.fallback for f in ctx.fused.values() if f.fallback), None)
-            steps = [f for f in ctx.fused.values()] or ([ctx.fast] if backend == "compiled" else [])
-            chosen = sorted({v for f in steps for v in f.run.chosen.values()})
+            chosen = sorted({v for f in compiled_steps(ctx) for v in f.run.chosen.values()})
             info[f"{backend}/{R}"] = {"setup_s": setup, "used": used, "fallback": fb, "timing": timing,
                                       "variant": "+".join(chosen)}
 

@@ -200,12 +200,17 @@ def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bo
                     soft=soft, compile=compile)
 
 
+def compiled_steps(ctx: SearchContext) -> list:
+    """The steps that ran compiled (each with its :class:`gradleak.attacks.fast.Compiled` as ``run``): the fused
+    iterations where they ran, else the compiled matching step, else none."""
+    return list(ctx.fused.values()) or ([ctx.fast] if ctx.fast is not None and ctx.fast.compile else [])
+
+
 def _variant_timing(ctx: SearchContext) -> dict[str, float]:
     """Seconds per call of the compiled variants that were timed against each other (``compiled/conv``,
     ``compiled/matmul-conv``; :class:`gradleak.attacks.fast.Compiled`), the fused step's where it ran."""
-    steps = list(ctx.fused.values()) or ([ctx.fast] if ctx.fast is not None and ctx.fast.compile else [])
     out: dict[str, float] = {}
-    for step in steps:
+    for step in compiled_steps(ctx):
         for timing in step.run.timings.values():
             out.update({f"compiled/{name}": round(t, 6) for name, t in timing.items()})
     return out
