@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+
+import gradleak.metrics.lpips as lpips_module
 import torch.nn.functional as F
 from skimage import data as skdata
 from skimage.metrics import mean_squared_error as sk_mse
@@ -67,6 +69,8 @@ def no_lpips_env(monkeypatch, tmp_path):
     hub = tmp_path / "hub"
     hub.mkdir()
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    # the lpips package (installed beside breaching, say) would supply the heads: not part of these tests
+    monkeypatch.setattr(lpips_module, "_lpips_package_weights", lambda: None)
     return hub
 
 

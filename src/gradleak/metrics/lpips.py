@@ -297,6 +297,14 @@ def lpips_status(
             f"{LIN_FILE} the LPIPS v0.1 linear weights (installing the lpips package supplies it)"
         )
 
+    from gradleak.loadonce import once
+
+    return once("lpips", (a_path, l_path), (upsample, str(device)),
+                lambda: _read_lpips(a_path, l_path, device, upsample))
+
+
+def _read_lpips(a_path: Path, l_path: Path, device, upsample: bool) -> tuple[LPIPS | None, str | None]:
+    """Read the two weight files into a frozen :class:`LPIPS` (or the reason they cannot be read)."""
     try:
         a_state = torch.load(a_path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes a reason string
@@ -314,6 +322,8 @@ def lpips_status(
     except ValueError as e:
         return None, f"LPIPS unavailable: {e} (files: {a_path}, {l_path})"
     model.source = {"alexnet": str(a_path), "lin": str(l_path)}
+    for p in model.parameters():  # shared by every caller in the process (gradleak.loadonce)
+        p.requires_grad_(False)
     return model.to(device), None
 
 

@@ -240,7 +240,16 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
 
 
 def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None = None, name: str = "") -> ModelTagger:
-    """Load a ``train-tagger`` result (safetensors + JSON only)."""
+    """Load a ``train-tagger`` result (safetensors + JSON only), once per process for the same files and options
+    (:func:`gradleak.loadonce.once`)."""
+    from gradleak.loadonce import once
+
+    p = Path(path)
+    files = (p.with_suffix(".safetensors"), p.with_suffix(".json"))
+    return once("tagger", files, (threshold, top_k, name), lambda: _read_tagger(path, threshold, top_k, name))
+
+
+def _read_tagger(path: str | Path, threshold: float, top_k: int | None, name: str) -> ModelTagger:
     from gradleak.nets.enhancer import read_pair
 
     tensors, meta = read_pair(path, "tagger", "metrics.tagger", fmt=FORMAT)
