@@ -1,0 +1,385 @@
+"""``gradleak advise``: per defense family, the weakest setting that stops the attacks, and its cost.
+
+For every candidate (family, strength):
+
+* **privacy** — an audit of the client the setting file describes, with the family's change applied (a defense
+  chain, a batch size or a PRECODE model): :func:`assess`, the audit's verdict and its worst-case margin
+  (ΔPSNR over the best no-information reference, per image, worst image). *Safe* means the verdict is one of
+  :data:`SAFE_VERDICTS`. The attack is the setting file's ``attack`` section (``auto`` where the audit
+  portfolio is available: it picks the attacks that model the defense from the observation);
+* **utility** — the test accuracy after ``rounds`` rounds of FedAvg with the defense on
+  (:func:`gradleak.experiments.simulation.simulate_fedavg`, train on the dataset's public split, test on its
+  private split), and the upload size (:mod:`gradleak.advise.families`).
+
+The search per family (:func:`gradleak.advise.search.find_threshold`) runs the coarse grid in parallel
+(``workers`` processes), then bisects; every evaluation is a file under ``cells/`` (written atomically), so a
+rerun of the same command resumes and redoes nothing finished. ``confirm``: each threshold is re-audited with
+four times the budget and two other seeds (it must stay safe), and the one-step-weaker value must leak.
+
+Outputs: ``advice.json`` (every number), ``recommendations.md`` (the table and the caveats), ``pareto.png``
+(privacy margin against accuracy, one line per family; filled markers are safe).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from gradleak.advise.families import FAMILIES, Family
+from gradleak.advise.search import Threshold, find_threshold
+from gradleak.errors import UserError, bad_value
+
+#: verdicts under which a setting counts as stopping the attacks
+SAFE_VERDICTS = ("no leakage found", "none")
+#: the ``advise`` section of a setting file: key → (default, check, allowed)
+ADVISE_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
+    "rounds": (10, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "num_clients": (20, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "clients_per_round": (5, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "alpha": (0.5, lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+    "local_steps": (5, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "task_lr": (0.05, lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+    "local_batch_size": (16, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "dataset_size": (500, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (a client's examples)"),
+    "delta": (1e-5, lambda v: isinstance(v, float) and 0 < v < 1, "a number in (0, 1)"),
+    "dp_clip": (4.0, lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
+    "batches": (1, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (audited batches per candidate)"),
+}
+
+
+@dataclass
+class Cell:
+    """One evaluated candidate."""
+
+    family: str
+    value: float
+    label: str
+    seed: int
+    budget_scale: float
+    verdict: str
+    safe: bool
+    margin_psnr: float | None  # worst image's ΔPSNR over the best reference (dB)
+    psnr: float | None
+    attacks: list[str]
+    accuracy: float | None = None
+    upload_bits: float | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FamilyAdvice:
+    family: str
+    axis: str
+    threshold: float | None
+    label: str | None
+    weaker: float | None
+    monotone: bool
+    violations: list[tuple[float, float]]
+    cells: list[Cell]
+    confirmed: bool | None = None  # re-audits with 4× budget and other seeds all safe
+    weaker_leaks: bool | None = None
+
+
+#: the undefended client: the baseline every family is compared with (not a family one can ask for)
+NO_DEFENSE = Family("none", "-", (0,), strength=float, change=lambda v, ctx: {}, label=lambda v: "no defense")
+
+
+def family_named(name: str) -> Family:
+    return NO_DEFENSE if name == "none" else FAMILIES[name]
+
+
+def load_setting(path: str | Path, overrides: list[str] = ()) -> tuple[Any, dict]:
+    """The run config (data, model, client, attack, metrics; its ``defense`` must be empty: the families set it)
+    and the ``advise`` section with defaults filled."""
+    from gradleak.config import apply_override, validate_config
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"setting: file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"setting: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"setting: {p} must hold a mapping of sections, got {type(raw).__name__}")
+    adv = raw.pop("advise", None) or {}
+    if not isinstance(adv, dict):
+        raise bad_value("advise", adv, "a mapping of " + ", ".join(ADVISE_KEYS))
+    for o in overrides:
+        apply_override(raw, o)
+    if raw.get("defense"):
+        raise bad_value("defense", raw["defense"], "empty (advise sets the defense of every candidate)")
+    cfg = validate_config(raw)
+    ctx = {}
+    for k, v in adv.items():
+        if k not in ADVISE_KEYS:
+            raise bad_value(f"advise.{k}", v, "one of " + ", ".join(ADVISE_KEYS))
+    for k, (default, ok, allowed) in ADVISE_KEYS.items():
+        v = adv.get(k, default)
+        if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if isinstance(v, bool) or not ok(v):
+            raise bad_value(f"advise.{k}", v, allowed)
+        ctx[k] = v
+    return cfg, ctx
+
+
+def candidate_config(cfg, fam: Family, value: float, ctx: dict, seed: int):
+    """The audited run config of candidate (fam, value) at ``seed``."""
+    from gradleak.config import validate_config
+
+    raw = cfg.model_dump()
+    change = fam.change(value, ctx)
+    raw["seed"] = seed
+    raw["defense"] = change.get("defense", [])
+    if "batch_size" in change:
+        raw["data"]["batch_size"] = change["batch_size"]
+    if "precode" in change:
+        m = raw["model"]
+        raw["model"] = {**m, "name": "precode", "options": {"base": m["name"], "base_options": m["options"],
+                                                          "bottleneck": change["precode"], "seed": seed}}
+    return validate_config(raw)
+
+
+def preflight(cfg, ctx: dict, families: list[Family]) -> None:
+    """Build and capture every family's weakest and strongest candidate once (one local round each), so that a
+    defense the setting's client cannot run (e.g. Fed-CDP with an Adam client) fails in one line before any
+    audit or file."""
+    from gradleak.audit import build_case
+    from gradleak.case import capture
+
+    for fam in families:
+        for v in dict.fromkeys((fam.grid[0], fam.grid[-1])):
+            run_cfg = candidate_config(cfg, fam, v, ctx, cfg.seed)
+            try:
+                capture(build_case(run_cfg), seed=cfg.seed)
+            except UserError as err:
+                raise UserError(f"--families {fam.name} ({fam.label(v)}): {err}") from None
+
+
+def assess(run_cfg, budget: float | None) -> dict:
+    """Privacy of one candidate: one audit of ``run_cfg`` → verdict, worst-image margin, PSNR, attacks."""
+    from gradleak.audit import audit
+
+    if budget is not None and run_cfg.attack.name == "auto":
+        run_cfg = run_cfg.model_copy(update={"attack": run_cfg.attack.model_copy(
+            update={"options": {**run_cfg.attack.options, "budget": budget}})})
+    r = audit(run_cfg)
+    cal = r.calibration
+    margins = cal.margins["psnr"].get("per_image") or [cal.margins["psnr"]["mean"]]
+    return {"verdict": cal.verdict["batch"], "margin_psnr": max(margins), "psnr": r.scores.psnr["mean"],
+            "attacks": [r.reconstruction.attack], "seconds": r.timing.attack}
+
+
+def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
+    """Accuracy after FedAvg with the candidate's defense, and the upload size."""
+    from gradleak.data import load_dataset
+    from gradleak.defenses import build_defenses
+    from gradleak.experiments.simulation import FedAvgConfig, simulate_fedavg
+    from gradleak.models import build_model, init_model
+
+    d, m = cfg.data, cfg.model
+    change = fam.change(value, ctx)
+    train = load_dataset(d.name, split="public", resolution=d.resolution, channels=d.channels, root=d.root)
+    test = load_dataset(d.name, split="private", resolution=d.resolution, channels=d.channels, root=d.root)
+    if "precode" in change:
+        model = build_model("precode", train.num_classes, d.channels, d.resolution, base=m.name,
+                            base_options=dict(m.options), bottleneck=change["precode"], seed=cfg.seed)
+    else:
+        model = build_model(m.name, train.num_classes, d.channels, d.resolution, **m.options)
+    init_model(model, cfg.seed)
+    params = [p for p in model.parameters()]
+    n, L = sum(p.numel() for p in params), len(params)
+    fed = FedAvgConfig(rounds=ctx["rounds"], num_clients=ctx["num_clients"],
+                       clients_per_round=min(ctx["clients_per_round"], ctx["num_clients"]), alpha=ctx["alpha"],
+                       local_steps=ctx["local_steps"], lr=ctx["task_lr"], local_batch_size=ctx["local_batch_size"],
+                       seed=cfg.seed)
+    res = simulate_fedavg(model, train, test, build_defenses(change.get("defense", [])), fed)
+    return {"accuracy": res["accuracy"], "upload_bits": fam.bits(value, n, L), "dense_bits": 32.0 * n}
+
+
+def _key(*parts) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _job(args) -> dict:
+    """One cell (privacy of one seed, or utility), in a worker process with one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    kind, cfg, fam_name, value, ctx, seed, budget = args
+    fam = family_named(fam_name)
+    if kind == "utility":
+        return utility(cfg, fam, value, ctx)
+    return assess(candidate_config(cfg, fam, value, ctx, seed), budget)
+
+
+class Advisor:
+    """Runs the cells of one ``advise`` command (resumable: every finished cell is a file under ``out/cells``)."""
+
+    def __init__(self, cfg, ctx: dict, out: Path, budget: float | None, workers: int = 1,
+                 runner: Callable[[tuple], dict] = _job):
+        self.cfg, self.ctx, self.out, self.budget, self.workers, self.runner = cfg, ctx, out, budget, workers, runner
+        (out / "cells").mkdir(parents=True, exist_ok=True)
+        self.pool = (ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+                     if workers > 1 and runner is _job else None)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def _run(self, jobs: list[tuple]) -> list[dict]:
+        from gradleak.atomic import atomic_write_json
+
+        paths = [self.out / "cells" / f"{j[0]}-{_key(self.cfg.model_dump(), *j[2:])}.json" for j in jobs]
+        todo = [(j, p) for j, p in zip(jobs, paths) if not p.is_file()]
+        results = (self.pool.map(self.runner, [j for j, _ in todo]) if self.pool is not None
+                   else map(self.runner, [j for j, _ in todo]))
+        for (j, p), res in zip(todo, results):
+            atomic_write_json(p, {"job": [j[0], j[2], j[3], j[5], j[6]], "result": res})
+        return [json.loads(p.read_text())["result"] for p in paths]
+
+    def cells(self, fam: Family, values: list[float], scale: float = 1.0, seeds: tuple[int, ...] | None = None
+              ) -> list[Cell]:
+        """Privacy (every seed in ``seeds``: the worst one counts) and utility of each value."""
+        seeds = seeds or tuple(self.cfg.seed + b for b in range(self.ctx["batches"]))
+        budget = None if self.budget is None else self.budget * scale
+        priv_jobs = [("privacy", self.cfg, fam.name, v, self.ctx, s, budget) for v in values for s in seeds]
+        util_jobs = [("utility", self.cfg, fam.name, v, self.ctx, self.cfg.seed, None) for v in values]
+        res = self._run(priv_jobs + util_jobs)
+        priv, util = res[:len(priv_jobs)], res[len(priv_jobs):]
+        out = []
+        for i, v in enumerate(values):
+            rs = priv[i * len(seeds):(i + 1) * len(seeds)]
+            worst = max(rs, key=lambda r: -math.inf if r["margin_psnr"] is None else r["margin_psnr"])
+            safe = all(r["verdict"] in SAFE_VERDICTS for r in rs)
+            verdict = worst["verdict"] if not safe else rs[0]["verdict"]
+            out.append(Cell(fam.name, v, fam.label(v), seeds[0], scale, verdict, safe, worst["margin_psnr"],
+                            worst["psnr"], sorted({a for r in rs for a in r["attacks"]}), util[i]["accuracy"],
+                            util[i]["upload_bits"], sum(r["seconds"] for r in rs)))
+        return out
+
+    def family(self, fam: Family, confirm: bool = True) -> FamilyAdvice:
+        seen: dict[float, Cell] = {}
+
+        def many(values):
+            for c in self.cells(fam, list(values)):
+                seen[c.value] = c
+            return [seen[v].safe for v in values]
+
+        t: Threshold = find_threshold(fam.grid, evaluate_many=many, strength=fam.strength,
+                                      continuous=fam.continuous, to_axis=fam.to_axis, from_axis=fam.from_axis,
+                                      tol=fam.tol, integer=fam.integer)
+        adv = FamilyAdvice(fam.name, fam.axis, t.threshold, None if t.threshold is None else fam.label(t.threshold),
+                           t.weaker, t.monotone, t.violations, sorted(seen.values(), key=lambda c: fam.strength(c.value)))
+        if confirm and t.threshold is not None:
+            again = self.cells(fam, [t.threshold], scale=4.0,
+                               seeds=tuple(self.cfg.seed + 100 + k for k in range(2)))
+            adv.confirmed = again[0].safe
+            adv.cells.append(again[0])
+            adv.weaker_leaks = None if t.weaker is None else not seen[t.weaker].safe
+        return adv
+
+
+def advise(cfg, ctx: dict, families: list[Family], out: str | Path, budget: float | None = None,
+           workers: int = 1, confirm: bool = True, runner: Callable[[tuple], dict] = _job) -> dict:
+    """Run the search for every family and write the outputs; returns what ``advice.json`` holds."""
+    from gradleak.atomic import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    preflight(cfg, ctx, families)
+    adv = Advisor(cfg, ctx, out, budget, workers, runner)
+    try:
+        baseline = adv.cells(NO_DEFENSE, [0])[0]
+        results = [adv.family(f, confirm) for f in families]
+    finally:
+        adv.close()
+    summary = {"setting": cfg.model_dump(), "advise": ctx, "budget_seconds": budget, "baseline": asdict(baseline),
+               "families": [asdict(r) for r in results]}
+    summary["caveats"] = caveats(summary)
+    atomic_write_json(out / "advice.json", summary)
+    atomic_write_text(out / "recommendations.md", format_advice(summary) + "\n")
+    pareto_plot(summary, out / "pareto.png")
+    return summary
+
+
+def caveats(summary: dict) -> list[str]:
+    """What the recommendations do not cover, in plain sentences."""
+    out = []
+    attacks = sorted({a for f in summary["families"] for c in f["cells"] for a in c["attacks"]})
+    budget = summary["budget_seconds"]
+    out.append(f"Attacks used: {', '.join(attacks) or 'none'}; budget per audit: "
+               f"{'the attack settings of the setting file' if budget is None else f'{budget:g} s'}; "
+               f"{summary['advise']['batches']} audited batch(es) per candidate (the worst counts).")
+    base = summary["baseline"]
+    if not base["safe"] and base["verdict"] not in ("leaks", "recognisable"):
+        out.append(f"The undefended client itself is only '{base['verdict']}': thresholds below may be artefacts of "
+                   "a weak attack, not of the defense.")
+    if base["safe"]:
+        out.append("The undefended client already shows no leakage at this budget: every threshold is vacuous; "
+                   "raise the budget.")
+    for f in summary["families"]:
+        if not f["monotone"]:
+            pairs = "; ".join(f"{a:g} safe but {b:g} leaks" for a, b in f["violations"])
+            out.append(f"{f['family']}: not monotone along {f['axis']} ({pairs}); the threshold is the weakest value "
+                       "from which every stronger value seen is safe.")
+        if f["threshold"] is None:
+            out.append(f"{f['family']}: no setting on the searched range stopped the attacks.")
+        elif f["weaker"] is None:
+            out.append(f"{f['family']}: already safe at the weakest searched value; a weaker one may suffice.")
+        if f.get("confirmed") is False:
+            out.append(f"{f['family']}: the threshold leaked when re-audited with 4× the budget and other seeds: "
+                       "not recommended.")
+        bad = [c["label"] for c in f["cells"] if c["verdict"] == "inconclusive"]
+        if bad:
+            out.append(f"{f['family']}: inconclusive cells (the control did not reconstruct): {', '.join(bad)}.")
+    return out
+
+
+def _fmt(v, spec: str, none: str = "–") -> str:
+    return none if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def format_advice(summary: dict) -> str:
+    """The recommendation table (markdown) and the caveats."""
+    base = summary["baseline"]
+    lines = ["| family | weakest safe setting | verdict | worst margin ΔPSNR (dB) | accuracy (Δ vs none) | "
+             "upload (× smaller) | re-audit 4× budget, other seeds | one step weaker |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for f in summary["families"]:
+        cell = next((c for c in f["cells"] if c["value"] == f["threshold"] and c["budget_scale"] == 1.0), None)
+        if cell is None:
+            lines.append(f"| {f['family']} | none found | – | – | – | – | – | – |")
+            continue
+        dacc = None if cell["accuracy"] is None else 100 * (cell["accuracy"] - base["accuracy"])
+        ratio = base["upload_bits"] / cell["upload_bits"] if cell["upload_bits"] else None
+        conf = {True: "safe", False: "LEAKED", None: "–"}[f.get("confirmed")]
+        weak = {True: "leaks", False: "safe (threshold not sharp)", None: "–"}[f.get("weaker_leaks")]
+        lines.append(f"| {f['family']} | {cell['label']} | {cell['verdict']} | {_fmt(cell['margin_psnr'], '+.2f')} | "
+                     f"{_fmt(cell['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | {conf} | "
+                     f"{weak} |")
+    head = (f"No defense: verdict {base['verdict']}, worst margin {_fmt(base['margin_psnr'], '+.2f')} dB over the best "
+            f"reference, accuracy {_fmt(base['accuracy'], '.3f')} after {summary['advise']['rounds']} FedAvg rounds.")
+    return "\n".join([head, "", *lines, "", "Caveats:", *(f"- {c}" for c in summary["caveats"])])
+
+
+def pareto_plot(summary: dict, path: Path) -> Path:
+    """Privacy margin (worst image, dB over the best reference) against accuracy; one line per family."""
+    from gradleak.report import scatter_plot
+
+    pts = [{"x": c["accuracy"], "y": c["margin_psnr"], "label": c["label"] + ("" if c["safe"] else " ✗"),
+            "group": f["family"]} for f in summary["families"] for c in f["cells"] if c["budget_scale"] == 1.0]
+    b = summary["baseline"]
+    pts.append({"x": b["accuracy"], "y": b["margin_psnr"], "label": "no defense", "group": "none"})
+    return scatter_plot(pts, path, xlabel="test accuracy after FedAvg (higher is better)",
+                        ylabel="worst-image ΔPSNR over best reference (dB; lower is more private)",
+                        title="defense frontier (✗ = leaks)", connect=True)

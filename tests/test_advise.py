@@ -1,0 +1,141 @@
+"""gradleak advise: the threshold search on synthetic oracles, resumable cells, outputs, bad input."""
+import json
+import math
+
+import pytest
+
+from gradleak.advise import FAMILIES, find_threshold
+from gradleak.advise.run import Advisor, advise, load_setting
+from gradleak.advise.search import log_axis, sparsity_axis
+
+
+def test_bisection_finds_a_continuous_threshold_within_tolerance():
+    true_eps = 3.0
+    calls = []
+
+    def safe(e):
+        calls.append(e)
+        return e <= true_eps
+
+    to, frm = log_axis()
+    t = find_threshold((64, 16, 8, 4, 2, 1, 0.5), safe, strength=lambda e: -e, continuous=True, to_axis=to,
+                       from_axis=frm, tol=0.05, max_steps=20)
+    assert t.monotone and t.found
+    assert true_eps * math.exp(-0.05) <= t.threshold <= true_eps < t.weaker <= true_eps * math.exp(0.05)
+    assert t.bisection_steps >= 3 and len(calls) == 7 + t.bisection_steps
+
+
+def test_bisection_on_an_integer_axis_and_a_sparsity_axis():
+    t = find_threshold((8, 4, 2), lambda b: b <= 3, strength=lambda b: -b, continuous=True, integer=True)
+    assert (t.threshold, t.weaker) == (3, 4)
+    to, frm = sparsity_axis()
+    t = find_threshold((0.5, 0.9, 0.99, 0.999), lambda s: s >= 0.97, strength=lambda s: s, continuous=True,
+                       to_axis=to, from_axis=frm, tol=0.02, max_steps=20)
+    assert t.weaker < 0.97 <= t.threshold and to(t.threshold) - to(t.weaker) <= 0.02
+
+
+def test_non_monotone_oracle_is_reported():
+    # safe at 0.8, leaks again at 0.9 (a defense that breaks optimisation at one strength only)
+    t = find_threshold((0.5, 0.8, 0.9, 0.95, 0.99), lambda s: s in (0.8, 0.95, 0.99), strength=lambda s: s)
+    assert not t.monotone and (0.8, 0.9) in t.violations
+    assert t.threshold == 0.95 and t.weaker == 0.9
+
+
+def test_nothing_safe_and_everything_safe():
+    t = find_threshold((1, 2, 3), lambda v: False, strength=float)
+    assert t.threshold is None and not t.found and t.weaker == 3
+    t = find_threshold((1, 2, 3), lambda v: True, strength=float)
+    assert t.threshold == 1 and t.weaker is None
+
+
+SETTING = """
+seed: 0
+data: {name: digits, resolution: 32, channels: 1, batch_size: 2}
+model: {name: lenet}
+attack: {name: invertgrad, labels: oracle, options: {iterations: 4}}
+metrics: {tagger: none}
+advise: {rounds: 1, num_clients: 2, clients_per_round: 2, local_steps: 1}
+"""
+
+
+def _fake_runner(threshold_bits: int, calls: list):
+    """A stand-in for the audits: quantisation with ≤ threshold_bits bits is safe; utility falls with fewer bits."""
+    def run(job):
+        kind, _cfg, fam, value, _ctx, seed, budget = job
+        calls.append((kind, fam, value, seed))
+        if kind == "utility":
+            return {"accuracy": 0.9 - (0.1 / value if fam == "quant" else 0.0), "upload_bits": 32.0 * 100 if
+                    fam != "quant" else value * 100.0, "dense_bits": 3200.0}
+        safe = fam == "quant" and value <= threshold_bits
+        return {"verdict": "no leakage found" if safe else "leaks", "margin_psnr": -1.0 if safe else 8.0,
+                "psnr": 12.0 if safe else 25.0, "attacks": ["stand-in"], "seconds": 0.0}
+    return run
+
+
+def test_advise_outputs_and_resume(tmp_path):
+    (tmp_path / "s.yaml").write_text(SETTING)
+    cfg, ctx = load_setting(tmp_path / "s.yaml")
+    calls = []
+    out = tmp_path / "out"
+    summary = advise(cfg, ctx, [FAMILIES["quant"]], out, runner=_fake_runner(3, calls))
+    fam = summary["families"][0]
+    assert fam["threshold"] == 3 and fam["weaker"] == 4 and fam["monotone"]
+    assert fam["confirmed"] is True and fam["weaker_leaks"] is True
+    table = (out / "recommendations.md").read_text()
+    assert "3-bit quantisation" in table and "no leakage found" in table and "10.7×" in table
+    assert (out / "pareto.png").stat().st_size > 0
+    assert json.loads((out / "advice.json").read_text())["families"][0]["threshold"] == 3
+    n = len(calls)
+    assert n > 0
+    advise(cfg, ctx, [FAMILIES["quant"]], out, runner=_fake_runner(3, calls))
+    assert len(calls) == n  # every cell was on disk: nothing redone
+
+
+def test_confirmation_failure_and_caveats(tmp_path):
+    (tmp_path / "s.yaml").write_text(SETTING)
+    cfg, ctx = load_setting(tmp_path / "s.yaml")
+    inner = _fake_runner(3, [])
+
+    def flaky(job):  # the threshold leaks for other seeds: not recommended
+        r = inner(job)
+        if job[0] == "privacy" and job[5] >= 100:
+            r = {**r, "verdict": "leaks", "margin_psnr": 5.0}
+        return r
+
+    summary = advise(cfg, ctx, [FAMILIES["quant"], FAMILIES["clip"]], tmp_path / "o", runner=flaky)
+    assert summary["families"][0]["confirmed"] is False
+    text = " ".join(summary["caveats"])
+    assert "quant: the threshold leaked when re-audited" in text
+    assert "clip: no setting on the searched range stopped the attacks" in text
+
+
+def test_advise_end_to_end_on_a_tiny_case(tmp_path, cli):
+    """The real audits and FedAvg: signSGD on a 2-image LeNet case, the baseline beside it."""
+    (tmp_path / "s.yaml").write_text(SETTING)
+    r = cli("advise", tmp_path / "s.yaml", "--families", "sign", "--no-confirm", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "o" / "advice.json").read_text())
+    cell = summary["families"][0]["cells"][0]
+    assert cell["label"] == "signSGD" and 0 <= cell["accuracy"] <= 1 and cell["upload_bits"] > 0
+    base = summary["baseline"]
+    assert base["upload_bits"] == 32 * cell["upload_bits"]  # one bit per entry against float32
+    assert "No defense: verdict" in r.stdout
+
+
+@pytest.mark.parametrize("args, setting, needle", [
+    (["--families", "dp,nosuch"], SETTING, "--families: got 'nosuch'"),
+    (["--families", " , "], SETTING, "--families: got"),
+    (["--budget", "0s"], SETTING, "--budget: got '0s'"),
+    (["--budget", "soon"], SETTING, "--budget: got 'soon'"),
+    ([], SETTING + "defense: [{name: sign}]\n", "defense: got"),
+    ([], SETTING.replace("rounds: 1", "rounds: 0"), "advise.rounds: got 0"),
+    ([], SETTING.replace("rounds: 1", "roundz: 1"), "advise.roundz: got 1"),
+    (["--families", "dp"], SETTING.replace("seed: 0", "seed: 0\nclient: {protocol: fedavg, optimizer: adam}"),
+     "--families dp (DP ε = 64): defense fedcdp: got client.optimizer 'adam'"),
+])
+def test_bad_input_one_line_nothing_written(tmp_path, cli, args, setting, needle):
+    (tmp_path / "s.yaml").write_text(setting)
+    r = cli("advise", tmp_path / "s.yaml", "--out", tmp_path / "o", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
