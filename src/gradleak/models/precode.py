@@ -29,7 +29,7 @@ model uses different noise. ``noise="mean"`` (ε = 0, b = μ) is the attacker's 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -133,23 +133,20 @@ def precode_block(model: nn.Module) -> VariationalBottleneck | None:
 
 def precode(num_classes: int, in_channels: int = 3, resolution: int = 32, base: str = "convnet",
             base_options: dict[str, Any] | None = None, bottleneck: int = 256, seed: int = 0,
-            noise: str = "seeded") -> Precode:
-    """Registry factory ``precode``: ``base`` names a registered model built with ``base_options``;
-    ``bottleneck`` K (PRECODE's default 256), ``seed`` for the client's noise, ``noise`` mode."""
-    from .registry import build_model
+            noise: str = "seeded", *, build: Callable[..., nn.Module]) -> Precode:
+    """Registry factory ``precode`` (registered by :mod:`.registry`, which passes its ``build_model`` as
+    ``build``): ``base`` names a registered model built with ``base_options``; ``bottleneck`` K (PRECODE's
+    default 256), ``seed`` for the client's noise, ``noise`` mode."""
+    from gradleak.errors import bad_value
 
     if not isinstance(base, str) or base.strip().lower() == "precode":
-        from gradleak.errors import bad_value
-
         raise bad_value("precode option base", base, "a registered model name other than precode")
     bottleneck = check_int("precode option bottleneck", bottleneck, 1)
     seed = check_int("precode option seed", seed, 0)
     noise = check_choice("precode option noise", noise, NOISE_MODES)
     if base_options is not None and not isinstance(base_options, dict):
-        from gradleak.errors import bad_value
-
         raise bad_value("precode option base_options", base_options, "a mapping of the base model's options")
-    inner = build_model(base, num_classes, in_channels, resolution, **(base_options or {}))
+    inner = build(base, num_classes, in_channels, resolution, **(base_options or {}))
     return Precode(inner, bottleneck, seed, noise)
 
 

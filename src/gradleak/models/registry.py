@@ -28,10 +28,20 @@ MODELS.register("lenet")(LeNet)
 MODELS.register("convnet")(ConvNet)
 MODELS.register("resnet18")(ResNet18)
 MODELS.register("vgg7")(VGG7)
-MODELS.register("precode")(precode)  # options: base, base_options, bottleneck, seed, noise
 MODELS.register("cnn6")(CNN6)  # R-GAP standard form (options: width, bias, slope)
 MODELS.register("cnn10")(CNN10)
 MODELS.register("mlp")(MLP)  # options: width, depth, activation
+
+
+
+@MODELS.register("precode")
+def _precode(num_classes: int, in_channels: int = 3, resolution: int = 32, base: str = "convnet",
+             base_options: dict[str, Any] | None = None, bottleneck: int = 256, seed: int = 0,
+             noise: str = "seeded") -> nn.Module:
+    """PRECODE around a registered ``base`` model (:func:`gradleak.models.precode.precode`)."""
+    return precode(num_classes, in_channels, resolution, base, base_options, bottleneck, seed, noise,
+                   build=build_model)
+
 
 _RESERVED = ("num_classes", "in_channels", "resolution")
 
