@@ -104,13 +104,15 @@ def _allowed_keys(loc: tuple) -> str:
 
 def validate_config(raw: dict) -> RunConfig:
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except pydantic.ValidationError as err:
         e = err.errors()[0]
         if e["type"] == "extra_forbidden":
             key = ".".join(map(str, e["loc"]))
             raise UserError(f"config key {key!r}: unknown key; allowed keys: {_allowed_keys(e['loc'])}") from None
         raise UserError("config " + format_error(err)) from None
+    cfg.client.to_protocol()  # the protocol's own cross-field checks (one line naming client.<key>)
+    return cfg
 
 
 def apply_override(raw: dict, assignment: str) -> None:

@@ -207,6 +207,7 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
     replaced by Gaussian noise with each tensor's shape, support (zeros stay zero, e.g. after sparsity)
     and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept."""
     gen = generator(1_000_003 + seed)
+    obs = obs.as_delta()  # noise with Δ's norms and support, whatever convention the client stated
     update = {}
     for name, t in obs.update.items():
         r = torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t != 0).to(t.dtype)
