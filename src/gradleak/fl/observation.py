@@ -159,7 +159,7 @@ class Observation:
                 parameters=part("param/"),
                 buffers=part("buffer/"),
                 update=part("update/"),
-                protocol=Protocol.from_dict(meta["protocol"]).with_state(sets("state") or None),
+                protocol=Protocol.from_dict(meta["protocol"]),
                 num_images=int(meta["num_images"]),
                 image_shape=tuple(meta["image_shape"]),
                 labels=tensors.get("labels"),
@@ -172,6 +172,11 @@ class Observation:
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
+        state = sets("state")
+        if set(state) != set(obs.protocol.rule.state):
+            raise UserError(f"observation: state sets {sorted(state)} in {st}; protocol {obs.protocol.kind} needs "
+                            f"exactly {list(obs.protocol.rule.state)}")
+        obs.protocol = obs.protocol.with_state(state or None)
         if validate:
             built = obs.build_model()
             # the model's tensor order (the file's is alphabetical): layer sums then run in the same order
