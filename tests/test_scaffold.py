@@ -188,3 +188,17 @@ def test_defense_covers_the_control_update_and_labels_use_the_offset():
     params, buffers = split_state(model)
     g = client_round(model, params, buffers, x, y, Protocol())[0]
     torch.testing.assert_close(averaged_gradient(obs, "5.weight").float(), g["5.weight"], rtol=1e-4, atol=1e-6)
+
+
+def test_random_gradient_control_replaces_the_control_update_too():
+    from gradleak.attacks.generative import control_observation
+
+    model, (x, y) = _net(False), _data()
+    state = _controls(model)
+    obs = capture(Case(model, x, y, _proto({}, state), give_labels=True))
+    ctl = control_observation(obs, seed=0)
+    K = len(obs.protocol.schedule(N))
+    want = {n: ctl.update[n] / (K * 0.05) - state["server_control"][n] for n in ctl.update}
+    assert rel(ctl.extra_uploads["control_update"], want) <= 1e-6  # Δc of the random Δ, not the client's
+    assert rel(ctl.extra_uploads["control_update"], obs.extra_uploads["control_update"]) > 0.1
+    ctl.build_model()  # validates: the control is an Observation of the same protocol
