@@ -20,7 +20,8 @@ def test_defaults_and_overrides(tmp_path):
     ("data.batchsize=2", "data.batchsize"),
     ("data.batch_size=two", "data.batch_size"),
     ("data.batch_size=0", "data.batch_size"),
-    ("client.protocol=fedprox", "client.protocol"),
+    ("client.protocol=fednova", "client.protocol"),
+    ("client.mu=0.1", "client.mu"),  # a FedProx setting with protocol fedsgd
     ("client.lr=-1", "client.lr"),
     ("bogus=1", "bogus"),
 ])

@@ -91,9 +91,7 @@ def run_header(cfg, obs, label_mode: str, data: str | None = None) -> dict:
     """What was audited and what the attacker knew, in plain words (the report's first table); ``data``
     replaces the data line built from ``cfg.data`` (a captured observation names no dataset)."""
     d, p = cfg.data, obs.protocol
-    proto = f"{p.kind}" + ("" if p.kind == "fedsgd" else f", τ = {len(p.schedule(obs.num_images))} local steps, "
-                                                          f"lr {p.lr}, mini-batch {p.local_batch_size or 'full'}")
-    proto += f"; BatchNorm {p.bn_mode} mode"
+    proto = p.rule.describe(p, obs.num_images) + f"; BatchNorm {p.bn_mode} mode"
     chain = "; ".join(str(x.get("name")) for x in obs.defenses) or "none"
     knows = [x.get("name") for x in obs.defenses if x.get("attacker_knows", True) is not False]
     hidden = [x.get("name") for x in obs.defenses if x.get("attacker_knows", True) is False]

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +13,7 @@ from gradleak.defenses import ClientContext, Defense
 from gradleak.fl.client import bn_batch_statistics, client_update, split_state
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.protocols import from_delta
 
 
 @dataclass
@@ -47,19 +49,28 @@ def rebuildable(spec: dict) -> bool:
 
 
 def capture(case: Case, seed: int = 0) -> Observation:
-    """Simulate the client: compute its upload, apply the defense chain φ, package what the server sees."""
+    """Simulate the client: compute its upload, apply the defense chain φ, package what the server sees.
+
+    The defense chain acts on the update as Δ = θ_0 − θ_τ (what a real client clips, noises or sparsifies),
+    which is then stated in the protocol's ``update`` convention; the protocol's extra uploads (SCAFFOLD's
+    Δc) are computed from the defended Δ. The protocol's state (``protocol.state``, zeros when unset) is
+    known to the server and kept on the Observation's protocol."""
     params, buffers = split_state(case.model)
-    update = client_update(case.model, params, buffers, case.images, case.labels, case.protocol)
-    ctx = ClientContext(case.model, params, buffers, case.images, case.labels, case.protocol,
+    proto = case.protocol.with_state(case.protocol.state_or_initial(params))
+    as_delta = dataclasses.replace(proto, update="old_minus_new") if not proto.rule.uploads_gradient else proto
+    update = client_update(case.model, params, buffers, case.images, case.labels, as_delta)
+    ctx = ClientContext(case.model, params, buffers, case.images, case.labels, as_delta,
                         torch.Generator().manual_seed(seed))
     for d in case.defenses:
         update = d.apply(update, ctx)
-    bn = bn_batch_statistics(case.model, params, buffers, case.images, case.protocol) if case.protocol.share_bn_stats else None
+    extra = proto.rule.extra_uploads(proto, update, case.images.shape[0], proto.state)
+    update = from_delta(update, params, proto.update)
+    bn = bn_batch_statistics(case.model, params, buffers, case.images, proto) if proto.share_bn_stats else None
     spec = case.model_spec or model_spec_of(case.model, case.images)
     return Observation(
         model_spec=spec, model=None if rebuildable(spec) else case.model,
-        parameters=params, buffers=buffers, update=update, protocol=case.protocol.server_view(),
+        parameters=params, buffers=buffers, update=update, protocol=proto.server_view(),
         num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
-        defenses=[d.describe() for d in case.defenses],
+        defenses=[d.describe() for d in case.defenses], extra_uploads=extra,
     )

@@ -38,37 +38,28 @@ class ModelConfig(_Section):
     pretrain_lr: float = Field(0.01, gt=0)
 
 
-class ClientConfig(_Section):
-    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
-    local_steps: int = Field(1, ge=1)
-    lr: float = Field(0.1, gt=0)
-    local_batch_size: int | None = Field(None, ge=1)
-    epochs: int | None = Field(None, ge=1)
-    bn_mode: Literal["train", "eval"] = "train"
-    share_bn_stats: bool = False
-    # the local training as the real client runs it (see gradleak.fl.protocol)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.0, ge=0, lt=1)
-    dampening: float = Field(0.0, ge=0, le=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(1e-8, ge=0)
-    loss: str = "cross_entropy"
-    label_smoothing: float = Field(0.0, ge=0, le=1)
-    class_weights: list[float] | None = None
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    order: Literal["sequential", "shuffled", "unknown"] = "sequential"
-    seed: int | None = None
-    drop_last: bool = False
-    update: Literal["old_minus_new", "new_minus_old", "new_weights"] = "old_minus_new"
-
+class _ClientSection(_Section):
     def to_protocol(self):
         """The :class:`gradleak.fl.protocol.Protocol` these settings describe (validated there too)."""
         from gradleak.fl.protocol import Protocol
 
         return Protocol(kind=self.protocol, **self.model_dump(exclude={"protocol"}))
+
+
+def _client_config() -> type[_Section]:
+    """The ``client`` section, derived from the protocol settings (:func:`gradleak.fl.protocol.all_settings`:
+    the common ones plus each registered protocol's own) — one definition, not a mirror. ``protocol`` is a
+    registered protocol name (:data:`gradleak.fl.protocols.PROTOCOLS`)."""
+    from gradleak.fl.protocol import all_settings
+    from gradleak.fl.protocols import PROTOCOLS
+
+    fields: dict[str, Any] = {"protocol": (Literal[tuple(PROTOCOLS)], Field("fedsgd", description="client protocol"))}
+    for s in all_settings():
+        fields[s.name] = (s.annotation, Field(s.default, description=s.doc, **s.bounds()))
+    return pydantic.create_model("ClientConfig", __base__=_ClientSection, __module__=__name__, **fields)
+
+
+ClientConfig = _client_config()
 
 
 class AttackConfig(_Section):
@@ -113,13 +104,15 @@ def _allowed_keys(loc: tuple) -> str:
 
 def validate_config(raw: dict) -> RunConfig:
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except pydantic.ValidationError as err:
         e = err.errors()[0]
         if e["type"] == "extra_forbidden":
             key = ".".join(map(str, e["loc"]))
             raise UserError(f"config key {key!r}: unknown key; allowed keys: {_allowed_keys(e['loc'])}") from None
         raise UserError("config " + format_error(err)) from None
+    cfg.client.to_protocol()  # the protocol's own cross-field checks (one line naming client.<key>)
+    return cfg
 
 
 def apply_override(raw: dict, assignment: str) -> None:

@@ -205,22 +205,26 @@ def capture_observation(out: str | Path, protocol_file: str | Path, model: str |
     if (after is None) == (update is None):
         raise UserError("capture: got " + ("both --after and --update" if after else "neither --after nor --update")
                         + "; allowed: exactly one (weights after the local round, or the upload)")
-    if after is not None and spec.client.protocol != "fedavg":
-        raise UserError(f"--after: weights after a local round need client.protocol fedavg; got "
-                        f"{spec.client.protocol!r} (a FedSGD client uploads the gradient: use --update)")
+    proto = spec.client.to_protocol().server_view()
+    if after is not None and proto.rule.uploads_gradient:
+        raise UserError(f"--after: weights after a local round need a protocol with local steps (fedavg, ...); "
+                        f"got {spec.client.protocol!r} (a FedSGD client uploads the gradient: use --update)")
+    if proto.rule.state or proto.rule.uploads:
+        raise UserError(f"client.protocol: got {proto.kind!r}; allowed: a protocol without server-known state or "
+                        f"extra uploads ({proto.kind} needs {', '.join(proto.rule.state + proto.rule.uploads)}, "
+                        "which capture cannot read yet: build the Observation in Python, docs/protocols.md)")
     victim = build_victim(model, spec.model)
     params, buffers = check_state(victim, dict(victim.state_dict()), "model", "model")
     if weights is not None:
         params, buffers = check_state(victim, load_state_file(weights, "--weights"), weights, "--weights")
         buffers = {**{n: b.detach().clone() for n, b in victim.named_buffers()}, **buffers}
-    proto = spec.client.to_protocol().server_view()
     extra: dict = {"captured": {"protocol_file": str(protocol_file), "weights": str(weights) if weights else None}}
     if after is not None:
         new, _ = check_state(victim, load_state_file(after, "--after"), after, "--after")
         upd = {n: params[n] - new[n] for n in params}
         if proto.update != "old_minus_new":
             extra["captured"]["stated_update"] = proto.update
-        proto = Protocol.from_dict({**proto.to_dict(), "update": "old_minus_new"}) if proto.kind == "fedavg" else proto
+        proto = Protocol.from_dict({**proto.to_dict(), "update": "old_minus_new"})
         extra["captured"]["after"] = str(after)
     else:
         upd, _ = check_state(victim, load_state_file(update, "--update"), update, "--update", params_only=True)
@@ -396,19 +400,23 @@ def _rel(a: dict[str, Tensor], b: dict[str, Tensor], names) -> float:
 def verify_observation(obs: Observation, images: Tensor, labels: Tensor) -> Verification:
     """Re-run the observation's protocol on the true batch and compare with the captured upload."""
     from gradleak.fl.client import client_update
+    from gradleak.fl.protocols import to_delta
 
     if images.shape[0] != obs.num_images:
         raise UserError(f"--images: got {images.shape[0]} images; allowed: the client's {obs.num_images}")
     model = obs.build_model()
     rerun = client_update(model, obs.parameters, obs.buffers, images, labels, obs.protocol)
-    names = [n for n, _ in model.named_parameters() if n in obs.update]  # the model's layer order
-    layers = {n: _rel(rerun, obs.update, [n]) for n in names}
-    overall = _rel(rerun, obs.update, names)
+    # compared as Δ = θ_0 − θ_τ whatever the convention (relative to new weights θ_τ every re-run would look close)
+    rerun = to_delta(rerun, obs.parameters, obs.protocol.update)
+    observed = obs.as_delta().update
+    names = [n for n, _ in model.named_parameters() if n in observed]  # the model's layer order
+    layers = {n: _rel(rerun, observed, [n]) for n in names}
+    overall = _rel(rerun, observed, names)
     worst = max(layers, key=layers.get)
     hints = []
     ok = overall <= VERIFY_TOLERANCE
     if not ok:
-        if _rel({n: -t for n, t in rerun.items()}, obs.update, names) <= VERIFY_TOLERANCE:
+        if _rel({n: -t for n, t in rerun.items()}, observed, names) <= VERIFY_TOLERANCE:
             hints.append("the negated re-run matches: the client uploads the other sign (set client.update: "
                          + ("new_minus_old" if obs.protocol.update == "old_minus_new" else "old_minus_new") + ")")
         if obs.protocol.order == "unknown":

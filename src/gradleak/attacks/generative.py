@@ -205,8 +205,10 @@ class Snapshots(Parametrization):
 def control_observation(obs: Observation, seed: int = 0) -> Observation:
     """The "random gradient, true labels" control (GIAS §5.3 spirit): a copy of ``obs`` whose upload is
     replaced by Gaussian noise with each tensor's shape, support (zeros stay zero, e.g. after sparsity)
-    and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept."""
+    and L2 norm; BN statistics, which are themselves batch data, are dropped. Labels are kept. The upload is
+    read as Δ = θ_0 − θ_τ whatever convention the client stated, and the control states it so."""
     gen = generator(1_000_003 + seed)
+    obs = obs.as_delta()  # noise with Δ's norms and support, whatever convention the client stated
     update = {}
     for name, t in obs.update.items():
         r = torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t != 0).to(t.dtype)
@@ -214,7 +216,11 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
     return Observation(model_spec=obs.model_spec, parameters=obs.parameters, buffers=obs.buffers, update=update,
                        protocol=obs.protocol, num_images=obs.num_images, image_shape=obs.image_shape,
                        labels=obs.labels, bn_stats=None, defenses=obs.defenses,
-                       extra={**obs.extra, "control": "random update, true labels"})
+                       extra={**obs.extra, "control": "random update, true labels"},
+                       # the protocol's extra uploads (SCAFFOLD's Δc) follow the random Δ, as a client computes them
+                       extra_uploads=obs.protocol.rule.extra_uploads(obs.protocol, update, obs.num_images,
+                                                                     obs.protocol.state),
+                       model=obs.model)
 
 
 # --- presets -----------------------------------------------------------------------------------------------

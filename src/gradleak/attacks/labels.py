@@ -68,7 +68,7 @@ def effective_steps(obs: Observation) -> float | None:
     with momentum/dampening/Nesterov via :func:`gradleak.fl.optim.optimizer_step`); 1/η for FedSGD (the
     upload is ḡ); None for Adam/AdamW, whose update has no linear scale."""
     p = obs.protocol
-    if p.kind == "fedsgd":
+    if p.rule.uploads_gradient:
         return 1.0 / p.lr
     if p.optimizer != "sgd":
         return None
@@ -80,15 +80,21 @@ def effective_steps(obs: Observation) -> float | None:
 
 
 def averaged_gradient(obs: Observation, name: str) -> Tensor | None:
-    """ḡ of parameter ``name`` (float64): the FedSGD upload, or Δ / (η τ_eff) − λ θ_0 for FedAvg with SGD
-    (Geng et al., 2021); None where the update has no linear scale (Adam)."""
+    """ḡ of parameter ``name`` (float64): the FedSGD upload, or Δ / (η τ_eff) − λ θ_0 − o for local SGD
+    (Geng et al., 2021), o the known constant the protocol adds to each local gradient (SCAFFOLD's c − c_i;
+    FedProx's μ (θ − θ_0) vanishes at θ_0 and is ignored like the model's own drift); None where the update
+    has no linear scale (Adam)."""
     obs = obs.as_delta()
     steps = effective_steps(obs)
     if steps is None:
         return None
-    g = obs.update[name].double() / (obs.protocol.lr * steps)
-    if obs.protocol.kind == "fedavg" and obs.protocol.weight_decay:
-        g = g - obs.protocol.weight_decay * obs.parameters[name].double()
+    p = obs.protocol
+    g = obs.update[name].double() / (p.lr * steps)
+    if not p.rule.uploads_gradient and p.weight_decay:
+        g = g - p.weight_decay * obs.parameters[name].double()
+    offset = None if p.rule.uploads_gradient else p.rule.gradient_offset(p, p.state)
+    if offset is not None:
+        g = g - offset[name].double()
     return g
 
 

@@ -424,11 +424,13 @@ class RankAnalysis:
 # --- the recursion ---------------------------------------------------------------------------------------------
 
 def observed_gradient(obs: Observation) -> dict[str, Tensor]:
-    """The one gradient R-GAP inverts: the FedSGD upload, or Δ/η for FedAvg with a single full-batch step."""
+    """The one gradient R-GAP inverts: the FedSGD upload, or Δ/η − o for one full-batch local SGD step (o the
+    protocol's known offset, SCAFFOLD's c − c_i; Δ = θ_0 − θ_1 whatever convention was stated)."""
+    obs = obs.as_delta()
     if obs.num_images != 1:
         raise UserError(f"rgap: data.batch_size: got {obs.num_images}; allowed: 1 (R-GAP inverts one sample's gradient)")
     p = obs.protocol
-    if p.kind == "fedsgd":
+    if p.rule.uploads_gradient:
         return {k: v.to(DT) for k, v in obs.update.items()}
     if getattr(p, "optimizer", "sgd") != "sgd" or getattr(p, "weight_decay", 0.0):
         raise UserError(f"rgap: client.optimizer: got {getattr(p, 'optimizer', 'sgd')} with weight_decay "
@@ -436,7 +438,8 @@ def observed_gradient(obs: Observation) -> dict[str, Tensor]:
                         "a multiple of one gradient)")
     if len(p.schedule(1)) == 1:  # one SGD step: Δ = η g (Nesterov's first step: η (1 + μ) g)
         scale = p.lr * (1 + p.momentum if getattr(p, "nesterov", False) else 1)
-        return {k: v.to(DT) / scale for k, v in obs.update.items()}
+        offset = p.rule.gradient_offset(p, p.state) or {}
+        return {k: v.to(DT) / scale - (offset[k].to(DT) if k in offset else 0) for k, v in obs.update.items()}
     raise UserError(f"rgap: client.local_steps: got {len(p.schedule(1))} local steps; allowed: fedsgd or one local "
                     "step (R-GAP inverts one gradient)")
 

@@ -267,7 +267,7 @@ class ROG(SearchAttack):
         d = self.resolved_distance(obs)
         dist = DISTANCES[d]
         if d in ("l2", "masked_l2"):
-            dist = relative(dist, [obs.update[n] for n in obs.parameters])
+            dist = relative(dist, [obs.as_delta().update[n] for n in obs.parameters])  # the search's Δ
         return Objective(distance=dist, tv=self.tv)
 
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0,

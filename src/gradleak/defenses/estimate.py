@@ -31,7 +31,9 @@ _SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
 
 
 def estimate_defense(obs: Observation) -> dict:
-    """Per-layer and overall statistics of ``obs.update`` (see the module docstring)."""
+    """Per-layer and overall statistics of the upload as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`: the same
+    for every convention the client states; see the module docstring)."""
+    obs = obs.as_delta()
     layers, total, zeros, q_entries, sq = {}, 0, 0, 0, 0.0
     sign_like, max_levels = True, 0
     for name, t in obs.update.items():

@@ -220,6 +220,9 @@ class FedCDP(Defense):
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         model, proto = ctx.model, ctx.protocol
         x, y = ctx.images, ctx.labels
+        if proto.kind not in ("fedsgd", "fedavg"):  # the two rounds Fed-CDP's own clipped SGD replaces
+            raise UserError(f"defense fedcdp: got client.protocol {proto.kind!r}; allowed: fedsgd | fedavg "
+                            "(Fed-CDP runs per-example clipped plain SGD)")
         for key in ("optimizer", "momentum", "weight_decay", "loss", "label_smoothing", "class_weights", "mean",
                     "update"):  # Fed-CDP replaces the local round by its own per-example clipped plain SGD
             if getattr(proto, key) != getattr(Protocol(), key):
@@ -249,7 +252,7 @@ class FedCDP(Defense):
                 sigmas.append(sigma)
                 gbar = {n: (s[n] + sigma * self.clip * torch.randn(s[n].shape, generator=ctx.generator,
                                                                     dtype=s[n].dtype)) / len(idx) for n in names}
-                if proto.kind == "fedsgd":
+                if proto.rule.uploads_gradient:
                     out = gbar
                     break
                 p = {n: p[n] - proto.lr * gbar[n] for n in names}

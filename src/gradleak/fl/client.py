@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradleak.errors import bad_value
-from gradleak.fl.optim import init_state, optimizer_step
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.protocols import to_delta
 
 Params = dict[str, Tensor]
 
@@ -78,13 +78,44 @@ def _set_mode(model: nn.Module, protocol: Protocol) -> None:
     model.train(protocol.bn_mode == "train")
 
 
-def _upload(protocol: Protocol, theta0: Params, theta: Params) -> Params:
-    """The upload in the protocol's stated convention (see :mod:`gradleak.fl.protocol`)."""
-    if protocol.update == "new_weights":
-        return dict(theta)
-    if protocol.update == "new_minus_old":
-        return {n: theta[n] - theta0[n] for n in theta}
-    return {n: theta0[n] - theta[n] for n in theta}
+def client_round(
+    model: nn.Module,
+    params: Params,
+    buffers: Params,
+    x: Tensor,
+    y: Tensor,
+    protocol: Protocol,
+    create_graph: bool = False,
+) -> tuple[Params, dict[str, Params]]:
+    """One client's round, dispatched to its registered protocol (:mod:`gradleak.fl.protocols`): the model
+    upload (g for FedSGD; θ_0 − θ_τ, θ_τ − θ_0 or θ_τ by ``protocol.update`` otherwise) and the protocol's
+    extra uploads (SCAFFOLD's ``control_update``), computed with ``protocol.state`` (zeros when unset).
+
+    With ``create_graph=True`` the result is differentiable w.r.t. ``x`` (and ``y``) through all τ
+    unrolled steps — the attacker's re-run. BN running statistics are updated on copies (train mode),
+    so ``buffers`` is left untouched.
+    """
+    _set_mode(model, protocol)
+    names = list(params)
+    rule = protocol.rule
+    p0 = {n: t if t.requires_grad else t.detach().requires_grad_() for n, t in params.items()}
+    b = {n: t.clone() for n, t in buffers.items()}
+    full = tuple(range(x.shape[0]))
+    state = protocol.state_or_initial(params)
+
+    def grad(theta: Params, idx: tuple) -> Params:
+        xb, yb = (x, y) if idx == full else (x[list(idx)], y[list(idx)])
+        loss = batch_loss(model, theta, b, xb, yb, protocol)
+        return dict(zip(names, torch.autograd.grad(loss, [theta[n] for n in names], create_graph=create_graph)))
+
+    def cut(theta: Params, opt: dict) -> tuple[Params, dict]:
+        return ({n: t.detach().requires_grad_() for n, t in theta.items()},
+                {k: v.detach() if isinstance(v, Tensor) else v for k, v in opt.items()})
+
+    up = rule.run(protocol, p0, grad, x.shape[0], state, None if create_graph else cut)
+    up = up if create_graph else {n: d.detach() for n, d in up.items()}
+    extra = rule.extra_uploads(protocol, to_delta(up, params, protocol.update), x.shape[0], state)
+    return up, extra
 
 
 def client_update(
@@ -96,52 +127,29 @@ def client_update(
     protocol: Protocol,
     create_graph: bool = False,
 ) -> Params:
-    """The upload of one client: g (FedSGD), or for FedAvg τ steps of the local optimizer from fresh state
-    (:mod:`gradleak.fl.optim`) reported as Δ = θ_0 − θ_τ, θ_τ − θ_0 or θ_τ (``protocol.update``).
-
-    With ``create_graph=True`` the result is differentiable w.r.t. ``x`` (and ``y``) through all τ
-    unrolled steps — the attacker's re-run. BN running statistics are updated on copies (train mode),
-    so ``buffers`` is left untouched.
-    """
-    _set_mode(model, protocol)
-    names = list(params)
-    p = {n: t if t.requires_grad else t.detach().requires_grad_() for n, t in params.items()}
-    b = {n: t.clone() for n, t in buffers.items()}
-    steps = protocol.schedule(x.shape[0])
-    full = tuple(range(x.shape[0]))
-    state = init_state()
-    for idx in steps:
-        xb, yb = (x, y) if idx == full else (x[list(idx)], y[list(idx)])
-        loss = batch_loss(model, p, b, xb, yb, protocol)
-        grads = torch.autograd.grad(loss, [p[n] for n in names], create_graph=create_graph)
-        if protocol.kind == "fedsgd":
-            return dict(zip(names, grads if create_graph else [g.detach() for g in grads]))
-        p, state = optimizer_step(protocol, p, dict(zip(names, grads)), state)
-        if not create_graph:
-            p = {n: t.detach().requires_grad_() for n, t in p.items()}
-            state = {k: v.detach() if isinstance(v, Tensor) else v for k, v in state.items()}
-    up = _upload(protocol, {n: params[n].detach() for n in names}, p)
-    return up if create_graph else {n: d.detach() for n, d in up.items()}
+    """The model upload of one client (:func:`client_round` without the extra uploads)."""
+    return client_round(model, params, buffers, x, y, protocol, create_graph)[0]
 
 
 def update_functional(model: nn.Module, protocol: Protocol, names: list[str]):
-    """``(params, buffers, x, y) -> tuple(upload)`` built from ``torch.func.grad``, for ``vmap``."""
+    """``(params, buffers, x, y) -> tuple(upload)`` built from ``torch.func.grad``, for ``vmap``; the
+    protocol's state (``protocol.state``) enters as a constant."""
     def loss(p, b, xb, yb):
         return batch_loss(model, p, b, xb, yb, protocol)
 
     grad = torch.func.grad(loss)
+    rule = protocol.rule
 
     def update(params, buffers, x, y):
-        p = params
         full = tuple(range(x.shape[0]))
-        state = init_state()
-        for idx in protocol.schedule(x.shape[0]):
+        state = protocol.state_or_initial({n: params[n] for n in names})
+
+        def g(theta, idx):
             xb, yb = (x, y) if idx == full else (x[list(idx)], y[list(idx)])
-            g = grad(p, buffers, xb, yb)
-            if protocol.kind == "fedsgd":
-                return tuple(g[n] for n in names)
-            p, state = optimizer_step(protocol, {n: p[n] for n in names}, g, state)
-        up = _upload(protocol, params, p)
+            out = grad({**params, **theta}, buffers, xb, yb)
+            return {n: out[n] for n in names}
+
+        up = rule.run(protocol, {n: params[n] for n in names}, g, x.shape[0], state)
         return tuple(up[n] for n in names)
 
     return update

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.protocols import to_delta
 
 Params = dict[str, Tensor]
 FORMAT_VERSION = 1
@@ -31,7 +32,9 @@ class Observation:
     upload after any defense, keyed like ``parameters``; ``protocol``: client settings the server knows;
     ``num_images``: the client's batch size; ``labels``: given only when the threat model grants them;
     ``bn_stats``: per-BN-layer batch mean/var when the client shares them; ``defenses``: what the
-    attacker was told about each transform applied to the upload.
+    attacker was told about each transform applied to the upload; ``extra_uploads``: the tensor sets the
+    protocol uploads beside the model update, by name (SCAFFOLD's ``control_update``), keyed like
+    ``parameters``. The protocol's known state (SCAFFOLD's control variates) is ``protocol.state``.
     """
 
     model_spec: dict
@@ -45,6 +48,7 @@ class Observation:
     bn_stats: Params | None = None
     defenses: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    extra_uploads: dict[str, Params] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
 
     def build_model(self) -> nn.Module:
@@ -74,12 +78,14 @@ class Observation:
         def move(d: Params | None) -> Params | None:
             return None if d is None else {k: v.to(device) for k, v in d.items()}
 
+        state = None if self.protocol.state is None else {k: move(v) for k, v in self.protocol.state.items()}
         return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
-                           update=move(self.update), protocol=self.protocol, num_images=self.num_images,
+                           update=move(self.update), protocol=self.protocol.with_state(state),
+                           num_images=self.num_images,
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
-                           model=self.model)
+                           extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
@@ -88,10 +94,7 @@ class Observation:
         conv = self.protocol.update
         if conv == "old_minus_new":
             return self
-        if conv == "new_minus_old":
-            update = {n: -t for n, t in self.update.items()}
-        else:
-            update = {n: self.parameters[n] - t for n, t in self.update.items()}
+        update = to_delta(self.update, self.parameters, conv)  # the one conversion (gradleak.fl.protocols)
         return dataclasses.replace(self, update=update,
                                    protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
                                    extra={**self.extra, "update_converted_from": conv})
@@ -106,6 +109,8 @@ class Observation:
             tensors["labels"] = self.labels
         for k, v in (self.bn_stats or {}).items():
             tensors[f"bn/{k}"] = v
+        for group, sets in (("state", self.protocol.state or {}), ("upload", self.extra_uploads)):
+            tensors |= {f"{group}/{s}/{k}": v for s, d in sets.items() for k, v in d.items()}
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         meta = {
             "format_version": FORMAT_VERSION,
@@ -139,6 +144,10 @@ class Observation:
         def part(prefix: str) -> Params:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+        def sets(group: str) -> dict[str, Params]:
+            names = {k.split("/")[1] for k in tensors if k.startswith(group + "/") and k.count("/") >= 2}
+            return {s: part(f"{group}/{s}/") for s in sorted(names)}
+
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise UserError(f"observation: tensor {name!r} in {st} contains NaN or inf")
@@ -157,11 +166,17 @@ class Observation:
                 bn_stats=part("bn/") if meta.get("has_bn_stats") else None,
                 defenses=meta.get("defenses", []),
                 extra=meta.get("extra", {}),
+                extra_uploads=sets("upload"),
                 model=model,
             )
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
                             f"{str(err).splitlines()[0] if str(err) else ''}); allowed: what Observation.save writes") from None
+        state = sets("state")
+        if set(state) != set(obs.protocol.rule.state):
+            raise UserError(f"observation: state sets {sorted(state)} in {st}; protocol {obs.protocol.kind} needs "
+                            f"exactly {list(obs.protocol.rule.state)}")
+        obs.protocol = obs.protocol.with_state(state or None)
         if validate:
             built = obs.build_model()
             # the model's tensor order (the file's is alphabetical): layer sums then run in the same order
@@ -179,8 +194,15 @@ def validate_against(model: nn.Module, obs: Observation) -> None:
     ref = dict(model.named_parameters())
     bufs = dict(model.named_buffers())
     name_of = obs.model_spec.get("name") if isinstance(obs.model_spec, dict) else None
-    for kind, tensors, expected in (("param", obs.parameters, ref), ("update", obs.update, ref),
-                                    ("buffer", obs.buffers, bufs)):
+    rule = obs.protocol.rule
+    groups = [("param", obs.parameters, ref), ("update", obs.update, ref), ("buffer", obs.buffers, bufs)]
+    for group, names, have in (("state", rule.state, obs.protocol.state or {}),
+                               ("upload", rule.uploads, obs.extra_uploads)):
+        if set(have) != set(names):  # the sets this protocol reads / uploads, no more, no fewer
+            raise UserError(f"observation: {group} sets {sorted(have)}; protocol {obs.protocol.kind} needs "
+                            f"exactly {list(names)}")
+        groups += [(f"{group}/{s}", have[s], ref) for s in names]
+    for kind, tensors, expected in groups:
         for name, want in expected.items():  # in the model's order: the first mismatch is reported
             if name not in tensors:
                 if kind != "buffer":

@@ -1,5 +1,10 @@
 """Client protocols: what an FL client computes from its private batch before uploading.
 
+The protocols themselves are registered in :data:`gradleak.fl.protocols.PROTOCOLS`, one file each (FedSGD,
+FedAvg, FedProx, SCAFFOLD; docs/protocols.md). This module holds :class:`Protocol`, the settings the server
+knows, whose fields are derived from :data:`COMMON` plus each registered protocol's own settings (the run
+config's ``client`` section is derived from the same list: :func:`all_settings`).
+
 FedSGD (McMahan et al., 2017): the upload is the gradient of the mean batch loss,
     g = ∇_θ (1/B) Σ_i ℓ(f_θ(N(x_i)), y_i).
 FedAvg: τ local steps of an optimizer (SGD with momentum / dampening / Nesterov / weight decay, Adam or
@@ -34,138 +39,120 @@ Local data order (the client's dataset is the batch in the order given):
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict
+from typing import Any
 
 from gradleak.errors import UserError, bad_value
+from gradleak.fl.protocols import PROTOCOLS, Setting, protocol_of
 
-PROTOCOLS = ("fedsgd", "fedavg")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 ORDERS = ("sequential", "shuffled", "unknown")
 UPDATES = ("old_minus_new", "new_minus_old", "new_weights")
 
+#: the settings every protocol shares (a protocol's own ones come from its ``settings``), in field order
+COMMON: tuple[Setting, ...] = (
+    Setting("local_steps", 1, "int", "τ: local steps (without epochs)", ge=1),
+    Setting("lr", 0.1, "float", "η: the local learning rate", gt=0),
+    Setting("local_batch_size", None, "int", "b: local mini-batch size (null: the whole local batch)",
+            nullable=True, ge=1),
+    Setting("epochs", None, "int", "if set, E passes over the local data", nullable=True, ge=1),
+    Setting("bn_mode", "train", "choice", "BatchNorm mode of the client's forward", choices=("train", "eval")),
+    Setting("share_bn_stats", False, "bool", "the client shares its batch BN statistics"),
+    Setting("optimizer", "sgd", "choice", "the local optimizer", choices=OPTIMIZERS),
+    Setting("momentum", 0.0, "float", "SGD momentum", ge=0, lt=1),
+    Setting("dampening", 0.0, "float", "SGD dampening", ge=0, le=1),
+    Setting("nesterov", False, "bool", "SGD Nesterov momentum"),
+    Setting("weight_decay", 0.0, "float", "L2 weight decay (AdamW: decoupled)", ge=0),
+    Setting("betas", (0.9, 0.999), "floats", "Adam/AdamW betas", length=2),
+    Setting("eps", 1e-8, "float", "Adam/AdamW eps", ge=0),
+    Setting("loss", "cross_entropy", "str", "cross_entropy or 'package.module:function' (logits, labels) -> scalar"),
+    Setting("label_smoothing", 0.0, "float", "cross-entropy label smoothing", ge=0, le=1),
+    Setting("class_weights", None, "floats", "cross-entropy class weights", nullable=True, positive=True),
+    Setting("mean", None, "floats", "per-channel input normalization (x - mean) / std", nullable=True),
+    Setting("std", None, "floats", "per-channel input normalization (x - mean) / std", nullable=True,
+            positive=True),
+    Setting("order", "sequential", "choice", "local data order", choices=ORDERS),
+    Setting("seed", None, "int", "shuffle seed (order shuffled; the client's own one for unknown)",
+            nullable=True),
+    Setting("drop_last", False, "bool", "drop an incomplete last mini-batch (with epochs)"),
+    Setting("update", "old_minus_new", "choice", "the upload's convention", choices=UPDATES),
+)
 
-def _number(key: str, value, lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-        hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
-        raise bad_value(f"client.{key}", value, "a number " + " and ".join(s for s in (lo_s, hi_s) if s))
+
+def all_settings() -> tuple[Setting, ...]:
+    """:data:`COMMON` then every registered protocol's own settings, in registration order."""
+    own = [s for rule in dict.fromkeys(PROTOCOLS.values()) for s in rule.settings]
+    names = [s.name for s in (*COMMON, *own)]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ValueError(f"protocol settings declared twice: {sorted(dup)}")
+    return (*COMMON, *own)
 
 
-def _floats(key: str, value, length: int | None = None, positive: bool = False) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    allowed = f"a list of {length or 'one or more'} {'positive ' if positive else ''}numbers"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = [value]
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise bad_value(f"client.{key}", value, allowed) from None
-    if (length is not None and len(out) != length) or not out or any(not math.isfinite(v) for v in out) \
-            or (positive and any(v <= 0 for v in out)):
-        raise bad_value(f"client.{key}", value, allowed)
-    return out
-
-
-@dataclass(frozen=True)
-class Protocol:
-    kind: Literal["fedsgd", "fedavg"] = "fedsgd"
-    local_steps: int = 1  # τ
-    lr: float = 0.1  # η
-    local_batch_size: int | None = None  # b; None = the whole local batch
-    epochs: int | None = None  # if set, E passes over the local data
-    bn_mode: Literal["train", "eval"] = "train"
-    share_bn_stats: bool = False
-    # local optimizer (FedAvg)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.0
-    dampening: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    # loss and input pipeline
-    loss: str = "cross_entropy"  # or 'package.module:function' (logits, labels) -> scalar
-    label_smoothing: float = 0.0
-    class_weights: tuple[float, ...] | None = None
-    mean: tuple[float, ...] | None = None  # per-channel input normalization (x - mean) / std
-    std: tuple[float, ...] | None = None
-    # local data order and the upload
-    order: Literal["sequential", "shuffled", "unknown"] = "sequential"
-    seed: int | None = None  # shuffle seed (order shuffled; the client's own one for unknown)
-    drop_last: bool = False
-    update: Literal["old_minus_new", "new_minus_old", "new_weights"] = "old_minus_new"
+class _ProtocolBase:
+    """Methods of :class:`Protocol` (its fields are derived from :func:`all_settings`)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in PROTOCOLS:
-            raise bad_value("client.protocol", self.kind, " | ".join(PROTOCOLS))
-        for key, v, allow_none in (("local_steps", self.local_steps, False),
-                                   ("local_batch_size", self.local_batch_size, True),
-                                   ("epochs", self.epochs, True)):
-            if (v is None and not allow_none) or (v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1)):
-                raise bad_value(f"client.{key}", v, "integer >= 1" + (" or null" if allow_none else ""))
-        _number("lr", self.lr, 0, lo_open=True)
-        if self.bn_mode not in ("train", "eval"):
-            raise bad_value("client.bn_mode", self.bn_mode, "train | eval")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad_value("client.optimizer", self.optimizer, " | ".join(OPTIMIZERS))
-        _number("momentum", self.momentum, 0, 1, hi_open=True)
-        _number("dampening", self.dampening, 0, 1)
-        _number("weight_decay", self.weight_decay, 0)
-        _number("eps", self.eps, 0)
-        _number("label_smoothing", self.label_smoothing, 0, 1)
-        betas = _floats("betas", self.betas, 2)
-        if any(not 0 <= b < 1 for b in betas):
+        rule = protocol_of(self.kind)
+        for s in all_settings():
+            value = getattr(self, s.name)
+            if s.owner is not None and s.owner != self.kind:
+                if value != s.default:
+                    raise bad_value(f"client.{s.name}", value, f"{s.default!r} with protocol {self.kind} "
+                                                                f"({s.name} is a setting of protocol {s.owner})")
+                continue
+            if s.name == "seed":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise bad_value("client.seed", value, "an integer or null")
+                continue
+            object.__setattr__(self, s.name, s.check(value))
+        if any(not 0 <= b < 1 for b in self.betas):
             raise bad_value("client.betas", self.betas, "two numbers in [0, 1)")
-        object.__setattr__(self, "betas", betas)
-        object.__setattr__(self, "class_weights", _floats("class_weights", self.class_weights, positive=True))
-        object.__setattr__(self, "mean", _floats("mean", self.mean))
-        object.__setattr__(self, "std", _floats("std", self.std, positive=True))
         if (self.mean is None) != (self.std is None) or (self.mean and len(self.mean) != len(self.std)):
             raise bad_value("client.std", self.std, "a list as long as client.mean (both or neither)")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise bad_value("client.nesterov", self.nesterov, "false, or true with momentum > 0 and dampening 0")
         if self.optimizer != "sgd" and (self.momentum or self.dampening or self.nesterov):
             raise bad_value("client.momentum", self.momentum, f"0 with optimizer {self.optimizer} (use betas)")
-        if not isinstance(self.loss, str) or not (self.loss == "cross_entropy" or ":" in self.loss):
+        if not (self.loss == "cross_entropy" or ":" in self.loss):
             raise bad_value("client.loss", self.loss, "cross_entropy or an import path 'package.module:function'")
         if self.loss != "cross_entropy" and (self.label_smoothing or self.class_weights):
             raise bad_value("client.loss", self.loss, "cross_entropy when label_smoothing or class_weights is set")
-        if self.order not in ORDERS:
-            raise bad_value("client.order", self.order, " | ".join(ORDERS))
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad_value("client.seed", self.seed, "an integer or null")
         if self.order == "shuffled" and self.seed is None:
             raise bad_value("client.seed", None, "an integer with order shuffled (or order unknown)")
-        if self.update not in UPDATES:
-            raise bad_value("client.update", self.update, " | ".join(UPDATES))
-        if self.kind == "fedsgd":
-            # FedSGD uploads the gradient: optimizer settings would be silently ignored, so refuse them
-            for key, default in (("optimizer", "sgd"), ("momentum", 0.0), ("weight_decay", 0.0),
-                                 ("nesterov", False), ("update", "old_minus_new")):
-                if getattr(self, key) != default:
-                    raise bad_value(f"client.{key}", getattr(self, key),
-                                    f"{default} with protocol fedsgd (it uploads the gradient; "
-                                    f"use protocol fedavg for local optimizer steps)")
+        rule.check(self)
+        if self.state is not None:
+            missing = [k for k in rule.state if k not in self.state]
+            unknown = [k for k in self.state if k not in rule.state]
+            if missing or unknown:
+                raise UserError(f"protocol state: got {sorted(self.state)}; allowed: exactly "
+                                f"{list(rule.state) or 'none'} for protocol {self.kind}")
+
+    @property
+    def rule(self):
+        """The registered :class:`gradleak.fl.protocols.ClientProtocol` of ``kind``."""
+        return PROTOCOLS[self.kind]
 
     def server_view(self) -> "Protocol":
         """The protocol as the server knows it: with order ``unknown`` the client's seed is removed."""
         return dataclasses.replace(self, seed=None) if self.order == "unknown" else self
 
+    def with_state(self, state: dict | None) -> "Protocol":
+        """The same settings with the known per-parameter state (SCAFFOLD's control variates)."""
+        return dataclasses.replace(self, state=state)
+
+    def state_or_initial(self, params: dict) -> dict:
+        """``state``, or the protocol's initial state (zeros) for ``params`` when none is set."""
+        return self.state if self.state is not None else self.rule.initial_state(params)
+
     def schedule(self, n: int) -> list[tuple[int, ...]]:
         """Index tuples of the mini-batch used at each local step (one entry for FedSGD)."""
-        return list(_schedule(self, n))
+        return list(self.rule.schedule(self, n))
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """The settings (no state tensors); a protocol's own settings only for that protocol."""
+        own = {s.name for s in all_settings() if s.owner is not None and s.owner != self.kind}
+        d = {k: v for k, v in asdict(self).items() if k != "state" and k not in own}
         for k in ("betas", "class_weights", "mean", "std"):
             d[k] = list(d[k]) if d[k] is not None else None
         return d
@@ -173,39 +160,27 @@ class Protocol:
     @classmethod
     def from_dict(cls, d: dict) -> "Protocol":
         """From ``to_dict`` output; keys missing in older files take their defaults."""
-        fields = [f.name for f in dataclasses.fields(cls)]
+        fields = [f.name for f in dataclasses.fields(cls) if f.name != "state"]
         for k in d:
             if k not in fields:
                 raise UserError(f"protocol key {k!r}: unknown key; allowed keys: {', '.join(fields)}")
         return cls(**d)
 
 
-@functools.lru_cache(maxsize=256)
-def _schedule(p: Protocol, n: int) -> tuple[tuple[int, ...], ...]:
-    if p.kind == "fedsgd":
-        return (tuple(range(n)),)
-    b = min(p.local_batch_size or n, n)
-    if p.order == "sequential" and p.epochs is None:
-        return tuple(tuple((t * b + i) % n for i in range(b)) for t in range(p.local_steps))
-    shuffled = p.order == "shuffled" or (p.order == "unknown" and p.seed is not None)
-    if shuffled:
-        import torch
-        from torch.utils.data import DataLoader
+def _field(s: Setting) -> tuple[str, Any, Any]:
+    return s.name, s.annotation, dataclasses.field(default=s.default)
 
-        loader = DataLoader(range(n), batch_size=b, shuffle=True, drop_last=p.drop_last,
-                            generator=torch.Generator().manual_seed(p.seed))
-        one_epoch = lambda: (tuple(int(i) for i in batch) for batch in loader)  # noqa: E731
-    else:
-        starts = [s for s in range(0, n, b) if not (p.drop_last and s + b > n)]
-        one_epoch = lambda: (tuple(range(s, min(s + b, n))) for s in starts)  # noqa: E731
-    out: list[tuple[int, ...]] = []
-    if p.epochs is not None:
-        for _ in range(p.epochs):
-            out.extend(one_epoch())
-        return tuple(out)
-    while len(out) < p.local_steps:
-        for batch in one_epoch():
-            out.append(batch)
-            if len(out) == p.local_steps:
-                break
-    return tuple(out)
+
+#: The client settings the server knows (frozen, hashable). Fields: ``kind`` (a registered protocol name),
+#: every :class:`Setting` of :func:`all_settings`, and ``state`` — per-parameter tensor sets the server knows
+#: and the protocol reads ({set name: {parameter name: tensor}}, SCAFFOLD's control variates; not compared,
+#: hashed or printed, and saved by the Observation, not by :meth:`to_dict`).
+Protocol = dataclasses.make_dataclass(
+    "Protocol",
+    [("kind", str, dataclasses.field(default="fedsgd")), *(_field(s) for s in all_settings()),
+     ("state", "dict | None", dataclasses.field(default=None, compare=False, repr=False))],
+    bases=(_ProtocolBase,), frozen=True)
+Protocol.__module__ = __name__
+Protocol.__doc__ = (
+    "The client protocol as the server knows it: ``kind`` (a registered protocol), the settings of "
+    ":func:`all_settings` and the known ``state`` (see the module docstring).")

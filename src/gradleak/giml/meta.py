@@ -163,6 +163,7 @@ def task_cost(prior: Prior, obs: Observation, z: Tensor, labels: Tensor, model: 
     """c(G_w(z_1), …, G_w(z_B); θ, g) for one task, differentiable w.r.t. the generator weights (scalar)."""
     raw = prior.generate(z, labels if prior.conditional else None)
     images = prior.to_pixels(raw, tuple(obs.image_shape)).unsqueeze(0)
+    obs = obs.as_delta()  # as the latent search (gradleak.attacks.engine.search) reads it
     names = list(obs.parameters)
     ctx = SearchContext(model, obs, names, [obs.update[n] for n in names])
     return objective_value(ctx, Objective(distance=_distance(cfg, obs), tv=cfg.tv), images, labels[None])[0]

@@ -203,8 +203,9 @@ def make_task_set(cfg: TaskSetConfig, out: str | Path, progress: bool = True, co
             name = f"task_{len(entries):06d}"
             obs.save(out / name)
             entries.append({"file": name, "round": r, "client": m})
+            delta = obs.as_delta().update  # the server's step reads Δ = θ_0 − θ_τ
             for k in agg:
-                agg[k] += obs.update[k] / len(chosen)
+                agg[k] += delta[k] / len(chosen)
             bar.update(1)
         with torch.no_grad():  # the server's FedAvg step moves θ for the next round
             for k, p in model.named_parameters():
