@@ -131,11 +131,13 @@ def load_state_file(path: str | Path, key: str) -> dict[str, Tensor]:
         raise UserError(f"{key}: file not found: {str(p)!r}")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from gradleak.safefile import read_safetensors
 
-            state: Any = load_file(str(p))
+            state: Any = read_safetensors(p, key)[0]  # validated header, bounded sizes (gradleak.limits)
         else:
             state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - corrupt or pickled-code files are one line
         raise UserError(f"{key}: cannot read {str(p)!r} as safetensors or a weights-only torch file "
                         f"({_first_line(err)})") from None

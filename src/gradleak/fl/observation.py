@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
+from gradleak.fl.obsfile import check_file
+from gradleak.limits import check_model_size
 from gradleak.fl.protocol import Protocol
 
 Params = dict[str, Tensor]
@@ -63,8 +65,13 @@ class Observation:
                     f"observation: model {name!r} was built in Python and cannot be rebuilt from the file; "
                     f"allowed: Observation.load(path, model=your_model), or a model_spec name that is a registered "
                     f"model or an import path 'package.module:factory'")
-            model = build_model(name, spec["num_classes"], spec["in_channels"], spec["resolution"],
-                                **spec.get("options", {}))
+            missing = [k for k in ("num_classes", "in_channels", "resolution") if k not in spec]
+            if missing:
+                raise UserError(f"observation: model_spec lacks {missing[0]!r}; allowed: a model_spec with name, "
+                                "num_classes, in_channels, resolution (or Observation.load(path, model=...))")
+            args = (name, spec["num_classes"], spec["in_channels"], spec["resolution"])
+            check_model_size(lambda: build_model(*args, **spec.get("options", {})), f"observation: model {name!r}")
+            model = build_model(*args, **spec.get("options", {}))
         validate_against(model, self)
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
@@ -132,9 +139,7 @@ class Observation:
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
         tensors, meta = read_pair(stem, "observation", None)
         js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        for key in ("model", "protocol", "num_images", "image_shape"):
-            if key not in meta:
-                raise UserError(f"observation: {js} lacks the metadata key {key!r}")
+        check_file(tensors, meta, js, st, rebuild=model is None)  # every field, dtype and declared size
 
         def part(prefix: str) -> Params:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
