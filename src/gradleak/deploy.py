@@ -77,8 +77,11 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--protocol: file not found: {str(p)!r}")
+    from gradleak.safefile import read_text
+
+    text = read_text(p, "--protocol")  # size-bounded UTF-8 (one line otherwise)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise UserError(f"--protocol: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -283,12 +286,16 @@ def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--ima
         import numpy as np
         from PIL import Image
 
+        from gradleak.safefile import open_image
+
         imgs = []
         for f in files:
             try:
-                with Image.open(f) as img:
+                with open_image(f, key) as img:  # size checked before decoding (gradleak.limits.IMAGE_PIXELS)
                     img = img.convert("L" if C == 1 else "RGB")
                     arr = np.array(img, dtype=np.uint8)
+            except UserError:
+                raise
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 raise UserError(f"{key}: cannot read image {str(f)!r} ({_first_line(err)})") from None
             if arr.shape[:2] != (H, W):

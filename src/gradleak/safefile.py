@@ -120,6 +120,24 @@ def read_safetensors(path: str | os.PathLike, key: str) -> tuple[dict, dict[str,
     return tensors, meta
 
 
+def read_text(path: str | os.PathLike, key: str) -> str:
+    """A UTF-8 text file (YAML, CSV) of at most :data:`gradleak.limits.TEXT_BYTES`; one-line errors name
+    ``key`` and the file."""
+    path = Path(path)
+    where = f"{key}: {_name(path)}"
+    try:
+        limits.TEXT_BYTES.check(path.stat().st_size, where, " bytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{key}: file not found: {_name(path)}") from None
+    except OSError as err:
+        raise UserError(f"{where}: cannot read ({err.strerror or type(err).__name__})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{where} is not UTF-8 text (byte {err.start})") from None
+
+
 def read_json(path: str | os.PathLike, key: str, *, mapping: bool = True):
     """The parsed JSON of ``path`` (a JSON object when ``mapping``); one-line errors name ``key`` and the file."""
     path = Path(path)
@@ -144,3 +162,42 @@ def read_json(path: str | os.PathLike, key: str, *, mapping: bool = True):
     if mapping and not isinstance(obj, dict):
         raise UserError(f"{where} holds a JSON {type(obj).__name__}; allowed: a JSON object")
     return obj
+
+
+def open_image(path: str | os.PathLike, key: str):
+    """Open an image with Pillow and check its declared size before any pixel is decoded.
+
+    Pillow's decompression-bomb guard only *warns* between ``MAX_IMAGE_PIXELS`` and twice that, and its limit
+    is a global others may change. Here the header's width × height is compared with
+    :data:`gradleak.limits.IMAGE_PIXELS` (default: Pillow's own 89,478,485, raisable with
+    ``GRADLEAK_MAX_IMAGE_PIXELS``) right after ``Image.open`` (which reads the header only), with Pillow's limit
+    set to the same value so its own check agrees; the refusal names the image and the limit. Returns the
+    (lazy) ``PIL.Image``; the caller closes it (``with open_image(...) as img``)."""
+    import warnings
+
+    from PIL import Image
+
+    path = Path(path)
+    limit = limits.IMAGE_PIXELS.get()
+    old = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = limit
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        img = None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"{key}: cannot read image {_name(path)} ({' '.join(str(err).split())[:200]}); "
+                        "allowed: images Pillow can open") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    if img is None:
+        raise UserError(f"{key}: image {_name(path)} is larger than {limit:,} pixels; allowed: at most "
+                        f"{limit:,} ({limits.IMAGE_PIXELS.what}; raise it with {limits.IMAGE_PIXELS.env})")
+    w, h = img.size
+    if w * h > limit:
+        img.close()
+        raise UserError(f"{key}: image {_name(path)} declares {w:,} x {h:,} = {w * h:,} pixels; allowed: at most "
+                        f"{limit:,} ({limits.IMAGE_PIXELS.what}; raise it with {limits.IMAGE_PIXELS.env})")
+    return img

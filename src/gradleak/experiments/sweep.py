@@ -121,9 +121,12 @@ def load_sweep(path: str | Path) -> Sweep:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"sweep: file not found: {p}")
+    from gradleak.safefile import read_text
+
+    text = read_text(p, "sweep")  # size-bounded UTF-8 (gradleak.limits.TEXT_BYTES)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
         raise UserError(f"sweep: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"sweep: {p} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")

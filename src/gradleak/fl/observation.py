@@ -16,8 +16,6 @@ from torch import Tensor, nn
 
 from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
-from gradleak.fl.obsfile import check_file
-from gradleak.limits import check_model_size
 from gradleak.fl.protocol import Protocol
 
 Params = dict[str, Tensor]
@@ -53,6 +51,7 @@ class Observation:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
         object given to :meth:`load` (or set on the Observation), else rebuilt from ``model_spec`` — a
         registered name or a ``package.module:factory`` import path."""
+        from gradleak.limits import check_model_size
         from gradleak.models import MODELS, build_model
 
         spec = self.model_spec
@@ -139,6 +138,8 @@ class Observation:
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
         tensors, meta = read_pair(stem, "observation", None)
         js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+        from gradleak.fl.obsfile import check_file
+
         check_file(tensors, meta, js, st, rebuild=model is None)  # every field, dtype and declared size
 
         def part(prefix: str) -> Params:
