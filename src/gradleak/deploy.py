@@ -95,6 +95,10 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
             raise UserError(f"--protocol {p}: key {key!r}: unknown key; see docs/deployment.md for the keys") from None
         raise UserError(f"--protocol {p}: " + format_error(err)) from None
     spec.client.to_protocol()  # protocol-level checks (one line naming client.<key>)
+    from gradleak.limits import check_batch
+
+    check_batch(spec.num_images, (spec.model.channels, spec.model.resolution, spec.model.resolution),
+                f"--protocol {p}")  # a declared batch of 10^9 images: refused before anything is allocated
     return spec
 
 
@@ -107,6 +111,11 @@ def build_victim(name: str | None, spec: ModelSection) -> nn.Module:
         raise UserError("--model: missing; allowed: a registered model name or 'package.module:factory' "
                         "(or model.name in PROTOCOL.yaml)")
     ensure_cwd_importable()
+    from gradleak.limits import IMAGE_PIXELS, check_model_size
+
+    IMAGE_PIXELS.check(spec.resolution ** 2, "--protocol model.resolution", " pixels")
+    check_model_size(lambda: build_model(name, spec.num_classes, spec.channels, spec.resolution, **spec.options),
+                     f"model {name!r}")  # num_classes: 10^9 is refused before the weights are allocated
     try:
         model = build_model(name, spec.num_classes, spec.channels, spec.resolution, **spec.options)
     except UserError:

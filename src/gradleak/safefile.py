@@ -167,34 +167,25 @@ def read_json(path: str | os.PathLike, key: str, *, mapping: bool = True):
 def open_image(path: str | os.PathLike, key: str):
     """Open an image with Pillow and check its declared size before any pixel is decoded.
 
-    Pillow's decompression-bomb guard only *warns* between ``MAX_IMAGE_PIXELS`` and twice that, and its limit
-    is a global others may change. Here the header's width × height is compared with
-    :data:`gradleak.limits.IMAGE_PIXELS` (default: Pillow's own 89,478,485, raisable with
-    ``GRADLEAK_MAX_IMAGE_PIXELS``) right after ``Image.open`` (which reads the header only), with Pillow's limit
-    set to the same value so its own check agrees; the refusal names the image and the limit. Returns the
-    (lazy) ``PIL.Image``; the caller closes it (``with open_image(...) as img``)."""
-    import warnings
-
+    Pillow's own decompression-bomb guard only *warns* between ``MAX_IMAGE_PIXELS`` and twice that, and its
+    limit is a process-wide global. ``Image.open`` reads the header only; right after it, width × height is
+    compared with :data:`gradleak.limits.IMAGE_PIXELS` (default: Pillow's own 89,478,485; raise it with
+    ``GRADLEAK_MAX_IMAGE_PIXELS``), so the refusal names the image, its size and the limit and comes before
+    decoding (Pillow's check is switched off for that one ``open``: ours replaces it, with an error instead of
+    a warning). Returns the lazy ``PIL.Image``; the caller closes it (``with open_image(...) as img``)."""
     from PIL import Image
 
     path = Path(path)
     limit = limits.IMAGE_PIXELS.get()
     old = Image.MAX_IMAGE_PIXELS
     try:
-        Image.MAX_IMAGE_PIXELS = limit
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        img = None
+        Image.MAX_IMAGE_PIXELS = None  # our check below, with the size in the message
+        img = Image.open(path)
     except (OSError, ValueError, SyntaxError) as err:
         raise UserError(f"{key}: cannot read image {_name(path)} ({' '.join(str(err).split())[:200]}); "
                         "allowed: images Pillow can open") from None
     finally:
         Image.MAX_IMAGE_PIXELS = old
-    if img is None:
-        raise UserError(f"{key}: image {_name(path)} is larger than {limit:,} pixels; allowed: at most "
-                        f"{limit:,} ({limits.IMAGE_PIXELS.what}; raise it with {limits.IMAGE_PIXELS.env})")
     w, h = img.size
     if w * h > limit:
         img.close()
