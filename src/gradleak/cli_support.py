@@ -52,6 +52,15 @@ def _usage_line(err) -> str:
 
 def run_cli(app: Callable[..., object]) -> None:
     """Run the typer/click ``app`` under the error policy of the module docstring (exits the process)."""
+    from gradleak.locks import release_all
+
+    try:
+        _run_cli(app)
+    finally:
+        release_all()  # the --out locks taken while parsing (gradleak.locks)
+
+
+def _run_cli(app: Callable[..., object]) -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as err:
@@ -103,9 +112,12 @@ def clean_tmp(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def check_out(out: str | os.PathLike, key: str = "--out") -> Path:
+def check_out(out: str | os.PathLike, key: str = "--out", lock: bool = False) -> Path:
     """Refuse an output directory that cannot be used, before any work: an existing file, a path under a
-    file, or a place where no file can be created. Creates nothing; cleans leftover ``*.tmp`` files."""
+    file, or a place where no file can be created. With ``lock``, take the directory's lock
+    (:mod:`gradleak.locks`: a second command on the same directory is refused; the directory is created for
+    it and removed again if the command leaves it empty); then clean leftover ``*.tmp`` files — only under the
+    lock, so a live run's temporary files are never touched."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{key}: {str(path)!r} is a file; allowed: a directory (existing or to be created)")
@@ -123,14 +135,25 @@ def check_out(out: str | os.PathLike, key: str = "--out") -> Path:
     except OSError as err:
         raise UserError(f"{key}: cannot write in {str(probe)!r} ({err.strerror or type(err).__name__}); "
                         "allowed: a writable directory") from None
-    if path.is_dir():
+    if lock:
+        from gradleak.locks import acquire, command_name
+
+        acquire(path, command_name(), key)
+    if path.is_dir() and (lock or not _locked_by_other(path)):
         clean_tmp(path)
     return path
 
 
+def _locked_by_other(path: Path) -> bool:
+    from gradleak.locks import LOCK_NAME
+
+    return (path / LOCK_NAME).exists()
+
+
 def checked_out(value):
-    """typer ``callback=`` for ``--out`` options: :func:`check_out` at parse time (None passes)."""
-    return None if value is None else check_out(value)
+    """typer ``callback=`` for ``--out`` options: :func:`check_out` at parse time, with the directory's lock
+    held until the command ends (None passes)."""
+    return None if value is None else check_out(value, lock=True)
 
 
 # --- --threads, --version -------------------------------------------------------------------------------------

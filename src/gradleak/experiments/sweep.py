@@ -273,14 +273,21 @@ def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, 
 def run_sweep(sweep: Sweep, out: str | Path, workers: int = 0, use_ray: bool = False,
               ray_address: str | None = None, threads: int = 1, progress: bool = True) -> list[dict]:
     """Run every run not already done, then write results.csv, summary.csv, the plots and sweep.html."""
+    from gradleak.locks import out_lock
+
+    out = Path(out)
+    with out_lock(out, f"gradleak sweep {sweep.name}"):  # one sweep per directory (held already under the CLI)
+        return _run_sweep(sweep, out, workers, use_ray, ray_address, threads, progress)
+
+
+def _run_sweep(sweep: Sweep, out: Path, workers: int, use_ray: bool, ray_address: str | None, threads: int,
+               progress: bool) -> list[dict]:
     import os
 
     from tqdm.auto import tqdm
 
     from gradleak.atomic import atomic_write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(sweep.to_dict(), indent=1, default=str))
     runs = sweep.runs()
     rows: dict[str, dict] = {}
