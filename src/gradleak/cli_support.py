@@ -5,6 +5,8 @@ The policy (:func:`run_cli`, called by ``gradleak.cli.main``):
 * a :class:`~gradleak.errors.UserError` (bad input) → ``error: <one line>`` on stderr, exit code 2;
 * a click usage error (unknown option, ``--steps x``, missing argument) → ``error: <one line>``, exit 2;
 * Ctrl-C (SIGINT → ``KeyboardInterrupt``, click's ``Abort``) → ``interrupted``, exit 130;
+* a write that fails because of the place (full disk, read-only file system, quota, I/O error: an
+  :class:`OSError` with an errno of :data:`DISK_ERRNOS`) → ``error: cannot write '<file>': <reason>``, exit 74;
 * anything else is a bug: the traceback is kept, exit 1.
 
 ``--out`` is checked when the command line is parsed, before any work starts (:func:`checked_out`): it must
@@ -14,6 +16,7 @@ from it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -25,6 +28,9 @@ from gradleak.errors import UserError
 
 INTERRUPTED = 130
 USAGE = 2
+IO_ERROR = 74  # EX_IOERR (sysexits.h): the disk is full, read-only, over quota or failing
+#: errnos of a write that failed because of the place, not the program: one line, not a traceback
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 def one_line(text: str) -> str:
@@ -69,6 +75,13 @@ def _run_cli(app: Callable[..., object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        where = f" {str(err.filename)!r}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or os.strerror(err.errno)} (the files written before "
+              "are complete; nothing is half-written)", file=sys.stderr)
+        sys.exit(IO_ERROR)
     except Exception as err:
         if _is_abort(err):  # click turns KeyboardInterrupt into Abort
             print("interrupted", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from gradleak.atomic import fsync_dir, fsync_file
+from gradleak.atomic import fsync_dir, fsync_file, write_error
 from gradleak.errors import UserError
 from gradleak.limits import check_model_size
 from gradleak.safefile import read_json, read_safetensors
@@ -49,9 +49,12 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
             fsync_file(t)
         tmp_st.replace(st)
         tmp_js.replace(js)
-    except BaseException:
+    except BaseException as err:
         for t in (tmp_st, tmp_js):
             t.unlink(missing_ok=True)
+        failed = write_error(err, st) if isinstance(err, Exception) else err
+        if failed is not err:  # a full disk or a read-only place: one line naming the file (gradleak.cli_support)
+            raise failed from err
         raise
     fsync_dir(stem.parent)
     return st, js

@@ -106,8 +106,16 @@ def acquire(out: str | os.PathLike, command: str = "gradleak", key: str = "--out
     except BaseException:
         _remove_created(created)
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    except OSError as err:  # a full or failing disk: one line naming the lock file (gradleak.cli_support)
+        from gradleak.atomic import write_error
+
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        _remove_created(created)
+        raise write_error(err, path) from err
     lock = Lock(path, fd, created=created)
     _HELD[real] = lock
     return lock
