@@ -169,15 +169,17 @@ def open_image(path: str | os.PathLike, key: str):
 
     Pillow's own decompression-bomb guard only *warns* between ``MAX_IMAGE_PIXELS`` and twice that, and its
     limit is a process-wide global. ``Image.open`` reads the header only; right after it, width × height is
-    compared with :data:`gradleak.limits.IMAGE_PIXELS` (default: Pillow's own 89,478,485; raise it with
-    ``GRADLEAK_MAX_IMAGE_PIXELS``), so the refusal names the image, its size and the limit and comes before
+    compared with :data:`gradleak.limits.IMAGE_PIXELS` (``GRADLEAK_MAX_IMAGE_PIXELS`` when set, else Pillow's
+    ``Image.MAX_IMAGE_PIXELS`` as this process has it, by default 89,478,485), so the refusal names the image, its size and the limit and comes before
     decoding (Pillow's check is switched off for that one ``open``: ours replaces it, with an error instead of
     a warning). Returns the lazy ``PIL.Image``; the caller closes it (``with open_image(...) as img``)."""
     from PIL import Image
 
     path = Path(path)
-    limit = limits.IMAGE_PIXELS.get()
     old = Image.MAX_IMAGE_PIXELS
+    # the environment variable when set; else Pillow's limit as the process has it (a program that lowered
+    # Image.MAX_IMAGE_PIXELS keeps its choice), else Pillow's default
+    limit = limits.IMAGE_PIXELS.get() if os.environ.get(limits.IMAGE_PIXELS.env) else int(old or limits.IMAGE_PIXELS.default)
     try:
         Image.MAX_IMAGE_PIXELS = None  # our check below, with the size in the message
         img = Image.open(path)
