@@ -16,6 +16,7 @@ from typing import IO, Any, Callable
 
 __all__ = [
     "atomic_write",
+    "write_error",
     "fsync_file",
     "fsync_dir",
     "atomic_write_bytes",
@@ -71,14 +72,32 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(err, OSError):
+            raise write_error(err, path) from err
         raise
     fsync_dir(path.parent)
     return path
+
+
+def write_error(err: BaseException, path: str | os.PathLike) -> BaseException:
+    """The failure of a write as an :class:`OSError` that names the *destination* (not the temporary file) and
+    keeps the errno (``ENOSPC``, ``EROFS``, ``EDQUOT``, ``EFBIG``, ``EIO``), so the CLI can say in one line
+    which file could not be written and why. Libraries that hide the errno in their message (safetensors:
+    ``... (os error 28)``) are recognised too; anything else is returned unchanged."""
+    import re
+
+    code = getattr(err, "errno", None)
+    if code is None:
+        m = re.search(r"os error (\d+)", str(err))
+        code = int(m.group(1)) if m else None
+    if code is None:
+        return err
+    return OSError(code, os.strerror(code), str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -471,15 +471,24 @@ def sweep_cmd(
     ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance, or the cluster at --ray-address."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://host:port or host:port); implies --ray."),
     threads: int = typer.Option(1, "--threads", help="torch threads per run (the same on every executor, so numbers match)."),
+    retries: int = typer.Option(2, "--retries", help="Retries of a run whose worker dies (SIGKILL, OOM, lost Ray node) or times out; then it is reported failed."),
+    timeout: float = typer.Option(0, "--timeout", help="Seconds one run may take before its worker is killed (0: no limit)."),
     progress: bool = typer.Option(True, help="Show a progress bar over runs."),
 ) -> None:
     """Run a sweep of audits (grid/zip axes x private batches), resumable, then tabulate and plot it."""
-    from gradleak.experiments.sweep import load_sweep, run_sweep
+    from gradleak.experiments.sweep import FAILURES, load_sweep, read_failures, run_sweep
 
     sweep = load_sweep(sweep_file)
     rows = run_sweep(sweep, out, workers=workers, use_ray=ray or ray_address is not None, ray_address=ray_address,
-                     threads=threads, progress=progress)
+                     threads=threads, progress=progress, retries=retries, timeout=timeout)
     typer.echo(f"{len(rows)} runs in {len(sweep.cells())} cells; see {out / 'summary.csv'} and {out / 'sweep.html'}")
+    failed = read_failures(out)
+    if failed:  # every other run finished; the failed ones are redone by running the same command again
+        first = failed[0]
+        typer.echo(f"sweep: {len(failed)} of {len(sweep.runs())} runs failed (see {out / FAILURES}), e.g. "
+                   f"{first['run']}: {first['reason']} after {first['attempts']} attempt(s); run the same command "
+                   "again to redo only them", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("attack")

@@ -5,6 +5,8 @@ The policy (:func:`run_cli`, called by ``gradleak.cli.main``):
 * a :class:`~gradleak.errors.UserError` (bad input) → ``error: <one line>`` on stderr, exit code 2;
 * a click usage error (unknown option, ``--steps x``, missing argument) → ``error: <one line>``, exit 2;
 * Ctrl-C (SIGINT → ``KeyboardInterrupt``, click's ``Abort``) → ``interrupted``, exit 130;
+* a write that fails because of the place (full disk, read-only file system, quota, I/O error: an
+  :class:`OSError` with an errno of :data:`DISK_ERRNOS`) → ``error: cannot write '<file>': <reason>``, exit 74;
 * anything else is a bug: the traceback is kept, exit 1.
 
 ``--out`` is checked when the command line is parsed, before any work starts (:func:`checked_out`): it must
@@ -14,6 +16,7 @@ from it.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -25,6 +28,9 @@ from gradleak.errors import UserError
 
 INTERRUPTED = 130
 USAGE = 2
+IO_ERROR = 74  # EX_IOERR (sysexits.h): the disk is full, read-only, over quota or failing
+#: errnos of a write that failed because of the place, not the program: one line, not a traceback
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO}
 
 
 def one_line(text: str) -> str:
@@ -52,6 +58,15 @@ def _usage_line(err) -> str:
 
 def run_cli(app: Callable[..., object]) -> None:
     """Run the typer/click ``app`` under the error policy of the module docstring (exits the process)."""
+    from gradleak.locks import release_all
+
+    try:
+        _run_cli(app)
+    finally:
+        release_all()  # the --out locks taken while parsing (gradleak.locks)
+
+
+def _run_cli(app: Callable[..., object]) -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as err:
@@ -60,6 +75,13 @@ def run_cli(app: Callable[..., object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        where = f" {str(err.filename)!r}" if err.filename else ""
+        print(f"error: cannot write{where}: {err.strerror or os.strerror(err.errno)} (the files written before "
+              "are complete; nothing is half-written)", file=sys.stderr)
+        sys.exit(IO_ERROR)
     except Exception as err:
         if _is_abort(err):  # click turns KeyboardInterrupt into Abort
             print("interrupted", file=sys.stderr)
@@ -103,9 +125,12 @@ def clean_tmp(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def check_out(out: str | os.PathLike, key: str = "--out") -> Path:
+def check_out(out: str | os.PathLike, key: str = "--out", lock: bool = False) -> Path:
     """Refuse an output directory that cannot be used, before any work: an existing file, a path under a
-    file, or a place where no file can be created. Creates nothing; cleans leftover ``*.tmp`` files."""
+    file, or a place where no file can be created. With ``lock``, take the directory's lock
+    (:mod:`gradleak.locks`: a second command on the same directory is refused; the directory is created for
+    it and removed again if the command leaves it empty); then clean leftover ``*.tmp`` files — only under the
+    lock, so a live run's temporary files are never touched."""
     path = Path(out).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{key}: {str(path)!r} is a file; allowed: a directory (existing or to be created)")
@@ -123,14 +148,25 @@ def check_out(out: str | os.PathLike, key: str = "--out") -> Path:
     except OSError as err:
         raise UserError(f"{key}: cannot write in {str(probe)!r} ({err.strerror or type(err).__name__}); "
                         "allowed: a writable directory") from None
-    if path.is_dir():
+    if lock:
+        from gradleak.locks import acquire, command_name
+
+        acquire(path, command_name(), key)
+    if path.is_dir() and (lock or not _locked_by_other(path)):
         clean_tmp(path)
     return path
 
 
+def _locked_by_other(path: Path) -> bool:
+    from gradleak.locks import LOCK_NAME
+
+    return (path / LOCK_NAME).exists()
+
+
 def checked_out(value):
-    """typer ``callback=`` for ``--out`` options: :func:`check_out` at parse time (None passes)."""
-    return None if value is None else check_out(value)
+    """typer ``callback=`` for ``--out`` options: :func:`check_out` at parse time, with the directory's lock
+    held until the command ends (None passes)."""
+    return None if value is None else check_out(value, lock=True)
 
 
 # --- --threads, --version -------------------------------------------------------------------------------------

@@ -77,8 +77,11 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--protocol: file not found: {str(p)!r}")
+    from gradleak.safefile import read_text
+
+    text = read_text(p, "--protocol")  # size-bounded UTF-8 (one line otherwise)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise UserError(f"--protocol: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -92,6 +95,10 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
             raise UserError(f"--protocol {p}: key {key!r}: unknown key; see docs/deployment.md for the keys") from None
         raise UserError(f"--protocol {p}: " + format_error(err)) from None
     spec.client.to_protocol()  # protocol-level checks (one line naming client.<key>)
+    from gradleak.limits import check_batch
+
+    check_batch(spec.num_images, (spec.model.channels, spec.model.resolution, spec.model.resolution),
+                f"--protocol {p}")  # a declared batch of 10^9 images: refused before anything is allocated
     return spec
 
 
@@ -104,6 +111,11 @@ def build_victim(name: str | None, spec: ModelSection) -> nn.Module:
         raise UserError("--model: missing; allowed: a registered model name or 'package.module:factory' "
                         "(or model.name in PROTOCOL.yaml)")
     ensure_cwd_importable()
+    from gradleak.limits import IMAGE_PIXELS, check_model_size
+
+    IMAGE_PIXELS.check(spec.resolution ** 2, "--protocol model.resolution", " pixels")
+    check_model_size(lambda: build_model(name, spec.num_classes, spec.channels, spec.resolution, **spec.options),
+                     f"model {name!r}")  # num_classes: 10^9 is refused before the weights are allocated
     try:
         model = build_model(name, spec.num_classes, spec.channels, spec.resolution, **spec.options)
     except UserError:
@@ -131,11 +143,13 @@ def load_state_file(path: str | Path, key: str) -> dict[str, Tensor]:
         raise UserError(f"{key}: file not found: {str(p)!r}")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from gradleak.safefile import read_safetensors
 
-            state: Any = load_file(str(p))
+            state: Any = read_safetensors(p, key)[0]  # validated header, bounded sizes (gradleak.limits)
         else:
             state = torch.load(str(p), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - corrupt or pickled-code files are one line
         raise UserError(f"{key}: cannot read {str(p)!r} as safetensors or a weights-only torch file "
                         f"({_first_line(err)})") from None
@@ -285,12 +299,16 @@ def load_images(path: str | Path, shape: tuple[int, int, int], key: str = "--ima
         import numpy as np
         from PIL import Image
 
+        from gradleak.safefile import open_image
+
         imgs = []
         for f in files:
             try:
-                with Image.open(f) as img:
+                with open_image(f, key) as img:  # size checked before decoding (gradleak.limits.IMAGE_PIXELS)
                     img = img.convert("L" if C == 1 else "RGB")
                     arr = np.array(img, dtype=np.uint8)
+            except UserError:
+                raise
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 raise UserError(f"{key}: cannot read image {str(f)!r} ({_first_line(err)})") from None
             if arr.shape[:2] != (H, W):

@@ -14,12 +14,13 @@ import os
 import uuid
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from gradleak.atomic import fsync_dir, fsync_file
+from gradleak.atomic import fsync_dir, fsync_file, write_error
 from gradleak.errors import UserError
+from gradleak.limits import check_model_size
+from gradleak.safefile import read_json, read_safetensors
 
 
 def _stem(path: str | Path) -> Path:
@@ -48,9 +49,12 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
             fsync_file(t)
         tmp_st.replace(st)
         tmp_js.replace(js)
-    except BaseException:
+    except BaseException as err:
         for t in (tmp_st, tmp_js):
             t.unlink(missing_ok=True)
+        failed = write_error(err, st) if isinstance(err, Exception) else err
+        if failed is not err:  # a full disk or a read-only place: one line naming the file (gradleak.cli_support)
+            raise failed from err
         raise
     fsync_dir(stem.parent)
     return st, js
@@ -68,15 +72,10 @@ def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = No
     for f in (st, js):
         if not f.is_file():
             raise UserError(f"{key}: file not found: {str(f)!r}")
-    try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
-        tensors = load_file(str(st))
-        with safe_open(str(st), "pt") as f:
-            st_meta = f.metadata() or {}
-    except Exception as err:  # noqa: BLE001 - corrupt files are one line
-        raise UserError(f"{key}: cannot read {str(st)!r} / {str(js)!r}: {type(err).__name__}") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{key}: {str(js)!r} holds a JSON {type(meta).__name__}; allowed: a JSON object (gradleak metadata)")
+    # validated readers (gradleak.safefile): a truncated, corrupt or hostile file is one line naming the file
+    # and the field, refused before any large allocation (gradleak.limits)
+    meta = read_json(js, key)
+    tensors, st_meta = read_safetensors(st, key)
     if PAIR_KEY in meta and PAIR_KEY in st_meta and meta[PAIR_KEY] != st_meta[PAIR_KEY]:
         raise UserError(f"{key}: {str(st)!r} and {str(js)!r} were written by different saves (an interrupted write?); "
                         "allowed: a matching pair")
@@ -106,6 +105,7 @@ def build(cls, meta: dict, key: str, path: str | Path, field: str = "arch"):
     arch = meta.get(field)
     if not isinstance(arch, dict):
         raise UserError(f"{key}: {str(path)!r} has no {field!r} mapping in its JSON; allowed: a file written by gradleak")
+    check_model_size(lambda: cls(**arch), f"{key}: {str(path)!r}")  # absurd widths: refused before allocating
     try:
         return cls(**arch)
     except UserError as err:

@@ -53,7 +53,11 @@ def scan_subfolders(root: Path) -> tuple[list[Path], list[int], list[str]]:
 def parse_label_file(path: Path) -> tuple[list[str], list[str]]:
     """``(filenames, label strings)`` from a label file, in file order."""
     files, labels = [], []
-    for num, raw in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"data.root: {str(path)!r} is not UTF-8 text (byte {err.start}); allowed: {ALLOWED}") from None
+    for num, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -92,8 +96,10 @@ def read_image(path: Path, resolution: int, channels: int) -> Tensor:
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
+    from gradleak.safefile import open_image
+
     try:
-        with Image.open(path) as img:
+        with open_image(path, "data.root") as img:  # size checked before decoding (gradleak.limits.IMAGE_PIXELS)
             img.draft(mode, (resolution, resolution))  # fast JPEG decode at reduced size
             img = img.convert(mode)
             w, h = img.size
@@ -101,6 +107,8 @@ def read_image(path: Path, resolution: int, channels: int) -> Tensor:
             left, top = (w - s) // 2, (h - s) // 2
             img = img.crop((left, top, left + s, top + s)).resize((resolution, resolution),
                                                                    Image.Resampling.BILINEAR)
+    except UserError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # bomb: over 2x MAX_IMAGE_PIXELS
         raise UserError(f"data.root: cannot read image {str(path)!r} ({' '.join(str(err).split())}); "
                         f"allowed: images Pillow can open") from None

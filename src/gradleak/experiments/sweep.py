@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from gradleak.errors import UserError
+from gradleak.experiments.workers import Outcome, run_tasks
 
 SWEEP_KEYS = ("base", "axes", "zip", "batches", "name")
 
@@ -121,9 +122,12 @@ def load_sweep(path: str | Path) -> Sweep:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"sweep: file not found: {p}")
+    from gradleak.safefile import read_text
+
+    text = read_text(p, "sweep")  # size-bounded UTF-8 (gradleak.limits.TEXT_BYTES)
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
         raise UserError(f"sweep: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"sweep: {p} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
@@ -223,29 +227,57 @@ def done_row(run: Run, out: Path) -> dict | None:
 # --- executors ----------------------------------------------------------------------------------------------
 
 def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_address: str | None = None,
-            use_ray: bool = False, threads: int = 1) -> Iterator[dict]:
-    """Run ``runs``, yielding each results row as it finishes (in completion order)."""
+            use_ray: bool = False, threads: int = 1, retries: int = 2,
+            timeout: float | None = None) -> Iterator[Outcome]:
+    """Run ``runs``, yielding each run's :class:`~gradleak.experiments.workers.Outcome` (key ``cell/bN``; the
+    results row when it succeeded, the reason when it failed) in completion order.
+
+    On the process pool (:mod:`gradleak.experiments.workers`) and on Ray a worker that dies is retried
+    ``retries`` times, then the run is reported failed; a run longer than ``timeout`` seconds is killed and
+    counts as a failed attempt. In this process (``workers == 1`` and no timeout) an exception fails its run
+    only."""
     if use_ray:
-        yield from _execute_ray(sweep, runs, out, ray_address, threads)
+        yield from _execute_ray(sweep, runs, out, ray_address, threads, retries, timeout)
         return
-    if workers == 1 or len(runs) <= 1:
+    if (workers == 1 or len(runs) <= 1) and not timeout:
         for run in runs:
-            yield run_one(sweep, run, str(out), threads)
+            try:
+                yield Outcome(run.key, True, run_one(sweep, run, str(out), threads))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001 - this run failed; the others go on
+                yield Outcome(run.key, False, reason=f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    yield from run_tasks([(run.key, run_one, (sweep, run, str(out), threads)) for run in runs],
+                         workers=max(1, workers), retries=retries, timeout=timeout)
 
-    ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=ctx)  # run_one sets the threads
+
+def _ray_task(sweep: Sweep, run: Run, out: str, threads: int, timeout: float | None) -> dict:
+    """:func:`run_one` in a Ray worker, under a watchdog: past ``timeout`` the worker kills itself (SIGKILL — a
+    hung C call cannot ignore it) after leaving ``runs/<key>/.timeout`` for the driver to name the cause."""
+    import os
+    import threading
+
+    timer = None
+    if timeout:
+        def expire():
+            d = Path(out) / "runs" / run.key
+            d.mkdir(parents=True, exist_ok=True)
+            (d / ".timeout").write_text(f"{timeout:g}\n")
+            os.kill(os.getpid(), 9)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
     try:
-        futures = [pool.submit(run_one, sweep, run, str(out), threads) for run in runs]
-        for fut in as_completed(futures):
-            yield fut.result()
+        return run_one(sweep, run, out, threads)
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        if timer is not None:
+            timer.cancel()
 
 
-def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int) -> Iterator[dict]:
+def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int,
+                 retries: int = 2, timeout: float | None = None) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
@@ -254,30 +286,80 @@ def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, 
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         started = True
+    pending: dict = {}
     try:
-        task = ray.remote(num_cpus=threads or 1)(run_one)
-        pending = [task.remote(sweep, run, str(out), threads) for run in runs]
+        # max_retries: Ray resubmits a task whose worker or node died (system failures); exceptions are not retried
+        task = ray.remote(num_cpus=threads or 1, max_retries=retries, retry_exceptions=False)(_ray_task)
+        for run in runs:
+            (out / "runs" / run.key / ".timeout").unlink(missing_ok=True)
+            pending[task.remote(sweep, run, str(out), threads, timeout)] = run
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(ready[0])
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            run = pending.pop(ready[0])
+            try:
+                yield Outcome(run.key, True, ray.get(ready[0]))
+            except ray.exceptions.RayTaskError as err:  # the audit raised: deterministic, not retried
+                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+                yield Outcome(run.key, False, reason=f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}")
+            except ray.exceptions.RayError as err:  # worker / node lost, OOM-killed, timed out: after the retries
+                marker = out / "runs" / run.key / ".timeout"
+                why = (f"timed out after {timeout:g} s (worker killed)" if marker.is_file()
+                       else f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+                marker.unlink(missing_ok=True)
+                yield Outcome(run.key, False, reason=why, attempts=retries + 1)
     finally:
+        for ref in pending:  # Ctrl-C or an error: cancel what is still queued or running, at once
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                pass
         if started:
             ray.shutdown()
 
 
 # --- the sweep ----------------------------------------------------------------------------------------------
 
+FAILURES = "failures.json"
+
+
 def run_sweep(sweep: Sweep, out: str | Path, workers: int = 0, use_ray: bool = False,
-              ray_address: str | None = None, threads: int = 1, progress: bool = True) -> list[dict]:
-    """Run every run not already done, then write results.csv, summary.csv, the plots and sweep.html."""
+              ray_address: str | None = None, threads: int = 1, progress: bool = True, retries: int = 2,
+              timeout: float | None = None) -> list[dict]:
+    """Run every run not already done, then write results.csv, summary.csv, the plots and sweep.html.
+
+    A run whose worker dies is retried ``retries`` times, a run longer than ``timeout`` seconds is killed (an
+    attempt); runs that still fail are listed with the reason in ``OUT/failures.json`` and counted per cell in
+    summary.csv (``failed``, ``failure``); every other run finishes. Running the same sweep again redoes only
+    the runs without ``metrics.json`` — the failed ones and those in flight at a Ctrl-C or a kill."""
+    from gradleak.locks import out_lock
+
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise UserError(f"sweep --retries: got {retries!r}; allowed: an integer >= 0")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0):
+        raise UserError(f"sweep --timeout: got {timeout!r}; allowed: seconds >= 0 (0: no limit)")
+    out = Path(out)
+    with out_lock(out, f"gradleak sweep {sweep.name}"):  # one sweep per directory (held already under the CLI)
+        return _run_sweep(sweep, out, workers, use_ray, ray_address, threads, progress, retries, timeout or None)
+
+
+def read_failures(out: str | Path) -> list[dict]:
+    """The failed runs of the last sweep into ``out`` (empty when every run finished)."""
+    p = Path(out) / FAILURES
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return []
+    return data.get("failed", []) if isinstance(data, dict) else []
+
+
+def _run_sweep(sweep: Sweep, out: Path, workers: int, use_ray: bool, ray_address: str | None, threads: int,
+               progress: bool, retries: int, timeout: float | None) -> list[dict]:
     import os
 
     from tqdm.auto import tqdm
 
     from gradleak.atomic import atomic_write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(sweep.to_dict(), indent=1, default=str))
     runs = sweep.runs()
     rows: dict[str, dict] = {}
@@ -291,13 +373,37 @@ def run_sweep(sweep: Sweep, out: str | Path, workers: int = 0, use_ray: bool = F
     workers = workers or min(len(todo), os.cpu_count() or 1) or 1
     bar = tqdm(total=len(runs), initial=len(rows), desc=f"sweep {sweep.name}", unit="run", disable=not progress,
                dynamic_ncols=True)
-    for row in execute(sweep, todo, out, workers=workers, ray_address=ray_address, use_ray=use_ray,
-                       threads=threads):
-        rows[f"{row['cell']}/b{row['batch']}"] = row
-        bar.update(1)
+    by_key = {r.key: r for r in runs}
+    failed: list[dict] = []
+    try:
+        for res in execute(sweep, todo, out, workers=workers, ray_address=ray_address, use_ray=use_ray,
+                           threads=threads, retries=retries, timeout=timeout):
+            if res.ok:
+                rows[res.key] = res.result
+            else:
+                run = by_key[res.key]
+                failed.append({"run": res.key, "cell": run.cell, "batch": run.batch,
+                               "values": {k: v for k, v in run.values}, "reason": res.reason,
+                               "attempts": res.attempts})
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        import sys
+
+        print(f"sweep: interrupted; {len(rows)} of {len(runs)} runs are finished and kept in {out / 'runs'} — "
+              "run the same command again to do the rest", file=sys.stderr)
+        raise
     bar.close()
+    from gradleak.atomic import atomic_write_json
+
+    if failed:
+        failed.sort(key=lambda f: f["run"])
+        atomic_write_json(out / FAILURES, {"failed": failed, "retries": retries, "timeout": timeout,
+                                           "note": "rerun the same sweep to redo only these runs"})
+    else:
+        (out / FAILURES).unlink(missing_ok=True)
     ordered = [rows[r.key] for r in runs if r.key in rows]
-    write_outputs(sweep, ordered, out)
+    write_outputs(sweep, ordered, out, failed)
     return ordered
 
 
@@ -319,16 +425,25 @@ def bootstrap_ci(values: list[float], seed: int = 0, level: float = 0.95) -> tup
 METRICS = ("psnr", "dpsnr", "ssim", "lpips", "jaccard", "label_accuracy", "seconds")
 
 
-def summarize(sweep: Sweep, rows: list[dict]) -> list[dict]:
+def summarize(sweep: Sweep, rows: list[dict], failed: list[dict] | None = None) -> list[dict]:
     """Per cell: the swept values, runs, and for each metric mean, 95 % bootstrap interval; PSNR best-in-batch;
     ``dpsnr`` is the margin over the best no-gradient reference (:mod:`gradleak.calibration`), and
-    ``verdicts`` counts the batches' verdicts."""
+    ``verdicts`` counts the batches' verdicts. With ``failed`` (:func:`run_sweep`'s failed runs) every cell also
+    gets ``failed`` (how many of its runs failed) and ``failure`` (the first reason); a cell whose runs all
+    failed is listed with ``runs`` 0."""
     out = []
     for cell, values in [(f"c{i:03d}", v) for i, v in enumerate(sweep.cells())]:
         rs = [r for r in rows if r["cell"] == cell]
+        bad = [f for f in failed or [] if f["cell"] == cell]
         if not rs:
+            if bad:
+                out.append({"cell": cell, **{k: _csv_value(v) for k, v in values}, "runs": 0, "failed": len(bad),
+                            "failure": f"{bad[0]['run']}: {bad[0]['reason']}"})
             continue
         s: dict = {"cell": cell, **{k: rs[0][k] for k, _ in values}, "runs": len(rs)}
+        if failed is not None:
+            s["failed"] = len(bad)
+            s["failure"] = f"{bad[0]['run']}: {bad[0]['reason']}" if bad else None
         for m in METRICS:
             vals = [r[m] for r in rs if r.get(m) is not None]
             if not vals:
@@ -360,13 +475,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def write_outputs(sweep: Sweep, rows: list[dict], out: Path) -> None:
+def _csv_value(v: Any) -> Any:
+    return v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v)
+
+
+def write_outputs(sweep: Sweep, rows: list[dict], out: Path, failed: list[dict] | None = None) -> None:
     """results.csv, summary.csv, plots (leakage vs each numeric axis; heatmap for two axes), sweep.html."""
     from gradleak.report.sweep import sweep_plots, write_sweep_html
 
-    summary = summarize(sweep, rows)
+    summary = summarize(sweep, rows, failed)
     _write_csv(out / "results.csv", rows)
     _write_csv(out / "summary.csv", summary)
+    summary = [s for s in summary if s["runs"]]  # plots and the page: cells with finished runs
     plots = sweep_plots(sweep.keys, summary, out)
     write_sweep_html(out / "sweep.html", sweep.name, sweep.keys, summary, plots,
                      grids={s["cell"]: out / "runs" / s["cell"] / "b0" / "reconstruction.png" for s in summary})

@@ -55,6 +55,7 @@ class Observation:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
         object given to :meth:`load` (or set on the Observation), else rebuilt from ``model_spec`` — a
         registered name or a ``package.module:factory`` import path."""
+        from gradleak.limits import check_model_size
         from gradleak.models import MODELS, build_model
 
         spec = self.model_spec
@@ -67,8 +68,13 @@ class Observation:
                     f"observation: model {name!r} was built in Python and cannot be rebuilt from the file; "
                     f"allowed: Observation.load(path, model=your_model), or a model_spec name that is a registered "
                     f"model or an import path 'package.module:factory'")
-            model = build_model(name, spec["num_classes"], spec["in_channels"], spec["resolution"],
-                                **spec.get("options", {}))
+            missing = [k for k in ("num_classes", "in_channels", "resolution") if k not in spec]
+            if missing:
+                raise UserError(f"observation: model_spec lacks {missing[0]!r}; allowed: a model_spec with name, "
+                                "num_classes, in_channels, resolution (or Observation.load(path, model=...))")
+            args = (name, spec["num_classes"], spec["in_channels"], spec["resolution"])
+            check_model_size(lambda: build_model(*args, **spec.get("options", {})), f"observation: model {name!r}")
+            model = build_model(*args, **spec.get("options", {}))
         validate_against(model, self)
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
@@ -137,9 +143,9 @@ class Observation:
         stem = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
         tensors, meta = read_pair(stem, "observation", None)
         js, st = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-        for key in ("model", "protocol", "num_images", "image_shape"):
-            if key not in meta:
-                raise UserError(f"observation: {js} lacks the metadata key {key!r}")
+        from gradleak.fl.obsfile import check_file
+
+        check_file(tensors, meta, js, st, rebuild=model is None)  # every field, dtype and declared size
 
         def part(prefix: str) -> Params:
             return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -32,7 +32,6 @@ client-side noise (``LocalDpMod``) changes what the server holds per client.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Union
@@ -416,12 +415,13 @@ def load_index(out: str | Path) -> list[dict]:
     path = Path(out) / "index.json"
     if not path.is_file():
         raise UserError(f"flower capture: file not found: {str(path)!r}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"flower capture: cannot read {str(path)!r}: {err.msg}") from None
+    from gradleak import filemeta
+    from gradleak.safefile import read_json
+
+    data = read_json(path, "flower capture")  # size-bounded, UTF-8, an object (one-line errors)
     if data.get("format") != "gradleak-flower-capture":
         raise UserError(f"flower capture: {str(path)!r} is not a gradleak Flower capture index")
+    filemeta.check(filemeta.CaptureIndex, data, "flower capture", path)  # every entry names its path
     return data["captures"]
 
 

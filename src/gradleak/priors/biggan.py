@@ -288,11 +288,13 @@ def read_biggan_state(path: str | Path) -> tuple[dict[str, Tensor], BigGANConfig
     try:
         cfg = BigGANConfig.from_dict(json.loads(cfg_file.read_text()))
         if weights.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from gradleak.safefile import read_safetensors
 
-            sd = load_file(str(weights))
+            sd = read_safetensors(weights, "prior")[0]  # validated header, bounded sizes
         else:
             sd = torch.load(str(weights), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - corrupt files are one line
         raise UserError(f"prior: cannot read BigGAN files {str(weights)!r} / {str(cfg_file)!r}: "
                         f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:300]}") from None
@@ -307,6 +309,9 @@ def looks_biggan(keys) -> bool:
 
 
 def biggan_from_state_dict(sd: dict[str, Tensor], cfg: BigGANConfig) -> BigGAN:
+    from gradleak.limits import check_model_size
+
+    check_model_size(lambda: BigGAN(cfg), "prior: BigGAN config.json")  # absurd sizes: refused before allocating
     net = BigGAN(cfg)
     try:
         missing, unexpected = net.load_state_dict(dict(sd), strict=False)

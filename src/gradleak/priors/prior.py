@@ -151,6 +151,9 @@ def match_shape(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
 def dcgan_prior(tensors: dict[str, Tensor], meta: dict, name: str) -> Prior:
     """A :class:`Prior` around a DCGAN generator rebuilt from a checkpoint's config and tensors."""
     cfg = meta.get("config", {})
+    from gradleak.limits import check_model_size
+
+    check_model_size(lambda: DCGANGenerator(**cfg), f"prior {name}: config")  # absurd widths: before allocating
     try:
         net = DCGANGenerator(**cfg)
     except (TypeError, ValueError, AttributeError) as err:

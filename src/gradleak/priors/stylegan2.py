@@ -315,9 +315,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], Tensor | None]
     (.pt/.pth via ``torch.load(weights_only=True)``, or .safetensors, keys optionally prefixed ``g_ema.``)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from gradleak.safefile import read_safetensors
 
-        sd = load_file(str(path))
+        sd, _ = read_safetensors(path, "prior")  # validated header: a corrupt file is one line
         if any(k.startswith("g_ema.") for k in sd):
             avg = sd.get("latent_avg")
             return {k[6:]: v for k, v in sd.items() if k.startswith("g_ema.")}, avg

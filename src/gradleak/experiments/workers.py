@@ -1,0 +1,176 @@
+"""A process pool that survives its workers: a killed or hung worker costs one attempt of one task.
+
+``concurrent.futures.ProcessPoolExecutor`` breaks as a whole when one worker dies (SIGKILL, the OOM killer):
+every pending future fails with ``BrokenProcessPool`` and nothing says which task killed it. Here each
+worker process runs one task at a time and the parent watches every worker's pipe *and* its process
+sentinel (:func:`multiprocessing.connection.wait`), so
+
+* a worker that dies mid-task is attributed to exactly that task (with its signal or exit code), replaced by
+  a fresh worker, and the task is retried up to ``retries`` more times, then reported failed; every other
+  task goes on;
+* a task running longer than ``timeout`` seconds has its worker killed (SIGKILL: a hung C call cannot
+  ignore it) and counts as a failed attempt ("timed out");
+* a Python exception inside the task is deterministic for a given seed, so it is reported at once, without
+  a retry;
+* Ctrl-C (``KeyboardInterrupt`` in the parent; workers ignore SIGINT) stops every worker within a second
+  (SIGTERM, then SIGKILL) and re-raises: finished tasks are already on disk, those in flight are lost.
+
+Workers are started with ``spawn`` (no inherited locks or threads) and run :func:`_worker`.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterator
+
+
+@dataclass
+class Outcome:
+    """What became of one task: ``ok`` with its ``result``, or failed with ``reason`` after ``attempts``."""
+
+    key: str
+    ok: bool
+    result: Any = None
+    reason: str = ""
+    attempts: int = 1
+
+
+def describe_exit(code: int | None) -> str:
+    """``killed by SIGKILL (out of memory?)`` / ``exited with code 3`` for a worker's exit code."""
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the OOM killer, or killed by hand?)" if -code == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {code}"
+
+
+def _first_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+
+
+def _worker(conn) -> None:
+    """Worker loop: receive ``(key, fn, args)``, send ``("ok", key, result)`` or ``("error", key, line)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        key, fn, args = msg
+        conn.send(("started", key, None))  # the timeout counts from here, not from the worker's start-up
+        try:
+            result = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - reported to the parent as this task's failure
+            conn.send(("error", key, _first_line(err)))
+        else:
+            conn.send(("ok", key, result))
+
+
+class _Slot:
+    def __init__(self, ctx):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: tuple | None = None  # (key, fn, args, attempt)
+        self.started: float | None = None  # when the worker began the task (its "started" message)
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.terminate()
+        self.proc.join(1.0)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(1.0)
+        self.conn.close()
+
+
+def run_tasks(tasks: list[tuple[str, Callable, tuple]], workers: int, retries: int = 2,
+              timeout: float | None = None, context: str = "spawn") -> Iterator[Outcome]:
+    """Run ``fn(*args)`` for each ``(key, fn, args)`` on ``workers`` processes, yielding each :class:`Outcome`
+    as it is known (see the module docstring)."""
+    ctx = mp.get_context(context)
+    pending = deque((key, fn, args, 1) for key, fn, args in tasks)
+    slots = [_Slot(ctx) for _ in range(max(1, min(workers, len(tasks))))]
+    try:
+        while pending or any(s.task for s in slots):
+            for s in slots:
+                if s.task is None and pending:
+                    s.task = pending.popleft()
+                    s.started = None
+                    s.conn.send(s.task[:3])
+            busy = [s for s in slots if s.task]
+            wait_for = None
+            running = [s.started for s in busy if s.started is not None]
+            if timeout and running:
+                wait_for = max(0.0, min(running) + timeout - time.monotonic())
+            ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], timeout=wait_for)
+            for i, s in enumerate(slots):
+                if s.task is None:
+                    continue
+                key, fn, args, attempt = s.task
+                failure = None
+                if s.conn in ready:
+                    try:
+                        status, _, payload = s.conn.recv()
+                    except (EOFError, OSError):
+                        s.proc.join(1.0)
+                        failure = describe_exit(s.proc.exitcode)
+                    else:
+                        if status == "started":
+                            s.started = time.monotonic()
+                            continue
+                        s.task = None
+                        if status == "ok":
+                            yield Outcome(key, True, payload, attempts=attempt)
+                        else:
+                            yield Outcome(key, False, reason=payload, attempts=attempt)
+                        continue
+                elif s.proc.sentinel in ready:
+                    s.proc.join(1.0)
+                    failure = describe_exit(s.proc.exitcode)
+                elif timeout and s.started is not None and time.monotonic() - s.started > timeout:
+                    s.proc.kill()
+                    s.proc.join(5.0)
+                    failure = f"timed out after {timeout:g} s (worker killed)"
+                if failure is None:
+                    continue
+                s.stop()
+                slots[i] = _Slot(ctx)
+                if attempt <= retries:
+                    pending.appendleft((key, fn, args, attempt + 1))
+                else:
+                    yield Outcome(key, False, reason=failure, attempts=attempt)
+    finally:
+        _stop_all(slots)
+
+
+def _stop_all(slots: list[_Slot], grace: float = 1.0) -> None:
+    """Normal end, Ctrl-C or an abandoned generator: no worker outlives the pool (within ``grace`` seconds)."""
+    for s in slots:
+        try:
+            s.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        if s.task is not None and s.proc.is_alive():
+            s.proc.terminate()  # busy: stop now (its run directory stays unfinished: redone next time)
+    deadline = time.monotonic() + grace
+    for s in slots:
+        s.proc.join(max(0.0, deadline - time.monotonic()))
+    for s in slots:
+        if s.proc.is_alive():
+            s.proc.kill()
+            s.proc.join(1.0)
+        s.conn.close()
