@@ -43,9 +43,10 @@ def columns(a) -> dict:
     zi, wi = a.zw
     return {"GI-x (TV 1e-4)": ("gi-x", {"iterations": a.iterations_x, "tv": 1e-4}),
             "GI-x (TV 0.05)": ("gi-x", {"iterations": a.iterations_x, "tv": 0.05}),
-            "GI-z": ("gi-z", {"prior": a.prior, "iterations": a.iterations_z, "restarts": a.restarts}),
+            "GI-z": ("gi-z", {"prior": a.prior, "iterations": a.iterations_z, "restarts": a.restarts, "lr_z": a.lr_z}),
             "GI-w": ("gi-w", {"prior": a.prior, "iterations": a.iterations_w, "restarts": a.restarts}),
-            "GI-z/w": ("gi-zw", {"prior": a.prior, "iterations_z": zi, "iterations_w": wi, "restarts": a.restarts})}
+            "GI-z/w": ("gi-zw", {"prior": a.prior, "iterations_z": zi, "iterations_w": wi, "restarts": a.restarts,
+                                 "lr_z": a.lr_z})}
 
 
 def cases(private, b1: int, b4: int) -> list[tuple[str, list[int]]]:
@@ -118,6 +119,9 @@ def main() -> None:
     ap.add_argument("--iterations-w", type=positive_int, default=16)
     ap.add_argument("--zw", default="20,10", help="GI-z/w iterations: z stage, w stage")
     ap.add_argument("--restarts", type=positive_int, default=1)
+    ap.add_argument("--lr-z", type=float, default=3e-2, help="GI-z / GI-z/w latent learning rate (GIAS: 3e-2)")
+    ap.add_argument("--tune-lr-z", default="", help="comma-separated lr_z values tried by GI-z on the tuning "
+                    "person's first private image (batch 1, --iterations-z); the best PSNR replaces --lr-z")
     ap.add_argument("--victim-width", type=positive_int, default=16)
     ap.add_argument("--columns", default="", help="comma-separated subset of the columns (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "gias_faces")
@@ -148,6 +152,26 @@ def main() -> None:
     jobs_dir = a.out / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     results, t_all = [], time.time()
+    tuning_lines = []
+    if a.tune_lr_z:
+        tune_idx = [private.labels.tolist().index(TUNING_PERSON)]
+        scores = {}
+        for lr in (float(v) for v in a.tune_lr_z.split(",")):
+            opts = {"prior": a.prior, "iterations": a.iterations_z, "restarts": a.restarts, "lr_z": lr}
+            f = jobs_dir / f"tune_lr_z_{lr:g}.json"
+            r = json.loads(f.read_text()) if f.is_file() else None
+            if r is None or r.get("opts") != opts or r["indices"] != tune_idx:
+                r = run_case(a, "tune", tune_idx, f"GI-z lr_z {lr:g}", "gi-z", opts)
+                r["opts"] = opts
+                f.write_text(json.dumps(r))
+            scores[lr] = mean(r["psnr"])
+            print(f"tuning (person {TUNING_PERSON}, private image {tune_idx[0]}): GI-z lr_z {lr:g}: "
+                  f"PSNR {scores[lr]:.2f} dB in {r['seconds']:.0f} s", flush=True)
+        a.lr_z = max(scores, key=scores.get)
+        tuning_lines = [f"Tuning (person {TUNING_PERSON}, private image {tune_idx[0]}, GI-z batch 1, "
+                        f"{a.iterations_z} it): " + ", ".join(f"lr_z {k:g} → {v:.2f} dB" for k, v in scores.items())
+                        + f"; chosen lr_z = {a.lr_z:g} (used by GI-z and GI-z/w below).", ""]
+        cols = {k: (att, {**o, "lr_z": a.lr_z} if "lr_z" in o else o) for k, (att, o) in cols.items()}
     for name, idx in todo:
         for key, (attack, opts) in cols.items():
             f = jobs_dir / f"{name}_{key.replace(' ', '_').replace('/', '')}.json"
@@ -166,8 +190,8 @@ def main() -> None:
     lines = [f"GIAS face experiment (paper appendix A4 setting, here): dlib face chips (not CelebA), {RES}×{RES}, "
              f"ResNet-18 width {a.victim_width} (BN train mode, fresh init), FedSGD, oracle labels; prior {a.prior}; "
              f"GI-x {a.iterations_x} it, GI-z {a.iterations_z} it, GI-w {a.iterations_w} it, GI-z/w {a.zw[0]}+{a.zw[1]} "
-             f"it, {a.restarts} restart(s); 1 torch thread. Tuning split: person {TUNING_PERSON} (not evaluated); "
-             "evaluation: private images of persons 1–4.", "",
+             f"it, {a.restarts} restart(s), lr_z {a.lr_z:g}; 1 torch thread. Tuning split: person {TUNING_PERSON} (not evaluated); "
+             "evaluation: private images of persons 1–4.", "", *tuning_lines,
              "| batch | images | best reference PSNR / SSIM (grey · public mean · same person) | "
              + " | ".join(f"{c} PSNR / SSIM (− best ref)" for c in cols) + " | seconds |",
              "|---|---|---|" + "---|" * len(cols) + "---:|"]

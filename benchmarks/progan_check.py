@@ -9,7 +9,7 @@ SRC: the TF.js ``progan/`` directory (``model.json`` + 22 shards) of npm ``@yare
 2. run the torch module (float32) and the plain numpy interpreter of the graph
    (:func:`gradleak.priors.tfjs.evaluate`, float64, op by op with TensorFlow's semantics) on the same fixed
    latents (seeded N(0, I)) and check max |difference| ≤ 1e-4 over every output pixel;
-3. check that the prior loaded by name (``progan-celeba``, after ``gradleak convert-progan SRC``) or from
+3. check that the prior loaded by name (``progan-celeba``, after ``gradleak convert-prior progan-celeba SRC``) or from
    SRC gives the same images;
 4. write a grid of 16 samples at 128×128 and the same downsampled to 64×64 (what the face benchmark's victim
    sees) to ``--figure``.
@@ -67,7 +67,7 @@ def main() -> None:
     for spec in (str(args.src), "progan-celeba"):
         try:
             p = load_prior(spec)
-        except Exception as err:  # noqa: BLE001 - the name needs convert-progan first; say so and go on
+        except Exception as err:  # noqa: BLE001 - the name needs convert-prior first; say so and go on
             print(f"load_prior({spec!r}): {err}")
             continue
         with torch.no_grad():

