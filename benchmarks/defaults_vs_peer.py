@@ -10,7 +10,8 @@ normalising its input with the CIFAR-10 mean/std), one restart, one torch thread
 * ``peer``     breaching 0.1.2's own ``attack=invertinggradients`` config, read from the installed package
                (cosine, signed Adam lr 0.1 in normalised space, step-lr, box, TV 0.2), ``max_iterations``
                set to the same iteration count (its default is 24,000);
-* ``gl:KEY=V,...``  any gradleak preset with options (``gl:attack=dlg,iterations=300``; tuning grids).
+* ``gl:KEY=V/KEY=V``  any gradleak preset with options (``gl:attack=dlg/iterations=300``; tuning grids);
+* ``peer:KEY=V/...``  breaching's InvertGrad config with overrides (``peer:regularization.total_variation.scale=0.5``).
 
 breaching sees the candidate in the client's normalised input space, as its users do; gradleak sees
 [0, 1] images and the normalisation inside the client (``Protocol.mean/std``) — the victim's arithmetic is the
@@ -131,7 +132,7 @@ def build_case(victim: str, images, batch: int, index: int, protocol: str, steps
     x = images[index * batch:(index + 1) * batch].clone()
     y = torch.arange(batch) % NUM_CLASSES
     model = init_model(build_model(name, NUM_CLASSES, 3, res, **opts), seed)
-    proto = gl.Protocol(kind=protocol, local_steps=steps if protocol == "fedavg" else 1, lr=0.1 if protocol == "fedavg" else 0.1,
+    proto = gl.Protocol(kind=protocol, local_steps=steps if protocol == "fedavg" else 1, lr=0.1,
                         bn_mode="eval", mean=CIFAR_MEAN, std=CIFAR_STD)
     case = gl.Case(model, x, y, proto, [], model.gradleak_spec, give_labels=True)
     return model, x, y, gl.capture(case, seed=seed)
@@ -209,16 +210,14 @@ def parse_method(text: str, iterations: int) -> tuple[str, dict]:
         return "peer", {}
     kind, _, rest = text.partition(":")
     if kind not in ("gl", "peer") or not rest:
-        raise SystemExit(f"error: --methods: got {text!r}; allowed: gl-old, gl, peer, gl:KEY=V;..., peer:KEY=V;...")
+        raise SystemExit(f"error: --methods: got {text!r}; allowed: gl-old, gl, peer, gl:KEY=V/KEY=V..., peer:KEY=V/...")
     opts: dict = {}
-    for kv in rest.split(";"):
+    for kv in rest.split("/"):
         k, _, v = kv.partition("=")
         opts[k] = json.loads(v) if v and v[0] in "0123456789-[{tfn." else v
     if kind == "gl":
         opts.setdefault("attack", "invertgrad")
-        if opts["attack"] in ("gi-zw", "gi-zx"):
-            pass
-        else:
+        if opts["attack"] not in ("gi-zw", "gi-zx"):
             opts.setdefault("iterations", iterations)
     return kind, opts
 
