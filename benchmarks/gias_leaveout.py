@@ -76,7 +76,9 @@ def run_job(args) -> dict:
                    model.gradleak_spec, give_labels=True)
     obs = gl.capture(case, seed=seed)
     attack, prior = COLUMNS[column]
-    o: dict = {"distance": "cosine"}
+    o: dict = {"distance": "cosine", "tv": 1e-4}  # GIAS appendix G's TV (the paper's setting, not gradleak's default)
+    if attack == "gi-x":
+        o["lr"] = 0.025
     if prior is not None:
         o["prior"] = prior_path if prior == "fold" else prior
     if attack == "gi-zw":

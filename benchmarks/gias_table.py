@@ -56,6 +56,7 @@ COLUMNS = {
     "GI-z/w control": ("gi-zw", {"prior": "{prior}", "control": True}),
 }
 SPARSITIES = (0.0, 0.95)
+PAPER_TV, PAPER_LR_X = 1e-4, 0.025  # the paper's TV weight and GI-x step, passed explicitly (the table reproduces it)
 FIGURE1 = ("GI-x", "GI-z", "GI-z/x", "GI-z/w")
 
 
@@ -80,6 +81,9 @@ def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: f
     opts = {k: (v.format(prior=prior, wrong=wrong, dataset=dataset) if isinstance(v, str) else v)
             for k, v in options.items()}
     opts["distance"] = "masked_cosine" if sparsity else "cosine"
+    opts.setdefault("tv", PAPER_TV)  # GIAS appendix G's setting, not gradleak's default (docs/defaults.md)
+    if attack == "gi-x":
+        opts.setdefault("lr", PAPER_LR_X)
     if attack in ("gi-zw", "gi-zx"):
         opts |= {"iterations_z": iterations // 2, ("iterations_w" if attack == "gi-zw" else "iterations_x"):
                  iterations - iterations // 2}

@@ -158,7 +158,7 @@ def eval_job(args: tuple) -> dict:
     obs = gl.capture(case, seed=b)
     its = {"iterations": iterations} if attack != "gi-zw" else {"iterations_z": iterations // 2,
                                                                  "iterations_w": iterations - iterations // 2}
-    rec = build_attack(attack, prior=prior, distance="masked_cosine", **its)(obs, labels=obs.labels, seed=b,
+    rec = build_attack(attack, prior=prior, distance="masked_cosine", tv=1e-4, **its)(obs, labels=obs.labels, seed=b,
                                                                              model=model, progress=False)
     curve = {}
     for r in rec.trace:
