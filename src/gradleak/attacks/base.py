@@ -65,6 +65,8 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
     perceptual: dict | None = None
     snapshots: list[tuple[int, Tensor]] | None = None
     analysis: Any = None
+    stopped: str | None = None  # budgeted search: completed | plateau | budget | interrupted (gradleak.attacks.budget)
+    halving: list[dict] | None = None  # successive halving: schedule position and the restarts kept there
 
     def cpu(self) -> "Reconstruction":
         """The same reconstruction with every tensor on the CPU (for scoring and writing)."""
@@ -86,7 +88,7 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
         if self.losses is not None:
             out["best_restart"] = self.best_restart
             out["restart_losses"] = [float(v) for v in self.losses]
-        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator"):
+        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator", "stopped", "halving"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.perceptual is not None:

@@ -40,7 +40,7 @@ from gradleak.attacks.bn_prior import BNRegularizer
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
-from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import InvertGrad, SearchAttack
 from gradleak.devices import generator
 from gradleak.errors import UserError
@@ -94,6 +94,11 @@ class Latent(_PriorParam):
     def images(self) -> Tensor:
         raw = self.prior.generate(self.z.reshape(self.R * self.B, *self.prior.latent_shape), self._flat_labels())
         return self._decode(raw)
+
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.R).requires_grad_()
+        self.R = self.z.shape[0]
+        return [self.z]
 
     def norm_penalty(self) -> Tensor:
         """Mean over the batch of ‖z_j‖₂, per restart (R,)."""
@@ -150,6 +155,13 @@ class GeneratorWeights(_PriorParam):
         self.fixed |= {k: v.detach() for k, v in prior.net.named_buffers()}
         return list(self.u.values())
 
+    def select(self, keep):
+        R = self.R
+        self.u = {k: keep_rows(u, keep, R).requires_grad_() for k, u in self.u.items()}
+        self.z = keep_rows(self.z, keep, R)
+        self.R = len(keep)
+        return list(self.u.values())
+
     @property
     def w(self) -> dict[str, Tensor]:
         """The per-copy generator weights (R·B, *shape) = scale · u."""
@@ -192,6 +204,9 @@ class Snapshots(Parametrization):
     def _keep(self):
         with torch.no_grad():
             self.store.append((self.counter[0], self.inner.images().detach().clamp(0, 1).clone()))
+
+    def select(self, keep):
+        return self.inner.select(keep)
 
     def project(self):
         self.inner.project()

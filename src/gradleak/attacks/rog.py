@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
-from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import SearchAttack
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
@@ -138,6 +138,10 @@ class Bicubic(Parametrization):
     def images(self) -> Tensor:
         return bicubic_up(self.z, self.size)
 
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.z.shape[0]).requires_grad_()
+        return [self.z]
+
 
 class AutoencoderLatent(Parametrization):
     """Z = the autoencoder's spatial latent (R, B, c_z, h, w); images = dec(Z); init Z = enc(X'), X' ~ U(0, 1)."""
@@ -161,6 +165,11 @@ class AutoencoderLatent(Parametrization):
             z = self.ae.encode(x.reshape(-1, *shape))
         self.lead = (restarts, batch)
         self.z = z.reshape(restarts, batch, *z.shape[1:]).clone().requires_grad_()
+        return [self.z]
+
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.z.shape[0]).requires_grad_()
+        self.lead = (self.z.shape[0], self.lead[1])
         return [self.z]
 
     def images(self) -> Tensor:
