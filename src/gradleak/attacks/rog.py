@@ -19,9 +19,9 @@ Representations (``representation``):
 Objective (``distance``): ``l2`` (eq. 14); ``tanh_sign`` for signSGD uploads (eq. 15,
 :func:`gradleak.attacks.objectives.tanh_sign_distance`); ``masked_l2`` — L2 on the observed support,
 for sparsified uploads (Top-k, Soteria's pruned columns), where the dropped entries are unknown rather than
-zero; ``auto`` (default) picks from what the attacker was told about the defense (``sign`` → tanh_sign,
-``topk``/``gradient_sparsity``/``soteria`` → masked_l2, anything else → l2) or, when told nothing, from
-:func:`gradleak.defenses.estimate.choose_distance`.
+zero; ``auto`` (default) picks from the attacker-side view of the defenses it was told about
+(:func:`gradleak.defenses.estimate.told_view`: signs only → tanh_sign, unknown support → masked_l2, anything
+else → l2) or, for a defense told by name only, from :func:`gradleak.defenses.estimate.choose_distance`.
 
 Optimiser: Adam with cosine decay to 0 (§4.2), ``iterations`` (paper: 100), ``restarts`` batched.
 
@@ -54,7 +54,6 @@ from gradleak.attacks.presets import SearchAttack
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
-SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
 
 
 # --- distance ----------------------------------------------------------------------------------------------
@@ -77,13 +76,14 @@ def relative(dist, observed: list[Tensor]):
 
 def rog_distance(obs: Observation) -> str:
     """The distance ``distance: auto`` resolves to (see the module docstring)."""
-    told = [d for d in obs.defenses if d.get("attacker_knows", True) is not False]
-    names = {d.get("name") for d in told}
-    if "sign" in names:
+    from gradleak.defenses.estimate import told_view
+
+    view = told_view(obs)
+    if view.sign:
         return "tanh_sign"
-    if names & SPARSE_TOLD:
+    if view.support:
         return "masked_l2"
-    if len(told) < len(obs.defenses):  # something was applied that the attacker was not told about
+    if any(d.get("attacker_knows", True) is False for d in obs.defenses):  # something was applied that the attacker was not told about
         from gradleak.defenses.estimate import choose_distance
 
         return {"cosine": "l2", "masked_cosine": "masked_l2"}.get(choose_distance(obs), "tanh_sign")
