@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gradleak.attacks.base import ATTACKS, Reconstruction
+from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
 from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
@@ -256,6 +256,16 @@ class ROG(SearchAttack):
             from gradleak.nets.enhancer import load_enhancer
 
             self._enh = load_enhancer(enhancer, "attack.options.enhancer")
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """When the upload carries an obfuscation (quantized, sparsified, signed or noised, as the defenses'
+        attacker views say or the upload betrays): ROG's defaults, its distance from the view."""
+        view = situation.view
+        if not view.obfuscated:
+            return None
+        what = ", ".join(k for k in ("quantized", "sign", "support", "noise") if getattr(view, k))
+        return AuditPlan(cls(restarts=situation.restarts), f"obfuscated upload ({what}): ROG")
 
     def parametrization(self) -> Parametrization:
         if self.representation == "bicubic":

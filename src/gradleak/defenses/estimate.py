@@ -82,20 +82,26 @@ def told_view(obs: Observation) -> AttackerView:
 
 def attacker_view(obs: Observation) -> AttackerView:
     """The attacker-side view of the Observation's whole defense chain (see the module docstring): every
-    declared defense's own view (an untold one states what its kind leaves, from its name alone), an
-    undeclared one the upload betrays (:func:`estimate_defense`), merged."""
+    declared defense's own view (an untold one states what its kind leaves, from its name alone), merged with
+    what the upload betrays (:func:`estimate_defense`) where the declaration may be incomplete: a defense told
+    by name only (all three signatures: sign-like, sparse, quantized), or none declared (sign-like and
+    quantized only — a ReLU network's own zeros make an unobfuscated update sparse)."""
     view = AttackerView()
+    untold = not obs.defenses
     for d in obs.defenses:
         name = d.get("name")
         cls = DEFENSES.get(name) if isinstance(name, str) else None
+        untold |= d.get("attacker_knows", True) is False
         if cls is None:
             view = view.merge(AttackerView(unmodelled=f"defense {name!r} is not one gradleak models"))
         else:
             view = view.merge(cls.attacker_view(d))
-    est = estimate_defense(obs)
-    seen = AttackerView(sign=est["sign_like"], support=est["sparsity"] >= SPARSE_THRESHOLD and not est["sign_like"],
-                        quantized=est["quantized"] and not est["sign_like"])
-    return view.merge(seen)
+    if untold:
+        est = estimate_defense(obs)
+        sign = est["sign_like"]
+        sparse = bool(obs.defenses) and est["sparsity"] >= SPARSE_THRESHOLD and not sign
+        view = view.merge(AttackerView(sign=sign, support=sparse, quantized=est["quantized"] and not sign))
+    return view
 
 
 def choose_distance(obs: Observation) -> str:
