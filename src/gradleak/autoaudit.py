@@ -409,3 +409,74 @@ def run_config(cfg: RunConfig, progress: bool = False) -> AuditResult:
     from gradleak.audit import audit
 
     return audit_auto(cfg, progress=progress) if is_auto(cfg) else audit(cfg, progress=progress)
+
+
+def audit_observation(observation, budget: AuditBudget | str, truth=None, public: str | None = None,
+                      prior: str | None = None, seed: int = 0, progress: bool = False,
+                      device: str = "cpu") -> AuditResult:
+    """``gradleak audit OBS_DIR``: a captured observation with the portfolio, under ``budget``. ``truth`` (the
+    client's images) scores it; the positive control is built from the observation's own model, θ_0 and
+    protocol on the true images (or, without them, the ``public`` ones), with the observation's labels, the
+    truth's, the public data's, or else the model's own predictions. Every input is checked before any work."""
+    from gradleak.deploy import NO_PUBLIC, _run_config, load_images, load_observation, load_public_data
+
+    t0 = time.perf_counter()
+    budget = budget if isinstance(budget, AuditBudget) else parse_budget(budget)
+    obs = load_observation(observation)
+    check_attackable(obs)
+    check_prior(prior, obs.image_shape)
+    if truth is None:
+        raise UserError("--truth: got nothing; allowed: the client's true images (a directory or tensor file) — "
+                        "the audit scores the reconstructions and builds its positive control from them")
+    x, y_true = load_images(truth, obs.image_shape, "--truth")
+    if x.shape[0] != obs.num_images:
+        raise UserError(f"--truth: got {x.shape[0]} images; allowed: the client's {obs.num_images}")
+    pub = load_public_data(public, obs.image_shape) if public is not None else None
+    dev = str(resolve_device(device, "--device"))
+    _warm_up()
+    model = obs.build_model()
+    if obs.labels is not None:
+        y_true = obs.labels
+    if y_true is None:
+        with torch.no_grad():
+            y_true = model.eval()(x).argmax(-1)
+            how_labels = "the model's own predictions (no labels given)"
+    else:
+        how_labels = "the given labels"
+    labels, mode = _labels_for(obs, model)
+    situation = situation_of(obs, model, labels, prior)
+    plans = choose(situation)
+    if not plans:
+        raise UserError("observation: no attack applies to it; allowed: an observation some attack models")
+    cfg = _run_config(obs, "auto", {"budget": budget.text}, mode, seed, truth)
+    C, H, W = obs.image_shape
+    data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+            f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
+    public_refs = (*pub[:2], None) if pub else (None, None, NO_PUBLIC)
+    t1 = time.perf_counter()
+    share = _shares(budget, t0)
+    main, mode = _attack_side(obs, plans, x, y_true, cfg, share, budget.iterations, progress, dev, public_refs, data)
+    t2 = time.perf_counter()
+    level = main.calibration.verdict["batch"] if main.calibration is not None else None
+    if main.run.interrupted or level == "recognisable":
+        control = ControlSummary(built="", batch=0, level=None, psnr=None, margin_psnr=None, attacks=[],
+                                 skipped="interrupted before the control ran" if main.run.interrupted else
+                                 "not needed: the audited upload already leaks")
+    else:
+        ccase = control_case(model, x, y_true, obs.protocol, bool(obs.defenses), obs.labels is not None,
+                             obs.model_spec)
+        cobs = capture(ccase, seed=seed)
+        built = (f"the observation's model, θ_0 and protocol without the defense chain, batch of "
+                 f"{ccase.images.shape[0]}, on the true images with {how_labels}")
+        left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
+                                              - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
+        cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
+                                    dev, public_refs, data)
+        control = _control_summary(cside, built, cmode)
+    case = Case(model=model, images=x, labels=y_true, protocol=obs.protocol, model_spec=obs.model_spec,
+                give_labels=obs.labels is not None)
+    return _assemble(cfg, case, main, mode, control, budget, t0,
+                     Timing(prepare=t1 - t0, capture=0.0, attack=t2 - t1, score=time.perf_counter() - t2), dev,
+                     situation.view.unmodelled,
+                     [f"audited a saved observation: {observation}",
+                      f"portfolio: {', '.join(p.attack.name for p in plans)}"])
