@@ -17,6 +17,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -101,6 +102,8 @@ class AuditResult:
     before_postprocess: Scores | None = None  # ROGS: ROG's output before the generator inversion
     notes: list[str] = field(default_factory=list)
     calibration: Calibration | None = None  # references, margins, verdict, header (gradleak.calibration)
+    audit: Any = None  # attack: auto — gradleak.autoaudit.AuditSummary (verdict with control, attacks, winners)
+    attack_images: dict[str, Tensor] = field(default_factory=dict)  # attack: auto — each attack's matched images
 
     @property
     def originals(self) -> Tensor:
@@ -129,6 +132,8 @@ class AuditResult:
             out["notes"] = list(self.notes)
         if cal is not None:
             out["reference"], out["margins"] = cal.reference, cal.margins
+        if self.audit is not None:
+            out["audit"] = self.audit.to_dict()
         return out
 
 

@@ -87,11 +87,42 @@ def _options(opts: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in opts.items()) if opts else "defaults"
 
 
+def protocol_text(p, num_images: int) -> str:
+    """The whole client protocol as captured, in one line: kind, local steps, lr, mini-batch, the optimizer with
+    every setting that differs from plain SGD (momentum, Nesterov, dampening, weight decay, Adam's betas), the
+    loss and its options, input normalization, batch order, BatchNorm mode and the upload's convention."""
+    from gradleak.fl.protocol import Protocol
+
+    base = Protocol()
+    parts = [p.rule.describe(p, num_images)]  # the protocol's own line (kind, τ, lr, mini-batch, its settings)
+    opt = p.optimizer
+    for key, label in (("momentum", "momentum"), ("nesterov", "Nesterov"), ("dampening", "dampening"),
+                       ("weight_decay", "weight decay")):
+        if getattr(p, key) != getattr(base, key):
+            opt += f", {label} {getattr(p, key)}"
+    if p.optimizer != "sgd":
+        opt += f", betas {tuple(p.betas)}, eps {p.eps}"
+    parts.append(opt)
+    batching = ", ".join(x for x in (f"{p.epochs} epochs" if p.epochs else "",
+                                     f"order {p.order}" if p.order != base.order else "",
+                                     "drop last" if p.drop_last else "") if x)
+    if batching:
+        parts.append(batching)
+    loss = p.loss + (f", label smoothing {p.label_smoothing}" if p.label_smoothing else "")
+    loss += f", class weights {list(p.class_weights)}" if p.class_weights else ""
+    parts.append(f"loss {loss}")
+    parts.append("input normalization " + (f"mean {list(p.mean)}, std {list(p.std)}" if p.mean is not None
+                                           or p.std is not None else "none"))
+    parts.append(f"BatchNorm {p.bn_mode} mode" + (", batch statistics shared" if p.share_bn_stats else ""))
+    parts.append(f"upload {p.update.replace('_', ' ')}")
+    return "; ".join(parts)
+
+
 def run_header(cfg, obs, label_mode: str, data: str | None = None) -> dict:
     """What was audited and what the attacker knew, in plain words (the report's first table); ``data``
     replaces the data line built from ``cfg.data`` (a captured observation names no dataset)."""
-    d, p = cfg.data, obs.protocol
-    proto = p.rule.describe(p, obs.num_images) + f"; BatchNorm {p.bn_mode} mode"
+    d = cfg.data
+    proto = protocol_text(obs.protocol, obs.num_images)
     chain = "; ".join(str(x.get("name")) for x in obs.defenses) or "none"
     knows = [x.get("name") for x in obs.defenses if x.get("attacker_knows", True) is not False]
     hidden = [x.get("name") for x in obs.defenses if x.get("attacker_knows", True) is False]

@@ -65,8 +65,32 @@ def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress:
     from gradleak.config import load_config
 
     cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
+    if cfg.attack.name == "auto":
+        from gradleak.autoaudit import audit_auto
+
+        _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
+        return
     metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
+
+
+def _audit_done(metrics: dict, out: Path) -> None:
+    """``gradleak audit`` / ``attack: auto``: the one sentence, the control, the run directory; exit 130 when
+    the audit was interrupted (its best so far is written, labelled interrupted)."""
+    a = metrics["audit"]
+    typer.echo(a["sentence"])
+    c = a.get("control") or {}
+    if c.get("skipped"):
+        typer.echo(f"control: {c['skipped']}")
+    elif c:
+        typer.echo(f"control ({c['built']}): {c.get('level') or 'not recognisable'}")
+    for r in a["attacks"]:
+        typer.echo(f"  {r['name']}: {r['seconds']:.1f} s, {r['iterations']} iterations, "
+                   + (f"PSNR {r['psnr']:.2f} dB, " if r.get("psnr") is not None else "")
+                   + f"won {r['images_won']} image(s), {r['stopped']}" + (f" ({r['note']})" if r.get("note") else ""))
+    typer.echo(f"run directory: {out} (open report.html)")
+    if a.get("interrupted"):
+        raise typer.Exit(130)
 
 
 def _set_threads(threads: int) -> None:
@@ -530,6 +554,51 @@ def attack_cmd(
     else:
         typer.echo(f"{metrics['attack']}: recovered labels {metrics['labels']} ({metrics['label_mode']}); not scored "
                    f"(no --truth)\nrun directory: {out} (open report.html)")
+
+
+def _budget(value: str):
+    from gradleak.attacks.budget import parse_budget
+
+    return parse_budget(value)
+
+
+@app.command("audit")
+def audit_cmd(
+    target: Path = typer.Argument(..., help="A run config (YAML: the case to audit) or an observation directory/file (gradleak capture)."),
+    out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
+    budget: str = typer.Option("10m", "--budget", callback=_budget, help="Wall-clock budget: 90s, 10m, 1h or seconds; or 500it (iterations per search attack, reproducible)."),
+    truth: Optional[Path] = typer.Option(None, "--truth", help="Observation only: the client's true images (directory or tensor file)."),
+    public: Optional[str] = typer.Option(None, "--public", help="Observation only: public data the server has (as gradleak attack --public)."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="A generative prior for GI-z/w (built-in name or path); it must produce the images' shape."),
+    set_: List[str] = typer.Option([], "--set", help="Config only: override a config key (dotted), e.g. data.batch_size=8."),
+    seed: int = typer.Option(0, "--seed", help="Observation only: attack initialisation and reference draws."),
+    progress: bool = typer.Option(False, help="Show progress bars."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """The audit: the attack portfolio chosen from the observation, a positive control and one budget; a verdict (leaks / partial / no leakage found / inconclusive). Ctrl-C writes the best so far (exit 130)."""
+    from gradleak.autoaudit import audit_auto, audit_observation
+    from gradleak.report.writer import write_run
+
+    _set_threads(threads)
+    if target.suffix.lower() in (".yaml", ".yml"):
+        for key, v in (("--truth", truth), ("--public", public)):
+            if v is not None:
+                raise UserError(f"{key}: got {str(v)!r} with a config; allowed: {key} only with an observation (a "
+                                "config's case has its own images and public split)")
+        from gradleak.config import load_config
+
+        cfg = load_config(target, ["attack.name=auto", "attack.options={}"] + list(set_)
+                          + ([f"device={device}"] if device else []))
+        result = audit_auto(cfg, budget, prior=prior, progress=progress)
+    else:
+        if not target.exists():
+            raise UserError(f"audit: got {str(target)!r}, which does not exist; allowed: a run config (.yaml) or an "
+                            "observation directory (gradleak capture)")
+        if set_:
+            raise UserError(f"--set: got {set_[0]!r} with an observation; allowed: --set only with a config")
+        result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
+    _audit_done(write_run(result, out), out)
 
 
 def main() -> None:

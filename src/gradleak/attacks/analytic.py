@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from gradleak.attacks.base import ATTACKS, Attack, Reconstruction
+from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, Reconstruction
 from gradleak.attacks.labels import recover_labels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation, validate_against
@@ -85,6 +85,21 @@ class FCAnalytic(Attack):
         if not 0 <= tol < 1:
             raise UserError(f"attack.options.tol: got {tol}; allowed: a number in [0, 1)")
         self.tol = float(tol)
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """Closed form, when the first layer is fully connected with bias on the flattened image and the upload
+        is not obfuscated: this attack for one image, :class:`FCAnalyticBatch` for a batch."""
+        if situation.view.obfuscated:
+            return None
+        try:
+            first_linear(situation.model, tuple(situation.obs.image_shape))
+        except UserError:
+            return None
+        if situation.obs.num_images == 1:
+            return AuditPlan(cls(), "closed form: fully connected first layer", closed_form=True)
+        return AuditPlan(FCAnalyticBatch(), "closed form: fully connected first layer (rows isolating one image)",
+                         closed_form=True)
 
     def __call__(self, obs: Observation, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
                  progress: bool = True) -> Reconstruction:

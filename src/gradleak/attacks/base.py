@@ -65,6 +65,8 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
     perceptual: dict | None = None
     snapshots: list[tuple[int, Tensor]] | None = None
     analysis: Any = None
+    stopped: str | None = None  # budgeted search: completed | plateau | budget | interrupted (gradleak.attacks.budget)
+    halving: list[dict] | None = None  # successive halving: schedule position and the restarts kept there
 
     def cpu(self) -> "Reconstruction":
         """The same reconstruction with every tensor on the CPU (for scoring and writing)."""
@@ -86,7 +88,7 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
         if self.losses is not None:
             out["best_restart"] = self.best_restart
             out["restart_losses"] = [float(v) for v in self.losses]
-        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator"):
+        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator", "stopped", "halving"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.perceptual is not None:
@@ -103,11 +105,46 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
         return out
 
 
+@dataclass
+class Situation:
+    """What an audit's portfolio is chosen from — the observation and what the attacker holds, never the
+    private images: ``obs`` (the Observation), ``view`` (the defense chain's
+    :class:`~gradleak.defenses.base.AttackerView`), ``model`` (θ_0 loaded), ``labels`` (given or recovered),
+    ``prior`` (a generative prior the user named, or None: the shipped ones are tried), ``restarts`` (each
+    search starts this many, pruned by successive halving)."""
+
+    obs: Any
+    view: Any
+    model: nn.Module
+    labels: Tensor | None
+    prior: str | None = None
+    restarts: int = 4
+
+
+@dataclass
+class AuditPlan:
+    """One attack of an audit's portfolio: the attack object with its settings, why it was chosen (in the
+    report), and whether it is a closed-form attack (run first, outside the time split)."""
+
+    attack: "Attack"
+    reason: str
+    closed_form: bool = False
+
+
 class Attack:
-    """Base of every attack: ``name``, the default label strategy, and :meth:`__call__`."""
+    """Base of every attack: ``name``, the default label strategy, and :meth:`__call__`.
+
+    :meth:`audit_plan` is how an attack family joins ``gradleak audit``'s portfolio: given the
+    :class:`Situation` it returns an :class:`AuditPlan` (its documented settings, no per-case tuning) or None.
+    Only a class that defines it itself is asked (a subclass does not inherit its parent's place)."""
 
     name: ClassVar[str] = "attack"
     default_labels: ClassVar[LabelMode] = "oracle"
+
+    @classmethod
+    def audit_plan(cls, situation: Situation) -> "AuditPlan | None":
+        """This family's place in an audit of ``situation`` (default: none)."""
+        return None
 
     def __call__(self, obs, labels: Tensor | None = None, seed: int = 0, model: nn.Module | None = None,
                  progress: bool = True) -> Reconstruction:

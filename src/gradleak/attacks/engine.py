@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
+from gradleak.attacks.budget import PROBE, Budget, fit_scale, halving_points, current as current_budget
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization, Pixels
@@ -170,12 +171,25 @@ def search(
     gen = generator(seed)
     chunk = 1 if any(s.optimizer == "lbfgs" for s in stages) else restarts
     t0 = time.perf_counter()
+    budget = current_budget()
+    if budget is not None:
+        budget = budget.start()
     total = sum(s.iterations for s in stages) * math.ceil(restarts / chunk)
-    timing = _choose_backend(ctx, objective, backend, chunk, labels, total)
+    timing = _choose_backend(ctx, objective, "loop" if budget is not None and backend == "auto" else backend, chunk,
+                             labels, total)
     bar = tqdm(total=total, desc=name or "attack", disable=not progress, leave=False, dynamic_ncols=True)
     results, trace = [], []
+    run = BudgetedRun(budget) if budget is not None else None
     for first in range(0, restarts, chunk):
-        results.append(_run_chunk(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar, trace, first))
+        if run is None:
+            results.append(_run_chunk(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar, trace,
+                                      first))
+            continue
+        share = budget.left() / math.ceil((restarts - first) / chunk)
+        results.append(_run_chunk_budgeted(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar,
+                                           trace, first, run, share))
+        if run.stopped in ("interrupted", "budget"):
+            break
     bar.close()
     images = torch.cat([r[0] for r in results])
     losses = torch.cat([r[1] for r in results])
@@ -184,7 +198,8 @@ def search(
     return Reconstruction(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
-        iterations=sum(s.iterations for s in stages), attack=name,
+        iterations=sum(s.iterations for s in stages) if run is None else run.iterations, attack=name,
+        stopped=None if run is None else run.stopped, halving=None if run is None else run.halvings,
         backend=_backend_used(ctx),
         backend_timing={**timing, **_variant_timing(ctx)} or None,
         distance=objective.distance if isinstance(objective.distance, str) else None,
@@ -406,3 +421,180 @@ def _run_fused(fused, stage: Stage, labels: Tensor, bar) -> list[Tensor]:
             bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
     param.x = x.detach().requires_grad_()
     return losses
+
+
+# --- budgeted search (gradleak.attacks.budget) ------------------------------------------------------------
+
+@dataclass
+class BudgetedRun:
+    """The state of one budgeted search: what ran and why it ended (``completed`` | ``plateau`` | ``budget`` |
+    ``interrupted``), and the successive-halving decisions (schedule position, restarts kept)."""
+
+    budget: Budget
+    iterations: int = 0
+    stopped: str = "completed"
+    halvings: list[dict] = field(default_factory=list)
+    plateaus: list[dict] = field(default_factory=list)
+
+
+def _milestones(stage: Stage, n: int) -> list[int]:
+    return sorted({max(1, int(n * f)) for f in (3 / 8, 5 / 8, 7 / 8)}) if stage.schedule == "multistep" else []
+
+
+def _lr_at(stage: Stage, i: int, n: int) -> float:
+    """The stage's schedule (:func:`lr_scheduler`) as a function of the position i in a stage of length n."""
+    if stage.schedule == "multistep":
+        return stage.lr * 0.1 ** sum(1 for m in _milestones(stage, n) if i >= m)
+    if stage.schedule == "cosine":
+        return stage.lr * 0.5 * (1 + math.cos(math.pi * min(i, n) / max(n, 1)))
+    return stage.lr
+
+
+def _row_index(v: Tensor, keep: Tensor, R: int) -> Tensor:
+    """Rows of a restart-major variable (leading dimension R, or R·k) that belong to the restarts ``keep``."""
+    per = v.shape[0] // R
+    return (keep[:, None] * per + torch.arange(per)[None]).reshape(-1)
+
+
+def _select(stage: Stage, variables: list[Tensor], opt, keep: Tensor, R: int, label_var):
+    """Keep the restarts ``keep``: new variables from the parametrization, Adam state sliced to them."""
+    new = stage.parametrization.select(keep)
+    if label_var is not None:
+        new = new + [label_var.detach()[keep].clone().requires_grad_()]
+    new_opt = torch.optim.Adam(new, lr=opt.param_groups[0]["lr"])
+    for old, nv in zip(variables, new):
+        st = opt.state.get(old)
+        if not st:
+            continue
+        idx = _row_index(old, keep, R)
+        new_opt.state[nv] = {k: (t[idx].clone() if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == old.shape[0]
+                                 else t) for k, t in st.items()}
+    return new, new_opt, (new[-1] if label_var is not None else None)
+
+
+def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, first, run: BudgetedRun, share: float):
+    """:func:`_run_chunk` under a budget (the rules of :mod:`gradleak.attacks.budget`): stage lengths fitted to
+    the time left (or scaled to the iteration budget), plateau jumps/stops, successive halving, deadline and
+    Ctrl-C ending the search with the images so far."""
+    budget = run.budget
+    obs = ctx.obs
+    B, shape = obs.num_images, tuple(obs.image_shape)
+    K = obs.model_spec["num_classes"]
+    t_start = time.perf_counter()
+    deadline = min(budget.deadline or math.inf, t_start + share)
+    lengths = [s.iterations for s in stages]
+    if budget.iterations is not None:
+        scale = budget.iterations / max(sum(lengths), 1)
+        lengths = [max(1, round(n * scale)) for n in lengths]
+    base = list(lengths)  # the fit never goes above these (the preset's schedule, or the iteration budget's)
+    can_halve = (budget.halving and R > 1 and all(s.optimizer == "adam" for s in stages)
+                 and all(type(s.parametrization).select is not Parametrization.select for s in stages))
+    points = halving_points(R) if can_halve else []
+    alive = torch.arange(R)
+    label_var = torch.randn(R, B, K, generator=gen).requires_grad_() if labels is None else None
+    prev, pos0 = None, 0
+
+    def current_labels():
+        if label_var is not None:
+            return F.softmax(label_var, -1)
+        return labels.expand(len(alive), *labels.shape)
+
+    for si, stage in enumerate(stages):
+        variables = stage.parametrization.start(len(alive), B, shape, prev, gen)
+        if label_var is not None:
+            variables = variables + [label_var]
+        if stage.optimizer == "lbfgs":
+            opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
+        else:
+            opt = torch.optim.Adam(variables, lr=stage.lr)
+        last = torch.full((len(alive),), math.inf)
+
+        def closure():
+            nonlocal last
+            opt.zero_grad(set_to_none=True)
+            per, grads = _value_and_grads(ctx, objective, stage.parametrization.images(), current_labels(), variables)
+            for v, g in zip(variables, grads):
+                v.grad = torch.zeros_like(v) if g is None else (g.sign() if stage.signed else g)
+            last = per
+            return per.sum()
+
+        n, i, ran = lengths[si], 0, 0
+        mark, refit, refits_at = None, True, [0.1, 0.25]
+        best_hist: list[float] = []
+        rows: list[tuple[int, list[float], list[int]]] = []
+        while i < n:
+            if time.perf_counter() >= deadline:
+                run.stopped = "budget"
+                break
+            if stage.optimizer == "adam":
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(stage, i, n)
+            try:
+                opt.step(closure)
+                stage.parametrization.project()
+            except KeyboardInterrupt:
+                run.stopped = "interrupted"
+                break
+            loss_now = last.detach()
+            if stage.optimizer == "lbfgs" and not torch.isfinite(loss_now).all():
+                break
+            rows.append((pos0 + i, loss_now.tolist(), alive.tolist()))
+            i, ran = i + 1, ran + 1
+            run.iterations += 1
+            bar.update(1)
+            if budget.seconds is not None and budget.iterations is None:
+                if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
+                    mark = (time.perf_counter(), ran)
+                elif refit and ran - mark[1] >= PROBE:
+                    per_it = (time.perf_counter() - mark[0]) / (ran - mark[1]) / len(alive)
+                    f = fit_scale(deadline - time.perf_counter() - 2 * per_it * len(alive), per_it, i, pos0,
+                                  base[si:], R, bool(points))
+                    lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
+                                                                                  for m in base[si + 1:]]
+                    n = lengths[si]
+                    refit = False
+                if not refit and refits_at and i >= refits_at[0] * n:  # refit on a longer measurement
+                    refits_at.pop(0)
+                    refit = i < (_milestones(stage, n) or [n])[0]
+            # successive halving at fixed fractions of the (fitted) schedule
+            pos, total = pos0 + i, sum(lengths)
+            while points and len(alive) > 1 and pos >= points[0] * total:
+                points.pop(0)
+                k = max(1, math.ceil(len(alive) / 2))
+                keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:k].sort().values
+                run.halvings.append({"iteration": pos, "kept": [first + int(alive[j]) for j in keep]})
+                variables, opt, label_var = _select(stage, variables, opt, keep, len(alive), label_var)
+                alive = alive[keep]
+                loss_now, last = loss_now[keep], last[keep]
+                best_hist, mark, refit = [], None, True
+            best_hist.append(float(torch.nan_to_num(loss_now, nan=math.inf).min()))
+            # plateau: jump to the next milestone, or stop in the last phase / second half
+            plateau = budget.plateau
+            window = max(plateau.min_window, n // 16) if plateau is not None else 0
+            if plateau is not None and len(best_hist) > window:
+                old, now = min(best_hist[:-window]), min(best_hist)
+                if math.isfinite(old) and old - now <= plateau.tol * abs(old):
+                    ahead = [m for m in _milestones(stage, n) if m > i]
+                    if ahead:
+                        run.plateaus.append({"iteration": pos0 + i, "action": f"jump to {pos0 + ahead[0]}"})
+                        i, best_hist = ahead[0], []
+                    elif stage.schedule == "multistep" or i >= n // 2:
+                        run.plateaus.append({"iteration": pos0 + i, "action": "stop stage"})
+                        if si == len(stages) - 1 and run.stopped == "completed":
+                            run.stopped = "plateau"
+                        break
+        for pos, losses, ids in rows:
+            trace.extend({"iteration": pos, "stage": stage.name, "restart": first + int(r), "loss": v}
+                         for r, v in zip(ids, losses))
+        lengths[si] = i
+        pos0 += i
+        with torch.no_grad():
+            prev = stage.parametrization.images().detach()
+        if run.stopped in ("interrupted", "budget"):
+            break
+    final = objective_value(ctx, objective, prev, current_labels()).detach()
+    imgs = prev.detach().clamp(0, 1)
+    lab = current_labels().detach()
+    if lab.dim() == 3:
+        lab = lab.argmax(-1)
+    return imgs, final, lab

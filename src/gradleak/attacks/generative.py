@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gradleak.attacks.bn_prior import BNRegularizer
-from gradleak.attacks.base import ATTACKS, Reconstruction
+from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
-from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import InvertGrad, SearchAttack
 from gradleak.devices import generator
 from gradleak.errors import UserError
@@ -94,6 +94,11 @@ class Latent(_PriorParam):
     def images(self) -> Tensor:
         raw = self.prior.generate(self.z.reshape(self.R * self.B, *self.prior.latent_shape), self._flat_labels())
         return self._decode(raw)
+
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.R).requires_grad_()
+        self.R = self.z.shape[0]
+        return [self.z]
 
     def norm_penalty(self) -> Tensor:
         """Mean over the batch of ‖z_j‖₂, per restart (R,)."""
@@ -150,6 +155,13 @@ class GeneratorWeights(_PriorParam):
         self.fixed |= {k: v.detach() for k, v in prior.net.named_buffers()}
         return list(self.u.values())
 
+    def select(self, keep):
+        R = self.R
+        self.u = {k: keep_rows(u, keep, R).requires_grad_() for k, u in self.u.items()}
+        self.z = keep_rows(self.z, keep, R)
+        self.R = len(keep)
+        return list(self.u.values())
+
     @property
     def w(self) -> dict[str, Tensor]:
         """The per-copy generator weights (R·B, *shape) = scale · u."""
@@ -193,6 +205,9 @@ class Snapshots(Parametrization):
         with torch.no_grad():
             self.store.append((self.counter[0], self.inner.images().detach().clamp(0, 1).clone()))
 
+    def select(self, keep):
+        return self.inner.select(keep)
+
     def project(self):
         self.inner.project()
         self.counter[0] += 1
@@ -224,6 +239,27 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
 
 
 # --- presets -----------------------------------------------------------------------------------------------
+
+def native_shape(prior: Prior) -> tuple[int, int, int]:
+    """The (C, H, W) a prior's generator produces before any resizing (one sample)."""
+    with torch.no_grad():
+        z = prior.sample_latent(1, torch.Generator().manual_seed(0))
+        y = torch.zeros(1, dtype=torch.long) if prior.conditional else None
+        return tuple(prior.generate(z, y).shape[1:])
+
+
+def fitting_prior(situation) -> str | None:
+    """The prior an audit uses: the user's (``situation.prior``; the caller checked its shape), else the first
+    shipped prior whose native output is the observation's image shape, else None."""
+    from gradleak.priors.prior import BUILTIN_PRIORS
+
+    if situation.prior is not None:
+        return situation.prior
+    for name in BUILTIN_PRIORS:
+        if native_shape(load_prior(name)) == tuple(situation.obs.image_shape):
+            return name
+    return None
+
 
 def _check_distance(distance: str) -> None:
     if distance != "auto" and distance not in DISTANCES:
@@ -300,6 +336,15 @@ class GIX(_PriorMixin, InvertGrad):
 
     def __call__(self, obs, labels=None, seed=0, model=None, progress=True):
         return self._run(obs, labels, seed, model, progress, self.stages(), self.objective(obs))
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """When the client shares its batch's BN statistics: GI-x with GradInversion's BN-statistics prior on
+        the exact shared statistics (weight 1e-2, the GIAS table's), distance ``auto``."""
+        if situation.obs.bn_stats is None:
+            return None
+        return AuditPlan(cls(restarts=situation.restarts, distance="auto", bn=1e-2, bn_source="exact"),
+                         "gradient matching + the shared BN statistics as prior")
 
 
 class GenerativeAttack(_PriorMixin, SearchAttack):
@@ -427,6 +472,17 @@ class GIZW(GenerativeAttack):
         self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
                     snapshot_every, space, backend)
         self.iterations_z, self.iterations_w, self.lr_w_relative = iterations_z, iterations_w, lr_w_relative
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """When a generative prior produces the data's shape (channels and resolution) natively: the one the
+        user named, else a shipped one. GIAS Algorithm 1 (GI-z then GI-w) with its appendix-G defaults,
+        distance ``auto``."""
+        prior = fitting_prior(situation)
+        if prior is None:
+            return None
+        return AuditPlan(cls(prior, restarts=situation.restarts, distance="auto"),
+                         f"generative prior {prior!r} fits the images' shape")
 
     def stages(self):
         lat = Latent(self.prior)

@@ -26,6 +26,20 @@ class Parametrization:
     def project(self) -> None:
         """Called after each optimiser step (e.g. the [0, 1] box); default: nothing."""
 
+    def select(self, keep: Tensor) -> list[Tensor]:
+        """Keep only the restarts ``keep`` (indices into the leading restart dimension) and return the new
+        variables, in :meth:`start`'s order (successive halving, :mod:`gradleak.attacks.budget`). A
+        parametrization that does not implement it runs all its restarts to the end."""
+        raise NotImplementedError
+
+
+def keep_rows(t: Tensor, keep: Tensor, restarts: int) -> Tensor:
+    """Rows of a restart-major tensor (leading dimension R, or R·k with the k rows of a restart together) that
+    belong to the restarts ``keep``, detached."""
+    per = t.shape[0] // restarts
+    idx = (keep[:, None].to(t.device) * per + torch.arange(per, device=t.device)[None]).reshape(-1)
+    return t.detach()[idx].clone()
+
 
 class Pixels(Parametrization):
     """GI-x: the images themselves are the variables (DLG, iDLG, InvertGrad).
@@ -55,6 +69,10 @@ class Pixels(Parametrization):
 
     def images(self) -> Tensor:
         return self.x
+
+    def select(self, keep):
+        self.x = keep_rows(self.x, keep, self.x.shape[0]).requires_grad_()
+        return [self.x]
 
     def project(self) -> None:
         if self.box:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from gradleak.attacks.base import ATTACKS, Attack, LabelMode, Reconstruction, build_attack  # noqa: F401
+from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, LabelMode, Reconstruction, build_attack  # noqa: F401
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
@@ -93,6 +93,15 @@ class InvertGrad(SearchAttack):
 
     def stages(self):
         return [Stage("x", Pixels(init=self.init, box=self.box), self.iterations, self.lr, signed=self.signed)]
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """Always: gradient matching is the portfolio's backbone. The preset's defaults with ``distance: auto``
+        (masked for unknown support, tanh–sign for signs: the defenses' attacker views) and R restarts."""
+        from gradleak.defenses.estimate import choose_distance
+
+        return AuditPlan(cls(restarts=situation.restarts, distance="auto"),
+                         f"gradient matching, {choose_distance(situation.obs)} distance")
 
     def objective(self, obs):
         distance = self.distance

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from scipy.linalg import lapack, solve_triangular
 from torch import Tensor, nn
 
-from gradleak.attacks.base import ATTACKS, Attack, Reconstruction
+from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Stage, lr_scheduler
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation, validate_against
@@ -575,6 +575,22 @@ class RGAP(Attack):
         if max_unknowns < 1:
             raise UserError(f"attack.options.max_unknowns: got {max_unknowns}; allowed: integer >= 1")
         self.rcond, self.max_unknowns = float(rcond), int(max_unknowns)
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """Closed form, when it applies: one image, one gradient step, no obfuscation, the victim in R-GAP's
+        standard form, and the rank analysis (at the observation's own θ_0) says every layer is determined."""
+        obs = situation.obs
+        if obs.num_images != 1 or situation.view.obfuscated or len(obs.protocol.schedule(1)) != 1:
+            return None
+        try:
+            parse_chain(situation.model, tuple(obs.image_shape))
+            analysis = analyze_model(copy.deepcopy(situation.model).cpu(), tuple(obs.image_shape))
+        except (UserError, RuntimeError, ValueError):
+            return None
+        if analysis.rank_deficient:
+            return None
+        return AuditPlan(cls(), "closed form: the rank analysis says every layer is determined", closed_form=True)
 
     def _model(self, obs: Observation, model: nn.Module | None) -> nn.Module:
         if model is None:

@@ -19,9 +19,9 @@ Representations (``representation``):
 Objective (``distance``): ``l2`` (eq. 14); ``tanh_sign`` for signSGD uploads (eq. 15,
 :func:`gradleak.attacks.objectives.tanh_sign_distance`); ``masked_l2`` — L2 on the observed support,
 for sparsified uploads (Top-k, Soteria's pruned columns), where the dropped entries are unknown rather than
-zero; ``auto`` (default) picks from what the attacker was told about the defense (``sign`` → tanh_sign,
-``topk``/``gradient_sparsity``/``soteria`` → masked_l2, anything else → l2) or, when told nothing, from
-:func:`gradleak.defenses.estimate.choose_distance`.
+zero; ``auto`` (default) picks from the attacker-side view of the defenses it was told about
+(:func:`gradleak.defenses.estimate.told_view`: signs only → tanh_sign, unknown support → masked_l2, anything
+else → l2) or, for a defense told by name only, from :func:`gradleak.defenses.estimate.choose_distance`.
 
 Optimiser: Adam with cosine decay to 0 (§4.2), ``iterations`` (paper: 100), ``restarts`` batched.
 
@@ -46,15 +46,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from gradleak.attacks.base import ATTACKS, Reconstruction
+from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
-from gradleak.attacks.parametrizations import Parametrization, Pixels
+from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import SearchAttack
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
-SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
 
 
 # --- distance ----------------------------------------------------------------------------------------------
@@ -77,13 +76,14 @@ def relative(dist, observed: list[Tensor]):
 
 def rog_distance(obs: Observation) -> str:
     """The distance ``distance: auto`` resolves to (see the module docstring)."""
-    told = [d for d in obs.defenses if d.get("attacker_knows", True) is not False]
-    names = {d.get("name") for d in told}
-    if "sign" in names:
+    from gradleak.defenses.estimate import told_view
+
+    view = told_view(obs)
+    if view.sign:
         return "tanh_sign"
-    if names & SPARSE_TOLD:
+    if view.support:
         return "masked_l2"
-    if len(told) < len(obs.defenses):  # something was applied that the attacker was not told about
+    if any(d.get("attacker_knows", True) is False for d in obs.defenses):  # something was applied that the attacker was not told about
         from gradleak.defenses.estimate import choose_distance
 
         return {"cosine": "l2", "masked_cosine": "masked_l2"}.get(choose_distance(obs), "tanh_sign")
@@ -138,6 +138,10 @@ class Bicubic(Parametrization):
     def images(self) -> Tensor:
         return bicubic_up(self.z, self.size)
 
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.z.shape[0]).requires_grad_()
+        return [self.z]
+
 
 class AutoencoderLatent(Parametrization):
     """Z = the autoencoder's spatial latent (R, B, c_z, h, w); images = dec(Z); init Z = enc(X'), X' ~ U(0, 1)."""
@@ -161,6 +165,11 @@ class AutoencoderLatent(Parametrization):
             z = self.ae.encode(x.reshape(-1, *shape))
         self.lead = (restarts, batch)
         self.z = z.reshape(restarts, batch, *z.shape[1:]).clone().requires_grad_()
+        return [self.z]
+
+    def select(self, keep):
+        self.z = keep_rows(self.z, keep, self.z.shape[0]).requires_grad_()
+        self.lead = (self.z.shape[0], self.lead[1])
         return [self.z]
 
     def images(self) -> Tensor:
@@ -247,6 +256,16 @@ class ROG(SearchAttack):
             from gradleak.nets.enhancer import load_enhancer
 
             self._enh = load_enhancer(enhancer, "attack.options.enhancer")
+
+    @classmethod
+    def audit_plan(cls, situation):
+        """When the upload carries an obfuscation (quantized, sparsified, signed or noised, as the defenses'
+        attacker views say or the upload betrays): ROG's defaults, its distance from the view."""
+        view = situation.view
+        if not view.obfuscated:
+            return None
+        what = ", ".join(k for k in ("quantized", "sign", "support", "noise") if getattr(view, k))
+        return AuditPlan(cls(restarts=situation.restarts), f"obfuscated upload ({what}): ROG")
 
     def parametrization(self) -> Parametrization:
         if self.representation == "bicubic":

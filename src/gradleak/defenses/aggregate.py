@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 from gradleak.fl.client import client_update
 
 
@@ -68,6 +68,12 @@ class Aggregate(Defense):
             return x, y, "random"
         idx = torch.randint(0, imgs.shape[0], (count * B,), generator=ctx.generator)
         return imgs[idx].to(ctx.images.dtype), labs[idx].to(ctx.labels.dtype), src
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        n = told.get("clients")
+        return AttackerView(mixed=int(n) if isinstance(n, int) else None,
+                            unmodelled=None if n == 1 else "the upload is averaged with other clients' uploads")
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         n = self.clients

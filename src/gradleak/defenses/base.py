@@ -34,6 +34,46 @@ from gradleak.fl.protocol import Protocol
 Params = dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class AttackerView:
+    """What a defense leaves the attacker to model (issue 22, item 3): the distances (:mod:`.estimate`), ROG and
+    the audit's portfolio read this, never defense names.
+
+    ``support``: the upload's zeros are *unknown* entries, not zeros (Top-k, per-layer sparsity, pruning) —
+    match on the observed support (masked distances); ``sign``: only signs were sent (tanh–sign distance);
+    ``quantized``: values lie on a grid of ``levels`` magnitudes per tensor; ``noise``: Gaussian noise of known
+    scale ``noise_sigma`` (None: unknown) was added; ``clip``: the norm was clipped to ``clip``; ``mixed``: the
+    upload is averaged with ``mixed`` other clients' (no attack here separates them); ``unmodelled``: why the
+    attacker cannot model the transform (e.g. a hidden noise seed), None when it can."""
+
+    support: bool = False
+    sign: bool = False
+    quantized: bool = False
+    levels: int | None = None
+    noise: bool = False
+    noise_sigma: float | None = None
+    clip: float | None = None
+    mixed: int | None = None
+    unmodelled: str | None = None
+
+    @property
+    def obfuscated(self) -> bool:
+        """The upload is not the client's update up to scale: an obfuscation-aware attack (ROG) is in order."""
+        return self.support or self.sign or self.quantized or self.noise
+
+    def merge(self, other: "AttackerView") -> "AttackerView":
+        """The view of a chain: each property holds if it holds for any member."""
+        return AttackerView(
+            support=self.support or other.support, sign=self.sign or other.sign,
+            quantized=self.quantized or other.quantized, levels=other.levels or self.levels,
+            noise=self.noise or other.noise, noise_sigma=other.noise_sigma if other.noise else self.noise_sigma,
+            clip=other.clip or self.clip, mixed=other.mixed or self.mixed,
+            unmodelled="; ".join(x for x in (self.unmodelled, other.unmodelled) if x) or None)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v not in (None, False)}
+
+
 @dataclass
 class ClientContext:
     model: nn.Module
@@ -60,6 +100,12 @@ class Defense:
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         raise NotImplementedError
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        """The attacker-side view this defense leaves, from what the attacker was told about it (``told`` =
+        :meth:`describe` as stored in the Observation). Default: nothing to model (the identity)."""
+        return AttackerView()
 
     def describe(self) -> dict:
         """What the attacker is told: name and parameters (+ realised values) or only the name."""

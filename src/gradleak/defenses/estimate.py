@@ -13,10 +13,13 @@
   global clipping bound C, equal to it when clipping was active) and, when ≥ 2 layers share the largest
   per-layer norm to 1e-4 relative, that norm as a per-layer clipping bound (``per_layer_clip: true``).
 
-:func:`choose_distance` is the attack option ``distance: auto``: the defenses the attacker was told
-about (Observation.defenses) decide first — ``sign`` → tanh-vs-sign (ROG eq. 15), ``topk`` /
-``gradient_sparsity`` / ``soteria`` → masked cosine — else the estimate: sign-like → ``tanh_sign``,
-sparsity ≥ 0.3 → ``masked_cosine``, otherwise ``cosine``.
+:func:`attacker_view` is the whole chain's :class:`~gradleak.defenses.base.AttackerView`: each defense states
+its own (``Defense.attacker_view``, from what the attacker was told), and what the upload itself betrays is
+added (sign-like, sparse, quantized values), so a captured upload that declares nothing is still read.
+
+:func:`choose_distance` is the attack option ``distance: auto``: the views of the defenses the attacker was
+told about decide first — signs only → tanh-vs-sign (ROG eq. 15), unknown support → masked cosine — else
+the estimate: sign-like → ``tanh_sign``, sparsity ≥ 0.3 → ``masked_cosine``, otherwise ``cosine``.
 """
 from __future__ import annotations
 
@@ -24,10 +27,10 @@ import math
 
 import torch
 
+from gradleak.defenses.base import DEFENSES, AttackerView
 from gradleak.fl.observation import Observation
 
 SPARSE_THRESHOLD = 0.3
-_SPARSE_TOLD = {"topk", "gradient_sparsity", "soteria"}
 
 
 def estimate_defense(obs: Observation) -> dict:
@@ -69,15 +72,47 @@ def estimate_defense(obs: Observation) -> dict:
     }
 
 
+def told_view(obs: Observation) -> AttackerView:
+    """The merged views of the defenses whose parameters the attacker was told (``attacker_knows``)."""
+    view = AttackerView()
+    for d in obs.defenses:
+        cls = DEFENSES.get(d.get("name")) if isinstance(d.get("name"), str) else None
+        if d.get("attacker_knows", True) is not False and cls is not None:
+            view = view.merge(cls.attacker_view(d))
+    return view
+
+
+def attacker_view(obs: Observation) -> AttackerView:
+    """The attacker-side view of the Observation's whole defense chain (see the module docstring): every
+    declared defense's own view (an untold one states what its kind leaves, from its name alone), merged with
+    what the upload betrays (:func:`estimate_defense`) where the declaration may be incomplete: a defense told
+    by name only (all three signatures: sign-like, sparse, quantized), or none declared (sign-like and
+    quantized only — a ReLU network's own zeros make an unobfuscated update sparse)."""
+    view = AttackerView()
+    untold = not obs.defenses
+    for d in obs.defenses:
+        name = d.get("name")
+        cls = DEFENSES.get(name) if isinstance(name, str) else None
+        untold |= d.get("attacker_knows", True) is False
+        if cls is None:
+            view = view.merge(AttackerView(unmodelled=f"defense {name!r} is not one gradleak models"))
+        else:
+            view = view.merge(cls.attacker_view(d))
+    if untold:
+        est = estimate_defense(obs)
+        sign = est["sign_like"]
+        sparse = bool(obs.defenses) and est["sparsity"] >= SPARSE_THRESHOLD and not sign
+        view = view.merge(AttackerView(sign=sign, support=sparse, quantized=est["quantized"] and not sign))
+    return view
+
+
 def choose_distance(obs: Observation) -> str:
     """The distance ``auto`` resolves to for this Observation (see the module docstring)."""
-    for d in obs.defenses:
-        if d.get("attacker_knows", True) is False:
-            continue
-        if d.get("name") == "sign":
-            return "tanh_sign"
-        if d.get("name") in _SPARSE_TOLD:
-            return "masked_cosine"
+    view = told_view(obs)
+    if view.sign:
+        return "tanh_sign"
+    if view.support:
+        return "masked_cosine"
     est = estimate_defense(obs)
     if est["sign_like"]:
         return "tanh_sign"

@@ -57,7 +57,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 from gradleak.errors import UserError
 from gradleak.fl.protocol import Protocol
 
@@ -216,6 +216,12 @@ class FedCDP(Defense):
         self.dataset_size, self.rounds, self.delta = int(dataset_size), int(rounds), float(delta)
         self.attacker_knows = attacker_knows
         self._report: dict = {}
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        sigma = told.get("sigma") if told.get("sigma") is not None else told.get("sigma_used")
+        return AttackerView(noise=True, noise_sigma=sigma if isinstance(sigma, (int, float)) else None,
+                            clip=told.get("clip"))
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         model, proto = ctx.model, ctx.protocol

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 
 
 def sigma_for_snr(signal: Tensor, snr_db: float) -> float:
@@ -60,6 +60,11 @@ class GaussianNoise(Defense):
         self.scope, self.attacker_knows = scope, attacker_knows
         self._report: dict = {}
 
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        sigma = told.get("sigma") if told.get("sigma") is not None else told.get("sigma_used")
+        return AttackerView(noise=True, noise_sigma=sigma if isinstance(sigma, (int, float)) else None)
+
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         groups = [[n] for n in update] if self.scope == "per_layer" else [list(update)]
         out, used = {}, {}
@@ -95,6 +100,10 @@ class Clip(Defense):
         check(self.name, "max_norm", max_norm > 0 and math.isfinite(max_norm), max_norm, "a number > 0")
         check(self.name, "scope", scope in ("global", "per_layer"), scope, "global | per_layer")
         self.max_norm, self.scope, self.attacker_knows = float(max_norm), scope, attacker_knows
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(clip=told.get("max_norm"))
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         return clip_update(update, self.max_norm, self.scope)

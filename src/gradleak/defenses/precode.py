@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gradleak.defenses.base import ClientContext, Defense, Params, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, register
 from gradleak.errors import UserError
 from gradleak.fl.client import client_update
 
@@ -29,6 +29,12 @@ class PrecodeNoise(Defense):
     def __init__(self, attacker_knows: bool = True):
         self.attacker_knows = attacker_knows
         self._report: dict = {}
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        if told.get("attacker_knows", True) is False:
+            return AttackerView(unmodelled="PRECODE's noise seed is hidden from the attacker")
+        return AttackerView()  # a known seed: the model's noise is part of the re-run forward pass
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         from gradleak.models.precode import precode_block

@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 
 
 def levels_for_bits(bits: int) -> int:
@@ -93,6 +93,10 @@ class _Quantizer(Defense):
         self.levels = int(levels) if levels is not None else levels_for_bits(self.bits)
         self.norm, self.kappa, self.scope, self.attacker_knows = norm, float(kappa), scope, attacker_knows
 
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(quantized=True, levels=told.get("levels"))
+
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         return quantize(update, self.levels, self.norm, self.kappa, self.scope, self.stochastic,
                         ctx.generator if ctx is not None else None)
@@ -124,6 +128,10 @@ class SignSGD(Defense):
 
     def __init__(self, attacker_knows: bool = True):
         self.attacker_knows = attacker_knows
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(sign=True)
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         return {n: t.sign() for n, t in update.items()}

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 from gradleak.errors import UserError
 from gradleak.fl.client import client_inputs
 
@@ -103,6 +103,10 @@ class Soteria(Defense):
         self._chunk = chunk_size
         self._report: dict = {}
         self._mask: Tensor | None = None
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(support=True)
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         model = ctx.model

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from gradleak.defenses.base import ClientContext, Defense, Params, check, register
+from gradleak.defenses.base import AttackerView, ClientContext, Defense, Params, check, register
 
 
 def keep_count(n: int, sparsity: float) -> int:
@@ -62,6 +62,10 @@ class TopK(Defense):
         check(self.name, "scope", scope in ("per_layer", "global"), scope, "per_layer | global")
         self.sparsity, self.scope, self.attacker_knows = float(sparsity), scope, attacker_knows
 
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(support=True)
+
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         return sparsify(update, self.sparsity, self.scope)
 
@@ -76,6 +80,10 @@ class GradientSparsity(Defense):
     def __init__(self, sparsity: Annotated[float, Field(ge=0, lt=1)] = 0.99, attacker_knows: bool = True):
         check(self.name, "sparsity", 0 <= sparsity < 1, sparsity, "a number in [0, 1)")
         self.sparsity, self.attacker_knows = float(sparsity), attacker_knows
+
+    @classmethod
+    def attacker_view(cls, told: dict) -> AttackerView:
+        return AttackerView(support=True)
 
     def apply(self, update: Params, ctx: ClientContext) -> Params:
         return sparsify(update, self.sparsity, "per_layer")

@@ -182,10 +182,49 @@ def _calibration(metrics: dict, used: set[str]) -> dict | None:
             "references": rows, "unavailable": unavailable, "margins": margin_rows}
 
 
+VERDICT_CLASS = {"leaks": "recognisable", "partial": "partial", "no leakage found": "none",
+                 "inconclusive": "inconclusive", "not scored": "inconclusive"}
+
+
+def _attack_rows(rows: list) -> list[dict]:
+    out = []
+    for r in rows or []:
+        out.append({"name": r.get("name", ""), "reason": r.get("reason", ""),
+                    "time": _num(r.get("seconds"), ".1f", " s") + (f" of {_num(r.get('share'), '.1f', ' s')}"
+                                                                   if r.get("share") is not None else ""),
+                    "iterations": _num(r.get("iterations")), "psnr": _num(r.get("psnr"), ".2f", " dB"),
+                    "ssim": _num(r.get("ssim"), ".3f"), "lpips": _num(r.get("lpips"), ".3f"),
+                    "margin": _num(r.get("margin_psnr"), "+.2f", " dB"), "won": _num(r.get("images_won")),
+                    "stopped": (r.get("stopped") or "") + (f": {r['note']}" if r.get("note") else "")})
+    return out
+
+
+def _audit(metrics: dict, used: set[str]) -> dict | None:
+    """``attack: auto``: the first screen — sentence, per-attack table, control, flags."""
+    a = metrics.get("audit")
+    if not isinstance(a, dict):
+        return None
+    used.add("audit")
+    c = a.get("control") or None
+    control = None
+    if isinstance(c, dict):
+        control = {"skipped": c.get("skipped"), "built": c.get("built", ""), "batch": c.get("batch"),
+                   "level": c.get("level") or "not recognisable", "psnr": _num(c.get("psnr"), ".2f", " dB"),
+                   "margin": _num(c.get("margin_psnr"), "+.2f", " dB"), "attacks": _attack_rows(c.get("attacks")),
+                   "interrupted": c.get("interrupted")}
+    return {"verdict": a.get("verdict"), "css": VERDICT_CLASS.get(a.get("verdict"), ""),
+            "sentence": a.get("sentence", ""), "interrupted": a.get("interrupted"),
+            "attacks": _attack_rows(a.get("attacks")), "control": control, "flags": a.get("flags") or [],
+            "protocol": a.get("protocol", ""), "labels": f"{a.get('label_mode')}"
+            + (f", accuracy {a['label_accuracy']:.2f}" if isinstance(a.get("label_accuracy"), (int, float)) else ""),
+            "view": _value(a.get("view") or "nothing to model")}
+
+
 def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tuple[str, str]], title: str | None):
     used: set[str] = set()
     attack = metrics.get("attack") or ""
     used.add("attack")
+    audit = _audit(metrics, used)
     calibration = _calibration(metrics, used)
 
     # summary table: known metrics first (in a fixed order), then any other summary-shaped entry
@@ -262,8 +301,9 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
     except ImportError:  # pragma: no cover
         version = ""
     return {
-        "title": title or (f"gradleak report: {attack}" if attack else "gradleak report"),
+        "title": title or ("gradleak audit" if audit else f"gradleak report: {attack}" if attack else "gradleak report"),
         "attack": attack,
+        "audit": audit,
         "calibration": calibration,
         "summary": summary,
         "facts": facts,

@@ -25,6 +25,29 @@ def rogs_path_rows(rec: Reconstruction, originals: Tensor, order: list[int]) -> 
     return rows + [originals], labels + ["original"]
 
 
+def audit_figures(out: Path, result: "AuditResult") -> list[tuple[str, str]]:
+    """``attack: auto``: the worst image pair (worst_pair.png) and every attack's matched reconstructions under
+    the originals (attacks.png); returns their (caption, file) entries for the report."""
+    from gradleak.report import image_rows, reconstruction_grid
+
+    a, originals = result.audit, result.originals
+    figures = []
+    if a.worst_image is not None:
+        i = a.worst_image
+        who = a.winners[i] if i < len(a.winners) else ""
+        p = result.scores.psnr["per_image"][i]
+        reconstruction_grid(originals[i:i + 1], result.matched[i:i + 1], [f"{p:.1f} dB · {who}"],
+                            out / "worst_pair.png", scale=6)
+        figures.append((f"The image that leaks most (image {i}): original above, best reconstruction ({who}) below",
+                        "worst_pair.png"))
+    if result.attack_images:
+        names = list(result.attack_images)
+        image_rows([originals] + [result.attack_images[n] for n in names], ["original"] + names,
+                   out / "attacks.png")
+        figures.append(("Each attack's reconstructions, matched to the originals (top row)", "attacks.png"))
+    return figures
+
+
 def write_run_dir(out: Path, result: "AuditResult") -> dict:
     """config.yaml, observation, reconstruction.png, trace.csv, loss.png, report.html, metrics.json (last)."""
     from gradleak.report import (atomic_write_json, atomic_write_text, loss_plot, reconstruction_grid,
@@ -37,6 +60,8 @@ def write_run_dir(out: Path, result: "AuditResult") -> dict:
     result.observation.save(out / "observation")
     levels = result.calibration.verdict["per_image"] if result.calibration is not None else [""] * len(originals)
     captions = [f"{p:.1f} dB · {lv}" if lv else f"{p:.1f} dB" for p, lv in zip(scores.psnr["per_image"], levels)]
+    if result.audit is not None and result.audit.winners:  # the attack that gave each image's best reconstruction
+        captions = [f"{c} · {w}" for c, w in zip(captions, result.audit.winners)]
     reconstruction_grid(originals, result.matched, captions, out / "reconstruction.png")
     images = list(DEFAULT_IMAGES)
     if rec.trace:
@@ -51,6 +76,8 @@ def write_run_dir(out: Path, result: "AuditResult") -> dict:
         image_rows(rows, labels, out / "rogs_path.png")
         images.append(("ROGS optimisation path (Figure 10): ROG input, generator from a random latent of the "
                        "class, steps, end; originals last", "rogs_path.png"))
+    if result.audit is not None:
+        images = audit_figures(out, result) + images
     metrics = result.metrics()
     write_report(out, metrics, config_yaml, images=images)
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
