@@ -214,7 +214,7 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
     return Observation(model_spec=obs.model_spec, parameters=obs.parameters, buffers=obs.buffers, update=update,
                        protocol=obs.protocol, num_images=obs.num_images, image_shape=obs.image_shape,
                        labels=obs.labels, bn_stats=None, defenses=obs.defenses,
-                       extra={**obs.extra, "control": "random update, true labels"})
+                       extra={**obs.extra, "control": "random update, true labels"}, aggregation=obs.aggregation)
 
 
 # --- presets -----------------------------------------------------------------------------------------------

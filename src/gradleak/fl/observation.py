@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.secagg import Aggregation
 
 Params = dict[str, Tensor]
 FORMAT_VERSION = 1
@@ -31,7 +32,9 @@ class Observation:
     upload after any defense, keyed like ``parameters``; ``protocol``: client settings the server knows;
     ``num_images``: the client's batch size; ``labels``: given only when the threat model grants them;
     ``bn_stats``: per-BN-layer batch mean/var when the client shares them; ``defenses``: what the
-    attacker was told about each transform applied to the upload.
+    attacker was told about each transform applied to the upload; ``aggregation``: set when the upload is
+    the secure aggregate of several clients (:mod:`gradleak.fl.secagg`: ``num_images`` is then the clients'
+    total N, the image slots are their batches in order, ``protocol`` is client 1's).
     """
 
     model_spec: dict
@@ -46,6 +49,7 @@ class Observation:
     defenses: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
+    aggregation: Aggregation | None = None  # K clients' aggregate (gradleak.fl.secagg), else one client
 
     def build_model(self) -> nn.Module:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
@@ -79,14 +83,14 @@ class Observation:
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
-                           model=self.model)
+                           model=self.model, aggregation=self.aggregation)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
         converted from the stated convention: θ_τ − θ_0 is negated, new weights θ_τ give θ_0 − θ_τ.
         Attacks and label recovery work on Δ (it points along the gradient); a no-op for the default."""
         conv = self.protocol.update
-        if conv == "old_minus_new":
+        if conv == "old_minus_new" or self.aggregation is not None:  # an aggregate is always Δ (gradleak.fl.secagg)
             return self
         if conv == "new_minus_old":
             update = {n: -t for n, t in self.update.items()}
@@ -118,6 +122,8 @@ class Observation:
             "defenses": self.defenses,
             "extra": self.extra,
         }
+        if self.aggregation is not None:
+            meta["aggregation"] = self.aggregation.to_dict()
         return write_pair(stem, tensors, meta)
 
     @classmethod
@@ -158,6 +164,7 @@ class Observation:
                 defenses=meta.get("defenses", []),
                 extra=meta.get("extra", {}),
                 model=model,
+                aggregation=Aggregation.from_dict(meta["aggregation"]) if meta.get("aggregation") else None,
             )
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
@@ -194,5 +201,8 @@ def validate_against(model: nn.Module, obs: Observation) -> None:
                 raise UserError(f"observation: {kind}/{name} is not a tensor of model {name_of!r}")
     if obs.labels is not None and obs.labels.shape[0] != obs.num_images:
         raise UserError(f"observation: labels has {obs.labels.shape[0]} entries, num_images is {obs.num_images}")
+    if obs.aggregation is not None and obs.aggregation.num_images != obs.num_images:
+        raise UserError(f"observation: aggregation covers {obs.aggregation.num_images} images "
+                        f"({', '.join(map(str, obs.aggregation.sizes))}), num_images is {obs.num_images}")
     if obs.num_images < 1 or math.prod(obs.image_shape) < 1:
         raise UserError(f"observation: num_images/image_shape invalid: {obs.num_images}, {obs.image_shape}")
