@@ -19,8 +19,11 @@ Each capture is ``OUT/round-RRR/node-ID.safetensors`` + ``.json``, loadable with
 :meth:`gradleak.fl.observation.Observation.load` and attackable like any other; ``OUT/index.json``
 lists them (rewritten atomically after every round). With ``capture_aggregate=True`` the round's
 aggregate (θ_global before − θ_global after, *after* whatever the wrapped strategy added, e.g. the
-Gaussian noise of Flower's central-DP wrappers) is saved as ``round-RRR/aggregate``; it equals one
-client's protocol exactly only when one client is sampled per round, which ``extra`` records.
+Gaussian noise of Flower's central-DP wrappers) is saved as ``round-RRR/aggregate``: a secure-aggregation
+Observation (:mod:`gradleak.fl.secagg`) of the K answering clients, FedAvg's weighted mean of their Δ_k,
+each with its own protocol and n_k — what a server running secure aggregation holds; ``extra`` records
+how far the saved aggregate is from that weighted mean (``aggregation_residual``). A reply that carries an
+error (e.g. an update a :class:`LeakageGuard` blocked) is listed in the index with its reason.
 
 Where to put the wrapper decides what is captured: ``GradleakCapture(DifferentialPrivacy…(FedAvg()))``
 captures the replies *as the server process receives them*, before any server-side clipping or noise
@@ -131,6 +134,49 @@ class ServerRecorder:
                defenses: list[dict] | None = None) -> Path:
         """Save one Observation: θ_0 = ``sent``, θ_τ = ``received``, the update in ``protocol.update``'s
         convention (``protocol.server_view()`` is stored: no shuffle seed the server does not know)."""
+        obs = self.observation(server_round, node_id, sent, received, num_examples, protocol, extra, defenses)
+        return self.save(obs, server_round, stem or f"node-{node_id}")
+
+    def save(self, obs: Observation, server_round: int, stem: str) -> Path:
+        """Write ``obs`` as ``round-RRR/<stem>`` and list it in the index (its ``extra`` minus ``source``)."""
+        rel = Path(f"round-{server_round:03d}") / stem
+        obs.save(self.out / rel)
+        self.index.append({"path": str(rel), **{k: v for k, v in obs.extra.items() if k != "source"}})
+        return self.out / rel
+
+    def aggregate(self, server_round: int, sent: StateDict, received: StateDict, parts: list[Observation],
+                  defenses: list[dict] | None = None) -> Observation:
+        """The round's aggregate as a secure-aggregation Observation (:mod:`gradleak.fl.secagg`): the update
+        θ_global before − θ_global after, described as FedAvg's weighted mean Σ_k (n_k/N) Δ_k of the clients'
+        uploads ``parts`` (each with its own protocol and n_k). ``extra.aggregation_residual`` is
+        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-7 for FedAvg, larger where the wrapped strategy did
+        something else (noise, a server optimizer), which ``defenses`` should then state."""
+        import math
+
+        from gradleak.fl.secagg import Aggregation
+
+        params, buffers = self.check_state(sent, f"round {server_round}, global arrays")
+        after, _ = self.check_state(received, f"round {server_round}, aggregated arrays")
+        parts = [p.as_delta() for p in parts]
+        agg = Aggregation.of([p.num_images for p in parts], [p.protocol for p in parts], "weighted_mean")
+        update = {n: params[n] - after[n] for n in params}
+        expected = {n: sum(w * p.update[n] for w, p in zip(agg.weights, parts)) for n in params}
+        num = sum(float((update[n] - expected[n]).double().pow(2).sum()) for n in params)
+        den = sum(float(expected[n].double().pow(2).sum()) for n in params)
+        residual = math.sqrt(num / den) if den > 0 else math.sqrt(num)
+        extra = {"source": "flower", "round": server_round, "node_id": "aggregate", "num_examples": agg.num_images,
+                 "update_convention": "old_minus_new", "kind": "aggregate", "clients": agg.clients,
+                 "client_examples": list(agg.sizes), "client_nodes": [p.extra.get("node_id") for p in parts],
+                 "single_client_protocol_exact": agg.clients == 1, "aggregation": "weighted_mean",
+                 "aggregation_residual": residual}
+        return Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
+                           protocol=agg.protocols[0], num_images=agg.num_images, image_shape=self.image_shape,
+                           defenses=list(defenses or []), extra=extra, aggregation=agg)
+
+    def observation(self, server_round: int, node_id: int | str, sent: StateDict, received: StateDict,
+                    num_examples: int, protocol: Protocol, extra: dict | None = None,
+                    defenses: list[dict] | None = None) -> Observation:
+        """The Observation of one reply (what :meth:`record` saves), in memory."""
         params, buffers = self.check_state(sent, f"round {server_round}, arrays sent to node {node_id}")
         after, _ = self.check_state(received, f"round {server_round}, arrays received from node {node_id}")
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
@@ -144,16 +190,11 @@ class ServerRecorder:
             update = {n: after[n] - params[n] for n in params}
         else:  # "old_minus_new", gradleak's default
             update = {n: params[n] - after[n] for n in params}
-        stem = stem or f"node-{node_id}"
-        rel = Path(f"round-{server_round:03d}") / stem
         meta = {"round": server_round, "node_id": node_id, "num_examples": num_examples,
                 "update_convention": convention, **(extra or {})}
-        obs = Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
-                          protocol=protocol, num_images=num_examples, image_shape=self.image_shape,
-                          defenses=list(defenses or []), extra={"source": "flower", **meta})
-        obs.save(self.out / rel)
-        self.index.append({"path": str(rel), **meta})
-        return self.out / rel
+        return Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
+                           protocol=protocol, num_images=num_examples, image_shape=self.image_shape,
+                           defenses=list(defenses or []), extra={"source": "flower", **meta})
 
     def write_index(self) -> Path:
         from gradleak.atomic import atomic_write_json
@@ -273,6 +314,7 @@ class GradleakCapture(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        parts: list[Observation] = []
         if self._active(server_round):
             # read every reply before the wrapped strategy may change it (server-side clipping edits in place)
             for reply in replies:
@@ -285,22 +327,23 @@ class GradleakCapture(Strategy):
                 sent, cfg = self._sent[node]
                 received = _to_state(_single_array_record(reply.content, self.arrayrecord_key, what))
                 n = _num_examples(reply.content, self.num_examples_key, what)
-                self.recorder.record(server_round, node, sent, received, n,
-                                     self.recorder.protocol_for(server_round, node, cfg),
-                                     extra={"kind": "client", "metrics": _metrics(reply.content)},
-                                     defenses=self.defenses)
+                obs = self.recorder.observation(server_round, node, sent, received, n,
+                                                self.recorder.protocol_for(server_round, node, cfg),
+                                                extra={"kind": "client", "metrics": _metrics(reply.content)},
+                                                defenses=self.defenses)
+                self.recorder.save(obs, server_round, f"node-{node}")
+                parts.append(obs)
+            for reply in replies:  # e.g. a LeakageGuard that blocked the update: the round records why
+                if reply.has_error():
+                    self.recorder.index.append({"path": None, "round": server_round, "node_id":
+                                                reply.metadata.src_node_id, "kind": "error",
+                                                "code": reply.error.code, "reason": reply.error.reason})
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self._active(server_round):
-            answered = [r for r in replies if not r.has_error() and r.has_content()]
-            if self.capture_aggregate and arrays is not None and self._global is not None and answered:
-                ns = [_num_examples(r.content, self.num_examples_key, "aggregate") for r in answered]
-                cfg = self._sent[answered[0].metadata.src_node_id][1]
-                self.recorder.record(
-                    server_round, "aggregate", self._global, _to_state(arrays), max(1, sum(ns)),
-                    self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
-                    extra={"kind": "aggregate", "clients": len(answered), "client_examples": ns,
-                           "single_client_protocol_exact": len(answered) == 1},
-                    defenses=self.aggregate_defenses)
+            if self.capture_aggregate and arrays is not None and self._global is not None and parts:
+                agg = self.recorder.aggregate(server_round, self._global, _to_state(arrays), parts,
+                                              self.aggregate_defenses)
+                self.recorder.save(agg, server_round, "aggregate")
             self.recorder.write_index()
         return arrays, metrics
 
@@ -374,28 +417,26 @@ def _legacy_class():
             return instructions
 
         def aggregate_fit(self, server_round, results, failures):
+            parts: list[Observation] = []
             if self._active(server_round):
                 for proxy, fit_res in results:
                     what = f"round {server_round}, FitRes from client {proxy.cid}"
                     if proxy.cid not in self._sent:
                         raise UserError(f"flower capture: {what}: this client was not sent FitIns this round")
                     sent, cfg = self._sent[proxy.cid]
-                    self.recorder.record(server_round, proxy.cid, sent, self._state(fit_res.parameters, what),
-                                         fit_res.num_examples, self.recorder.protocol_for(server_round, proxy.cid, cfg),
-                                         extra={"kind": "client", "metrics": dict(fit_res.metrics)},
-                                         defenses=self.defenses)
+                    obs = self.recorder.observation(
+                        server_round, proxy.cid, sent, self._state(fit_res.parameters, what), fit_res.num_examples,
+                        self.recorder.protocol_for(server_round, proxy.cid, cfg),
+                        extra={"kind": "client", "metrics": dict(fit_res.metrics)}, defenses=self.defenses)
+                    self.recorder.save(obs, server_round, f"node-{proxy.cid}")
+                    parts.append(obs)
             parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
             if self._active(server_round):
-                if self.capture_aggregate and parameters is not None and self._global is not None and results:
-                    ns = [fit_res.num_examples for _, fit_res in results]
-                    cfg = self._sent[results[0][0].cid][1]
-                    self.recorder.record(
-                        server_round, "aggregate", self._global,
-                        self._state(parameters, f"round {server_round}, aggregate"), max(1, sum(ns)),
-                        self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
-                        extra={"kind": "aggregate", "clients": len(ns), "client_examples": ns,
-                               "single_client_protocol_exact": len(ns) == 1},
-                        defenses=self.aggregate_defenses)
+                if self.capture_aggregate and parameters is not None and self._global is not None and parts:
+                    agg = self.recorder.aggregate(server_round, self._global,
+                                                  self._state(parameters, f"round {server_round}, aggregate"), parts,
+                                                  self.aggregate_defenses)
+                    self.recorder.save(agg, server_round, "aggregate")
                 self.recorder.write_index()
             return parameters, metrics
 
