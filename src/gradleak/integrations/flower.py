@@ -82,10 +82,10 @@ class ServerRecorder:
     ``protocol``: a :class:`Protocol` or a :data:`ProtocolFn`.
     """
 
-    def __init__(self, out: str | Path, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn]):
+    def __init__(self, out: str | Path | None, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn]):
         from gradleak.models import build_model
 
-        self.out = Path(out)
+        self.out = Path(out) if out is not None else None  # None: in-memory only (the guard)
         self.spec = _spec_of(model)
         net = build_model(self.spec["name"], self.spec["num_classes"], self.spec["in_channels"],
                           self.spec["resolution"], **self.spec.get("options", {}))
@@ -452,6 +452,170 @@ def _legacy_class():
     return _LegacyCapture
 
 
+# --- the client-side leakage guard --------------------------------------------------------------------------
+
+GUARD_POLICIES = ("report", "block", "protect")
+#: relative noise levels of ``protect``: the Gaussian noise's expected norm as a multiple of the (clipped)
+#: update's norm, tried in order until the re-measured verdict is below the threshold
+PROTECT_NOISE = (0.1, 0.3, 1.0, 3.0)
+#: reply metrics the guard adds (every reply carries all of them, as FedAvg requires equal keys)
+GUARD_KEYS = ("gradleak-guard-decision", "gradleak-guard-leaky", "gradleak-guard-verdict",
+              "gradleak-guard-verdict-before", "gradleak-guard-psnr-worst", "gradleak-guard-psnr-worst-before",
+              "gradleak-guard-reference-psnr", "gradleak-guard-dpsnr-max", "gradleak-guard-tries",
+              "gradleak-guard-noise", "gradleak-guard-clip", "gradleak-guard-seconds")
+#: ``gradleak-guard-decision`` codes (MetricRecord values are numbers)
+DECISIONS = {"sent": 0, "protected": 1, "blocked": 2}
+GUARD_ERROR_CODE = 4201  # Error.code of a reply whose update the guard blocked
+
+
+class LeakageGuard:
+    """A Flower client mod: before a train reply leaves the client, attack the client's own update with its
+    own images as the truth (:func:`gradleak.leakage.measure_leakage`) and apply ``policy``:
+
+    * ``report``: the update is sent unchanged (bit for bit); the scores go into the reply's metrics;
+    * ``block``: an update whose verdict reaches ``threshold`` is not sent — the reply becomes a Flower
+      ``Error`` (code :data:`GUARD_ERROR_CODE`) whose reason holds the decision and the scores as JSON, which
+      the strategy skips and :class:`GradleakCapture` lists in the round's index; others are sent unchanged;
+    * ``protect``: a leaky update is clipped to ``clip`` (L2, over all parameters; default no clip) and
+      Gaussian noise is added (Δ' = clip(Δ) + N(0, σ²), σ = r·‖clip(Δ)‖/√d for r in ``noise_levels``, the
+      expected noise norm r times the update's), re-measured after each level, and sent at the first level
+      whose verdict is below ``threshold``; when the last level (the stated limit) is still leaky the update
+      is blocked (``on_limit="block"``) or sent with the last protection (``on_limit="send"``).
+
+    The decision and the scores are added to the reply's MetricRecord (:data:`GUARD_KEYS`; numbers only:
+    decision 0 sent / 1 protected, verdict levels 0 none / 1 partial / 2 recognisable) and logged
+    (``logging.getLogger("gradleak.guard")``); :attr:`decisions` keeps them in this process. An update sent
+    unprotected is never changed: its arrays are the reply's own objects. Buffers (BN statistics) travel as
+    the client computed them; the update of the parameters is Δ = θ_0 − θ_τ as in :class:`GradleakCapture`.
+
+    ``model``, ``protocol``: the architecture and the client's training as the server knows it (as for
+    :class:`GradleakCapture`; the protocol function receives the train config); ``data``: ``f(msg,
+    context) -> (images, labels)``, the client's private batch in its training order (images in [0, 1]).
+    ``attack``/``attack_options``/``budget_s``: passed to :func:`gradleak.leakage.measure_leakage` (one
+    configured attack until ``gradleak audit`` lands); the attacker is given the true labels (worst case).
+    ``seed``: the attack's and the noise's (with the round and the node id)."""
+
+    def __init__(self, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn],
+                 data: Callable[[Message, Any], tuple[Tensor, Tensor]], *, policy: str = "report",
+                 threshold: str = "partial", attack: str | None = None, attack_options: dict | None = None,
+                 budget_s: float | None = None, clip: float | None = None,
+                 noise_levels: Iterable[float] = PROTECT_NOISE, on_limit: str = "block", seed: int = 0,
+                 public: tuple[Tensor, Tensor | None] | None = None, num_examples_key: str = "num-examples",
+                 arrayrecord_key: str | None = None):
+        from gradleak.leakage import LEVELS
+
+        if policy not in GUARD_POLICIES:
+            raise UserError(f"flower guard: policy: got {policy!r}; allowed: {' | '.join(GUARD_POLICIES)}")
+        if threshold not in LEVELS[1:]:
+            raise UserError(f"flower guard: threshold: got {threshold!r}; allowed: partial | recognisable")
+        if on_limit not in ("block", "send"):
+            raise UserError(f"flower guard: on_limit: got {on_limit!r}; allowed: block | send")
+        levels = tuple(float(r) for r in noise_levels)
+        if not levels or any(not r > 0 for r in levels):
+            raise UserError(f"flower guard: noise_levels: got {list(noise_levels)}; allowed: numbers > 0")
+        if clip is not None and not clip > 0:
+            raise UserError(f"flower guard: clip: got {clip!r}; allowed: a number > 0 or None")
+        if not callable(data):
+            raise UserError(f"flower guard: data: got {data!r}; allowed: f(msg, context) -> (images, labels)")
+        self.recorder = ServerRecorder(None, model, protocol)
+        self.data, self.policy, self.threshold = data, policy, threshold
+        self.level_threshold = LEVELS.index(threshold)
+        self.attack, self.attack_options, self.budget_s = attack, dict(attack_options or {}), budget_s
+        self.clip, self.noise_levels, self.on_limit, self.seed = clip, levels, on_limit, seed
+        self.public, self.num_examples_key, self.arrayrecord_key = public, num_examples_key, arrayrecord_key
+        self.decisions: list[dict] = []
+
+    def _measure(self, obs: Observation, x: Tensor, y: Tensor):
+        from gradleak.leakage import measure_leakage
+
+        return measure_leakage(obs, x, y, attack=self.attack, options=self.attack_options, budget_s=self.budget_s,
+                               seed=self.seed, public=self.public)
+
+    def __call__(self, msg: Message, context: Any, call_next: Callable) -> Message:
+        import logging
+        import math
+        import time
+
+        from flwr.app import Error, MessageType
+
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        what = "train message"
+        sent = _to_state(_single_array_record(msg.content, self.arrayrecord_key, what))
+        cfg: dict = {}
+        for c in msg.content.config_records.values():
+            cfg.update(dict(c))
+        reply = call_next(msg, context)
+        if reply.has_error() or not reply.has_content():
+            return reply
+        t0 = time.perf_counter()
+        server_round = int(cfg.get("server-round", 0))
+        node = context.node_id
+        key, record = next(iter(reply.content.array_records.items())) if self.arrayrecord_key is None else \
+            (self.arrayrecord_key, _single_array_record(reply.content, self.arrayrecord_key, "reply"))
+        received = _to_state(record)
+        n = _num_examples(reply.content, self.num_examples_key, "reply")
+        proto = self.recorder.protocol_for(server_round, node, cfg)
+        obs = self.recorder.observation(server_round, node, sent, received, n, proto, extra={"kind": "guard"})
+        x, y = self.data(msg, context)
+        before = self._measure(obs, x, y)
+        leaky = before.level() >= self.level_threshold
+        decision, after, tries, noise, clip_used = "sent", before, 0, 0.0, 0.0
+        protected_state: StateDict | None = None
+        if leaky and self.policy == "block":
+            decision = "blocked"
+        elif leaky and self.policy == "protect":
+            delta = obs.as_delta().update
+            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
+            scale = min(1.0, self.clip / norm) if self.clip is not None and norm > 0 else 1.0
+            clipped = {k: t * scale for k, t in delta.items()}
+            clip_used = norm * scale
+            d = sum(t.numel() for t in clipped.values())
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + server_round * 7919 + int(node)) % 2 ** 63)
+            decision = "blocked" if self.on_limit == "block" else "protected"
+            for r in self.noise_levels:
+                tries += 1
+                sigma = r * clip_used / math.sqrt(d)
+                noisy = {k: t + sigma * torch.randn(t.shape, generator=gen, dtype=t.dtype) for k, t in clipped.items()}
+                # the arrays that would leave (θ_0 − Δ', the reply's dtypes), measured as the server would see them
+                protected_state = {k: (obs.parameters[k] - noisy[k]).to(t.dtype) if k in noisy else t
+                                   for k, t in received.items()}
+                trial = self.recorder.observation(server_round, node, sent, protected_state, n, proto,
+                                                  extra={"kind": "guard", "noise": r})
+                after, noise = self._measure(trial, x, y), r
+                if after.level() < self.level_threshold:
+                    decision = "protected"
+                    break
+        scores = {"gradleak-guard-decision": DECISIONS[decision], "gradleak-guard-leaky": int(leaky),
+                  "gradleak-guard-verdict": after.level(), "gradleak-guard-verdict-before": before.level(),
+                  "gradleak-guard-psnr-worst": float(after.psnr_worst),
+                  "gradleak-guard-psnr-worst-before": float(before.psnr_worst),
+                  "gradleak-guard-reference-psnr": float(before.reference_psnr),
+                  "gradleak-guard-dpsnr-max": float(after.dpsnr_max), "gradleak-guard-tries": tries,
+                  "gradleak-guard-noise": float(noise), "gradleak-guard-clip": float(clip_used),
+                  "gradleak-guard-seconds": round(time.perf_counter() - t0, 3)}
+        entry = {"round": server_round, "node_id": node, "policy": self.policy, "threshold": self.threshold,
+                 "decision": decision, "verdict": after.verdict, "verdict_before": before.verdict,
+                 "attack": before.attack, "scores": scores}
+        self.decisions.append(entry)
+        logging.getLogger("gradleak.guard").info(
+            "gradleak guard: round %s node %s: %s (policy %s, verdict %s -> %s, worst-case PSNR %.2f -> %.2f dB, "
+            "best reference %.2f dB, noise %g, tries %d)", server_round, node, decision, self.policy, before.verdict,
+            after.verdict, before.psnr_worst, after.psnr_worst, before.reference_psnr, noise, tries)
+        if decision == "blocked":
+            return Message(Error(GUARD_ERROR_CODE, "gradleak guard blocked the update: " + json.dumps(entry)),
+                           reply_to=msg)
+        metrics = next(iter(reply.content.metric_records.values()), None)
+        if metrics is None:
+            reply.content["gradleak-guard"] = MetricRecord(scores)
+        else:
+            for k, v in scores.items():
+                metrics[k] = v
+        if decision == "protected" and protected_state is not None:
+            reply.content.array_records[key] = ArrayRecord({k: protected_state[k] for k in record.keys()})
+        return reply
+
+
 def load_index(out: str | Path) -> list[dict]:
     """The captures listed in ``OUT/index.json`` (dicts with ``path``, ``round``, ``node_id``, …)."""
     path = Path(out) / "index.json"
@@ -466,4 +630,5 @@ def load_index(out: str | Path) -> list[dict]:
     return data["captures"]
 
 
-__all__ = ["GradleakCapture", "LegacyGradleakCapture", "ServerRecorder", "load_index"]
+__all__ = ["GradleakCapture", "LegacyGradleakCapture", "LeakageGuard", "ServerRecorder", "load_index",
+           "GUARD_KEYS", "GUARD_POLICIES", "DECISIONS", "GUARD_ERROR_CODE"]
