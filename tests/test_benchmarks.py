@@ -27,6 +27,7 @@ CASES = {
     "label_recovery": (["--seeds", "1", "--cases", "lenet-fedsgd-b4,lenet-flower-config-b2"], []),
     "gias_leaveout": (["--folds", "1", "--steps", "2", "--batches", "1", "--iterations", "2", "--victims", "relu"],
                       ["table.md", "grid_relu.png", "prior_fold1/prior.safetensors"]),
+    "secagg": (["--clients", "1,2", "--batch", "1", "--iterations", "2"], ["table.md", "results.json", "secagg.png"]),
 }
 
 

@@ -26,7 +26,7 @@ from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.errors import UserError
-from gradleak.fl.client import batched_update
+from gradleak.fl.secagg import observed_rerun
 from gradleak.fl.observation import Observation, validate_against
 
 Regularizer = Callable[[Tensor, "SearchContext"], Tensor]  # images (R,B,C,H,W) -> (R,)
@@ -98,7 +98,7 @@ def objective_value(ctx: SearchContext, objective: Objective, images: Tensor, la
         d = ctx.fast.eager_step(images, labels)[0] if eager else ctx.fast(images, labels)[0]
         return d + _regularizer_value(objective, images, ctx)
     obs = ctx.obs
-    trial = batched_update(ctx.model, obs.parameters, obs.buffers, images, labels, obs.protocol, ctx.backend)
+    trial = observed_rerun(ctx.model, obs, images, labels, ctx.backend)  # one client, or K (secure aggregation)
     trial = [trial[n] for n in ctx.names]
     if objective.trial_view is not None:
         trial = objective.trial_view(trial)
@@ -279,6 +279,9 @@ def _choose_backend(ctx: SearchContext, objective: Objective, backend: str, R: i
     and time that. Searches under ``AUTO_MIN_ITERATIONS`` iterations run "loop" unmeasured.
     Returns seconds per evaluation by candidate ({} unless measured)."""
     soft = labels is None
+    if ctx.obs.aggregation is not None:  # K clients' aggregate (gradleak.fl.secagg): the fast steps model one
+        ctx.backend, ctx.fast = "loop", None  # client, so each client's slots are re-run by autograd ("loop")
+        return {}
     if backend == "loop" or (backend == "auto" and total_iterations < AUTO_MIN_ITERATIONS):
         ctx.backend, ctx.fast = "loop", None
         return {}

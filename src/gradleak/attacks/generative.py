@@ -235,7 +235,7 @@ def control_observation(obs: Observation, seed: int = 0) -> Observation:
                        # the protocol's extra uploads (SCAFFOLD's Δc) follow the random Δ, as a client computes them
                        extra_uploads=obs.protocol.rule.extra_uploads(obs.protocol, update, obs.num_images,
                                                                      obs.protocol.state),
-                       model=obs.model)
+                       model=obs.model, aggregation=obs.aggregation)
 
 
 # --- presets -----------------------------------------------------------------------------------------------

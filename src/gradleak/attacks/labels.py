@@ -176,7 +176,11 @@ class LabelRecovery:
 
 
 def explain_labels(obs: Observation, model: nn.Module) -> LabelRecovery:
-    """:func:`recover_labels` with its intermediate quantities (see the module docstring)."""
+    """:func:`recover_labels` with its intermediate quantities (see the module docstring). A secure aggregate
+    is read as one batch of its N images (:func:`gradleak.fl.secagg.single_batch_view`)."""
+    from gradleak.fl.secagg import single_batch_view
+
+    obs = single_batch_view(obs)
     n = obs.num_images
     scores = _shift(obs, model, class_scores(obs, model))
     negative = [int(k) for k in scores.argsort() if scores[k] < 0]

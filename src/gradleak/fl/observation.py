@@ -18,6 +18,7 @@ from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
 from gradleak.fl.protocol import Protocol
 from gradleak.fl.protocols import to_delta
+from gradleak.fl.secagg import Aggregation
 
 Params = dict[str, Tensor]
 FORMAT_VERSION = 1
@@ -35,6 +36,9 @@ class Observation:
     attacker was told about each transform applied to the upload; ``extra_uploads``: the tensor sets the
     protocol uploads beside the model update, by name (SCAFFOLD's ``control_update``), keyed like
     ``parameters``. The protocol's known state (SCAFFOLD's control variates) is ``protocol.state``.
+    ``aggregation``: set when the upload is the secure aggregate of several clients (:mod:`gradleak.fl.secagg`:
+    ``num_images`` is then the clients' total N, the image slots are their batches in order, ``protocol`` is
+    client 1's).
     """
 
     model_spec: dict
@@ -50,6 +54,7 @@ class Observation:
     extra: dict = field(default_factory=dict)
     extra_uploads: dict[str, Params] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
+    aggregation: Aggregation | None = None  # K clients' aggregate (gradleak.fl.secagg), else one client
 
     def build_model(self) -> nn.Module:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
@@ -91,14 +96,15 @@ class Observation:
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
-                           extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model)
+                           extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model,
+                           aggregation=self.aggregation)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
         converted from the stated convention: θ_τ − θ_0 is negated, new weights θ_τ give θ_0 − θ_τ.
         Attacks and label recovery work on Δ (it points along the gradient); a no-op for the default."""
         conv = self.protocol.update
-        if conv == "old_minus_new":
+        if conv == "old_minus_new" or self.aggregation is not None:  # an aggregate is always Δ (gradleak.fl.secagg)
             return self
         update = to_delta(self.update, self.parameters, conv)  # the one conversion (gradleak.fl.protocols)
         return dataclasses.replace(self, update=update,
@@ -129,6 +135,8 @@ class Observation:
             "defenses": self.defenses,
             "extra": self.extra,
         }
+        if self.aggregation is not None:
+            meta["aggregation"] = self.aggregation.to_dict()
         return write_pair(stem, tensors, meta)
 
     @classmethod
@@ -174,6 +182,7 @@ class Observation:
                 extra=meta.get("extra", {}),
                 extra_uploads=sets("upload"),
                 model=model,
+                aggregation=Aggregation.from_dict(meta["aggregation"]) if meta.get("aggregation") else None,
             )
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise UserError(f"observation: {js} has invalid metadata ({type(err).__name__}: "
@@ -222,5 +231,8 @@ def validate_against(model: nn.Module, obs: Observation) -> None:
                 raise UserError(f"observation: {kind}/{name} is not a tensor of model {name_of!r}")
     if obs.labels is not None and obs.labels.shape[0] != obs.num_images:
         raise UserError(f"observation: labels has {obs.labels.shape[0]} entries, num_images is {obs.num_images}")
+    if obs.aggregation is not None and obs.aggregation.num_images != obs.num_images:
+        raise UserError(f"observation: aggregation covers {obs.aggregation.num_images} images "
+                        f"({', '.join(map(str, obs.aggregation.sizes))}), num_images is {obs.num_images}")
     if obs.num_images < 1 or math.prod(obs.image_shape) < 1:
         raise UserError(f"observation: num_images/image_shape invalid: {obs.num_images}, {obs.image_shape}")

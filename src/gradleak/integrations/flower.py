@@ -19,8 +19,11 @@ Each capture is ``OUT/round-RRR/node-ID.safetensors`` + ``.json``, loadable with
 :meth:`gradleak.fl.observation.Observation.load` and attackable like any other; ``OUT/index.json``
 lists them (rewritten atomically after every round). With ``capture_aggregate=True`` the round's
 aggregate (θ_global before − θ_global after, *after* whatever the wrapped strategy added, e.g. the
-Gaussian noise of Flower's central-DP wrappers) is saved as ``round-RRR/aggregate``; it equals one
-client's protocol exactly only when one client is sampled per round, which ``extra`` records.
+Gaussian noise of Flower's central-DP wrappers) is saved as ``round-RRR/aggregate``: a secure-aggregation
+Observation (:mod:`gradleak.fl.secagg`) of the K answering clients, FedAvg's weighted mean of their Δ_k,
+each with its own protocol and n_k — what a server running secure aggregation holds; ``extra`` records
+how far the saved aggregate is from that weighted mean (``aggregation_residual``). A reply that carries an
+error (e.g. an update a :class:`LeakageGuard` blocked) is listed in the index with its reason.
 
 Where to put the wrapper decides what is captured: ``GradleakCapture(DifferentialPrivacy…(FedAvg()))``
 captures the replies *as the server process receives them*, before any server-side clipping or noise
@@ -78,10 +81,10 @@ class ServerRecorder:
     ``protocol``: a :class:`Protocol` or a :data:`ProtocolFn`.
     """
 
-    def __init__(self, out: str | Path, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn]):
+    def __init__(self, out: str | Path | None, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn]):
         from gradleak.models import build_model
 
-        self.out = Path(out)
+        self.out = Path(out) if out is not None else None  # None: in-memory only (the guard)
         self.spec = _spec_of(model)
         net = build_model(self.spec["name"], self.spec["num_classes"], self.spec["in_channels"],
                           self.spec["resolution"], **self.spec.get("options", {}))
@@ -130,6 +133,49 @@ class ServerRecorder:
                defenses: list[dict] | None = None) -> Path:
         """Save one Observation: θ_0 = ``sent``, θ_τ = ``received``, the update in ``protocol.update``'s
         convention (``protocol.server_view()`` is stored: no shuffle seed the server does not know)."""
+        obs = self.observation(server_round, node_id, sent, received, num_examples, protocol, extra, defenses)
+        return self.save(obs, server_round, stem or f"node-{node_id}")
+
+    def save(self, obs: Observation, server_round: int, stem: str) -> Path:
+        """Write ``obs`` as ``round-RRR/<stem>`` and list it in the index (its ``extra`` minus ``source``)."""
+        rel = Path(f"round-{server_round:03d}") / stem
+        obs.save(self.out / rel)
+        self.index.append({"path": str(rel), **{k: v for k, v in obs.extra.items() if k != "source"}})
+        return self.out / rel
+
+    def aggregate(self, server_round: int, sent: StateDict, received: StateDict, parts: list[Observation],
+                  defenses: list[dict] | None = None) -> Observation:
+        """The round's aggregate as a secure-aggregation Observation (:mod:`gradleak.fl.secagg`): the update
+        θ_global before − θ_global after, described as FedAvg's weighted mean Σ_k (n_k/N) Δ_k of the clients'
+        uploads ``parts`` (each with its own protocol and n_k). ``extra.aggregation_residual`` is
+        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-7 for FedAvg, larger where the wrapped strategy did
+        something else (noise, a server optimizer), which ``defenses`` should then state."""
+        import math
+
+        from gradleak.fl.secagg import Aggregation
+
+        params, buffers = self.check_state(sent, f"round {server_round}, global arrays")
+        after, _ = self.check_state(received, f"round {server_round}, aggregated arrays")
+        parts = [p.as_delta() for p in parts]
+        agg = Aggregation.of([p.num_images for p in parts], [p.protocol for p in parts], "weighted_mean")
+        update = {n: params[n] - after[n] for n in params}
+        expected = {n: sum(w * p.update[n] for w, p in zip(agg.weights, parts)) for n in params}
+        num = sum(float((update[n] - expected[n]).double().pow(2).sum()) for n in params)
+        den = sum(float(expected[n].double().pow(2).sum()) for n in params)
+        residual = math.sqrt(num / den) if den > 0 else math.sqrt(num)
+        extra = {"source": "flower", "round": server_round, "node_id": "aggregate", "num_examples": agg.num_images,
+                 "update_convention": "old_minus_new", "kind": "aggregate", "clients": agg.clients,
+                 "client_examples": list(agg.sizes), "client_nodes": [p.extra.get("node_id") for p in parts],
+                 "single_client_protocol_exact": agg.clients == 1, "aggregation": "weighted_mean",
+                 "aggregation_residual": residual}
+        return Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
+                           protocol=agg.protocols[0], num_images=agg.num_images, image_shape=self.image_shape,
+                           defenses=list(defenses or []), extra=extra, aggregation=agg)
+
+    def observation(self, server_round: int, node_id: int | str, sent: StateDict, received: StateDict,
+                    num_examples: int, protocol: Protocol, extra: dict | None = None,
+                    defenses: list[dict] | None = None) -> Observation:
+        """The Observation of one reply (what :meth:`record` saves), in memory."""
         params, buffers = self.check_state(sent, f"round {server_round}, arrays sent to node {node_id}")
         after, _ = self.check_state(received, f"round {server_round}, arrays received from node {node_id}")
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
@@ -143,16 +189,11 @@ class ServerRecorder:
             update = {n: after[n] - params[n] for n in params}
         else:  # "old_minus_new", gradleak's default
             update = {n: params[n] - after[n] for n in params}
-        stem = stem or f"node-{node_id}"
-        rel = Path(f"round-{server_round:03d}") / stem
         meta = {"round": server_round, "node_id": node_id, "num_examples": num_examples,
                 "update_convention": convention, **(extra or {})}
-        obs = Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
-                          protocol=protocol, num_images=num_examples, image_shape=self.image_shape,
-                          defenses=list(defenses or []), extra={"source": "flower", **meta})
-        obs.save(self.out / rel)
-        self.index.append({"path": str(rel), **meta})
-        return self.out / rel
+        return Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,
+                           protocol=protocol, num_images=num_examples, image_shape=self.image_shape,
+                           defenses=list(defenses or []), extra={"source": "flower", **meta})
 
     def write_index(self) -> Path:
         from gradleak.atomic import atomic_write_json
@@ -272,6 +313,7 @@ class GradleakCapture(Strategy):
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        parts: list[Observation] = []
         if self._active(server_round):
             # read every reply before the wrapped strategy may change it (server-side clipping edits in place)
             for reply in replies:
@@ -284,22 +326,23 @@ class GradleakCapture(Strategy):
                 sent, cfg = self._sent[node]
                 received = _to_state(_single_array_record(reply.content, self.arrayrecord_key, what))
                 n = _num_examples(reply.content, self.num_examples_key, what)
-                self.recorder.record(server_round, node, sent, received, n,
-                                     self.recorder.protocol_for(server_round, node, cfg),
-                                     extra={"kind": "client", "metrics": _metrics(reply.content)},
-                                     defenses=self.defenses)
+                obs = self.recorder.observation(server_round, node, sent, received, n,
+                                                self.recorder.protocol_for(server_round, node, cfg),
+                                                extra={"kind": "client", "metrics": _metrics(reply.content)},
+                                                defenses=self.defenses)
+                self.recorder.save(obs, server_round, f"node-{node}")
+                parts.append(obs)
+            for reply in replies:  # e.g. a LeakageGuard that blocked the update: the round records why
+                if reply.has_error():
+                    self.recorder.index.append({"path": None, "round": server_round, "node_id":
+                                                reply.metadata.src_node_id, "kind": "error",
+                                                "code": reply.error.code, "reason": reply.error.reason})
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self._active(server_round):
-            answered = [r for r in replies if not r.has_error() and r.has_content()]
-            if self.capture_aggregate and arrays is not None and self._global is not None and answered:
-                ns = [_num_examples(r.content, self.num_examples_key, "aggregate") for r in answered]
-                cfg = self._sent[answered[0].metadata.src_node_id][1]
-                self.recorder.record(
-                    server_round, "aggregate", self._global, _to_state(arrays), max(1, sum(ns)),
-                    self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
-                    extra={"kind": "aggregate", "clients": len(answered), "client_examples": ns,
-                           "single_client_protocol_exact": len(answered) == 1},
-                    defenses=self.aggregate_defenses)
+            if self.capture_aggregate and arrays is not None and self._global is not None and parts:
+                agg = self.recorder.aggregate(server_round, self._global, _to_state(arrays), parts,
+                                              self.aggregate_defenses)
+                self.recorder.save(agg, server_round, "aggregate")
             self.recorder.write_index()
         return arrays, metrics
 
@@ -373,28 +416,26 @@ def _legacy_class():
             return instructions
 
         def aggregate_fit(self, server_round, results, failures):
+            parts: list[Observation] = []
             if self._active(server_round):
                 for proxy, fit_res in results:
                     what = f"round {server_round}, FitRes from client {proxy.cid}"
                     if proxy.cid not in self._sent:
                         raise UserError(f"flower capture: {what}: this client was not sent FitIns this round")
                     sent, cfg = self._sent[proxy.cid]
-                    self.recorder.record(server_round, proxy.cid, sent, self._state(fit_res.parameters, what),
-                                         fit_res.num_examples, self.recorder.protocol_for(server_round, proxy.cid, cfg),
-                                         extra={"kind": "client", "metrics": dict(fit_res.metrics)},
-                                         defenses=self.defenses)
+                    obs = self.recorder.observation(
+                        server_round, proxy.cid, sent, self._state(fit_res.parameters, what), fit_res.num_examples,
+                        self.recorder.protocol_for(server_round, proxy.cid, cfg),
+                        extra={"kind": "client", "metrics": dict(fit_res.metrics)}, defenses=self.defenses)
+                    self.recorder.save(obs, server_round, f"node-{proxy.cid}")
+                    parts.append(obs)
             parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
             if self._active(server_round):
-                if self.capture_aggregate and parameters is not None and self._global is not None and results:
-                    ns = [fit_res.num_examples for _, fit_res in results]
-                    cfg = self._sent[results[0][0].cid][1]
-                    self.recorder.record(
-                        server_round, "aggregate", self._global,
-                        self._state(parameters, f"round {server_round}, aggregate"), max(1, sum(ns)),
-                        self.recorder.protocol_for(server_round, 0, cfg), stem="aggregate",
-                        extra={"kind": "aggregate", "clients": len(ns), "client_examples": ns,
-                               "single_client_protocol_exact": len(ns) == 1},
-                        defenses=self.aggregate_defenses)
+                if self.capture_aggregate and parameters is not None and self._global is not None and parts:
+                    agg = self.recorder.aggregate(server_round, self._global,
+                                                  self._state(parameters, f"round {server_round}, aggregate"), parts,
+                                                  self.aggregate_defenses)
+                    self.recorder.save(agg, server_round, "aggregate")
                 self.recorder.write_index()
             return parameters, metrics
 
@@ -408,6 +449,170 @@ def _legacy_class():
             return self.strategy.evaluate(server_round, parameters)
 
     return _LegacyCapture
+
+
+# --- the client-side leakage guard --------------------------------------------------------------------------
+
+GUARD_POLICIES = ("report", "block", "protect")
+#: relative noise levels of ``protect``: the Gaussian noise's expected norm as a multiple of the (clipped)
+#: update's norm, tried in order until the re-measured verdict is below the threshold
+PROTECT_NOISE = (0.1, 0.3, 1.0, 3.0)
+#: reply metrics the guard adds (every reply carries all of them, as FedAvg requires equal keys)
+GUARD_KEYS = ("gradleak-guard-decision", "gradleak-guard-leaky", "gradleak-guard-verdict",
+              "gradleak-guard-verdict-before", "gradleak-guard-psnr-worst", "gradleak-guard-psnr-worst-before",
+              "gradleak-guard-reference-psnr", "gradleak-guard-dpsnr-max", "gradleak-guard-tries",
+              "gradleak-guard-noise", "gradleak-guard-clip", "gradleak-guard-seconds")
+#: ``gradleak-guard-decision`` codes (MetricRecord values are numbers)
+DECISIONS = {"sent": 0, "protected": 1, "blocked": 2}
+GUARD_ERROR_CODE = 4201  # Error.code of a reply whose update the guard blocked
+
+
+class LeakageGuard:
+    """A Flower client mod: before a train reply leaves the client, attack the client's own update with its
+    own images as the truth (:func:`gradleak.leakage.measure_leakage`) and apply ``policy``:
+
+    * ``report``: the update is sent unchanged (bit for bit); the scores go into the reply's metrics;
+    * ``block``: an update whose verdict reaches ``threshold`` is not sent — the reply becomes a Flower
+      ``Error`` (code :data:`GUARD_ERROR_CODE`) whose reason holds the decision and the scores as JSON, which
+      the strategy skips and :class:`GradleakCapture` lists in the round's index; others are sent unchanged;
+    * ``protect``: a leaky update is clipped to ``clip`` (L2, over all parameters; default no clip) and
+      Gaussian noise is added (Δ' = clip(Δ) + N(0, σ²), σ = r·‖clip(Δ)‖/√d for r in ``noise_levels``, the
+      expected noise norm r times the update's), re-measured after each level, and sent at the first level
+      whose verdict is below ``threshold``; when the last level (the stated limit) is still leaky the update
+      is blocked (``on_limit="block"``) or sent with the last protection (``on_limit="send"``).
+
+    The decision and the scores are added to the reply's MetricRecord (:data:`GUARD_KEYS`; numbers only:
+    decision 0 sent / 1 protected, verdict levels 0 none / 1 partial / 2 recognisable) and logged
+    (``logging.getLogger("gradleak.guard")``); :attr:`decisions` keeps them in this process. An update sent
+    unprotected is never changed: its arrays are the reply's own objects. Buffers (BN statistics) travel as
+    the client computed them; the update of the parameters is Δ = θ_0 − θ_τ as in :class:`GradleakCapture`.
+
+    ``model``, ``protocol``: the architecture and the client's training as the server knows it (as for
+    :class:`GradleakCapture`; the protocol function receives the train config); ``data``: ``f(msg,
+    context) -> (images, labels)``, the client's private batch in its training order (images in [0, 1]).
+    ``attack``/``attack_options``/``budget_s``: passed to :func:`gradleak.leakage.measure_leakage` (one
+    configured attack until ``gradleak audit`` lands); the attacker is given the true labels (worst case).
+    ``seed``: the attack's and the noise's (with the round and the node id)."""
+
+    def __init__(self, model: Union[nn.Module, dict], protocol: Union[Protocol, ProtocolFn],
+                 data: Callable[[Message, Any], tuple[Tensor, Tensor]], *, policy: str = "report",
+                 threshold: str = "partial", attack: str | None = None, attack_options: dict | None = None,
+                 budget_s: float | None = None, clip: float | None = None,
+                 noise_levels: Iterable[float] = PROTECT_NOISE, on_limit: str = "block", seed: int = 0,
+                 public: tuple[Tensor, Tensor | None] | None = None, num_examples_key: str = "num-examples",
+                 arrayrecord_key: str | None = None):
+        from gradleak.leakage import LEVELS
+
+        if policy not in GUARD_POLICIES:
+            raise UserError(f"flower guard: policy: got {policy!r}; allowed: {' | '.join(GUARD_POLICIES)}")
+        if threshold not in LEVELS[1:]:
+            raise UserError(f"flower guard: threshold: got {threshold!r}; allowed: partial | recognisable")
+        if on_limit not in ("block", "send"):
+            raise UserError(f"flower guard: on_limit: got {on_limit!r}; allowed: block | send")
+        levels = tuple(float(r) for r in noise_levels)
+        if not levels or any(not r > 0 for r in levels):
+            raise UserError(f"flower guard: noise_levels: got {list(noise_levels)}; allowed: numbers > 0")
+        if clip is not None and not clip > 0:
+            raise UserError(f"flower guard: clip: got {clip!r}; allowed: a number > 0 or None")
+        if not callable(data):
+            raise UserError(f"flower guard: data: got {data!r}; allowed: f(msg, context) -> (images, labels)")
+        self.recorder = ServerRecorder(None, model, protocol)
+        self.data, self.policy, self.threshold = data, policy, threshold
+        self.level_threshold = LEVELS.index(threshold)
+        self.attack, self.attack_options, self.budget_s = attack, dict(attack_options or {}), budget_s
+        self.clip, self.noise_levels, self.on_limit, self.seed = clip, levels, on_limit, seed
+        self.public, self.num_examples_key, self.arrayrecord_key = public, num_examples_key, arrayrecord_key
+        self.decisions: list[dict] = []
+
+    def _measure(self, obs: Observation, x: Tensor, y: Tensor):
+        from gradleak.leakage import measure_leakage
+
+        return measure_leakage(obs, x, y, attack=self.attack, options=self.attack_options, budget_s=self.budget_s,
+                               seed=self.seed, public=self.public)
+
+    def __call__(self, msg: Message, context: Any, call_next: Callable) -> Message:
+        import logging
+        import math
+        import time
+
+        from flwr.app import Error, MessageType
+
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        what = "train message"
+        sent = _to_state(_single_array_record(msg.content, self.arrayrecord_key, what))
+        cfg: dict = {}
+        for c in msg.content.config_records.values():
+            cfg.update(dict(c))
+        reply = call_next(msg, context)
+        if reply.has_error() or not reply.has_content():
+            return reply
+        t0 = time.perf_counter()
+        server_round = int(cfg.get("server-round", 0))
+        node = context.node_id
+        key, record = next(iter(reply.content.array_records.items())) if self.arrayrecord_key is None else \
+            (self.arrayrecord_key, _single_array_record(reply.content, self.arrayrecord_key, "reply"))
+        received = _to_state(record)
+        n = _num_examples(reply.content, self.num_examples_key, "reply")
+        proto = self.recorder.protocol_for(server_round, node, cfg)
+        obs = self.recorder.observation(server_round, node, sent, received, n, proto, extra={"kind": "guard"})
+        x, y = self.data(msg, context)
+        before = self._measure(obs, x, y)
+        leaky = before.level() >= self.level_threshold
+        decision, after, tries, noise, clip_used = "sent", before, 0, 0.0, 0.0
+        protected_state: StateDict | None = None
+        if leaky and self.policy == "block":
+            decision = "blocked"
+        elif leaky and self.policy == "protect":
+            delta = obs.as_delta().update
+            norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
+            scale = min(1.0, self.clip / norm) if self.clip is not None and norm > 0 else 1.0
+            clipped = {k: t * scale for k, t in delta.items()}
+            clip_used = norm * scale
+            d = sum(t.numel() for t in clipped.values())
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + server_round * 7919 + int(node)) % 2 ** 63)
+            decision = "blocked" if self.on_limit == "block" else "protected"
+            for r in self.noise_levels:
+                tries += 1
+                sigma = r * clip_used / math.sqrt(d)
+                noisy = {k: t + sigma * torch.randn(t.shape, generator=gen, dtype=t.dtype) for k, t in clipped.items()}
+                # the arrays that would leave (θ_0 − Δ', the reply's dtypes), measured as the server would see them
+                protected_state = {k: (obs.parameters[k] - noisy[k]).to(t.dtype) if k in noisy else t
+                                   for k, t in received.items()}
+                trial = self.recorder.observation(server_round, node, sent, protected_state, n, proto,
+                                                  extra={"kind": "guard", "noise": r})
+                after, noise = self._measure(trial, x, y), r
+                if after.level() < self.level_threshold:
+                    decision = "protected"
+                    break
+        scores = {"gradleak-guard-decision": DECISIONS[decision], "gradleak-guard-leaky": int(leaky),
+                  "gradleak-guard-verdict": after.level(), "gradleak-guard-verdict-before": before.level(),
+                  "gradleak-guard-psnr-worst": float(after.psnr_worst),
+                  "gradleak-guard-psnr-worst-before": float(before.psnr_worst),
+                  "gradleak-guard-reference-psnr": float(before.reference_psnr),
+                  "gradleak-guard-dpsnr-max": float(after.dpsnr_max), "gradleak-guard-tries": tries,
+                  "gradleak-guard-noise": float(noise), "gradleak-guard-clip": float(clip_used),
+                  "gradleak-guard-seconds": round(time.perf_counter() - t0, 3)}
+        entry = {"round": server_round, "node_id": node, "policy": self.policy, "threshold": self.threshold,
+                 "decision": decision, "verdict": after.verdict, "verdict_before": before.verdict,
+                 "attack": before.attack, "scores": scores}
+        self.decisions.append(entry)
+        logging.getLogger("gradleak.guard").info(
+            "gradleak guard: round %s node %s: %s (policy %s, verdict %s -> %s, worst-case PSNR %.2f -> %.2f dB, "
+            "best reference %.2f dB, noise %g, tries %d)", server_round, node, decision, self.policy, before.verdict,
+            after.verdict, before.psnr_worst, after.psnr_worst, before.reference_psnr, noise, tries)
+        if decision == "blocked":
+            return Message(Error(GUARD_ERROR_CODE, "gradleak guard blocked the update: " + json.dumps(entry)),
+                           reply_to=msg)
+        metrics = next(iter(reply.content.metric_records.values()), None)
+        if metrics is None:
+            reply.content["gradleak-guard"] = MetricRecord(scores)
+        else:
+            for k, v in scores.items():
+                metrics[k] = v
+        if decision == "protected" and protected_state is not None:
+            reply.content.array_records[key] = ArrayRecord({k: protected_state[k] for k in record.keys()})
+        return reply
 
 
 def load_index(out: str | Path) -> list[dict]:
@@ -425,4 +630,5 @@ def load_index(out: str | Path) -> list[dict]:
     return data["captures"]
 
 
-__all__ = ["GradleakCapture", "LegacyGradleakCapture", "ServerRecorder", "load_index"]
+__all__ = ["GradleakCapture", "LegacyGradleakCapture", "LeakageGuard", "ServerRecorder", "load_index",
+           "GUARD_KEYS", "GUARD_POLICIES", "DECISIONS", "GUARD_ERROR_CODE"]
