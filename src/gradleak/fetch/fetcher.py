@@ -45,7 +45,10 @@ class FetchResult:
     counts: dict
 
 
-def get_spec(name: str) -> Fetchable:
+def get_spec(name: str | Fetchable) -> Fetchable:
+    """The registered declaration ``name`` (a :class:`Fetchable` passes through: tests, custom datasets)."""
+    if isinstance(name, Fetchable):
+        return name
     spec = FETCHABLE.get(name) if isinstance(name, str) else None
     if spec is None:
         raise bad_value("data fetch NAME", name, ", ".join(FETCHABLE))
@@ -132,7 +135,7 @@ BUILDERS.register("raw")(_build_raw)
 BUILDERS.register("lpips")(_build_lpips)
 
 
-def fetch_dataset(name: str, cache: str | Path | None = None, run: Runner = subprocess_runner,
+def fetch_dataset(name: str | Fetchable, cache: str | Path | None = None, run: Runner = subprocess_runner,
                   log=lambda msg: None) -> FetchResult:
     """Fetch and build the registered dataset ``name`` into the cache (see the module docstring)."""
     spec = get_spec(name)
@@ -145,6 +148,12 @@ def fetch_dataset(name: str, cache: str | Path | None = None, run: Runner = subp
         if man is not None:
             return FetchResult(spec.name, target, man_path, True, len(man["files"]) + len(man["outputs"]),
                                man.get("counts", {}))
+    if run is subprocess_runner:  # a missing tool is one line before anything is written
+        for text, handler, ref in parsed:
+            cached = root / "downloads" / ref.kind / ref.key
+            if handler.tool and shutil.which(handler.tool) is None and not (cached.is_dir() and any(cached.iterdir())):
+                raise FetchError(f"fetch {spec.name}: {handler.tool}: command not found (needed for {text.split('#')[0]}); "
+                                 f"allowed: a system with {handler.tool} on PATH")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -20,7 +20,7 @@ def normalise(name: str) -> str:
 
 @SOURCES.register("pypi")
 class PyPI:
-    tool = "pip"
+    tool = None  # runs "python -m pip" with this interpreter (a missing pip fails in one line)
 
     @staticmethod
     def parse(body: str, pin: str | None, text: str) -> SourceRef:
