@@ -64,4 +64,4 @@ def load_fetched(split: str = "train", resolution: int = 32, channels: int = 3, 
     images = (torch.stack([read_image(f, resolution, channels) for f in files]) if files
               else torch.zeros(0, channels, resolution, resolution))
     labels = torch.tensor([lookup[f.parent.name] for f in files], dtype=torch.int64)
-    return ImageSet(images, labels, max(len(classes), 1), f"fetched:{Path(str(root)).name}", classes)
+    return ImageSet(images, labels, max(len(classes), 1), "fetched", classes)
