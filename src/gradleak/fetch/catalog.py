@@ -23,7 +23,7 @@ def debian_photos() -> Fetchable:
     return Fetchable(
         name="debian-photos",
         summary="colour photographs from Debian packages: 273 landscape/city photographs (endless-sky-data "
-                "images/land, 720x360), 41 underwater photographs (krank, 2048x1536), 66 scratch backgrounds "
+                "images/land, 720x360), 41 underwater photographs (krank, 2048x1536), 61 scratch backgrounds "
                 "(jpg only; the .gif drawings are left out); multi-scale crops for photo priors",
         licence="endless-sky-data images/land: public domain (morguefile), some CC-BY-SA-3.0/4.0 (named in its "
                 "debian/copyright); krank: public domain; scratch Media: CC-BY-SA-3.0 (MIT)",
@@ -40,7 +40,7 @@ def debian_photos() -> Fetchable:
 def dlib_faces() -> Fetchable:
     return Fetchable(
         name="dlib-faces",
-        summary="dlib's example face crops: 61 aligned faces of 5 people (examples/johns/<person>/), one "
+        summary="dlib's example face crops: 55 aligned faces of 5 people (examples/johns/<person>/), one "
                 "class per person; real photographs that are not CelebA images",
         licence="dlib examples: Creative Commons public domain (libdlib19.1 debian/copyright, Files: examples/*)",
         sources=(DLIB,),
