@@ -60,15 +60,21 @@ def write_pair(path: str | Path, tensors: dict[str, Tensor], meta: dict) -> tupl
     return st, js
 
 
-def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = None) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and metadata of a pair (``path``: the stem, either file, or — with ``kind`` — a directory
-    holding ``<kind>.safetensors``). When given, the JSON's ``format`` must be ``fmt`` and its ``kind``
-    ``kind``; every error is one line that names the config ``key``."""
+def pair_files(path: str | Path, kind: str | None = None) -> tuple[Path, Path]:
+    """The (``.safetensors``, ``.json``) files of a pair: ``path`` is the stem, either file, or — with ``kind`` —
+    a directory holding ``<kind>.safetensors``."""
     stem = Path(path)
     if kind is not None and stem.is_dir():
         stem = stem / kind
     stem = _stem(stem)
-    st, js = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = None) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and metadata of a pair (``path``: the stem, either file, or — with ``kind`` — a directory
+    holding ``<kind>.safetensors``). When given, the JSON's ``format`` must be ``fmt`` and its ``kind``
+    ``kind``; every error is one line that names the config ``key``."""
+    st, js = pair_files(path, kind)
     for f in (st, js):
         if not f.is_file():
             raise UserError(f"{key}: file not found: {str(f)!r}")

@@ -2,7 +2,7 @@
 
 A scorer, a calibration, a sweep cell and a whole-run audit may each ask for the same LPIPS network or tagger;
 :func:`once` builds it the first time and hands back the same object afterwards, keyed by the files it was
-read from (path, size and modification time, so a file replaced on disk is read again) and the options that
+read from (path, inode, size and modification time, so a file replaced on disk is read again) and the options that
 shape it. The objects are shared: callers must treat them as read-only (their parameters never get
 gradients). :data:`LOADS` counts the builds per kind, for tests and for ``--verbose`` diagnostics.
 """
@@ -25,7 +25,7 @@ def _stamp(path: str | os.PathLike) -> tuple:
         st = p.stat()
     except OSError:
         return (str(p), None, None)
-    return (str(p), st.st_size, st.st_mtime_ns)
+    return (str(p), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def once(kind: str, files: Iterable[str | os.PathLike], options: Hashable, build: Callable[[], T]) -> T:

@@ -244,9 +244,7 @@ def read_tagger(path: str | Path, *, threshold: float = 0.5, top_k: int | None =
     (:func:`gradleak.loadonce.once`)."""
     from gradleak.loadonce import once
 
-    p = Path(path)
-    files = (p.with_suffix(".safetensors"), p.with_suffix(".json"))
-    return once("tagger", files, (threshold, top_k, name), lambda: _read_tagger(path, threshold, top_k, name))
+    return once("tagger", filepair.pair_files(path, "tagger"), (threshold, top_k, name), lambda: _read_tagger(path, threshold, top_k, name))
 
 
 def _read_tagger(path: str | Path, threshold: float, top_k: int | None, name: str) -> ModelTagger:
