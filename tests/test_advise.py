@@ -122,6 +122,20 @@ def test_advise_end_to_end_on_a_tiny_case(tmp_path, cli):
     assert "No defense: verdict" in r.stdout
 
 
+def test_advise_with_the_trusted_audit(tmp_path, cli):
+    """attack: auto (the setting names none): the audit's verdicts and attacks reach the cells."""
+    (tmp_path / "s.yaml").write_text(SETTING.replace("attack: {name: invertgrad, labels: oracle, options: {iterations: 4}}\n",
+                                                     ""))
+    r = cli("advise", tmp_path / "s.yaml", "--families", "sign", "--no-confirm", "--budget", "3it",
+            "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "o" / "advice.json").read_text())
+    cell = summary["families"][0]["cells"][0]
+    assert cell["verdict"] in ("leaks", "partial", "no leakage found", "inconclusive")
+    assert len(cell["attacks"]) >= 2  # a portfolio, not one attack
+    assert summary["budget"] == "3it"
+
+
 @pytest.mark.parametrize("args, setting, needle", [
     (["--families", "dp,nosuch"], SETTING, "--families: got 'nosuch'"),
     (["--families", " , "], SETTING, "--families: got"),

@@ -394,8 +394,8 @@ def advise_cmd(
     out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: advice.json, recommendations.md, pareto.png, cells/."),
     families: str = typer.Option("dp,clip,topk,quant,sign,soteria,precode,batch", "--families",
                                  help="Comma-separated defense families (gradleak.advise.families)."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Wall-clock budget per audit (90s, 2m) for attack 'auto'; "
-                                                                "otherwise the setting's attack options decide."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Budget of each audit (90s, 2m, or 500it) when the "
+                                                                "setting's attack is auto (its default: the setting's own)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (1 torch thread each)."),
     confirm: bool = typer.Option(True, help="Re-audit each threshold with 4x the budget and two other seeds."),
     set_: List[str] = typer.Option([], "--set", help="Override KEY=VALUE of the setting's run config."),
@@ -404,15 +404,15 @@ def advise_cmd(
     """Per defense family, the weakest setting that stops the attacks, and what it costs in accuracy and upload size."""
     from gradleak.advise.families import parse_families
     from gradleak.advise.run import advise, format_advice, load_setting
-    from gradleak.validate import parse_seconds
+    from gradleak.attacks.budget import parse_budget
 
     _set_threads(threads)
     fams = parse_families(families)
-    seconds = None if budget is None else parse_seconds(budget, "--budget")
+    spent = None if budget is None else parse_budget(budget, "--budget").text
     if workers < 1:
         raise UserError(f"--workers: got {workers}; allowed: an integer >= 1")
     cfg, ctx = load_setting(setting, set_)
-    summary = advise(cfg, ctx, fams, out, budget=seconds, workers=workers, confirm=confirm)
+    summary = advise(cfg, ctx, fams, out, budget=spent, workers=workers, confirm=confirm)
     typer.echo(format_advice(summary))
     typer.echo(f"written: {out}/advice.json, recommendations.md, pareto.png")
 

@@ -60,25 +60,3 @@ def validate_options(fn: Callable, options: dict, prefix: str) -> dict:
         err._gradleak_allowed = ", ".join(model.model_fields)  # type: ignore[attr-defined]
         raise UserError(format_error(err, prefix)) from None
 
-
-def parse_seconds(text: str | float | int, key: str) -> float:
-    """A wall-clock budget: ``90``, ``90s``, ``2m``, ``1.5h`` → seconds (> 0); one-line UserError otherwise."""
-    import math
-    import re
-
-    from gradleak.errors import bad_value
-
-    allowed = "a positive duration: seconds (90, 90s), minutes (10m) or hours (1h)"
-    if isinstance(text, bool):
-        raise bad_value(key, text, allowed)
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(s|sec|m|min|h)?\s*", str(text), re.IGNORECASE)
-        if m is None:
-            raise bad_value(key, text, allowed)
-        unit = (m.group(2) or "s").lower()
-        value = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
-    if not (math.isfinite(value) and value > 0):
-        raise bad_value(key, text, allowed)
-    return value

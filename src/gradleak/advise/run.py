@@ -4,9 +4,12 @@ For every candidate (family, strength):
 
 * **privacy** — an audit of the client the setting file describes, with the family's change applied (a defense
   chain, a batch size or a PRECODE model): :func:`assess`, the audit's verdict and its worst-case margin
-  (ΔPSNR over the best no-information reference, per image, worst image). *Safe* means the verdict is one of
-  :data:`SAFE_VERDICTS`. The attack is the setting file's ``attack`` section (``auto`` where the audit
-  portfolio is available: it picks the attacks that model the defense from the observation);
+  (ΔPSNR over the best no-information reference, per image, worst image). *Safe* means the verdict is
+  :data:`SAFE_VERDICT`. The attack is the setting file's ``attack`` section; its default ``auto`` is the trusted
+  audit (:mod:`gradleak.autoaudit`: the portfolio picks the attacks that model the defense from the
+  observation — ROG for quantised and signed uploads, masked distances for sparsified ones — and a positive
+  control makes *no leakage found* mean something). ``--budget`` sets its budget (a cell re-audited for
+  confirmation gets four times it);
 * **utility** — the test accuracy after ``rounds`` rounds of FedAvg with the defense on
   (:func:`gradleak.experiments.simulation.simulate_fedavg`, train on the dataset's public split, test on its
   private split), and the upload size (:mod:`gradleak.advise.families`).
@@ -36,8 +39,8 @@ from gradleak.advise.families import FAMILIES, Family
 from gradleak.advise.search import Threshold, find_threshold
 from gradleak.errors import UserError, bad_value
 
-#: verdicts under which a setting counts as stopping the attacks
-SAFE_VERDICTS = ("no leakage found", "none")
+#: the verdict under which a setting counts as stopping the attacks (the audit's, with a control that worked)
+SAFE_VERDICT = "no leakage found"
 #: the ``advise`` section of a setting file: key → (default, check, allowed)
 ADVISE_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "rounds": (10, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
@@ -62,7 +65,7 @@ class Cell:
     value: float
     label: str
     seed: int
-    budget_scale: float
+    budget_scale: float  # × the command's budget (4 for the confirmation re-audits)
     verdict: str
     safe: bool
     margin_psnr: float | None  # worst image's ΔPSNR over the best reference (dB)
@@ -115,6 +118,7 @@ def load_setting(path: str | Path, overrides: list[str] = ()) -> tuple[Any, dict
         raise bad_value("advise", adv, "a mapping of " + ", ".join(ADVISE_KEYS))
     for o in overrides:
         apply_override(raw, o)
+    raw.setdefault("attack", {"name": "auto"})  # the trusted audit unless the setting names an attack
     if raw.get("defense"):
         raise bad_value("defense", raw["defense"], "empty (advise sets the defense of every candidate)")
     cfg = validate_config(raw)
@@ -165,18 +169,23 @@ def preflight(cfg, ctx: dict, families: list[Family]) -> None:
                 raise UserError(f"--families {fam.name} ({fam.label(v)}): {err}") from None
 
 
-def assess(run_cfg, budget: float | None) -> dict:
-    """Privacy of one candidate: one audit of ``run_cfg`` → verdict, worst-image margin, PSNR, attacks."""
-    from gradleak.audit import audit
+def assess(run_cfg, budget: str | None) -> dict:
+    """Privacy of one candidate: one audit of ``run_cfg`` (``attack: auto`` with ``budget``, or the configured
+    attack) → verdict, worst-image margin over the best reference, mean PSNR, the attacks that ran."""
+    from gradleak.autoaudit import is_auto, run_config
 
-    if budget is not None and run_cfg.attack.name == "auto":
+    if budget is not None and is_auto(run_cfg):
         run_cfg = run_cfg.model_copy(update={"attack": run_cfg.attack.model_copy(
             update={"options": {**run_cfg.attack.options, "budget": budget}})})
-    r = audit(run_cfg)
+    r = run_config(run_cfg)
     cal = r.calibration
     margins = cal.margins["psnr"].get("per_image") or [cal.margins["psnr"]["mean"]]
-    return {"verdict": cal.verdict["batch"], "margin_psnr": max(margins), "psnr": r.scores.psnr["mean"],
-            "attacks": [r.reconstruction.attack], "seconds": r.timing.attack}
+    if r.audit is not None:
+        verdict, attacks = r.audit.verdict, [a.name for a in r.audit.attacks]
+    else:  # one configured attack: its graded level, never "no leakage found" (no control ran)
+        verdict, attacks = cal.verdict["batch"], [r.reconstruction.attack]
+    return {"verdict": verdict, "margin_psnr": max(margins), "psnr": r.scores.psnr["mean"], "attacks": attacks,
+            "seconds": r.timing.attack}
 
 
 def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
@@ -206,6 +215,14 @@ def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
     return {"accuracy": res["accuracy"], "upload_bits": fam.bits(value, n, L), "dense_bits": 32.0 * n}
 
 
+def _scaled(budget: str, scale: float) -> str:
+    """``budget`` × ``scale`` in the budget's own unit (seconds or iterations)."""
+    from gradleak.attacks.budget import parse_budget
+
+    b = parse_budget(budget)
+    return f"{round(b.iterations * scale)}it" if b.iterations is not None else f"{b.seconds * scale:g}s"
+
+
 def _key(*parts) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -226,7 +243,7 @@ def _job(args) -> dict:
 class Advisor:
     """Runs the cells of one ``advise`` command (resumable: every finished cell is a file under ``out/cells``)."""
 
-    def __init__(self, cfg, ctx: dict, out: Path, budget: float | None, workers: int = 1,
+    def __init__(self, cfg, ctx: dict, out: Path, budget: str | None, workers: int = 1,
                  runner: Callable[[tuple], dict] = _job):
         self.cfg, self.ctx, self.out, self.budget, self.workers, self.runner = cfg, ctx, out, budget, workers, runner
         (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -252,7 +269,7 @@ class Advisor:
               ) -> list[Cell]:
         """Privacy (every seed in ``seeds``: the worst one counts) and utility of each value."""
         seeds = seeds or tuple(self.cfg.seed + b for b in range(self.ctx["batches"]))
-        budget = None if self.budget is None else self.budget * scale
+        budget = self.budget if self.budget is None or scale == 1.0 else _scaled(self.budget, scale)
         priv_jobs = [("privacy", self.cfg, fam.name, v, self.ctx, s, budget) for v in values for s in seeds]
         util_jobs = [("utility", self.cfg, fam.name, v, self.ctx, self.cfg.seed, None) for v in values]
         res = self._run(priv_jobs + util_jobs)
@@ -261,7 +278,7 @@ class Advisor:
         for i, v in enumerate(values):
             rs = priv[i * len(seeds):(i + 1) * len(seeds)]
             worst = max(rs, key=lambda r: -math.inf if r["margin_psnr"] is None else r["margin_psnr"])
-            safe = all(r["verdict"] in SAFE_VERDICTS for r in rs)
+            safe = all(r["verdict"] == SAFE_VERDICT for r in rs)
             verdict = worst["verdict"] if not safe else rs[0]["verdict"]
             out.append(Cell(fam.name, v, fam.label(v), seeds[0], scale, verdict, safe, worst["margin_psnr"],
                             worst["psnr"], sorted({a for r in rs for a in r["attacks"]}), util[i]["accuracy"],
@@ -290,7 +307,7 @@ class Advisor:
         return adv
 
 
-def advise(cfg, ctx: dict, families: list[Family], out: str | Path, budget: float | None = None,
+def advise(cfg, ctx: dict, families: list[Family], out: str | Path, budget: str | None = None,
            workers: int = 1, confirm: bool = True, runner: Callable[[tuple], dict] = _job) -> dict:
     """Run the search for every family and write the outputs; returns what ``advice.json`` holds."""
     from gradleak.atomic import atomic_write_json, atomic_write_text
@@ -303,7 +320,7 @@ def advise(cfg, ctx: dict, families: list[Family], out: str | Path, budget: floa
         results = [adv.family(f, confirm) for f in families]
     finally:
         adv.close()
-    summary = {"setting": cfg.model_dump(), "advise": ctx, "budget_seconds": budget, "baseline": asdict(baseline),
+    summary = {"setting": cfg.model_dump(), "advise": ctx, "budget": budget, "baseline": asdict(baseline),
                "families": [asdict(r) for r in results]}
     summary["caveats"] = caveats(summary)
     atomic_write_json(out / "advice.json", summary)
@@ -316,9 +333,9 @@ def caveats(summary: dict) -> list[str]:
     """What the recommendations do not cover, in plain sentences."""
     out = []
     attacks = sorted({a for f in summary["families"] for c in f["cells"] for a in c["attacks"]})
-    budget = summary["budget_seconds"]
-    out.append(f"Attacks used: {', '.join(attacks) or 'none'}; budget per audit: "
-               f"{'the attack settings of the setting file' if budget is None else f'{budget:g} s'}; "
+    budget = summary["budget"] or "as the setting file states"
+    out.append(f"Attacks used: {', '.join(attacks) or 'none'}; budget per audit: {budget} (×4 for the confirmation "
+               "re-audits); "
                f"{summary['advise']['batches']} audited batch(es) per candidate (the worst counts).")
     base = summary["baseline"]
     if not base["safe"] and base["verdict"] not in ("leaks", "recognisable"):
