@@ -144,8 +144,10 @@ def test_advise_with_the_trusted_audit(tmp_path, cli):
     ([], SETTING + "defense: [{name: sign}]\n", "defense: got"),
     ([], SETTING.replace("rounds: 1", "rounds: 0"), "advise.rounds: got 0"),
     ([], SETTING.replace("rounds: 1", "roundz: 1"), "advise.roundz: got 1"),
+    ([], SETTING.replace("name: digits, resolution: 32, channels: 1", "name: photos, resolution: 32, channels: 3"),
+     "advise.task: got 'photos'"),
     (["--families", "dp"], SETTING.replace("seed: 0", "seed: 0\nclient: {protocol: fedavg, optimizer: adam}"),
-     "--families dp (DP ε = 64): defense fedcdp: got client.optimizer 'adam'"),
+     "--families dp (DP ε = 1e+06): defense fedcdp: got client.optimizer 'adam'"),
 ])
 def test_bad_input_one_line_nothing_written(tmp_path, cli, args, setting, needle):
     (tmp_path / "s.yaml").write_text(setting)

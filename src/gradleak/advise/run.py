@@ -43,8 +43,9 @@ from gradleak.errors import UserError, bad_value
 SAFE_VERDICT = "no leakage found"
 #: the ``advise`` section of a setting file: key → (default, check, allowed)
 ADVISE_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
-    "rounds": (10, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    "num_clients": (20, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "task": ("", lambda v: isinstance(v, str), "a dataset name (default: the setting's own data)"),
+    "rounds": (30, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    "num_clients": (10, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "clients_per_round": (5, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     "alpha": (0.5, lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0"),
     "local_steps": (5, lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
@@ -160,6 +161,7 @@ def preflight(cfg, ctx: dict, families: list[Family]) -> None:
     from gradleak.audit import build_case
     from gradleak.case import capture
 
+    utility_task(cfg, ctx)
     for fam in families:
         for v in dict.fromkeys((fam.grid[0], fam.grid[-1])):
             run_cfg = candidate_config(cfg, fam, v, ctx, cfg.seed)
@@ -190,15 +192,13 @@ def assess(run_cfg, budget: str | None) -> dict:
 
 def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
     """Accuracy after FedAvg with the candidate's defense, and the upload size."""
-    from gradleak.data import load_dataset
     from gradleak.defenses import build_defenses
     from gradleak.experiments.simulation import FedAvgConfig, simulate_fedavg
     from gradleak.models import build_model, init_model
 
     d, m = cfg.data, cfg.model
     change = fam.change(value, ctx)
-    train = load_dataset(d.name, split="public", resolution=d.resolution, channels=d.channels, root=d.root)
-    test = load_dataset(d.name, split="private", resolution=d.resolution, channels=d.channels, root=d.root)
+    train, test = utility_task(cfg, ctx)
     if "precode" in change:
         model = build_model("precode", train.num_classes, d.channels, d.resolution, base=m.name,
                             base_options=dict(m.options), bottleneck=change["precode"], seed=cfg.seed)
@@ -213,6 +213,23 @@ def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
                        seed=cfg.seed)
     res = simulate_fedavg(model, train, test, build_defenses(change.get("defense", [])), fed)
     return {"accuracy": res["accuracy"], "upload_bits": fam.bits(value, n, L), "dense_bits": 32.0 * n}
+
+
+def utility_task(cfg, ctx: dict):
+    """The classification task utility is measured on: ``advise.task`` (default: the setting's dataset), public
+    side for training, private side for testing, at the victim's channels and resolution. A dataset whose two
+    sides share no class (the photos, split by photograph) cannot measure accuracy: refused in one line."""
+    from gradleak.data import load_dataset
+
+    d = cfg.data
+    name = ctx.get("task") or d.name
+    root = d.root if name == d.name else None
+    train = load_dataset(name, split="public", resolution=d.resolution, channels=d.channels, root=root)
+    test = load_dataset(name, split="private", resolution=d.resolution, channels=d.channels, root=root)
+    if not set(train.labels.tolist()) & set(test.labels.tolist()):
+        raise bad_value("advise.task", name, "a dataset whose public and private sides share classes (e.g. digits); "
+                        f"{name}'s sides hold different classes, so test accuracy is undefined")
+    return train, test
 
 
 def _scaled(budget: str, scale: float) -> str:
