@@ -89,12 +89,21 @@ def all_settings() -> tuple[Setting, ...]:
     return (*COMMON, *own)
 
 
+#: the settings :class:`Protocol` and the config's ``client`` section are built from (fixed at import: a
+#: protocol with settings of its own is imported by :mod:`gradleak.fl.protocols` to be part of both)
+SETTINGS: tuple[Setting, ...] = all_settings()
+
+
 class _ProtocolBase:
     """Methods of :class:`Protocol` (its fields are derived from :func:`all_settings`)."""
 
     def __post_init__(self) -> None:
         rule = protocol_of(self.kind)
-        for s in all_settings():
+        late = [s.name for s in rule.settings if s not in SETTINGS]
+        if late:
+            raise ValueError(f"protocol {self.kind!r} was registered after gradleak.fl.protocol was imported and has "
+                             f"settings {late}: import it from gradleak.fl.protocols so Protocol has those fields")
+        for s in SETTINGS:
             value = getattr(self, s.name)
             if s.owner is not None and s.owner != self.kind:
                 if value != s.default:
@@ -151,7 +160,7 @@ class _ProtocolBase:
 
     def to_dict(self) -> dict:
         """The settings (no state tensors); a protocol's own settings only for that protocol."""
-        own = {s.name for s in all_settings() if s.owner is not None and s.owner != self.kind}
+        own = {s.name for s in SETTINGS if s.owner is not None and s.owner != self.kind}
         d = {k: v for k, v in asdict(self).items() if k != "state" and k not in own}
         for k in ("betas", "class_weights", "mean", "std"):
             d[k] = list(d[k]) if d[k] is not None else None
@@ -177,7 +186,7 @@ def _field(s: Setting) -> tuple[str, Any, Any]:
 #: hashed or printed, and saved by the Observation, not by :meth:`to_dict`).
 Protocol = dataclasses.make_dataclass(
     "Protocol",
-    [("kind", str, dataclasses.field(default="fedsgd")), *(_field(s) for s in all_settings()),
+    [("kind", str, dataclasses.field(default="fedsgd")), *(_field(s) for s in SETTINGS),
      ("state", "dict | None", dataclasses.field(default=None, compare=False, repr=False))],
     bases=(_ProtocolBase,), frozen=True)
 Protocol.__module__ = __name__

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.protocols import upload_of
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -138,12 +139,7 @@ class ServerRecorder:
                             f"{num_examples!r}; allowed: an integer >= 1")
         protocol = protocol.server_view()
         convention = protocol.update  # stated in the Observation's protocol, computed exactly as stated
-        if convention == "new_weights":
-            update = {n: after[n].clone() for n in params}
-        elif convention == "new_minus_old":
-            update = {n: after[n] - params[n] for n in params}
-        else:  # "old_minus_new", gradleak's default
-            update = {n: params[n] - after[n] for n in params}
+        update = upload_of(params, {n: after[n].clone() for n in params}, convention)
         stem = stem or f"node-{node_id}"
         rel = Path(f"round-{server_round:03d}") / stem
         meta = {"round": server_round, "node_id": node_id, "num_examples": num_examples,
