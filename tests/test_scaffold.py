@@ -210,8 +210,8 @@ def test_verify_and_header_of_a_scaffold_observation():
     model, (x, y) = _net(False), _data()
     state = _controls(model)
     obs = capture(Case(model, x, y, _proto({}, state, update="new_weights")))
-    assert verify_observation(obs, x, y).ok  # the re-run with the known c, c_i reproduces the upload
+    assert verify_observation(obs, x, y).reproduces  # the re-run with the known c, c_i reproduces the upload
     assert not verify_observation(obs.__class__(**{**obs.__dict__, "protocol": obs.protocol.with_state(
-        {k: {n: torch.zeros_like(t) for n, t in d.items()} for k, d in state.items()})}), x, y).ok  # c, c_i matter
+        {k: {n: torch.zeros_like(t) for n, t in d.items()} for k, d in state.items()})}), x, y).reproduces  # c, c_i matter
     line = obs.protocol.rule.describe(obs.protocol, N)
     assert line.startswith("scaffold, τ = 6 local steps") and "control variates known" in line
