@@ -3,7 +3,7 @@
 The protocols themselves are registered in :data:`gradleak.fl.protocols.PROTOCOLS`, one file each (FedSGD,
 FedAvg, FedProx, SCAFFOLD; docs/protocols.md). This module holds :class:`Protocol`, the settings the server
 knows, whose fields are derived from :data:`COMMON` plus each registered protocol's own settings (the run
-config's ``client`` section is derived from the same list: :func:`all_settings`).
+config's ``client`` section is derived from the same list: :data:`SETTINGS`).
 
 FedSGD (McMahan et al., 2017): the upload is the gradient of the mean batch loss,
     g = ∇_θ (1/B) Σ_i ℓ(f_θ(N(x_i)), y_i).
@@ -44,10 +44,10 @@ from typing import Any
 
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.protocols import PROTOCOLS, Setting, protocol_of
+from gradleak.fl.protocols.base import UPDATES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 ORDERS = ("sequential", "shuffled", "unknown")
-UPDATES = ("old_minus_new", "new_minus_old", "new_weights")
 
 #: the settings every protocol shares (a protocol's own ones come from its ``settings``), in field order
 COMMON: tuple[Setting, ...] = (
@@ -109,10 +109,6 @@ class _ProtocolBase:
                 if value != s.default:
                     raise bad_value(f"client.{s.name}", value, f"{s.default!r} with protocol {self.kind} "
                                                                 f"({s.name} is a setting of protocol {s.owner})")
-                continue
-            if s.name == "seed":
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                    raise bad_value("client.seed", value, "an integer or null")
                 continue
             object.__setattr__(self, s.name, s.check(value))
         if any(not 0 <= b < 1 for b in self.betas):
