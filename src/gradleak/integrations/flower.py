@@ -138,6 +138,10 @@ class ServerRecorder:
             raise UserError(f"flower capture: round {server_round}, node {node_id}: num-examples: got "
                             f"{num_examples!r}; allowed: an integer >= 1")
         protocol = protocol.server_view()
+        if protocol.rule.state or protocol.rule.uploads:
+            raise UserError(f"flower capture: protocol: got {protocol.kind!r}; allowed: a protocol without server-known "
+                            f"state or extra uploads (the recorder does not capture "
+                            f"{', '.join(protocol.rule.state + protocol.rule.uploads)} yet)")
         convention = protocol.update  # stated in the Observation's protocol, computed exactly as stated
         update = upload_of(params, {n: after[n].clone() for n in params}, convention)
         stem = stem or f"node-{node_id}"
