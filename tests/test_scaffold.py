@@ -202,3 +202,16 @@ def test_random_gradient_control_replaces_the_control_update_too():
     assert rel(ctl.extra_uploads["control_update"], want) <= 1e-6  # Δc of the random Δ, not the client's
     assert rel(ctl.extra_uploads["control_update"], obs.extra_uploads["control_update"]) > 0.1
     ctl.build_model()  # validates: the control is an Observation of the same protocol
+
+
+def test_verify_and_header_of_a_scaffold_observation():
+    from gradleak.deploy import verify_observation
+
+    model, (x, y) = _net(False), _data()
+    state = _controls(model)
+    obs = capture(Case(model, x, y, _proto({}, state, update="new_weights")))
+    assert verify_observation(obs, x, y).reproduces  # the re-run with the known c, c_i reproduces the upload
+    assert not verify_observation(obs.__class__(**{**obs.__dict__, "protocol": obs.protocol.with_state(
+        {k: {n: torch.zeros_like(t) for n, t in d.items()} for k, d in state.items()})}), x, y).reproduces  # c, c_i matter
+    line = obs.protocol.rule.describe(obs.protocol, N)
+    assert line.startswith("scaffold, τ = 6 local steps") and "control variates known" in line

@@ -13,7 +13,7 @@ from gradleak.defenses import ClientContext, Defense
 from gradleak.fl.client import bn_batch_statistics, client_update, split_state
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
-from gradleak.fl.protocols import from_delta
+from gradleak.fl.protocols import from_delta, to_delta
 
 
 @dataclass
@@ -57,14 +57,18 @@ def capture(case: Case, seed: int = 0) -> Observation:
     known to the server and kept on the Observation's protocol."""
     params, buffers = split_state(case.model)
     proto = case.protocol.with_state(case.protocol.state_or_initial(params))
-    as_delta = dataclasses.replace(proto, update="old_minus_new") if not proto.rule.uploads_gradient else proto
-    update = client_update(case.model, params, buffers, case.images, case.labels, as_delta)
-    ctx = ClientContext(case.model, params, buffers, case.images, case.labels, as_delta,
-                        torch.Generator().manual_seed(seed))
-    for d in case.defenses:
-        update = d.apply(update, ctx)
-    extra = proto.rule.extra_uploads(proto, update, case.images.shape[0], proto.state)
-    update = from_delta(update, params, proto.update)
+    if case.defenses:
+        as_delta = dataclasses.replace(proto, update="old_minus_new") if not proto.rule.uploads_gradient else proto
+        delta = client_update(case.model, params, buffers, case.images, case.labels, as_delta)
+        ctx = ClientContext(case.model, params, buffers, case.images, case.labels, as_delta,
+                            torch.Generator().manual_seed(seed))
+        for d in case.defenses:
+            delta = d.apply(delta, ctx)
+        update = from_delta(delta, params, proto.update)
+    else:  # computed in the stated convention directly (new weights exactly θ_τ)
+        update = client_update(case.model, params, buffers, case.images, case.labels, proto)
+        delta = to_delta(update, params, proto.update)
+    extra = proto.rule.extra_uploads(proto, delta, case.images.shape[0], proto.state)
     bn = bn_batch_statistics(case.model, params, buffers, case.images, proto) if proto.share_bn_stats else None
     spec = case.model_spec or model_spec_of(case.model, case.images)
     return Observation(

@@ -47,14 +47,14 @@ class _ClientSection(_Section):
 
 
 def _client_config() -> type[_Section]:
-    """The ``client`` section, derived from the protocol settings (:func:`gradleak.fl.protocol.all_settings`:
+    """The ``client`` section, derived from the protocol settings (:data:`gradleak.fl.protocol.SETTINGS`:
     the common ones plus each registered protocol's own) — one definition, not a mirror. ``protocol`` is a
     registered protocol name (:data:`gradleak.fl.protocols.PROTOCOLS`)."""
-    from gradleak.fl.protocol import all_settings
+    from gradleak.fl.protocol import SETTINGS
     from gradleak.fl.protocols import PROTOCOLS
 
     fields: dict[str, Any] = {"protocol": (Literal[tuple(PROTOCOLS)], Field("fedsgd", description="client protocol"))}
-    for s in all_settings():
+    for s in SETTINGS:
         fields[s.name] = (s.annotation, Field(s.default, description=s.doc, **s.bounds()))
     return pydantic.create_model("ClientConfig", __base__=_ClientSection, __module__=__name__, **fields)
 

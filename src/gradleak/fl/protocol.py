@@ -3,7 +3,7 @@
 The protocols themselves are registered in :data:`gradleak.fl.protocols.PROTOCOLS`, one file each (FedSGD,
 FedAvg, FedProx, SCAFFOLD; docs/protocols.md). This module holds :class:`Protocol`, the settings the server
 knows, whose fields are derived from :data:`COMMON` plus each registered protocol's own settings (the run
-config's ``client`` section is derived from the same list: :func:`all_settings`).
+config's ``client`` section is derived from the same list: :data:`SETTINGS`).
 
 FedSGD (McMahan et al., 2017): the upload is the gradient of the mean batch loss,
     g = ∇_θ (1/B) Σ_i ℓ(f_θ(N(x_i)), y_i).
@@ -44,10 +44,10 @@ from typing import Any
 
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.protocols import PROTOCOLS, Setting, protocol_of
+from gradleak.fl.protocols.base import UPDATES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 ORDERS = ("sequential", "shuffled", "unknown")
-UPDATES = ("old_minus_new", "new_minus_old", "new_weights")
 
 #: the settings every protocol shares (a protocol's own ones come from its ``settings``), in field order
 COMMON: tuple[Setting, ...] = (
@@ -89,21 +89,26 @@ def all_settings() -> tuple[Setting, ...]:
     return (*COMMON, *own)
 
 
+#: the settings :class:`Protocol` and the config's ``client`` section are built from (fixed at import: a
+#: protocol with settings of its own is imported by :mod:`gradleak.fl.protocols` to be part of both)
+SETTINGS: tuple[Setting, ...] = all_settings()
+
+
 class _ProtocolBase:
     """Methods of :class:`Protocol` (its fields are derived from :func:`all_settings`)."""
 
     def __post_init__(self) -> None:
         rule = protocol_of(self.kind)
-        for s in all_settings():
+        late = [s.name for s in rule.settings if s not in SETTINGS]
+        if late:
+            raise ValueError(f"protocol {self.kind!r} was registered after gradleak.fl.protocol was imported and has "
+                             f"settings {late}: import it from gradleak.fl.protocols so Protocol has those fields")
+        for s in SETTINGS:
             value = getattr(self, s.name)
             if s.owner is not None and s.owner != self.kind:
                 if value != s.default:
                     raise bad_value(f"client.{s.name}", value, f"{s.default!r} with protocol {self.kind} "
                                                                 f"({s.name} is a setting of protocol {s.owner})")
-                continue
-            if s.name == "seed":
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                    raise bad_value("client.seed", value, "an integer or null")
                 continue
             object.__setattr__(self, s.name, s.check(value))
         if any(not 0 <= b < 1 for b in self.betas):
@@ -151,7 +156,7 @@ class _ProtocolBase:
 
     def to_dict(self) -> dict:
         """The settings (no state tensors); a protocol's own settings only for that protocol."""
-        own = {s.name for s in all_settings() if s.owner is not None and s.owner != self.kind}
+        own = {s.name for s in SETTINGS if s.owner is not None and s.owner != self.kind}
         d = {k: v for k, v in asdict(self).items() if k != "state" and k not in own}
         for k in ("betas", "class_weights", "mean", "std"):
             d[k] = list(d[k]) if d[k] is not None else None
@@ -177,7 +182,7 @@ def _field(s: Setting) -> tuple[str, Any, Any]:
 #: hashed or printed, and saved by the Observation, not by :meth:`to_dict`).
 Protocol = dataclasses.make_dataclass(
     "Protocol",
-    [("kind", str, dataclasses.field(default="fedsgd")), *(_field(s) for s in all_settings()),
+    [("kind", str, dataclasses.field(default="fedsgd")), *(_field(s) for s in SETTINGS),
      ("state", "dict | None", dataclasses.field(default=None, compare=False, repr=False))],
     bases=(_ProtocolBase,), frozen=True)
 Protocol.__module__ = __name__

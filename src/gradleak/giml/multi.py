@@ -87,7 +87,8 @@ def _stack(seq: GradientSequence) -> tuple[dict, dict, Tensor, list[str]]:
     names = list(obs[0].parameters)
     params = {k: torch.stack([o.parameters[k] for o in obs]) for k in names}
     buffers = {k: torch.stack([o.buffers[k] for o in obs]) for k in obs[0].buffers}
-    observed = torch.cat([torch.stack([o.update[k] for o in obs]).reshape(len(obs), -1) for k in names], 1)
+    deltas = [o.as_delta().update for o in obs]  # the uploads as Δ, whatever convention each states
+    observed = torch.cat([torch.stack([d[k] for d in deltas]).reshape(len(obs), -1) for k in names], 1)
     return params, buffers, observed, names
 
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
+from gradleak.fl.protocols import upload_of
 
 try:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -182,13 +183,12 @@ class ServerRecorder:
             raise UserError(f"flower capture: round {server_round}, node {node_id}: num-examples: got "
                             f"{num_examples!r}; allowed: an integer >= 1")
         protocol = protocol.server_view()
+        if protocol.rule.state or protocol.rule.uploads:
+            raise UserError(f"flower capture: protocol: got {protocol.kind!r}; allowed: a protocol without server-known "
+                            f"state or extra uploads (the recorder does not capture "
+                            f"{', '.join(protocol.rule.state + protocol.rule.uploads)} yet)")
         convention = protocol.update  # stated in the Observation's protocol, computed exactly as stated
-        if convention == "new_weights":
-            update = {n: after[n].clone() for n in params}
-        elif convention == "new_minus_old":
-            update = {n: after[n] - params[n] for n in params}
-        else:  # "old_minus_new", gradleak's default
-            update = {n: params[n] - after[n] for n in params}
+        update = upload_of(params, {n: after[n].clone() for n in params}, convention)
         meta = {"round": server_round, "node_id": node_id, "num_examples": num_examples,
                 "update_convention": convention, **(extra or {})}
         return Observation(model_spec=self.spec, parameters=params, buffers=buffers, update=update,

@@ -23,7 +23,7 @@ forward model is the client's own code. Nothing here imports torch at module imp
 stays torch-free).
 
 Update conventions (``update``, stated in the Observation, never guessed) — :func:`to_delta` and
-:func:`from_delta` are the one conversion every consumer uses:
+:func:`from_delta` are the one conversion every consumer uses (:func:`upload_of` states a round θ_0 → θ_τ):
 ``old_minus_new`` Δ = θ_0 − θ_τ (the default), ``new_minus_old`` θ_τ − θ_0, ``new_weights`` θ_τ.
 """
 from __future__ import annotations
@@ -153,6 +153,18 @@ def from_delta(delta: Params, theta0: Params, convention: str) -> Params:
     return to_delta(delta, theta0, convention)  # old_minus_new: itself; new_minus_old: negated
 
 
+def upload_of(theta0: Params, theta: Params, convention: str) -> Params:
+    """The upload of a round that went from θ_0 to θ_τ, stated in ``convention`` (θ_τ itself, exactly, for
+    ``new_weights``)."""
+    if convention == "new_weights":
+        return dict(theta)
+    if convention == "new_minus_old":
+        return {n: theta[n] - theta0[n] for n in theta}
+    if convention == "old_minus_new":
+        return {n: theta0[n] - theta[n] for n in theta}
+    raise bad_value("client.update", convention, " | ".join(UPDATES))
+
+
 # --- local data order ------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=256)
@@ -228,7 +240,7 @@ class ClientProtocol:
             theta, opt = optimizer_step(p, theta, self.direction(p, theta, theta0, grad(theta, idx), state), opt)
             if between is not None:
                 theta, opt = between(theta, opt)
-        return from_delta({k: theta0[k] - theta[k] for k in theta}, theta0, p.update)
+        return upload_of(theta0, theta, p.update)
 
     def extra_uploads(self, p, delta: Params, n: int, state: dict[str, Params]) -> dict[str, Params]:
         """Tensor sets uploaded beside the model update, computed from its Δ = θ_0 − θ_τ form (after the

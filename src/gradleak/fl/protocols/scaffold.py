@@ -36,3 +36,11 @@ class Scaffold(ClientProtocol):
     def gradient_offset(self, p, state):
         c, ci = state["server_control"], state["client_control"]
         return {k: c[k] - ci[k] for k in c}
+
+    def describe(self, p, n: int) -> str:
+        if p.state is None:
+            return super().describe(p, n) + ", control variates c, c_i known to the server"
+        norm = {k: sum(float(t.double().pow(2).sum()) for t in d.values()) ** 0.5 for k, d in p.state.items()}
+        return (super().describe(p, n) + f", control variates known to the server (‖c‖ = "
+                f"{norm['server_control']:.3g}, ‖c_i‖ = {norm['client_control']:.3g}"
+                + ("; zero: a first round" if not any(norm.values()) else "") + ")")
