@@ -218,3 +218,32 @@ def test_sweep_ctrl_c_exits_130_within_seconds_keeping_finished_runs(tmp_path):
     time.sleep(0.3)
     assert not [w for w in workers if _alive(w)]
     assert not (out / ".gradleak.lock").exists()
+
+
+def test_flower_capture_ctrl_c_exits_130_keeping_complete_captures(tmp_path):
+    """Ctrl-C during a Flower capture (the example's in-process engine: the real ServerApp / ClientApp / capture
+    wrapper): exit 130 within seconds; every capture in index.json is complete and loads."""
+    pytest.importorskip("flwr")
+    from gradleak.fl.observation import Observation
+    from gradleak.integrations.flower import load_index
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "flower" / "run.py"
+    out = tmp_path / "fl"
+    p = subprocess.Popen([sys.executable, str(example), "--out", str(out), "--engine", "inprocess", "--clients", "3",
+                          "--images", "1", "--batch-size", "1", "--epochs", "2", "--rounds", "500", "--iterations",
+                          "6", "--attack-clients", "1", "--no-dp"], env={**os.environ, "PYTHONPATH": SRC},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out / "plain" / "index.json").exists() and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    os.killpg(p.pid, signal.SIGINT)
+    _, stderr = p.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10, "Ctrl-C took too long"
+    assert p.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted"), stderr[-2000:]
+    entries = load_index(out / "plain")
+    assert entries
+    for e in entries:
+        Observation.load(out / "plain" / e["path"])  # complete: loads and validates against the model
