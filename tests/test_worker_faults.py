@@ -247,3 +247,38 @@ def test_flower_capture_ctrl_c_exits_130_keeping_complete_captures(tmp_path):
     assert entries
     for e in entries:
         Observation.load(out / "plain" / e["path"])  # complete: loads and validates against the model
+
+
+def suicide(d: str, name: str, times: int) -> str:
+    """Count this attempt, then SIGKILL the own (Ray) worker on the first ``times`` attempts."""
+    attempt = 1 + len(list(Path(d).glob(f"{name}.*.attempt")))
+    Path(d, f"{name}.{attempt}.attempt").write_text("")
+    if attempt <= times:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return f"{name} done on attempt {attempt}"
+
+
+@pytest.mark.slow  # a local Ray instance takes ~20 s to start on the shared machine: pytest -m slow
+def test_ray_worker_deaths_timeouts_and_exceptions(tmp_path):
+    """The same contract on Ray (a local instance, 2 CPUs): a worker SIGKILLed is retried by Ray, a hung task is
+    killed by its watchdog and named "timed out", an exception is not retried."""
+    ray = pytest.importorskip("ray")
+    from gradleak.experiments.workers import run_ray_tasks
+
+    tests = str(Path(__file__).resolve().parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": f"{SRC}:{tests}"}})
+    try:
+        d = str(tmp_path)
+        tasks = [("ok", double, (4,), None), ("once", suicide, (d, "once", 1), None),
+                 ("always", suicide, (d, "always", 99), None), ("hang", hang, (), str(tmp_path / "hang.timeout")),
+                 ("boom", boom, (), None)]
+        got = {o.key: o for o in run_ray_tasks(tasks, retries=1, timeout=3.0)}
+    finally:
+        ray.shutdown()
+    assert got["ok"].result == 8
+    assert got["once"].ok and got["once"].result == "once done on attempt 2"
+    assert not got["always"].ok and "WorkerCrashedError" in got["always"].reason
+    assert len(list(tmp_path.glob("always.*.attempt"))) == 2  # 1 + 1 retry
+    assert not got["hang"].ok and got["hang"].reason.startswith("timed out after 3 s"), got["hang"].reason
+    assert not got["boom"].ok and got["boom"].reason == "ValueError: boom"

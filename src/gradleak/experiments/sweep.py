@@ -252,67 +252,23 @@ def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_addr
                          workers=max(1, workers), retries=retries, timeout=timeout)
 
 
-def _ray_task(sweep: Sweep, run: Run, out: str, threads: int, timeout: float | None) -> dict:
-    """:func:`run_one` in a Ray worker, under a watchdog: past ``timeout`` the worker kills itself (SIGKILL — a
-    hung C call cannot ignore it) after leaving ``runs/<key>/.timeout`` for the driver to name the cause."""
-    import os
-    import threading
-
-    timer = None
-    if timeout:
-        def expire():
-            d = Path(out) / "runs" / run.key
-            d.mkdir(parents=True, exist_ok=True)
-            (d / ".timeout").write_text(f"{timeout:g}\n")
-            os.kill(os.getpid(), 9)
-
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
-        timer.start()
-    try:
-        return run_one(sweep, run, out, threads)
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
 def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int,
                  retries: int = 2, timeout: float | None = None) -> Iterator[Outcome]:
     try:
         import ray
     except ImportError:
         raise UserError("sweep --ray: the ray package is not installed; allowed: pip install 'gradleak[ray]'") from None
+    from gradleak.experiments.workers import run_ray_tasks
+
     started = False
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         started = True
-    pending: dict = {}
     try:
-        # max_retries: Ray resubmits a task whose worker or node died (system failures); exceptions are not retried
-        task = ray.remote(num_cpus=threads or 1, max_retries=retries, retry_exceptions=False)(_ray_task)
-        for run in runs:
-            (out / "runs" / run.key / ".timeout").unlink(missing_ok=True)
-            pending[task.remote(sweep, run, str(out), threads, timeout)] = run
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(ready[0])
-            try:
-                yield Outcome(run.key, True, ray.get(ready[0]))
-            except ray.exceptions.RayTaskError as err:  # the audit raised: deterministic, not retried
-                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
-                yield Outcome(run.key, False, reason=f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}")
-            except ray.exceptions.RayError as err:  # worker / node lost, OOM-killed, timed out: after the retries
-                marker = out / "runs" / run.key / ".timeout"
-                why = (f"timed out after {timeout:g} s (worker killed)" if marker.is_file()
-                       else f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
-                marker.unlink(missing_ok=True)
-                yield Outcome(run.key, False, reason=why, attempts=retries + 1)
+        yield from run_ray_tasks([(run.key, run_one, (sweep, run, str(out), threads),
+                                   str(out / "runs" / run.key / ".timeout")) for run in runs],
+                                 retries=retries, timeout=timeout, num_cpus=threads or 1)
     finally:
-        for ref in pending:  # Ctrl-C or an error: cancel what is still queued or running, at once
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - best effort while stopping
-                pass
         if started:
             ray.shutdown()
 
