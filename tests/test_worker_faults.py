@@ -267,7 +267,7 @@ def test_ray_worker_deaths_timeouts_and_exceptions(tmp_path):
 
     tests = str(Path(__file__).resolve().parent)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": f"{SRC}:{tests}"}})
+             runtime_env={"env_vars": {"PYTHONPATH": f"{SRC}:{tests}:{Path(tests).parent}"}})
     try:
         d = str(tmp_path)
         tasks = [("ok", double, (4,), None), ("once", suicide, (d, "once", 1), None),
