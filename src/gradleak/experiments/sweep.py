@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from gradleak.errors import UserError
-from gradleak.experiments.workers import Outcome, run_tasks
+from gradleak.experiments.workers import Outcome, map_outcomes
 
 SWEEP_KEYS = ("base", "axes", "zip", "batches", "name")
 
@@ -230,47 +230,14 @@ def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_addr
             use_ray: bool = False, threads: int = 1, retries: int = 2,
             timeout: float | None = None) -> Iterator[Outcome]:
     """Run ``runs``, yielding each run's :class:`~gradleak.experiments.workers.Outcome` (key ``cell/bN``; the
-    results row when it succeeded, the reason when it failed) in completion order.
-
-    On the process pool (:mod:`gradleak.experiments.workers`) and on Ray a worker that dies is retried
-    ``retries`` times, then the run is reported failed; a run longer than ``timeout`` seconds is killed and
-    counts as a failed attempt. In this process (``workers == 1`` and no timeout) an exception fails its run
-    only."""
-    if use_ray:
-        yield from _execute_ray(sweep, runs, out, ray_address, threads, retries, timeout)
-        return
-    if (workers == 1 or len(runs) <= 1) and not timeout:
-        for run in runs:
-            try:
-                yield Outcome(run.key, True, run_one(sweep, run, str(out), threads))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as err:  # noqa: BLE001 - this run failed; the others go on
-                yield Outcome(run.key, False, reason=f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
-        return
-    yield from run_tasks([(run.key, run_one, (sweep, run, str(out), threads)) for run in runs],
-                         workers=max(1, workers), retries=retries, timeout=timeout)
-
-
-def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int,
-                 retries: int = 2, timeout: float | None = None) -> Iterator[Outcome]:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("sweep --ray: the ray package is not installed; allowed: pip install 'gradleak[ray]'") from None
-    from gradleak.experiments.workers import run_ray_tasks
-
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
-        started = True
-    try:
-        yield from run_ray_tasks([(run.key, run_one, (sweep, run, str(out), threads),
-                                   str(out / "runs" / run.key / ".timeout")) for run in runs],
-                                 retries=retries, timeout=timeout, num_cpus=threads or 1)
-    finally:
-        if started:
-            ray.shutdown()
+    results row when it succeeded, the reason when it failed) in completion order, on the executor
+    :func:`~gradleak.experiments.workers.map_outcomes` picks (this process, the process pool or Ray): a worker
+    that dies is retried ``retries`` times, then the run is reported failed; a run longer than ``timeout``
+    seconds is killed and counts as a failed attempt; an exception fails its run only."""
+    yield from map_outcomes(run_one, [(run.key, (sweep, run, str(out), threads)) for run in runs], workers=workers,
+                            use_ray=use_ray, ray_address=ray_address, threads=threads, retries=retries,
+                            timeout=timeout, markers={r.key: str(out / "runs" / r.key / ".timeout") for r in runs},
+                            what="sweep")
 
 
 # --- the sweep ----------------------------------------------------------------------------------------------

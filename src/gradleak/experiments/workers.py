@@ -244,3 +244,46 @@ def run_ray_tasks(tasks: list[tuple[str, Callable, tuple, str | None]], retries:
                 ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
+
+
+# --- the executors behind one call ----------------------------------------------------------------------------
+
+def map_outcomes(fn: Callable, tasks: list[tuple[str, tuple]], workers: int = 0, use_ray: bool = False,
+                 ray_address: str | None = None, threads: int = 1, retries: int = 2, timeout: float | None = None,
+                 markers: dict[str, str] | None = None, what: str = "sweep") -> Iterator[Outcome]:
+    """``fn(*args)`` for every ``(key, args)``, yielding each :class:`Outcome` in completion order: in this
+    process (``workers == 1`` or a single task, and no ``timeout``: an exception fails its task only; nothing
+    survives this process's own death), on the process pool (:func:`run_tasks`) or on Ray (``use_ray``: a local
+    instance or the cluster at ``ray_address``; :func:`run_ray_tasks`, ``markers[key]``: where a timed-out
+    task's watchdog leaves its note). ``fn`` is a module-level function that sets its own torch threads, so
+    every executor computes the same numbers. Used by the sweep; a whole-run audit can use it the same way."""
+    if use_ray:
+        try:
+            import ray
+        except ImportError:
+            from gradleak.errors import UserError
+
+            raise UserError(f"{what} --ray: the ray package is not installed; allowed: pip install "
+                            "'gradleak[ray]'") from None
+        started = False
+        if not ray.is_initialized():
+            ray.init(address=ray_address or None, include_dashboard=False, log_to_driver=False)
+            started = True
+        try:
+            yield from run_ray_tasks([(key, fn, args, (markers or {}).get(key)) for key, args in tasks],
+                                     retries=retries, timeout=timeout, num_cpus=threads or 1)
+        finally:
+            if started:
+                ray.shutdown()
+        return
+    if (workers == 1 or len(tasks) <= 1) and not timeout:
+        for key, args in tasks:
+            try:
+                yield Outcome(key, True, fn(*args))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001 - this task failed; the others go on
+                yield Outcome(key, False, reason=_first_line(err))
+        return
+    yield from run_tasks([(key, fn, args) for key, args in tasks], workers=max(1, workers), retries=retries,
+                         timeout=timeout)
