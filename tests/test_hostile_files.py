@@ -127,7 +127,7 @@ def test_twenty_gigabyte_tensor_refused_before_allocation(tmp_path, monkeypatch)
 
 
 def _observation(stem: Path, **meta_edits):
-    from test_fuzz_loaders import tiny_observation
+    from tests.test_fuzz_loaders import tiny_observation
 
     tiny_observation(stem)
     js = stem.with_suffix(".json")

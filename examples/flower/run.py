@@ -401,4 +401,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: every capture written so far is complete (atomic) and listed in index.json
+        print("interrupted; the captures written so far are complete and listed in OUT/<run>/index.json",
+              file=sys.stderr)
+        sys.exit(130)

@@ -10,9 +10,10 @@ The policy (:func:`run_cli`, called by ``gradleak.cli.main``):
 * anything else is a bug: the traceback is kept, exit 1.
 
 ``--out`` is checked when the command line is parsed, before any work starts (:func:`checked_out`): it must
-not be an existing file, lie under a file, or be in a place this process cannot write; leftover temporary
+not be an existing file, lie under a file, or be in a place this process cannot write; then its lock is taken
+(:mod:`gradleak.locks`: a second command on the same directory is refused in one line) and leftover temporary
 files of an earlier killed run (``.<name>.XXXXXXXX.tmp``, ``*.safetensors.tmp``, ``*.json.tmp``) are removed
-from it.
+from it. :func:`run_cli` releases the lock however the command ends.
 """
 from __future__ import annotations
 

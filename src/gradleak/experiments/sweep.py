@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import yaml
 
 from gradleak.errors import UserError
-from gradleak.experiments.workers import Outcome, run_tasks
+from gradleak.experiments.workers import Outcome, map_outcomes
 
 SWEEP_KEYS = ("base", "axes", "zip", "batches", "name")
 
@@ -230,91 +230,14 @@ def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_addr
             use_ray: bool = False, threads: int = 1, retries: int = 2,
             timeout: float | None = None) -> Iterator[Outcome]:
     """Run ``runs``, yielding each run's :class:`~gradleak.experiments.workers.Outcome` (key ``cell/bN``; the
-    results row when it succeeded, the reason when it failed) in completion order.
-
-    On the process pool (:mod:`gradleak.experiments.workers`) and on Ray a worker that dies is retried
-    ``retries`` times, then the run is reported failed; a run longer than ``timeout`` seconds is killed and
-    counts as a failed attempt. In this process (``workers == 1`` and no timeout) an exception fails its run
-    only."""
-    if use_ray:
-        yield from _execute_ray(sweep, runs, out, ray_address, threads, retries, timeout)
-        return
-    if (workers == 1 or len(runs) <= 1) and not timeout:
-        for run in runs:
-            try:
-                yield Outcome(run.key, True, run_one(sweep, run, str(out), threads))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as err:  # noqa: BLE001 - this run failed; the others go on
-                yield Outcome(run.key, False, reason=f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
-        return
-    yield from run_tasks([(run.key, run_one, (sweep, run, str(out), threads)) for run in runs],
-                         workers=max(1, workers), retries=retries, timeout=timeout)
-
-
-def _ray_task(sweep: Sweep, run: Run, out: str, threads: int, timeout: float | None) -> dict:
-    """:func:`run_one` in a Ray worker, under a watchdog: past ``timeout`` the worker kills itself (SIGKILL — a
-    hung C call cannot ignore it) after leaving ``runs/<key>/.timeout`` for the driver to name the cause."""
-    import os
-    import threading
-
-    timer = None
-    if timeout:
-        def expire():
-            d = Path(out) / "runs" / run.key
-            d.mkdir(parents=True, exist_ok=True)
-            (d / ".timeout").write_text(f"{timeout:g}\n")
-            os.kill(os.getpid(), 9)
-
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
-        timer.start()
-    try:
-        return run_one(sweep, run, out, threads)
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
-def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int,
-                 retries: int = 2, timeout: float | None = None) -> Iterator[Outcome]:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("sweep --ray: the ray package is not installed; allowed: pip install 'gradleak[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
-        started = True
-    pending: dict = {}
-    try:
-        # max_retries: Ray resubmits a task whose worker or node died (system failures); exceptions are not retried
-        task = ray.remote(num_cpus=threads or 1, max_retries=retries, retry_exceptions=False)(_ray_task)
-        for run in runs:
-            (out / "runs" / run.key / ".timeout").unlink(missing_ok=True)
-            pending[task.remote(sweep, run, str(out), threads, timeout)] = run
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(ready[0])
-            try:
-                yield Outcome(run.key, True, ray.get(ready[0]))
-            except ray.exceptions.RayTaskError as err:  # the audit raised: deterministic, not retried
-                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
-                yield Outcome(run.key, False, reason=f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}")
-            except ray.exceptions.RayError as err:  # worker / node lost, OOM-killed, timed out: after the retries
-                marker = out / "runs" / run.key / ".timeout"
-                why = (f"timed out after {timeout:g} s (worker killed)" if marker.is_file()
-                       else f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
-                marker.unlink(missing_ok=True)
-                yield Outcome(run.key, False, reason=why, attempts=retries + 1)
-    finally:
-        for ref in pending:  # Ctrl-C or an error: cancel what is still queued or running, at once
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - best effort while stopping
-                pass
-        if started:
-            ray.shutdown()
+    results row when it succeeded, the reason when it failed) in completion order, on the executor
+    :func:`~gradleak.experiments.workers.map_outcomes` picks (this process, the process pool or Ray): a worker
+    that dies is retried ``retries`` times, then the run is reported failed; a run longer than ``timeout``
+    seconds is killed and counts as a failed attempt; an exception fails its run only."""
+    yield from map_outcomes(run_one, [(run.key, (sweep, run, str(out), threads)) for run in runs], workers=workers,
+                            use_ray=use_ray, ray_address=ray_address, threads=threads, retries=retries,
+                            timeout=timeout, markers={r.key: str(out / "runs" / r.key / ".timeout") for r in runs},
+                            what="sweep")
 
 
 # --- the sweep ----------------------------------------------------------------------------------------------

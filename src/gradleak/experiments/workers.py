@@ -174,3 +174,116 @@ def _stop_all(slots: list[_Slot], grace: float = 1.0) -> None:
             s.proc.kill()
             s.proc.join(1.0)
         s.conn.close()
+
+
+# --- Ray ----------------------------------------------------------------------------------------------------
+
+def _ray_call(fn: Callable, args: tuple, timeout: float | None, marker: str | None):
+    """``fn(*args)`` in a Ray worker under a watchdog: past ``timeout`` the worker writes ``marker`` (so the
+    driver can name the cause) and kills itself with SIGKILL — a hung C call cannot ignore it."""
+    import os
+    import threading
+
+    timer = None
+    if timeout:
+        def expire():
+            if marker:
+                from pathlib import Path
+
+                Path(marker).parent.mkdir(parents=True, exist_ok=True)
+                Path(marker).write_text(f"{timeout:g}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
+    try:
+        return fn(*args)
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def run_ray_tasks(tasks: list[tuple[str, Callable, tuple, str | None]], retries: int = 2,
+                  timeout: float | None = None, num_cpus: float = 1) -> Iterator[Outcome]:
+    """:func:`run_tasks` on Ray (already initialised): ``(key, fn, args, timeout_marker_path)`` per task.
+
+    A worker or node lost (SIGKILL, OOM, node failure) is a system failure Ray retries itself
+    (``max_retries=retries``), then the task is reported failed with Ray's error; a Python exception is not
+    retried (``retry_exceptions=False``); ``timeout`` is enforced by a watchdog in the worker (:func:`_ray_call`)
+    and named from its marker file. On Ctrl-C or any error every pending task is cancelled (``force=True``)."""
+    import os
+
+    import ray
+
+    remote = ray.remote(num_cpus=num_cpus, max_retries=retries, retry_exceptions=False)(_ray_call)
+    pending: dict = {}
+    try:
+        for key, fn, args, marker in tasks:
+            if marker and os.path.exists(marker):
+                os.unlink(marker)
+            pending[remote.remote(fn, args, timeout, marker)] = (key, marker)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            key, marker = pending.pop(ready[0])
+            try:
+                yield Outcome(key, True, ray.get(ready[0]))
+            except ray.exceptions.RayTaskError as err:  # the task raised: deterministic, not retried
+                cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+                yield Outcome(key, False, reason=_first_line(cause))
+            except ray.exceptions.RayError as err:  # worker / node lost, OOM-killed, timed out: after the retries
+                timed_out = bool(marker) and os.path.exists(marker)
+                if timed_out:
+                    os.unlink(marker)
+                why = (f"timed out after {timeout:g} s (worker killed)" if timed_out
+                       else f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+                yield Outcome(key, False, reason=why, attempts=retries + 1)
+    finally:
+        for ref in pending:  # Ctrl-C or an error: cancel what is still queued or running, at once
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                pass
+
+
+# --- the executors behind one call ----------------------------------------------------------------------------
+
+def map_outcomes(fn: Callable, tasks: list[tuple[str, tuple]], workers: int = 0, use_ray: bool = False,
+                 ray_address: str | None = None, threads: int = 1, retries: int = 2, timeout: float | None = None,
+                 markers: dict[str, str] | None = None, what: str = "sweep") -> Iterator[Outcome]:
+    """``fn(*args)`` for every ``(key, args)``, yielding each :class:`Outcome` in completion order: in this
+    process (``workers == 1`` or a single task, and no ``timeout``: an exception fails its task only; nothing
+    survives this process's own death), on the process pool (:func:`run_tasks`) or on Ray (``use_ray``: a local
+    instance or the cluster at ``ray_address``; :func:`run_ray_tasks`, ``markers[key]``: where a timed-out
+    task's watchdog leaves its note). ``fn`` is a module-level function that sets its own torch threads, so
+    every executor computes the same numbers. Used by the sweep; a whole-run audit can use it the same way."""
+    if use_ray:
+        try:
+            import ray
+        except ImportError:
+            from gradleak.errors import UserError
+
+            raise UserError(f"{what} --ray: the ray package is not installed; allowed: pip install "
+                            "'gradleak[ray]'") from None
+        started = False
+        if not ray.is_initialized():
+            ray.init(address=ray_address or None, include_dashboard=False, log_to_driver=False)
+            started = True
+        try:
+            yield from run_ray_tasks([(key, fn, args, (markers or {}).get(key)) for key, args in tasks],
+                                     retries=retries, timeout=timeout, num_cpus=threads or 1)
+        finally:
+            if started:
+                ray.shutdown()
+        return
+    if (workers == 1 or len(tasks) <= 1) and not timeout:
+        for key, args in tasks:
+            try:
+                yield Outcome(key, True, fn(*args))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # noqa: BLE001 - this task failed; the others go on
+                yield Outcome(key, False, reason=_first_line(err))
+        return
+    yield from run_tasks([(key, fn, args) for key, args in tasks], workers=max(1, workers), retries=retries,
+                         timeout=timeout)
