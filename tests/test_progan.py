@@ -317,3 +317,27 @@ def test_face_benchmark_runs_at_a_tiny_size(tmp_path):
     text = (out / "table.md").read_text()
     assert "| 1 | 2 |" in text and "| 4 | 4 |" in text and "chosen lr_z" in text
     assert (r.returncode == 1) == ("NO" in r.stdout)
+
+
+def test_output_clip_is_exact_forward_and_straight_through_backward(tiny):
+    net, _ = progan.convert(tiny)
+    z = torch.randn(6, LATENT, generator=torch.Generator().manual_seed(4))
+    outs, grads = {}, {}
+    for st in (True, False):
+        net.straight_through_clip = st
+        zz = z.clone().requires_grad_()
+        y = net(zz)
+        y.sum().backward()
+        outs[st], grads[st] = y.detach(), zz.grad
+    assert torch.equal(outs[True], outs[False])  # the images are the graph's either way
+    clipped = ((outs[True] == 0) | (outs[True] == 1)).float().mean()
+    assert 0 < clipped < 1
+    # straight-through: the gradient of the chain without its clip; plain: zero wherever clipped
+    pre = net.layers.pop()
+    try:
+        zz = z.clone().requires_grad_()
+        (g_raw,) = torch.autograd.grad(net(zz).sum(), zz)
+    finally:
+        net.layers.append(pre)
+    torch.testing.assert_close(grads[True], g_raw)
+    assert not torch.allclose(grads[True], grads[False])
