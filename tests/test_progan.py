@@ -310,12 +310,12 @@ def test_face_benchmark_runs_at_a_tiny_size(tmp_path):
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, str(root / "benchmarks" / "gias_faces.py"), "--faces", str(tmp_path / "faces"),
                         "--prior", str(prior), "--iterations-x", "2", "--iterations-z", "1", "--iterations-w", "1",
-                        "--zw", "1,1", "--victim-width", "2", "--tune-lr-z", "0.03,0.1", "--out", str(out)],
+                        "--zw", "1,1", "--victim-width", "2", "--tune-lr-z", "0.03", "--b1-images", "1", "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode in (0, 1), r.stderr[-3000:]
     assert (out / "table.md").is_file() and (out / "grid.png").is_file()
     text = (out / "table.md").read_text()
-    assert "| 1 | 2 |" in text and "| 4 | 4 |" in text and "chosen lr_z" in text
+    assert "| 1 | 1 |" in text and "| 4 | 4 |" in text and "chosen lr_z" in text
     assert (r.returncode == 1) == ("NO" in r.stdout)
 
 
