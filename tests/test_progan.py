@@ -289,3 +289,55 @@ def test_synthfaces_refuses_code_and_wrong_files(tmp_path, cli):
     _fail_one_line(synthfaces.convert, empty, match="KeyError")
     r = cli("convert-prior", "no-such-prior", bad)
     assert r.returncode == 2 and "no-such-prior" in r.stderr and "progan-celeba" in r.stderr
+
+
+def test_face_benchmark_runs_at_a_tiny_size(tmp_path):
+    """benchmarks/gias_faces.py end to end on a tiny TF.js prior and a folder of 5 random 'people'; its exit
+    code says whether a floor printed NO."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    prior = tiny_progan(tmp_path / "progan")
+    rng = np.random.default_rng(0)
+    for c in range(5):
+        d = tmp_path / "faces" / f"person{c}"
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "gias_faces.py"), "--faces", str(tmp_path / "faces"),
+                        "--prior", str(prior), "--iterations-x", "2", "--iterations-z", "1", "--iterations-w", "1",
+                        "--zw", "1,1", "--victim-width", "2", "--tune-lr-z", "0.03", "--b1-images", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1), r.stderr[-3000:]
+    assert (out / "table.md").is_file() and (out / "grid.png").is_file()
+    text = (out / "table.md").read_text()
+    assert "| 1 | 1 |" in text and "| 4 | 4 |" in text and "chosen lr_z" in text
+    assert (r.returncode == 1) == ("NO" in r.stdout)
+
+
+def test_output_clip_is_exact_forward_and_straight_through_backward(tiny):
+    net, _ = progan.convert(tiny)
+    z = torch.randn(6, LATENT, generator=torch.Generator().manual_seed(4))
+    outs, grads = {}, {}
+    for st in (True, False):
+        net.straight_through_clip = st
+        zz = z.clone().requires_grad_()
+        y = net(zz)
+        y.sum().backward()
+        outs[st], grads[st] = y.detach(), zz.grad
+    assert torch.equal(outs[True], outs[False])  # the images are the graph's either way
+    clipped = ((outs[True] == 0) | (outs[True] == 1)).float().mean()
+    assert 0 < clipped < 1
+    # straight-through: the gradient of the chain without its clip; plain: zero wherever clipped
+    pre = net.layers.pop()
+    try:
+        zz = z.clone().requires_grad_()
+        (g_raw,) = torch.autograd.grad(net(zz).sum(), zz)
+    finally:
+        net.layers.append(pre)
+    torch.testing.assert_close(grads[True], g_raw)
+    assert not torch.allclose(grads[True], grads[False])
