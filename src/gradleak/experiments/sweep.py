@@ -225,38 +225,48 @@ def done_row(run: Run, out: Path) -> dict | None:
 def execute(sweep: Sweep, runs: list[Run], out: Path, workers: int = 0, ray_address: str | None = None,
             use_ray: bool = False, threads: int = 1) -> Iterator[dict]:
     """Run ``runs``, yielding each results row as it finishes (in completion order)."""
+    yield from map_tasks(run_one, [(sweep, run, str(out), threads) for run in runs], workers=workers,
+                         use_ray=use_ray, ray_address=ray_address, threads=threads)
+
+
+def map_tasks(fn, tasks: list[tuple], workers: int = 0, use_ray: bool = False, ray_address: str | None = None,
+              threads: int = 1, what: str = "sweep") -> Iterator[Any]:
+    """``fn(*task)`` for every task, yielding the results in completion order: in this process (``workers``
+    1, or a single task), on a spawned local process pool of ``workers``, or on Ray (``use_ray``; a local
+    instance or the cluster at ``ray_address``, ``threads`` CPUs per task). ``fn`` is a module-level function
+    that sets its own torch threads, so every executor computes the same numbers."""
     if use_ray:
-        yield from _execute_ray(sweep, runs, out, ray_address, threads)
+        yield from _execute_ray(fn, tasks, ray_address, threads, what)
         return
-    if workers == 1 or len(runs) <= 1:
-        for run in runs:
-            yield run_one(sweep, run, str(out), threads)
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield fn(*task)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(runs)), mp_context=ctx)  # run_one sets the threads
+    pool = ProcessPoolExecutor(max_workers=min(workers or len(tasks), len(tasks)), mp_context=ctx)
     try:
-        futures = [pool.submit(run_one, sweep, run, str(out), threads) for run in runs]
+        futures = [pool.submit(fn, *task) for task in tasks]
         for fut in as_completed(futures):
             yield fut.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _execute_ray(sweep: Sweep, runs: list[Run], out: Path, address: str | None, threads: int) -> Iterator[dict]:
+def _execute_ray(fn, tasks: list[tuple], address: str | None, threads: int, what: str = "sweep") -> Iterator[Any]:
     try:
         import ray
     except ImportError:
-        raise UserError("sweep --ray: the ray package is not installed; allowed: pip install 'gradleak[ray]'") from None
+        raise UserError(f"{what} --ray: the ray package is not installed; allowed: pip install 'gradleak[ray]'") from None
     started = False
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
         started = True
     try:
-        task = ray.remote(num_cpus=threads or 1)(run_one)
-        pending = [task.remote(sweep, run, str(out), threads) for run in runs]
+        remote = ray.remote(num_cpus=threads or 1)(fn)
+        pending = [remote.remote(*task) for task in tasks]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])
