@@ -149,7 +149,7 @@ class ServerRecorder:
         """The round's aggregate as a secure-aggregation Observation (:mod:`gradleak.fl.secagg`): the update
         θ_global before − θ_global after, described as FedAvg's weighted mean Σ_k (n_k/N) Δ_k of the clients'
         uploads ``parts`` (each with its own protocol and n_k). ``extra.aggregation_residual`` is
-        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-7 for FedAvg, larger where the wrapped strategy did
+        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-5 for FedAvg (float32 rounding), larger where the wrapped strategy did
         something else (noise, a server optimizer), which ``defenses`` should then state."""
         import math
 
