@@ -145,6 +145,34 @@ def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
     return accuracy
 
 
+def guard_rows(captures: Path, pid_of: dict) -> list[dict]:
+    """What the guard decided for every update, as the server received it: the guard's metrics in each reply
+    that was sent, the JSON reason of each blocked one (read from the capture index; works on any engine)."""
+    import json
+
+    from gradleak.integrations.flower import DECISIONS, load_index
+
+    names, levels, rows = {v: k for k, v in DECISIONS.items()}, ("none", "partial", "recognisable"), []
+    for e in load_index(captures):
+        if e["kind"] == "client":
+            scores = e["metrics"]
+            decision = names[int(scores["gradleak-guard-decision"])]
+        elif e["kind"] == "error" and "gradleak guard" in str(e.get("reason")):
+            entry = json.loads(e["reason"].split(": ", 1)[1])
+            scores, decision = entry["scores"], entry["decision"]
+        else:
+            continue
+        pid = e["metrics"].get("partition-id") if e["kind"] == "client" else pid_of.get(str(e["node_id"]))
+        rows.append({"round": e["round"], "partition": pid, "decision": decision,
+                     "verdict_before": levels[int(scores["gradleak-guard-verdict-before"])],
+                     "verdict": levels[int(scores["gradleak-guard-verdict"])],
+                     "psnr_worst_before": scores["gradleak-guard-psnr-worst-before"],
+                     "psnr_worst_after": scores["gradleak-guard-psnr-worst"],
+                     "reference_psnr": scores["gradleak-guard-reference-psnr"],
+                     "noise": scores["gradleak-guard-noise"]})
+    return sorted(rows, key=lambda r: (r["round"], r["partition"] if r["partition"] is not None else -1))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
@@ -198,12 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     results["accuracy_guarded"] = simulate(args.out / "guarded", parts, test, args, guard=guard)
     results["guarded_s"] = round(time.time() - t0, 1)
-    results["guard"] = [{k: d[k] for k in ("round", "decision", "verdict_before", "verdict")}
-                        | {"partition": pid_of.get(str(d["node_id"])),
-                           "psnr_worst_before": d["scores"]["gradleak-guard-psnr-worst-before"],
-                           "psnr_worst_after": d["scores"]["gradleak-guard-psnr-worst"],
-                           "reference_psnr": d["scores"]["gradleak-guard-reference-psnr"],
-                           "noise": d["scores"]["gradleak-guard-noise"]} for d in guard.decisions]
+    results["guard"] = guard_rows(args.out / "guarded", pid_of)
     atomic_write_json(args.out / "results.json", results)
 
     print(f"\nFlower FedAvg, {args.clients} clients × {args.images} photo(s), {args.rounds} rounds; DLG "
