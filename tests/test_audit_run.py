@@ -145,9 +145,21 @@ def test_a_directory_of_observations_without_an_index_and_without_truth(run_dir,
     assert "unscored" in (tmp_path / "out" / "audit_run.html").read_text()
 
 
+def test_public_data_adds_the_public_references(run_dir, sequential, tmp_path):
+    res = ar.audit_run(run_dir / "caps", tmp_path / "out", "2m", run_dir / "truth.yaml", workers=1,
+                       attack="invertgrad", options=OPTS, public="digits:public")
+    for a, b in zip(res.rows, sequential.rows):
+        assert a["psnr_worst"] == b["psnr_worst"]  # the same attack, the same numbers
+        assert a["reference_psnr"] >= b["reference_psnr"]  # the best of more references
+    leak = json.loads(next((tmp_path / "out" / "captures").rglob("result.json")).read_text())["leakage"]
+    assert leak["reference_psnr"] is not None
+
+
 @pytest.mark.parametrize("args,key", [(["--budget-per-update", "2x"], "--budget-per-update"),
+                                      (["--truth", "{truth}", "--public", "nosuch:split"], "--public"),
                                       (["--labels", "maybe"], "--labels"), (["--truth", "nope.yaml"], "--truth")])
 def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, cli, args, key):
+    args = [a.format(truth=run_dir / "truth.yaml") for a in args]
     r = cli("audit-run", run_dir / "caps", "--out", tmp_path / "out", *args)
     assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {key}"), r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -489,6 +489,7 @@ def audit_run_cmd(
     attack: Optional[str] = typer.Option(None, "--attack", help="A registered attack (default: gradleak.leakage.DEFAULT_ATTACK)."),
     set_: List[str] = typer.Option([], "--set", help="Attack option KEY=VALUE (YAML value), e.g. iterations=100."),
     labels: str = typer.Option("given", "--labels", help="given: the attacker gets the true labels (worst case, needs --truth labels); recover: from the update."),
+    public: Optional[str] = typer.Option(None, "--public", help="Public data the server has (with --truth): a folder, a tensor file or NAME:SPLIT[:ROOT]; adds the public-mean and same-class references."),
     seed: int = typer.Option(0, "--seed", help="Attack initialisation."),
     threads: int = typer.Option(1, "--threads", help="torch threads per capture (the same on every executor, so numbers match)."),
     progress: bool = typer.Option(True, help="Print one line per finished capture."),
@@ -507,7 +508,7 @@ def audit_run_cmd(
         options = {**DEFAULT_ATTACK[1], **options}
     result = audit_run(captures, out, budget_per_update, truth, workers=workers, use_ray=ray or ray_address is not None,
                        ray_address=ray_address, threads=threads, attack=attack, options=options, seed=seed,
-                       labels=labels, progress=progress)
+                       labels=labels, progress=progress, public=public)
     for e in result.errors:
         typer.echo(f"error: {e['path']}: {e['error']}", err=True)
     ok = sum(1 for r in result.rows if r.get("status") == "ok")

@@ -14,6 +14,8 @@ Truth (optional, ``--truth MAP``): a YAML/JSON mapping ``node id -> images`` (a 
 and optionally ``labels``, or a folder of images; paths relative to the map). A client's captures are scored
 against its images; a round's aggregate against its clients' images in slot order when every one is mapped.
 Without truth a capture is attacked but not scored: the page shows its reconstruction and recovered labels.
+``--public`` (with truth) names public data the server holds, as for ``gradleak attack``: it adds the public-mean
+and same-class references beside the grey image.
 
 A capture that is listed but missing, or whose files are corrupt, is named in ``errors`` (one line each) and
 the rest carry on; the run's exit status is then 1. Replies the clients did not send (a
@@ -21,6 +23,7 @@ the rest carry on; the run's exit status is then 1. Replies the clients did not 
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -164,11 +167,21 @@ def discover(captures: str | Path, truth: dict[str, str]) -> tuple[list[Capture]
 
 # --- one capture (what every executor runs) ----------------------------------------------------------------
 
-def settings_of(attack: str | None, options: dict, seed: int, labels: str, budget_s: float | None) -> dict:
+def settings_of(attack: str | None, options: dict, seed: int, labels: str, budget_s: float | None,
+                public: str | None = None) -> dict:
     from gradleak.leakage import DEFAULT_ATTACK
 
     name, opts = (attack, options) if attack else DEFAULT_ATTACK
-    return {"attack": name, "options": opts, "seed": seed, "labels": labels, "budget_s": budget_s}
+    return {"attack": name, "options": opts, "seed": seed, "labels": labels, "budget_s": budget_s, "public": public}
+
+
+@functools.lru_cache(maxsize=4)
+def _public(spec: str, shape: tuple[int, int, int]):
+    """Public (images, labels) for the public-mean and same-class references (``--public``), once per process."""
+    from gradleak.deploy import load_public_data
+
+    x, y, _ = load_public_data(spec, shape)
+    return x, y
 
 
 def done_result(out: Path, cap: Capture, settings: dict) -> dict | None:
@@ -247,9 +260,21 @@ def run_measure(obs, x, y, settings: dict):
     """The leakage of one upload: :func:`gradleak.leakage.measure_leakage` with the run's settings."""
     from gradleak.leakage import measure_leakage
 
+    public = _public(settings["public"], tuple(obs.image_shape)) if settings.get("public") else None
     return measure_leakage(obs, x, y, attack=settings["attack"], options=settings["options"],
-                           budget_s=settings["budget_s"], seed=settings["seed"],
+                           budget_s=settings["budget_s"], seed=settings["seed"], public=public,
                            give_labels=settings["labels"] == "given")
+
+
+def _first_shape(caps: list[Capture]) -> tuple[int, int, int] | None:
+    for c in caps:
+        if c.path:
+            try:
+                meta = json.loads(Path(c.path).with_suffix(".json").read_text(encoding="utf-8"))
+                return tuple(int(v) for v in meta["image_shape"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 # --- the run -----------------------------------------------------------------------------------------------
@@ -265,7 +290,7 @@ class RunResult:
 def audit_run(captures: str | Path, out: str | Path, budget: str | float | None = None, truth: str | Path | None = None,
               workers: int = 1, use_ray: bool = False, ray_address: str | None = None, threads: int = 1,
               attack: str | None = None, options: dict | None = None, seed: int = 0, labels: str = "given",
-              progress: bool = False) -> RunResult:
+              progress: bool = False, public: str | None = None) -> RunResult:
     """Audit every capture under ``captures`` not done yet, then write results.csv, the plots and audit_run.html."""
     from gradleak.experiments.sweep import map_tasks
 
@@ -280,9 +305,16 @@ def audit_run(captures: str | Path, out: str | Path, budget: str | float | None 
     caps, errors = discover(captures, truth_map)
     if not caps and not errors:
         raise UserError(f"audit-run: {str(captures)!r} holds no captures (no index.json and no observation files)")
+    if public is not None:
+        if truth is None:
+            raise UserError(f"--public: got {public!r} without --truth; allowed: --public together with --truth "
+                            "(the references are scored against the true images)")
+        shape = _first_shape(caps)
+        if shape is not None:
+            _public(public, shape)  # a bad --public fails before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(attack, dict(options or {}), seed, labels, budget_s)
+    settings = settings_of(attack, dict(options or {}), seed, labels, budget_s, public)
     rows: dict[str, dict] = {}
     todo = []
     for c in caps:
