@@ -6,8 +6,8 @@
    PyTorch SGD clients) wrapped in :class:`gradleak.integrations.flower.GradleakCapture`: every client's upload
    in every round and every round's aggregate (a secure-aggregation Observation of the round's clients) are
    saved; the global model is evaluated centrally after every round on the private photos no client holds.
-2. ``gradleak audit-run`` over the captures with the clients' true images: worst-case PSNR and verdict against
-   round per client and for the aggregate (``OUT/audit/audit_run.html``).
+2. ``gradleak audit-run`` over the captures with the clients' true images and the public photos as references:
+   worst-case PSNR and verdict against round per client and for the aggregate (``OUT/audit/audit_run.html``).
 3. The same run with :class:`~gradleak.integrations.flower.LeakageGuard` on every client (``--guard-policy``,
    default ``protect``): what it decided for each update and the round's test accuracy with and without it.
 
@@ -213,16 +213,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     t0 = time.time()
     run = audit_run(args.out / "plain", args.out / "audit", None, args.out / "truth.yaml", workers=args.workers,
-                    attack="dlg", options={"iterations": args.iterations}, progress=True)
+                    attack="dlg", options={"iterations": args.iterations}, progress=True, public="photos:public")
     results["audit_s"] = round(time.time() - t0, 1)
     pid_of = {str(v): k for k, v in nodes.items()}
     results["audit"] = [{k: r.get(k) for k in ("round", "kind", "node_id", "num_images", "psnr_worst",
                                                   "reference_psnr", "dpsnr_max", "verdict", "seconds")}
                         | {"partition": pid_of.get(str(r["node_id"]))} for r in run.rows]
 
+    public = gl.load_dataset("photos", split="public", resolution=32, channels=3)  # the server's public data
     guard = LeakageGuard(SPEC, protocol_from_config, lambda msg, ctx: parts[int(ctx.node_config["partition-id"])],
                          policy=args.guard_policy, attack="dlg", attack_options={"iterations": args.iterations},
-                         seed=args.seed)
+                         seed=args.seed, public=(public.images, public.labels))
     t0 = time.time()
     results["accuracy_guarded"] = simulate(args.out / "guarded", parts, test, args, guard=guard)
     results["guarded_s"] = round(time.time() - t0, 1)
