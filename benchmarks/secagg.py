@@ -21,8 +21,9 @@ verdict (per-image counts; the batch takes the highest level, as everywhere in g
     python benchmarks/secagg.py [--clients 1,2,4,8] [--batch 1,2] [--iterations 60] [--attack dlg] [--seeds 1]
                                 [--model lenet] [--workers 1] [--out runs/secagg]
 
-Writes OUT/table.md, OUT/results.json, OUT/secagg.png (PSNR against K per B, references dashed) and
-OUT/grid_K<k>_B<b>_s<seed>.png (originals above, matched reconstructions below). Exit 0.
+Writes OUT/table.md, OUT/results.json, OUT/secagg.png (PSNR against K per B, references dashed),
+OUT/grid_K<k>_B<b>_s<seed>.png (originals above, matched reconstructions below) and one OUT/cell_*.json per
+finished cell: a rerun with the same settings skips the cells already done. Exit 0.
 """
 from __future__ import annotations
 
@@ -87,12 +88,28 @@ def run_cell(job: dict) -> dict:
     image_rows([x_all, apply_match(rec.images, s["order"]).clamp(0, 1)], ["original", "reconstruction"], grid,
                scale=2, max_per_row=16)
     margin = cal["margins"]["psnr"]
-    return {"K": K, "B": B, "N": K * B, "seed": seed, "psnr_mean": s["psnr"]["mean"], "psnr_worst": per[worst],
+    row = {"K": K, "B": B, "N": K * B, "seed": seed, "psnr_mean": s["psnr"]["mean"], "psnr_worst": per[worst],
             "psnr_per_image": per, "ssim_mean": s["ssim"]["mean"], "ssim_worst": max(s["ssim"]["per_image"]),
             "best_reference_psnr_at_worst": best_ref, "grey_psnr_mean": sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"]),
             "dpsnr_max": max(margin["per_image"]), "dpsnr_mean": margin["mean"],
             "verdict": cal["verdict"]["batch"], "verdict_counts": cal["verdict"]["counts"],
             "seconds": round(seconds, 1), "grid": grid.name}
+    (Path(job["out"]) / _cell_file(job)).write_text(json.dumps({"job": job, "row": row}))
+    return row
+
+
+def _cell_file(job: dict) -> str:
+    return f"cell_K{job['K']}_B{job['B']}_s{job['seed']}.json"
+
+
+def _done(job: dict) -> dict | None:
+    """A cell finished earlier with the same settings (the run is resumable cell by cell)."""
+    path = Path(job["out"]) / _cell_file(job)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data["row"] if data.get("job") == job else None
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -140,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
              "resolution": args.resolution, "out": str(args.out)}
             for B in args.batch for K in args.clients for s in range(args.seeds)]
     t0 = time.time()
-    rows = parallel_map(run_cell, jobs, args.workers)
+    done = {i: _done(j) for i, j in enumerate(jobs)}
+    todo = [j for i, j in enumerate(jobs) if done[i] is None]
+    fresh = iter(parallel_map(run_cell, todo, args.workers) if todo else [])
+    rows = [done[i] if done[i] is not None else next(fresh) for i in range(len(jobs))]
     wall = time.time() - t0
     lines = [f"{args.attack} ({args.iterations} iterations, labels given) on the secure aggregate of K clients × B images "
              f"— {args.model}, photos {args.resolution}×{args.resolution}, FedAvg (1 local epoch, mini-batch 1, lr {args.lr}), "

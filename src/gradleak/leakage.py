@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
 from torch import Tensor
 
 from gradleak.fl.observation import Observation

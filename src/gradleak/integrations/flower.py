@@ -149,7 +149,7 @@ class ServerRecorder:
         """The round's aggregate as a secure-aggregation Observation (:mod:`gradleak.fl.secagg`): the update
         θ_global before − θ_global after, described as FedAvg's weighted mean Σ_k (n_k/N) Δ_k of the clients'
         uploads ``parts`` (each with its own protocol and n_k). ``extra.aggregation_residual`` is
-        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-7 for FedAvg, larger where the wrapped strategy did
+        ‖u − Σ_k (n_k/N) Δ_k‖ / ‖Σ_k (n_k/N) Δ_k‖: ~1e-5 for FedAvg (float32 rounding), larger where the wrapped strategy did
         something else (noise, a server optimizer), which ``defenses`` should then state."""
         import math
 
@@ -539,8 +539,7 @@ class LeakageGuard:
 
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
-        what = "train message"
-        sent = _to_state(_single_array_record(msg.content, self.arrayrecord_key, what))
+        sent = _to_state(_single_array_record(msg.content, self.arrayrecord_key, "guard: train message"))
         cfg: dict = {}
         for c in msg.content.config_records.values():
             cfg.update(dict(c))
@@ -550,8 +549,8 @@ class LeakageGuard:
         t0 = time.perf_counter()
         server_round = int(cfg.get("server-round", 0))
         node = context.node_id
-        key, record = next(iter(reply.content.array_records.items())) if self.arrayrecord_key is None else \
-            (self.arrayrecord_key, _single_array_record(reply.content, self.arrayrecord_key, "reply"))
+        record = _single_array_record(reply.content, self.arrayrecord_key, "guard: reply")
+        key = self.arrayrecord_key or next(iter(reply.content.array_records))
         received = _to_state(record)
         n = _num_examples(reply.content, self.num_examples_key, "reply")
         proto = self.recorder.protocol_for(server_round, node, cfg)

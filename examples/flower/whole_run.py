@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Leakage across a whole Flower run, a client-side guard, and what the secure aggregate leaves (docs/whole_run.md).
+
+1. A Flower run (FedAvg, ``--clients`` SuperNodes × ``--images`` private photographs each — gradleak's built-in
+   ``photos``, 32×32 RGB, private split, distinct labels within a client — ``--rounds`` rounds, LeNet, plain
+   PyTorch SGD clients) wrapped in :class:`gradleak.integrations.flower.GradleakCapture`: every client's upload
+   in every round and every round's aggregate (a secure-aggregation Observation of the round's clients) are
+   saved; the global model is evaluated centrally after every round on the private photos no client holds.
+2. ``gradleak audit-run`` over the captures with the clients' true images and the public photos as references:
+   worst-case PSNR and verdict against round per client and for the aggregate (``OUT/audit/audit_run.html``).
+3. The same run with :class:`~gradleak.integrations.flower.LeakageGuard` on every client (``--guard-policy``,
+   default ``protect``): what it decided for each update and the round's test accuracy with and without it.
+
+    PYTHONPATH=src python examples/flower/whole_run.py --out runs/flower-whole
+    PYTHONPATH=src python examples/flower/whole_run.py --out /tmp/w --rounds 2 --clients 2 --iterations 3
+
+``--engine inprocess`` (default) runs Flower's ServerApp / FedAvg / ClientApp / mods with the messages handed over
+in this process (``examples/flower/run.py``'s grid); ``--engine ray`` runs Flower's simulation engine.
+Prints a summary and writes ``OUT/results.json``. Needs ``pip install gradleak[flower]``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as base  # noqa: E402  (examples/flower/run.py: the in-process grid, argument types)
+
+import gradleak as gl  # noqa: E402
+from gradleak.atomic import atomic_write_json  # noqa: E402
+
+SPEC = {"name": "lenet", "num_classes": 12, "in_channels": 3, "resolution": 32, "options": {}}
+
+
+def partitions(clients: int, images: int, seed: int):
+    """Disjoint private batches (distinct labels within a client) and the held-out rest (the test set)."""
+    data = gl.load_dataset("photos", split="private", resolution=32, channels=3)
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    used: set[int] = set()
+    parts = []
+    for _ in range(clients):
+        chosen, labels = [], set()
+        for i in perm:
+            if i not in used and int(data.labels[i]) not in labels:
+                chosen.append(i)
+                labels.add(int(data.labels[i]))
+                used.add(i)
+                if len(chosen) == images:
+                    break
+        idx = torch.tensor(chosen)
+        parts.append((data.images[idx].clone(), data.labels[idx].clone()))
+    rest = torch.tensor([i for i in range(len(data)) if i not in used])
+    return parts, (data.images[rest], data.labels[rest])
+
+
+def initial_model(seed: int) -> torch.nn.Module:
+    model = gl.build_model(SPEC["name"], SPEC["num_classes"], SPEC["in_channels"], SPEC["resolution"])
+    gl.init_model(model, seed)
+    return model
+
+
+def protocol_from_config(server_round, node_id, config) -> gl.Protocol:
+    return gl.Protocol(kind="fedavg", lr=float(config["lr"]), epochs=int(config["local-epochs"]),
+                       local_batch_size=int(config["batch-size"]))
+
+
+def client_app(parts, mods=()):
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp(mods=list(mods))
+
+    @app.train()
+    def train(msg, context):
+        torch.set_num_threads(1)
+        pid = int(context.node_config["partition-id"])
+        x, y = parts[pid]
+        cfg = msg.content["config"]
+        model = initial_model(0)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        loss = base.local_training(model, x, y, float(cfg["lr"]), int(cfg["local-epochs"]), int(cfg["batch-size"]))
+        metrics = MetricRecord({"train-loss": loss, "num-examples": int(x.shape[0]), "partition-id": pid})
+        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
+    """One Flower run captured under ``out``; returns the central test accuracy after each round."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+    from flwr.serverapp import ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from gradleak.integrations.flower import GradleakCapture
+
+    n = len(parts)
+    accuracy: list[float] = []
+    server = ServerApp()
+
+    def evaluate(server_round, arrays):
+        model = initial_model(0)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        with torch.no_grad():
+            acc = float((model.eval()(test[0]).argmax(1) == test[1]).float().mean())
+        if server_round > 0:
+            accuracy.append(acc)
+        return MetricRecord({"accuracy": acc})
+
+    @server.main()
+    def main(grid, context):
+        strategy = GradleakCapture(FedAvg(fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n), out,
+                                   SPEC, protocol_from_config)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(args.seed).state_dict()),
+                       num_rounds=args.rounds, evaluate_fn=evaluate,
+                       train_config=ConfigRecord({"lr": args.lr, "local-epochs": args.epochs,
+                                                  "batch-size": args.batch_size}))
+
+    app = client_app(parts, mods=[guard] if guard is not None else [])
+    if args.engine == "inprocess":
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        server(base.in_process_grid(app, n, args.seed),
+               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+        return accuracy
+    import signal
+
+    from flwr.simulation import run_simulation
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    try:
+        run_simulation(server_app=server, client_app=app, num_supernodes=n,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
+                                                     "log_to_driver": False}})
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return accuracy
+
+
+def guard_rows(captures: Path, pid_of: dict) -> list[dict]:
+    """What the guard decided for every update, as the server received it: the guard's metrics in each reply
+    that was sent, the JSON reason of each blocked one (read from the capture index; works on any engine)."""
+    import json
+
+    from gradleak.integrations.flower import DECISIONS, load_index
+
+    names, levels, rows = {v: k for k, v in DECISIONS.items()}, ("none", "partial", "recognisable"), []
+    for e in load_index(captures):
+        if e["kind"] == "client":
+            scores = e["metrics"]
+            decision = names[int(scores["gradleak-guard-decision"])]
+        elif e["kind"] == "error" and "gradleak guard" in str(e.get("reason")):
+            entry = json.loads(e["reason"].split(": ", 1)[1])
+            scores, decision = entry["scores"], entry["decision"]
+        else:
+            continue
+        pid = e["metrics"].get("partition-id") if e["kind"] == "client" else pid_of.get(str(e["node_id"]))
+        rows.append({"round": e["round"], "partition": pid, "decision": decision,
+                     "verdict_before": levels[int(scores["gradleak-guard-verdict-before"])],
+                     "verdict": levels[int(scores["gradleak-guard-verdict"])],
+                     "psnr_worst_before": scores["gradleak-guard-psnr-worst-before"],
+                     "psnr_worst_after": scores["gradleak-guard-psnr-worst"],
+                     "reference_psnr": scores["gradleak-guard-reference-psnr"],
+                     "noise": scores["gradleak-guard-noise"]})
+    return sorted(rows, key=lambda r: (r["round"], r["partition"] if r["partition"] is not None else -1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--clients", type=base.positive_int, default=4)
+    ap.add_argument("--images", type=base.positive_int, default=1, help="private photographs per client")
+    ap.add_argument("--rounds", type=base.positive_int, default=5)
+    ap.add_argument("--lr", type=base.positive_float, default=0.05)
+    ap.add_argument("--epochs", type=base.positive_int, default=1)
+    ap.add_argument("--batch-size", type=base.positive_int, default=1)
+    ap.add_argument("--iterations", type=base.positive_int, default=40, help="DLG iterations per measurement")
+    ap.add_argument("--guard-policy", choices=("protect", "block", "report"), default="protect")
+    ap.add_argument("--workers", type=base.positive_int, default=1, help="audit-run processes")
+    ap.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.images % args.batch_size:
+        ap.error(f"argument --batch-size: got {args.batch_size}; allowed: a divisor of --images ({args.images})")
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    from gradleak.experiments.audit_run import audit_run
+    from gradleak.integrations.flower import LeakageGuard, load_index
+
+    parts, test = partitions(args.clients, args.images, args.seed)
+    (args.out / "clients").mkdir(parents=True, exist_ok=True)
+    results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "test_images": int(test[0].shape[0])}
+    t0 = time.time()
+    results["accuracy_plain"] = simulate(args.out / "plain", parts, test, args)
+    results["plain_s"] = round(time.time() - t0, 1)
+    # the truth map audit-run reads: node id -> the client's images (node ids from the capture index)
+    nodes = {e["metrics"]["partition-id"]: e["node_id"] for e in load_index(args.out / "plain") if e["kind"] == "client"}
+    lines = []
+    for pid, (x, y) in enumerate(parts):
+        save_file({"images": x.contiguous(), "labels": y.contiguous()}, str(args.out / "clients" / f"partition-{pid}.safetensors"))
+        lines.append(f"{nodes[pid]}: clients/partition-{pid}.safetensors")
+    (args.out / "truth.yaml").write_text("\n".join(lines) + "\n")
+
+    t0 = time.time()
+    run = audit_run(args.out / "plain", args.out / "audit", None, args.out / "truth.yaml", workers=args.workers,
+                    attack="dlg", options={"iterations": args.iterations}, progress=True, public="photos:public")
+    results["audit_s"] = round(time.time() - t0, 1)
+    pid_of = {str(v): k for k, v in nodes.items()}
+    results["audit"] = [{k: r.get(k) for k in ("round", "kind", "node_id", "num_images", "psnr_worst",
+                                                  "reference_psnr", "dpsnr_max", "verdict", "seconds")}
+                        | {"partition": pid_of.get(str(r["node_id"]))} for r in run.rows]
+
+    public = gl.load_dataset("photos", split="public", resolution=32, channels=3)  # the server's public data
+    guard = LeakageGuard(SPEC, protocol_from_config, lambda msg, ctx: parts[int(ctx.node_config["partition-id"])],
+                         policy=args.guard_policy, attack="dlg", attack_options={"iterations": args.iterations},
+                         seed=args.seed, public=(public.images, public.labels))
+    t0 = time.time()
+    results["accuracy_guarded"] = simulate(args.out / "guarded", parts, test, args, guard=guard)
+    results["guarded_s"] = round(time.time() - t0, 1)
+    results["guard"] = guard_rows(args.out / "guarded", pid_of)
+    atomic_write_json(args.out / "results.json", results)
+
+    print(f"\nFlower FedAvg, {args.clients} clients × {args.images} photo(s), {args.rounds} rounds; DLG "
+          f"{args.iterations} iterations, labels given; test set {results['test_images']} held-out photos")
+    print("| round | partition | kind | worst-case PSNR | best reference | verdict |\n|---:|---:|---|---:|---:|---|")
+    for r in results["audit"]:
+        print(f"| {r['round']} | {r['partition'] if r['partition'] is not None else '–'} | {r['kind']} | "
+              f"{r['psnr_worst']:.2f} | {r['reference_psnr']:.2f} | {r['verdict']} |" if r["psnr_worst"] is not None
+              else f"| {r['round']} | – | {r['kind']} | – | – | error |")
+    print(f"\nguard ({args.guard_policy}):\n| round | partition | decision | verdict before → after | worst-case PSNR "
+          "before → after | noise r |\n|---:|---:|---|---|---|---:|")
+    for d in results["guard"]:
+        print(f"| {d['round']} | {d['partition']} | {d['decision']} | {d['verdict_before']} → {d['verdict']} | "
+              f"{d['psnr_worst_before']:.2f} → {d['psnr_worst_after']:.2f} | {d['noise']:g} |")
+    print("\n| round | test accuracy without guard | with guard |\n|---:|---:|---:|")
+    for i, (a, b) in enumerate(zip(results["accuracy_plain"], results["accuracy_guarded"]), 1):
+        print(f"| {i} | {a:.3f} | {b:.3f} |")
+    print(f"\nsimulation {results['plain_s']} s, audit-run {results['audit_s']} s, guarded simulation "
+          f"{results['guarded_s']} s; page: {args.out / 'audit' / 'audit_run.html'}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
