@@ -190,7 +190,7 @@ def test_a_control_that_fails_prints_inconclusive_not_none(cli, tmp_path):
     assert r.stdout.startswith("Inconclusive") and "no leakage found" not in r.stdout.lower()
     assert "could not reconstruct even the undefended update" in r.stdout
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "inconclusive" in html and "No leakage found" not in html
+    assert "inconclusive" in html and "No leakage found" not in html and "Verdict: <span class=\"level\">none" not in html
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------------------------------
