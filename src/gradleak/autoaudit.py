@@ -283,7 +283,7 @@ def _merge_trace(run: PortfolioRun) -> list[dict]:
 
 def _assemble(cfg: RunConfig, case: Case, main: _Side, mode: str, control: ControlSummary | None,
               budget: AuditBudget, t0: float, timing: Timing, device: str, unmodelled: str | None,
-              notes: list[str]) -> AuditResult:
+              notes: list[str], flags: list[str] | None = None) -> AuditResult:
     level = main.calibration.verdict["batch"] if main.calibration is not None else None
     counts = main.calibration.verdict["counts"] if main.calibration is not None else None
     verdict = verdict_of(level, control.level if control else None, main.run.interrupted, unmodelled)
@@ -300,7 +300,7 @@ def _assemble(cfg: RunConfig, case: Case, main: _Side, mode: str, control: Contr
         rec_labels = finished[0].reconstruction.labels
     acc = label_accuracy(rec_labels, case.labels) if rec_labels is not None and rec_labels.shape == case.labels.shape \
         else None
-    flags = []
+    flags = list(flags or [])
     from gradleak.defenses.estimate import attacker_view
 
     view = attacker_view(main.obs)
@@ -479,4 +479,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
                      Timing(prepare=t1 - t0, capture=0.0, attack=t2 - t1, score=time.perf_counter() - t2), dev,
                      situation.view.unmodelled,
                      [f"audited a saved observation: {observation}",
-                      f"portfolio: {', '.join(p.attack.name for p in plans)}"])
+                      f"portfolio: {', '.join(p.attack.name for p in plans)}"],
+                     [] if pub else ["references: the grey image only (no --public data): a generative prior's "
+                                     "generic output can beat grey alone; pass --public for the public-mean and "
+                                     "same-class references"])
