@@ -109,6 +109,7 @@ def part_b(budget: float, checks: list, only: str | None = None) -> str:
     from gradleak.autoaudit import audit_auto
 
     out = [f"### (b) verdicts (budget {budget:g} s each; the ResNet case 60 s)\n",
+           "(the worst-case PSNR and the control as in the report; 'attacks' lists the iterations each ran)\n",
            "| case | verdict | worst-case PSNR | control | wall-clock | attacks (iterations) |", "|---|---|---|---|---|---|"]
     for name, over, want, want_control in VERDICT_CASES:
         if only and only not in name:
@@ -119,7 +120,7 @@ def part_b(budget: float, checks: list, only: str | None = None) -> str:
         took = time.perf_counter() - t0
         a = res.audit
         ctl = a.control
-        ctl_text = ctl.skipped or f"{ctl.level} ({ctl.psnr:.2f} dB, batch {ctl.batch})" if ctl else "–"
+        ctl_text = (ctl.skipped or f"{ctl.level} ({ctl.psnr or float('nan'):.2f} dB, batch {ctl.batch})") if ctl else "–"
         atk = ", ".join(f"{r.name} ({r.iterations})" for r in a.attacks)
         out.append(f"| {name} | {a.verdict} | {res.scores.psnr['mean']:.2f} dB | {ctl_text} | {took:.0f} s of "
                    f"{b:g} s | {atk} |")

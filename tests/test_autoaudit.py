@@ -174,7 +174,7 @@ def test_verdict_rule_never_says_no_leakage_without_a_control_that_worked():
         assert verdict_of("none", control, False, None) == "inconclusive"
     assert verdict_of("none", "recognisable", True, None) == "inconclusive"  # interrupted
     assert verdict_of("none", "recognisable", False, "hidden seed") == "inconclusive"
-    assert verdict_of(None, "recognisable", False, None) == "not scored"
+    assert verdict_of(None, "recognisable", False, None) == "inconclusive"  # no attack returned images
 
 
 def test_a_control_that_fails_prints_inconclusive_not_none(cli, tmp_path):

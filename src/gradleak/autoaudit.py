@@ -8,7 +8,7 @@ Verdicts (:data:`VERDICTS`): *leaks* (an image recognisable, the rule of
 :class:`gradleak.metrics.reference.VerdictRule`), *partial*, *no leakage found* — only when the positive control
 reached recognisable —, *inconclusive* — when it did not ("the attacks could not reconstruct even the
 undefended update within this budget"), when the audit was interrupted before anything leaked, or when the
-defense chain holds a transform no attack models; *not scored* without the true images.
+defense chain holds a transform no attack models, or when no attack returned images within the budget.
 
 The positive control is the same model, θ_0 and protocol without the defense chain (and, when there is no
 defense, at batch 1), on the true images (a simulated case, or ``--truth``) or public images; it runs the
@@ -44,7 +44,7 @@ from gradleak.fl.observation import Observation
 from gradleak.metrics.reference import margins as reference_margins
 from gradleak.portfolio import PortfolioRun, choose, run_portfolio, situation_of
 
-VERDICTS = ("leaks", "partial", "no leakage found", "inconclusive", "not scored")
+VERDICTS = ("leaks", "partial", "no leakage found", "inconclusive")
 RESERVE_FRACTION, RESERVE_MIN = 0.08, 1.0
 LEVEL_VERDICT = {"recognisable": "leaks", "partial": "partial"}
 
@@ -209,8 +209,8 @@ def control_case(model, images: Tensor, labels: Tensor, protocol, defended: bool
 
 def verdict_of(level: str | None, control_level: str | None, interrupted: bool, unmodelled: str | None) -> str:
     """The audit verdict from the worst case's level and the control's (see the module docstring)."""
-    if level is None:
-        return "not scored"
+    if level is None:  # no attack returned images: nothing was shown either way
+        return "inconclusive"
     if level in LEVEL_VERDICT:
         return LEVEL_VERDICT[level]
     if interrupted or unmodelled or control_level != "recognisable":
@@ -221,19 +221,23 @@ def verdict_of(level: str | None, control_level: str | None, interrupted: bool, 
 def sentence_of(verdict: str, level_counts: dict | None, budget: AuditBudget, seconds: float, tried: list[str],
                 interrupted: bool, control: ControlSummary | None, unmodelled: str | None) -> str:
     """The first screen's one sentence."""
-    n = sum((level_counts or {}).values())
-    what = {
-        "leaks": f"Leaks: {level_counts.get('recognisable', 0)} of {n} images recognisable",
-        "partial": f"Partial leakage: {level_counts.get('partial', 0)} of {n} images partly reconstructed",
-        "no leakage found": "No leakage found: no image beat the references, while the same attacks reconstructed "
-                            "the undefended control",
-        "inconclusive": "Inconclusive: no image beat the references, but "
-                        + ("the audit was interrupted" if interrupted else
-                           f"the defense chain holds a transform no attack models ({unmodelled})" if unmodelled else
-                           "the attacks could not reconstruct even the undefended update within this budget"
-                           + (f" (control: {control.level or control.skipped})" if control else "")),
-        "not scored": "Not scored: no true images were given to compare with",
-    }[verdict]
+    counts = level_counts or {}
+    n = sum(counts.values())
+    if verdict == "leaks":
+        what = f"Leaks: {counts.get('recognisable', 0)} of {n} images recognisable"
+    elif verdict == "partial":
+        what = f"Partial leakage: {counts.get('partial', 0)} of {n} images partly reconstructed"
+    elif verdict == "no leakage found":
+        what = ("No leakage found: no image beat the references, while the same attacks reconstructed the "
+                "undefended control")
+    elif level_counts is None:
+        what = "Inconclusive: no attack returned images within this budget"
+    else:
+        what = "Inconclusive: no image beat the references, but " + (
+            "the audit was interrupted" if interrupted else
+            f"the defense chain holds a transform no attack models ({unmodelled})" if unmodelled else
+            "the attacks could not reconstruct even the undefended update within this budget"
+            + (f" (control: {control.level or control.skipped})" if control else ""))
     return (f"{what} — budget {budget.describe()} ({seconds:.0f} s used{', interrupted' if interrupted else ''}); "
             f"attacks tried: {', '.join(tried) or 'none'}.")
 
