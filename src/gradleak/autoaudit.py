@@ -184,11 +184,12 @@ def _labels_for(obs: Observation, model) -> tuple[Tensor, str]:
 
 
 def _attack_side(obs: Observation, plans, images: Tensor, true_labels: Tensor, cfg: RunConfig, seconds, iterations,
-                 progress: bool, device: str, public=None, data: str | None = None) -> tuple[_Side, str]:
+                 progress: bool, device: str, public=None, data: str | None = None,
+                 seconds_per_iteration: float = 0.0) -> tuple[_Side, str]:
     model = obs.build_model()
     labels, mode = _labels_for(obs, model)
     run = run_portfolio(obs, plans, labels, model, seconds=seconds, iterations=iterations, seed=cfg.seed,
-                        progress=progress, device=device)
+                        progress=progress, device=device, seconds_per_iteration=seconds_per_iteration)
     rows, worst = score_portfolio(run, images, cfg)
     side = _Side(obs, images, true_labels, run, rows, worst)
     if worst:
@@ -396,7 +397,7 @@ def audit_auto(cfg: RunConfig, budget: AuditBudget | str | None = None, prior: s
         left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
                                               - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
         cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    device)
+                                    device, seconds_per_iteration=main.run.seconds_per_iteration)
         control = _control_summary(cside, built, cmode)
     t4 = time.perf_counter()
     return _assemble(cfg, case, main, mode, control, budget, t0,
@@ -475,7 +476,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
         left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
                                               - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
         cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    dev, public_refs, data)
+                                    dev, public_refs, data, main.run.seconds_per_iteration)
         control = _control_summary(cside, built, cmode)
     case = Case(model=model, images=x, labels=y_true, protocol=obs.protocol, model_spec=obs.model_spec,
                 give_labels=obs.labels is not None)
