@@ -174,7 +174,7 @@ def test_verdict_rule_never_says_no_leakage_without_a_control_that_worked():
         assert verdict_of("none", control, False, None) == "inconclusive"
     assert verdict_of("none", "recognisable", True, None) == "inconclusive"  # interrupted
     assert verdict_of("none", "recognisable", False, "hidden seed") == "inconclusive"
-    assert verdict_of(None, "recognisable", False, None) == "not scored"
+    assert verdict_of(None, "recognisable", False, None) == "inconclusive"  # no attack returned images
 
 
 def test_a_control_that_fails_prints_inconclusive_not_none(cli, tmp_path):
@@ -190,7 +190,7 @@ def test_a_control_that_fails_prints_inconclusive_not_none(cli, tmp_path):
     assert r.stdout.startswith("Inconclusive") and "no leakage found" not in r.stdout.lower()
     assert "could not reconstruct even the undefended update" in r.stdout
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "inconclusive" in html and "No leakage found" not in html
+    assert "inconclusive" in html and "No leakage found" not in html and "Verdict: <span class=\"level\">none" not in html
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------------------------------
@@ -254,3 +254,38 @@ def test_observation_with_nothing_attackable_is_refused(cli, tmp_path):
     save_file({"images": case.images.contiguous()}, str(tmp_path / "truth.safetensors"))
     _refused(cli("audit", tmp_path / "obs", "--truth", tmp_path / "truth.safetensors", "--budget", "5s",
                  "--out", tmp_path / "run"), "observation", tmp_path / "run")
+
+
+# --- a captured observation, and sweeps ----------------------------------------------------------------------------
+
+def test_audit_of_a_captured_observation_builds_its_control_from_the_observation(cli, tmp_path):
+    _, case = _situation("defense=[{name: noise, sigma: 1.0}]")
+    obs = capture(case)  # labels not given: recovered first
+    obs.save(tmp_path / "obs" / "observation")
+    save_file({"images": case.images.contiguous()}, str(tmp_path / "truth.safetensors"))
+    out = tmp_path / "run"
+    r = cli("audit", tmp_path / "obs", "--truth", tmp_path / "truth.safetensors", "--public", "digits:public",
+            "--budget", "3it", "--out", out)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((out / "metrics.json").read_text())["audit"]
+    assert a["label_mode"] == "recover" and a["budget_iterations"] == 3
+    assert [x["name"] for x in a["attacks"]][:1] == ["invertgrad"] and "rog" in [x["name"] for x in a["attacks"]]
+    assert a["control"]["built"].startswith("the observation's model") and a["control"]["batch"] == 2
+    assert a["verdict"] in ("leaks", "partial", "inconclusive")  # 3 iterations: never "no leakage found" unchecked
+    assert a["verdict"] != "no leakage found" or a["control"]["level"] == "recognisable"
+    assert len(a["winners"]) == 2 and (out / "attacks.png").is_file() and (out / "worst_pair.png").is_file()
+    r = cli("audit", tmp_path / "obs", "--budget", "3it", "--out", tmp_path / "run2")
+    _refused(r, "--truth", tmp_path / "run2")
+
+
+def test_sweeps_accept_attack_auto_and_check_its_budget(tmp_path):
+    from gradleak.experiments.sweep import load_sweep
+
+    base = "base: {data: {name: digits, channels: 1, batch_size: 1}, attack: {name: auto, options: {budget: %s}}}\n"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(base % "5s" + "axes: {seed: [0, 1]}\n")
+    assert len(load_sweep(ok).runs()) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base % "never" + "axes: {seed: [0, 1]}\n")
+    with pytest.raises(UserError, match="attack.options.budget"):
+        load_sweep(bad)

@@ -25,13 +25,14 @@ CASES = {
     "giml_bench": (["--smoke"], ["table.md", "results.json", "psnr_vs_step.png", "multi_gradient.png"]),
     "defense_sweep": (["--iterations", "2", "--images", "1"], []),
     "label_recovery": (["--seeds", "1", "--cases", "lenet-fedsgd-b4,lenet-flower-config-b2"], []),
+    "audit_bench": (["--parts", "c", "--halving-batches", "1", "--iterations", "8"], []),
     "gias_leaveout": (["--folds", "1", "--steps", "2", "--batches", "1", "--iterations", "2", "--victims", "relu"],
                       ["table.md", "grid_relu.png", "prior_fold1/prior.safetensors"]),
     "secagg": (["--clients", "1,2", "--batch", "1", "--iterations", "2"], ["table.md", "results.json", "secagg.png"]),
 }
 
 
-CHECKED = {"gias_table", "rog_table", "rogs_table", "giml_bench"}  # scripts that print acceptance checks
+CHECKED = {"gias_table", "rog_table", "rogs_table", "giml_bench", "audit_bench"}  # scripts that print acceptance checks
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -30,6 +30,7 @@ from gradleak.config import RunConfig
 from gradleak.data import load_dataset, sample_batch
 from gradleak.defenses import build_defenses
 from gradleak.devices import resolve as resolve_device, run_attack
+from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 from gradleak.metrics import apply_match, lpips_status, score_images
@@ -219,6 +220,9 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     ``attack``: an already built attack object to reuse (e.g. across a sweep's runs); by default it is
     built from ``cfg.attack``."""
     t0 = time.perf_counter()
+    if cfg.attack.name == "auto" and attack is None:
+        raise UserError("attack.name: got 'auto' in gradleak.audit.audit; allowed: a registered attack here — the "
+                        "portfolio runs through gradleak.autoaudit.audit_auto (gradleak audit, gradleak run, sweeps)")
     resolve_device(cfg.device)  # a bad device fails before any work
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)

@@ -8,7 +8,7 @@ Verdicts (:data:`VERDICTS`): *leaks* (an image recognisable, the rule of
 :class:`gradleak.metrics.reference.VerdictRule`), *partial*, *no leakage found* — only when the positive control
 reached recognisable —, *inconclusive* — when it did not ("the attacks could not reconstruct even the
 undefended update within this budget"), when the audit was interrupted before anything leaked, or when the
-defense chain holds a transform no attack models; *not scored* without the true images.
+defense chain holds a transform no attack models, or when no attack returned images within the budget.
 
 The positive control is the same model, θ_0 and protocol without the defense chain (and, when there is no
 defense, at batch 1), on the true images (a simulated case, or ``--truth``) or public images; it runs the
@@ -44,7 +44,7 @@ from gradleak.fl.observation import Observation
 from gradleak.metrics.reference import margins as reference_margins
 from gradleak.portfolio import PortfolioRun, choose, run_portfolio, situation_of
 
-VERDICTS = ("leaks", "partial", "no leakage found", "inconclusive", "not scored")
+VERDICTS = ("leaks", "partial", "no leakage found", "inconclusive")
 RESERVE_FRACTION, RESERVE_MIN = 0.08, 1.0
 LEVEL_VERDICT = {"recognisable": "leaks", "partial": "partial"}
 
@@ -184,11 +184,12 @@ def _labels_for(obs: Observation, model) -> tuple[Tensor, str]:
 
 
 def _attack_side(obs: Observation, plans, images: Tensor, true_labels: Tensor, cfg: RunConfig, seconds, iterations,
-                 progress: bool, device: str, public=None, data: str | None = None) -> tuple[_Side, str]:
+                 progress: bool, device: str, public=None, data: str | None = None,
+                 seconds_per_iteration: float = 0.0) -> tuple[_Side, str]:
     model = obs.build_model()
     labels, mode = _labels_for(obs, model)
     run = run_portfolio(obs, plans, labels, model, seconds=seconds, iterations=iterations, seed=cfg.seed,
-                        progress=progress, device=device)
+                        progress=progress, device=device, seconds_per_iteration=seconds_per_iteration)
     rows, worst = score_portfolio(run, images, cfg)
     side = _Side(obs, images, true_labels, run, rows, worst)
     if worst:
@@ -209,8 +210,8 @@ def control_case(model, images: Tensor, labels: Tensor, protocol, defended: bool
 
 def verdict_of(level: str | None, control_level: str | None, interrupted: bool, unmodelled: str | None) -> str:
     """The audit verdict from the worst case's level and the control's (see the module docstring)."""
-    if level is None:
-        return "not scored"
+    if level is None:  # no attack returned images: nothing was shown either way
+        return "inconclusive"
     if level in LEVEL_VERDICT:
         return LEVEL_VERDICT[level]
     if interrupted or unmodelled or control_level != "recognisable":
@@ -221,19 +222,23 @@ def verdict_of(level: str | None, control_level: str | None, interrupted: bool, 
 def sentence_of(verdict: str, level_counts: dict | None, budget: AuditBudget, seconds: float, tried: list[str],
                 interrupted: bool, control: ControlSummary | None, unmodelled: str | None) -> str:
     """The first screen's one sentence."""
-    n = sum((level_counts or {}).values())
-    what = {
-        "leaks": f"Leaks: {level_counts.get('recognisable', 0)} of {n} images recognisable",
-        "partial": f"Partial leakage: {level_counts.get('partial', 0)} of {n} images partly reconstructed",
-        "no leakage found": "No leakage found: no image beat the references, while the same attacks reconstructed "
-                            "the undefended control",
-        "inconclusive": "Inconclusive: no image beat the references, but "
-                        + ("the audit was interrupted" if interrupted else
-                           f"the defense chain holds a transform no attack models ({unmodelled})" if unmodelled else
-                           "the attacks could not reconstruct even the undefended update within this budget"
-                           + (f" (control: {control.level or control.skipped})" if control else "")),
-        "not scored": "Not scored: no true images were given to compare with",
-    }[verdict]
+    counts = level_counts or {}
+    n = sum(counts.values())
+    if verdict == "leaks":
+        what = f"Leaks: {counts.get('recognisable', 0)} of {n} images recognisable"
+    elif verdict == "partial":
+        what = f"Partial leakage: {counts.get('partial', 0)} of {n} images partly reconstructed"
+    elif verdict == "no leakage found":
+        what = ("No leakage found: no image beat the references, while the same attacks reconstructed the "
+                "undefended control")
+    elif level_counts is None:
+        what = "Inconclusive: no attack returned images within this budget"
+    else:
+        what = "Inconclusive: no image beat the references, but " + (
+            "the audit was interrupted" if interrupted else
+            f"the defense chain holds a transform no attack models ({unmodelled})" if unmodelled else
+            "the attacks could not reconstruct even the undefended update within this budget"
+            + (f" (control: {control.level or control.skipped})" if control else ""))
     return (f"{what} — budget {budget.describe()} ({seconds:.0f} s used{', interrupted' if interrupted else ''}); "
             f"attacks tried: {', '.join(tried) or 'none'}.")
 
@@ -283,7 +288,7 @@ def _merge_trace(run: PortfolioRun) -> list[dict]:
 
 def _assemble(cfg: RunConfig, case: Case, main: _Side, mode: str, control: ControlSummary | None,
               budget: AuditBudget, t0: float, timing: Timing, device: str, unmodelled: str | None,
-              notes: list[str]) -> AuditResult:
+              notes: list[str], flags: list[str] | None = None) -> AuditResult:
     level = main.calibration.verdict["batch"] if main.calibration is not None else None
     counts = main.calibration.verdict["counts"] if main.calibration is not None else None
     verdict = verdict_of(level, control.level if control else None, main.run.interrupted, unmodelled)
@@ -300,7 +305,7 @@ def _assemble(cfg: RunConfig, case: Case, main: _Side, mode: str, control: Contr
         rec_labels = finished[0].reconstruction.labels
     acc = label_accuracy(rec_labels, case.labels) if rec_labels is not None and rec_labels.shape == case.labels.shape \
         else None
-    flags = []
+    flags = list(flags or [])
     from gradleak.defenses.estimate import attacker_view
 
     view = attacker_view(main.obs)
@@ -392,7 +397,7 @@ def audit_auto(cfg: RunConfig, budget: AuditBudget | str | None = None, prior: s
         left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
                                               - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
         cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    device)
+                                    device, seconds_per_iteration=main.run.seconds_per_iteration)
         control = _control_summary(cside, built, cmode)
     t4 = time.perf_counter()
     return _assemble(cfg, case, main, mode, control, budget, t0,
@@ -471,7 +476,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
         left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
                                               - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
         cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    dev, public_refs, data)
+                                    dev, public_refs, data, main.run.seconds_per_iteration)
         control = _control_summary(cside, built, cmode)
     case = Case(model=model, images=x, labels=y_true, protocol=obs.protocol, model_spec=obs.model_spec,
                 give_labels=obs.labels is not None)
@@ -479,4 +484,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
                      Timing(prepare=t1 - t0, capture=0.0, attack=t2 - t1, score=time.perf_counter() - t2), dev,
                      situation.view.unmodelled,
                      [f"audited a saved observation: {observation}",
-                      f"portfolio: {', '.join(p.attack.name for p in plans)}"])
+                      f"portfolio: {', '.join(p.attack.name for p in plans)}"],
+                     [] if pub else ["references: the grey image only (no --public data): a generative prior's "
+                                     "generic output can beat grey alone; pass --public for the public-mean and "
+                                     "same-class references"])

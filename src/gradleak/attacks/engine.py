@@ -595,7 +595,10 @@ def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, firs
             prev = stage.parametrization.images().detach()
         if run.stopped in ("interrupted", "budget"):
             break
-    final = objective_value(ctx, objective, prev, current_labels()).detach()
+    if run.stopped in ("budget", "interrupted"):  # out of time: rank by the last step's objective, no extra pass
+        final = last.detach() if torch.isfinite(last).all() else torch.zeros(len(alive))
+    else:
+        final = objective_value(ctx, objective, prev, current_labels()).detach()
     imgs = prev.detach().clamp(0, 1)
     lab = current_labels().detach()
     if lab.dim() == 3:

@@ -167,7 +167,12 @@ def load_sweep(path: str | Path) -> Sweep:
     for run in sweep.runs()[:: sweep.batches]:  # every cell's config and attack options, before any work
         try:
             cfg = sweep.config(run)
-            build_attack(cfg.attack.name, **cfg.attack.options)
+            if cfg.attack.name == "auto":  # the portfolio: only its budget is an option
+                from gradleak.attacks.budget import parse_budget
+
+                parse_budget(cfg.attack.options.get("budget", "10m"), "attack.options.budget")
+            else:
+                build_attack(cfg.attack.name, **cfg.attack.options)
         except UserError as err:
             where = ", ".join(f"{k}={_short(v)}" for k, v in run.values)
             raise UserError(f"sweep cell {run.cell} ({where}): {err}") from None
@@ -185,13 +190,13 @@ def run_one(sweep: Sweep, run: Run, out: str, threads: int = 1) -> dict:
     """Audit one run and write its directory; returns its results row. Runs in any worker process."""
     import torch
 
-    from gradleak.audit import audit
+    from gradleak.autoaudit import run_config
     from gradleak.report.writer import write_run
 
     if threads:
         torch.set_num_threads(threads)
     cfg = sweep.config(run)
-    result = audit(cfg)
+    result = run_config(cfg)  # attack: auto runs the audit's portfolio
     write_run(result, Path(out) / "runs" / run.key)
     return row_of(run, result.metrics())
 
@@ -209,7 +214,7 @@ def row_of(run: Run, m: dict) -> dict:
                 "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
                 "seconds": m.get("seconds"), "distance": m.get("distance"),
                 "dpsnr": ((m.get("margins") or {}).get("psnr") or {}).get("mean"),
-                "verdict": (m.get("verdict") or {}).get("batch")})
+                "verdict": (m.get("audit") or {}).get("verdict") or (m.get("verdict") or {}).get("batch")})
     return row
 
 

@@ -1,6 +1,9 @@
 """Run a portfolio under one budget (the split rules are fixed and documented here).
 
 * Closed-form attacks run first, outside the split (they take seconds); their time counts.
+* A search is skipped when its share is under ``MIN_ITERATIONS`` of the slowest iteration measured so far on
+  this victim (by an earlier search, or given by the caller), or under ``MIN_SHARE`` seconds: it could not
+  run a useful schedule, and starting it would overrun the budget by at least one iteration.
 * The search attacks then run in the portfolio's order; each gets an equal share of the time still left
   (left / number of searches not yet run), so time an attack saves — its schedule done early, a plateau
   (:mod:`gradleak.attacks.budget`) — goes to the ones after it. Each search starts R restarts pruned by
@@ -24,6 +27,7 @@ from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 
 MIN_SHARE = 0.5  # seconds: a search with less than this left is skipped ("no time left")
+MIN_ITERATIONS = 3  # ... or with less than this many of the slowest iteration seen on this victim
 
 
 @dataclass
@@ -48,6 +52,7 @@ class PortfolioRun:
     runs: list[AttackRun] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0
+    seconds_per_iteration: float = 0.0  # the slowest search iteration measured (for the skip rule)
 
     @property
     def finished(self) -> list[AttackRun]:
@@ -57,11 +62,13 @@ class PortfolioRun:
 
 def run_portfolio(obs: Observation, plans: list[AuditPlan], labels: Tensor | None, model: nn.Module,
                   seconds: float | None = None, iterations: int | None = None, seed: int = 0,
-                  progress: bool = False, device: str = "cpu") -> PortfolioRun:
-    """Run ``plans`` on ``obs`` within ``seconds`` of wall-clock (or ``iterations`` per search attack)."""
+                  progress: bool = False, device: str = "cpu", seconds_per_iteration: float = 0.0) -> PortfolioRun:
+    """Run ``plans`` on ``obs`` within ``seconds`` of wall-clock (or ``iterations`` per search attack);
+    ``seconds_per_iteration``: an iteration's cost already measured on this victim (e.g. by the audited run,
+    for its control)."""
     t0 = time.perf_counter()
     deadline = None if seconds is None else t0 + seconds
-    out = PortfolioRun()
+    out = PortfolioRun(seconds_per_iteration=seconds_per_iteration)
     searches_left = sum(1 for p in plans if not p.closed_form)
     for plan in plans:
         run = AttackRun(name=plan.attack.name, reason=plan.reason, closed_form=plan.closed_form)
@@ -75,8 +82,10 @@ def run_portfolio(obs: Observation, plans: list[AuditPlan], labels: Tensor | Non
                 left = deadline - time.perf_counter()
                 run.share = left / max(searches_left, 1)
                 searches_left -= 1
-                if run.share < MIN_SHARE:
-                    run.stopped, run.note = "skipped", "no time left in the budget"
+                if run.share < max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration):
+                    run.stopped, run.note = "skipped", ("no time left in the budget" if run.share < MIN_SHARE else
+                                                        f"no time for {MIN_ITERATIONS} iterations (one took "
+                                                        f"{out.seconds_per_iteration:.1f} s)")
                     continue
                 budget = Budget(seconds=run.share, halving=True)
             else:
@@ -93,6 +102,8 @@ def run_portfolio(obs: Observation, plans: list[AuditPlan], labels: Tensor | Non
         else:
             run.reconstruction = rec
             run.iterations = rec.iterations
+            if not plan.closed_form and rec.iterations:
+                out.seconds_per_iteration = max(out.seconds_per_iteration, rec.seconds / rec.iterations)
             run.stopped = rec.stopped or "completed"
             out.interrupted = rec.stopped == "interrupted"
         run.seconds = time.perf_counter() - t1

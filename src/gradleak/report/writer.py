@@ -38,7 +38,8 @@ def audit_figures(out: Path, result: "AuditResult") -> list[tuple[str, str]]:
         p = result.scores.psnr["per_image"][i]
         reconstruction_grid(originals[i:i + 1], result.matched[i:i + 1], [f"{p:.1f} dB · {who}"],
                             out / "worst_pair.png", scale=6)
-        figures.append((f"The image that leaks most (image {i}): original above, best reconstruction ({who}) below",
+        figures.append((f"The image reconstructed best, by its margin over the references (image {i}): original "
+                        f"above, best reconstruction ({who}) below",
                         "worst_pair.png"))
     if result.attack_images:
         names = list(result.attack_images)

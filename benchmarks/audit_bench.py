@@ -1,0 +1,210 @@
+"""``gradleak audit``'s claims (issue 27), measured:
+
+(a) **portfolio vs best single attack** — on each batch, the audit's per-image worst case over its portfolio,
+    run with a time budget T, against every attack of that portfolio run alone with the same T (the same
+    budgeted engine: iterations fitted to T); check: the portfolio's mean PSNR is within 0.5 dB of, or above,
+    the best single attack's.
+(b) **verdicts** — an undefended batch-4 LeNet case → *leaks*; FedCDP at ε = 1 → *no leakage found* with the
+    control recognisable; ResNet-18 width 64 at 64×64 with a one-minute budget → *inconclusive*.
+(c) **successive halving** — InvertGrad with 4 restarts pruned by halving against 4 restarts run to the end and
+    one restart, at the same iteration count and thread count (interleaved per batch); checks: 4 pruned
+    restarts cost ≤ 2× one restart's wall-clock, and their final PSNR is within 0.5 dB of the 4 full ones
+    (mean over ≥ 8 batches).
+
+Printed: markdown tables and ``- check: yes|NO`` lines (exit 1 if any NO). Timings are one torch thread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import positive_int  # noqa: F401  (also puts src/ on the path)
+
+
+def _cfg(overrides: list[str]):
+    from gradleak.config import load_config
+
+    return load_config(None, ["metrics.tagger=none", "attack.name=auto"] + overrides)
+
+
+CASES = {
+    "lenet-digits-b4": ["data.name=digits", "data.channels=1", "data.batch_size=4", "model.name=lenet"],
+    "convnet-photos-b4": ["data.name=photos", "data.resolution=32", "data.batch_size=4", "model.name=convnet",
+                          "model.options={width: 32}"],
+}
+
+
+def part_a(case: str, batches: int, budget: float, checks: list) -> str:
+    """Portfolio worst case vs each of its attacks alone, same budget."""
+    import torch
+
+    from gradleak.attacks.budget import Budget, budgeted
+    from gradleak.audit import build_case, score
+    from gradleak.autoaudit import score_portfolio
+    from gradleak.case import capture
+    from gradleak.devices import run_attack
+    from gradleak.portfolio import choose, run_portfolio, situation_of
+
+    rows, port, singles = [], [], {}
+    for b in range(batches):
+        cfg = _cfg(CASES[case] + [f"seed={b}"])
+        case_ = build_case(cfg)
+        obs = capture(case_, seed=b)
+        model = obs.build_model()
+        from gradleak.attacks.labels import recover_labels
+
+        labels = recover_labels(obs, model)
+        plans = choose(situation_of(obs, model, labels))
+        run = run_portfolio(obs, plans, labels, model, seconds=budget, seed=b)
+        _, worst = score_portfolio(run, case_.images, cfg)
+        p = score(worst["images"], case_.images, cfg)[0].psnr["mean"]
+        port.append(p)
+        line = {"batch": b, "portfolio": p, "portfolio_s": run.seconds}
+        for plan in plans:
+            t0 = time.perf_counter()
+            with budgeted(Budget(seconds=budget, halving=True)):
+                rec = run_attack(plan.attack, obs, labels, b, model)
+            s = score(rec.images, case_.images, cfg)[0].psnr["mean"] if rec.images.shape == case_.images.shape \
+                else float("nan")
+            singles.setdefault(plan.attack.name, []).append(s)
+            line[plan.attack.name] = s
+            line[plan.attack.name + "_s"] = time.perf_counter() - t0
+        rows.append(line)
+        print(json.dumps(line), file=sys.stderr, flush=True)
+        torch.manual_seed(0)
+    names = list(singles)
+    best_name = max(names, key=lambda n: statistics.fmean(singles[n]))
+    best = statistics.fmean(singles[best_name])
+    mean_p = statistics.fmean(port)
+    out = [f"### (a) portfolio vs single attacks — {case}, budget {budget:g} s per run, {batches} batches\n",
+           "| batch | portfolio (worst case per image) | " + " | ".join(f"{n} alone" for n in names) + " |",
+           "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        out.append(f"| {r['batch']} | {r['portfolio']:.2f} dB ({r['portfolio_s']:.0f} s) | "
+                   + " | ".join(f"{r[n]:.2f} dB ({r[n + '_s']:.0f} s)" for n in names) + " |")
+    out.append(f"| mean | {mean_p:.2f} dB | " + " | ".join(f"{statistics.fmean(singles[n]):.2f} dB" for n in names)
+               + " |")
+    checks.append((f"(a) {case}: portfolio {mean_p:.2f} dB within 0.5 dB of / above the best single attack "
+                   f"({best_name}, {best:.2f} dB)", mean_p >= best - 0.5))
+    return "\n".join(out)
+
+
+VERDICT_CASES = [
+    ("undefended LeNet, digits, batch 4", ["data.name=digits", "data.channels=1", "data.batch_size=4",
+                                           "model.name=lenet"], "leaks", None),
+    ("FedCDP ε = 1, LeNet, digits, batch 4", ["data.name=digits", "data.channels=1", "data.batch_size=4",
+                                              "model.name=lenet", "defense=[{name: fedcdp, epsilon: 1.0}]"],
+     "no leakage found", "recognisable"),
+    ("ResNet-18 width 64, photos 64×64, batch 4, 1 min", ["data.name=photos", "data.resolution=64",
+                                                          "data.batch_size=4", "model.name=resnet18",
+                                                          "model.options={width: 64}"], "inconclusive", None),
+]
+
+
+def part_b(budget: float, checks: list, only: str | None = None) -> str:
+    from gradleak.autoaudit import audit_auto
+
+    out = [f"### (b) verdicts (budget {budget:g} s each; the ResNet case 60 s)\n",
+           "(the worst-case PSNR and the control as in the report; 'attacks' lists the iterations each ran)\n",
+           "| case | verdict | worst-case PSNR | control | wall-clock | attacks (iterations) |", "|---|---|---|---|---|---|"]
+    for name, over, want, want_control in VERDICT_CASES:
+        if only and only not in name:
+            continue
+        b = 60.0 if "ResNet" in name else budget
+        t0 = time.perf_counter()
+        res = audit_auto(_cfg(over), f"{b}s")
+        took = time.perf_counter() - t0
+        a = res.audit
+        ctl = a.control
+        ctl_text = (ctl.skipped or f"{ctl.level} ({ctl.psnr or float('nan'):.2f} dB, batch {ctl.batch})") if ctl else "–"
+        atk = ", ".join(f"{r.name} ({r.iterations})" for r in a.attacks)
+        out.append(f"| {name} | {a.verdict} | {res.scores.psnr['mean']:.2f} dB | {ctl_text} | {took:.0f} s of "
+                   f"{b:g} s | {atk} |")
+        ok = a.verdict == want and (want_control is None or (ctl is not None and ctl.level == want_control))
+        checks.append((f"(b) {name}: {a.verdict} (want {want}"
+                       + (f", control {want_control}" if want_control else "") + ")", ok))
+        checks.append((f"(b) {name}: wall-clock {took:.1f} s within 10 % of the {b:g} s budget", took <= 1.1 * b))
+    return "\n".join(out)
+
+
+def part_c(batches: int, iterations: int, checks: list) -> str:
+    """Successive halving: 4 pruned restarts vs 4 full vs 1, InvertGrad, same iterations."""
+    from gradleak.attacks import build_attack
+    from gradleak.attacks.budget import Budget, budgeted
+    from gradleak.audit import build_case, score
+    from gradleak.case import capture
+
+    rows = []
+    for b in range(batches):
+        cfg = _cfg(CASES["lenet-digits-b4"][:2] + ["data.batch_size=2", "model.name=lenet", f"seed={b}"])
+        case_ = build_case(cfg)
+        case_.give_labels = True
+        obs = capture(case_, seed=b)
+        line = {"batch": b}
+        for key, restarts, halving in (("one", 1, False), ("halving", 4, True), ("full", 4, False)):
+            atk = build_attack("invertgrad", restarts=restarts, iterations=iterations)
+            t0 = time.perf_counter()
+            with budgeted(Budget(iterations=iterations, halving=halving, plateau=None)):
+                rec = atk(obs, obs.labels, seed=b, progress=False)
+            line[key + "_s"] = time.perf_counter() - t0
+            line[key] = score(rec.images, case_.images, cfg)[0].psnr["mean"]
+        rows.append(line)
+        print(json.dumps(line), file=sys.stderr, flush=True)
+    mean = {k: statistics.fmean(r[k] for r in rows) for k in ("one", "halving", "full", "one_s", "halving_s",
+                                                               "full_s")}
+    out = [f"### (c) successive halving — InvertGrad, LeNet, digits, batch 2, {iterations} iterations, "
+           f"{batches} batches\n",
+           "| batch | 1 restart | 4 restarts, halving | 4 restarts to the end |", "|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['batch']} | {r['one']:.2f} dB, {r['one_s']:.1f} s | {r['halving']:.2f} dB, "
+                   f"{r['halving_s']:.1f} s | {r['full']:.2f} dB, {r['full_s']:.1f} s |")
+    out.append(f"| mean | {mean['one']:.2f} dB, {mean['one_s']:.1f} s | {mean['halving']:.2f} dB, "
+               f"{mean['halving_s']:.1f} s | {mean['full']:.2f} dB, {mean['full_s']:.1f} s |")
+    ratio = mean["halving_s"] / mean["one_s"]
+    checks.append((f"(c) 4 restarts with halving cost {ratio:.2f}× one restart (≤ 2×)", ratio <= 2.0))
+    gap = mean["full"] - mean["halving"]
+    checks.append((f"(c) halving's PSNR {mean['halving']:.2f} dB is within 0.5 dB of all 4 to the end "
+                   f"({mean['full']:.2f} dB)", gap <= 0.5))
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c (comma-separated)")
+    ap.add_argument("--batches", type=positive_int, default=4, help="(a) batches per case")
+    ap.add_argument("--budget", type=float, default=30.0, help="(a) seconds per run; (b) seconds per audit")
+    ap.add_argument("--cases", default="lenet-digits-b4", help=f"(a) cases: {', '.join(CASES)}")
+    ap.add_argument("--verdicts", default=None, help="(b) only the cases whose name contains this")
+    ap.add_argument("--halving-batches", type=positive_int, default=8, help="(c) batches")
+    ap.add_argument("--iterations", type=positive_int, default=200, help="(c) iterations per run")
+    ap.add_argument("--workers", type=int, default=1, help="unused (one process, one thread: timings compare)")
+    ap.add_argument("--out", type=Path, default=None, help="write the tables here (markdown)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # one-off imports before any timing
+    parts, checks, text = set(args.parts.split(",")), [], []
+    if "a" in parts:
+        for case in args.cases.split(","):
+            if case not in CASES:
+                ap.error(f"argument --cases: got {case!r}; allowed: {', '.join(CASES)}")
+            text.append(part_a(case, args.batches, args.budget, checks))
+    if "b" in parts:
+        text.append(part_b(args.budget, checks, args.verdicts))
+    if "c" in parts:
+        text.append(part_c(args.halving_batches, args.iterations, checks))
+    body = "\n\n".join(text) + "\n\n" + "\n".join(f"- {c}: {'yes' if ok else 'NO'}" for c, ok in checks)
+    print(body)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(body + "\n")
+    return 1 if any(not ok for _, ok in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
