@@ -146,6 +146,10 @@ def fetch_dataset(name: str | Fetchable, cache: str | Path | None = None, run: R
     if man_path.is_file():
         man = manifest_ok(man_path, spec, root)
         if man is not None:
+            fresh = {"summary": spec.summary, "licence": spec.licence, "notes": spec.notes}
+            if any(man.get(k) != v for k, v in fresh.items()):
+                man.update(fresh)
+                atomic_write_json(man_path, man)
             return FetchResult(spec.name, target, man_path, True, len(man["files"]) + len(man["outputs"]),
                                man.get("counts", {}))
     if run is subprocess_runner:  # a missing tool is one line before anything is written
