@@ -317,3 +317,24 @@ def test_restricted_unpickler_refuses_code():
     assert ok["a"].tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(UserError, match="missing AlexNet_0/Conv_0/kernel"):
         convert({"a": np.zeros(1, np.float32)}, "alex", "ok.ckpt")
+
+
+def test_prior_by_name_from_the_cache(tmp_path, monkeypatch):
+    import shutil
+
+    from gradleak.priors import load_prior
+    from gradleak.priors.prior import builtin_path
+
+    monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="attack.options.prior"):
+        load_prior("my-photos-32")
+    d = tmp_path / "priors" / "my-photos-32"
+    d.mkdir(parents=True)
+    src = builtin_path("photos")
+    shutil.copy(src, d / "prior.safetensors")
+    shutil.copy(src.with_suffix(".json"), d / "prior.json")
+    prior = load_prior("my-photos-32")
+    ref = load_prior("photos")
+    z = ref.sample_latent(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(prior.generate(z), ref.generate(z))

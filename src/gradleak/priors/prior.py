@@ -213,6 +213,13 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("gradleak") / "assets" / f"{BUILTIN_PRIORS[name]}.safetensors"))
 
 
+def cached_prior_dir(name: str) -> Path:
+    """``<cache>/priors/<name>``: where docs/data.md's ``train-prior`` commands write (e.g. ``debian-photos-32``)."""
+    from gradleak.cache import cache_dir
+
+    return cache_dir() / "priors" / name
+
+
 def _looks_stylegan(keys) -> bool:
     return any(k == "conv1.conv.modulation.weight" or k.endswith(".conv1.conv.modulation.weight") for k in keys)
 
@@ -231,6 +238,8 @@ def load_prior(spec, space: str = "w+") -> Prior:
     if text in BUILTIN_PRIORS and not path.exists():
         tensors, meta = read_pair(builtin_path(text))
         return dcgan_prior(tensors, meta, text)
+    if not path.exists() and "/" not in text and (cached_prior_dir(text) / "prior.safetensors").is_file():
+        path = cached_prior_dir(text)  # a prior trained into the gradleak cache (docs/data.md)
     if _looks_biggan_files(path):
         from gradleak.priors.biggan import load_biggan
 
@@ -275,7 +284,7 @@ def _checkpoint_config(meta: dict) -> dict:
 
 
 def _allowed() -> str:
-    return (f"{', '.join(BUILTIN_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
+    return (f"{', '.join(BUILTIN_PRIORS)}, a prior name in <cache>/priors/, a path to a prior (.safetensors + .json, a train-prior directory, "
             "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory), or an import path 'package.module:factory'")
 
 
