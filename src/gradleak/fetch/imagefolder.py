@@ -1,7 +1,7 @@
 """Turning extracted photographs into an image-folder dataset: classes, a split by photograph, crops.
 
 Split (fixed, no photograph on both sides): photograph ``p`` of dataset ``d`` goes to ``test`` when
-``int(sha256(f"{d}:{p}")[:8], 16) / 2**32 < test_fraction`` (at least one photograph on each side when
+``int(sha256(f"{d}:{p}")[:8], 16) / 2**32 < test_fraction`` (``p`` = ``<package>-<version>/<path>``) (at least one photograph on each side when
 there are two or more), else ``train``. The hash depends only on the dataset name and the photograph's
 path inside its package, so adding or removing other files never moves a photograph.
 
