@@ -35,7 +35,7 @@ def _jpeg(seed: int, size=(40, 30)) -> bytes:
 
 def _tar(files: dict[str, bytes], mode: str = "w:xz") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
+    with tarfile.open(fileobj=buf, mode=mode, **({"compresslevel": 1} if mode == "w:gz" else {})) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
