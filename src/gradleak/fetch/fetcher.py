@@ -146,6 +146,10 @@ def fetch_dataset(name: str | Fetchable, cache: str | Path | None = None, run: R
     if man_path.is_file():
         man = manifest_ok(man_path, spec, root)
         if man is not None:
+            fresh = {"summary": spec.summary, "licence": spec.licence, "notes": spec.notes}
+            if any(man.get(k) != v for k, v in fresh.items()):
+                man.update(fresh)
+                atomic_write_json(man_path, man)
             return FetchResult(spec.name, target, man_path, True, len(man["files"]) + len(man["outputs"]),
                                man.get("counts", {}))
     if run is subprocess_runner:  # a missing tool is one line before anything is written
@@ -208,6 +212,16 @@ def fetch_dataset(name: str | Fetchable, cache: str | Path | None = None, run: R
         raise
     return FetchResult(spec.name, target, man_path, False, len(man["files"]) + len(man["outputs"]),
                        man.get("counts", {}))
+
+
+def fetched_path(name: str, cache: str | Path | None = None) -> Path:
+    """``<cache>/datasets/<name>`` of a fetched dataset or asset (files under ``extracted/<package-version>/``);
+    a one-line error naming the fetch command when it has not been fetched."""
+    spec = get_spec(name)
+    path = cache_dir(cache) / "datasets" / spec.name
+    if not (path / MANIFEST).is_file():
+        raise FetchError(f"data: {spec.name!r} is not fetched in {path.parent}; allowed: run 'gradleak data fetch {spec.name}' first")
+    return path
 
 
 def list_fetchable(cache: str | Path | None = None) -> list[dict]:

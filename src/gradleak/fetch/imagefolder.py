@@ -1,9 +1,10 @@
 """Turning extracted photographs into an image-folder dataset: classes, a split by photograph, crops.
 
 Split (fixed, no photograph on both sides): photograph ``p`` of dataset ``d`` goes to ``test`` when
-``int(sha256(f"{d}:{p}")[:8], 16) / 2**32 < test_fraction`` (at least one photograph on each side when
-there are two or more), else ``train``. The hash depends only on the dataset name and the photograph's
-path inside its package, so adding or removing other files never moves a photograph.
+``int(sha256(f"{d}:{p}")[:8], 16) / 2**32 < test_fraction`` with ``p`` = ``<package>-<version>/<path>`` (at
+least one photograph on each side when there are two or more), else ``train``. The hash depends only on the
+dataset name, the pinned package version and the photograph's path inside the package, so adding or
+removing other files never moves a photograph.
 
 Crops of a photograph (all on the photograph's side): the centre square of the full short side, plus
 ``crops`` random squares (side ``s`` = short side × exp(U(log min_scale, 0)), position uniform), drawn

@@ -13,6 +13,7 @@ from typing import Callable
 from gradleak.registry import Registry
 
 FETCHABLE = Registry("fetchable dataset")
+DESCRIPTIVE = ("summary", "licence", "notes")
 BUILDERS = Registry("dataset builder")
 
 
@@ -56,8 +57,10 @@ class Fetchable:
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """sha256 of the declaration (a changed declaration rebuilds the dataset)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
+        """sha256 of what the files depend on (a change rebuilds the dataset); the descriptive fields
+        (summary, licence, notes) are refreshed in the manifest without a rebuild."""
+        built = {k: v for k, v in asdict(self).items() if k not in DESCRIPTIVE}
+        return hashlib.sha256(json.dumps(built, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def fetchable(make: Callable[[], Fetchable]) -> Callable[[], Fetchable]:

@@ -225,6 +225,13 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("gradleak") / "assets" / f"{BUILTIN_PRIORS[name]}.safetensors"))
 
 
+def cached_prior_dir(name: str) -> Path:
+    """``<cache>/priors/<name>``: where docs/data.md's ``train-prior`` commands write (e.g. ``debian-photos-32``)."""
+    from gradleak.cache import cache_dir
+
+    return cache_dir() / "priors" / name
+
+
 def _looks_stylegan(keys) -> bool:
     return any(k == "conv1.conv.modulation.weight" or k.endswith(".conv1.conv.modulation.weight") for k in keys)
 
@@ -258,6 +265,8 @@ def load_prior(spec, space: str = "w+") -> Prior:
 
         net, info = progan.convert(path)
         return progan.make_prior(net, text, {**info, "config": net.config()})
+    if not path.exists() and "/" not in text and (cached_prior_dir(text) / "prior.safetensors").is_file():
+        path = cached_prior_dir(text)  # a prior trained into the gradleak cache (docs/data.md)
     if _looks_biggan_files(path):
         from gradleak.priors.biggan import load_biggan
 
@@ -323,8 +332,10 @@ def _checkpoint_config(meta: dict) -> dict:
 
 
 def _allowed() -> str:
-    return (f"{', '.join(BUILTIN_PRIORS)}, {', '.join(CACHED_PRIORS)}, a path to a prior (.safetensors + .json, a train-prior directory, "
-            "a StyleGAN2 .pt/.pth/.safetensors, a pytorch-pretrained-BigGAN directory, a TF.js ProGAN graph-model directory), or an import path 'package.module:factory'")
+    return (f"{', '.join(BUILTIN_PRIORS)}, {', '.join(CACHED_PRIORS)}, a prior trained into <cache>/priors/NAME/, a path to "
+            "a prior (.safetensors + .json, a train-prior directory, a StyleGAN2 .pt/.pth/.safetensors, a "
+            "pytorch-pretrained-BigGAN directory, a TF.js ProGAN graph-model directory), or an import path "
+            "'package.module:factory'")
 
 
 def describe(prior: Prior) -> dict:
