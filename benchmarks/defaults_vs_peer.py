@@ -280,7 +280,8 @@ def summarise(rows: list[dict]) -> None:
             rs = [by_index[i] for i in sorted(common or by_index)]
             mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
             proto = p if p == "fedsgd" else f"fedavg τ={steps}"
-            print(f"| {im} | {v} | {b} | {proto} | {its} | {name} | {",".join(str(r["index"]) for r in rs)} | {mean('psnr'):.2f} | "
+            idx = ",".join(str(r["index"]) for r in rs)
+            print(f"| {im} | {v} | {b} | {proto} | {its} | {name} | {idx} | {mean('psnr'):.2f} | "
                   f"{mean('ssim'):.3f} | {mean('seconds'):.1f} | {mean('grey_psnr'):.2f} / {mean('grey_ssim'):.3f} | "
                   f"{mean('ref_psnr'):.2f} / {mean('ref_ssim'):.3f} |")
 
