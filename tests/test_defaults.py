@@ -49,5 +49,5 @@ def test_invertgrad_defaults_beat_the_old_ones_on_photo_like_images():
     new = [_psnr(InvertGrad(iterations=its), s) for s in (0, 1)]
     old = [_psnr(InvertGrad(iterations=its, **OLD), s) for s in (0, 1)]
     margin = sum(new) / 2 - sum(old) / 2
-    # measured when written: MARGIN_MEASURED dB (LeNet 16 px, batch 2, FedSGD, labels given, 100 iterations)
+    # measured when written (TV 0.5, lr 0.05 vs TV 1e-4, lr 0.025): see the assertion message in a failure
     assert margin >= 1.0, (new, old)
