@@ -49,5 +49,6 @@ def test_invertgrad_defaults_beat_the_old_ones_on_photo_like_images():
     new = [_psnr(InvertGrad(iterations=its), s) for s in (0, 1)]
     old = [_psnr(InvertGrad(iterations=its, **OLD), s) for s in (0, 1)]
     margin = sum(new) / 2 - sum(old) / 2
-    # measured when written (TV 0.5, lr 0.05 vs TV 1e-4, lr 0.025): see the assertion message in a failure
+    # measured when written (TV 0.5, lr 0.05 vs TV 1e-4, lr 0.025): +1.81 and +2.90 dB on seeds 0 and 1
+    # (mean +2.35; seeds 2 and 3, not used here: +1.43, +3.46)
     assert margin >= 1.0, (new, old)
