@@ -265,16 +265,25 @@ def run(args) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> None:
-    groups: dict[tuple, list[dict]] = {}
+    """One Markdown row per (cell, method): means over the batches that every method of the cell ran (paired),
+    or, where the methods share no batch (tuning grids run in pieces), over each method's own batches (listed)."""
+    cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in rows:
-        groups.setdefault((r["images"], r["victim"], r["batch"], r["protocol"], r["method"]), []).append(r)
-    print("| images | victim | B | protocol | method | iters | batches | PSNR | SSIM | s | grey PSNR | ref PSNR / SSIM |")
+        cell = (Path(r["images"]).name, r["victim"], r["batch"], r["protocol"], r["steps"], r["iterations"])
+        cells.setdefault(cell, {}).setdefault(r["method"], {})[r["index"]] = r
+    print("| images | victim | B | protocol | iters | method | batches | PSNR | SSIM | s | grey PSNR / SSIM | "
+          "ref PSNR / SSIM |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (im, v, b, p, m), rs in groups.items():
-        mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
-        print(f"| {Path(im).name} | {v} | {b} | {p} | {m} | {rs[0]['iterations']} | {len(rs)} | {mean('psnr'):.2f} | "
-              f"{mean('ssim'):.3f} | {mean('seconds'):.1f} | {mean('grey_psnr'):.2f} | "
-              f"{mean('ref_psnr'):.2f} / {mean('ref_ssim'):.3f} |")
+    for (im, v, b, p, steps, its), methods in cells.items():
+        common = set.intersection(*(set(m) for m in methods.values()))
+        for name, by_index in methods.items():
+            rs = [by_index[i] for i in sorted(common or by_index)]
+            mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
+            proto = p if p == "fedsgd" else f"fedavg τ={steps}"
+            idx = ",".join(str(r["index"]) for r in rs)
+            print(f"| {im} | {v} | {b} | {proto} | {its} | {name} | {idx} | {mean('psnr'):.2f} | "
+                  f"{mean('ssim'):.3f} | {mean('seconds'):.1f} | {mean('grey_psnr'):.2f} / {mean('grey_ssim'):.3f} | "
+                  f"{mean('ref_psnr'):.2f} / {mean('ref_ssim'):.3f} |")
 
 
 def main() -> None:

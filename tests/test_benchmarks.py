@@ -78,3 +78,47 @@ def test_gias_table_victim_width_reaches_the_victim(monkeypatch):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.out_channels == 6 for c in convs)
     assert x.shape == (4, 1, 32, 32) and obs.num_images == 4
+
+
+def _photo_folder(tmp_path, n=3, res=32):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        arr = (torch.rand(res, res, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_defaults_vs_peer_runs_without_the_peer(tmp_path):
+    """The gradleak side of benchmarks/defaults_vs_peer.py runs in CI (breaching is an optional extra)."""
+    folder = _photo_folder(tmp_path)
+    out = tmp_path / "rows.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defaults_vs_peer.py"), "run", "--images", str(folder),
+                        "--victim", "lenet", "--batch", "1", "--iterations", "2", "--batches", "2",
+                        "--methods", "gl-old,gl,gl:tv=0.1/lr=0.05", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["index"], row["method"]) for row in rows] == [(0, "gl-old"), (0, "gl"), (0, "gl:tv=0.1/lr=0.05"),
+                                                               (1, "gl-old"), (1, "gl"), (1, "gl:tv=0.1/lr=0.05")]
+    assert all(0 < row["grey_psnr"] <= row["ref_psnr"] for row in rows)
+    assert "| photos | lenet | 1 | fedsgd | 2 | gl-old | 0,1 |" in r.stdout
+
+
+def test_defaults_vs_peer_runs_the_peer_when_installed(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("breaching") is None or importlib.util.find_spec("hydra") is None:
+        pytest.skip("the optional extra 'peer' (breaching 0.1.2) is not installed")
+    # not imported here: under the CPU torch it needs benchmarks/_peer_shim.py first, which the script does
+    folder = _photo_folder(tmp_path, n=2)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defaults_vs_peer.py"), "run", "--images", str(folder),
+                        "--victim", "lenet", "--batch", "2", "--iterations", "2", "--batches", "1", "--methods", "peer",
+                        "--protocol", "fedavg", "--steps", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| photos | lenet | 2 | fedavg τ=2 | 2 | peer | 0 |" in r.stdout

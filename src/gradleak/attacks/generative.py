@@ -22,7 +22,10 @@ Presets (registered in :data:`gradleak.attacks.presets.ATTACKS`):
 
 Defaults are GIAS appendix G: cosine distance, Adam, lr_z = 3e-2, lr_w = 1e-3 (a step relative to each
 weight tensor's RMS, as StyleGAN2's equalised layers make it; see :class:`GeneratorWeights`), ×0.1 at 3/8,
-5/8, 7/8, TV 1e-4, best of 4 restarts by the final loss (the restarts run as one batched optimisation).
+5/8, 7/8, TV 1e-4, best of 4 restarts by the final loss (the restarts run as one batched optimisation) —
+except ``gi-x``, which is InvertGrad and takes InvertGrad's defaults validated on real photographs
+(:data:`gradleak.attacks.presets.INVERTGRAD_TV`, docs/defaults.md); benchmarks/gias_table.py passes the paper's
+TV 1e-4 to every column explicitly.
 Every preset takes ``bn`` (weight of GradInversion's BN-statistics prior, :mod:`.bn_prior`) with
 ``bn_source`` exact | public | running, and ``control: true`` — the "random gradient, true labels"
 control: the observed upload is replaced by a random one (:func:`control_observation`), so whatever the
@@ -42,7 +45,7 @@ from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
 from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
-from gradleak.attacks.presets import InvertGrad, SearchAttack
+from gradleak.attacks.presets import INVERTGRAD_LR, INVERTGRAD_TV, InvertGrad, SearchAttack
 from gradleak.devices import generator
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
@@ -325,7 +328,7 @@ class GIX(_PriorMixin, InvertGrad):
 
     name = "gi-x"
 
-    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = 0.025, tv: Weight = 1e-4,
+    def __init__(self, iterations: Iterations = 2000, lr: LearningRate = INVERTGRAD_LR, tv: Weight = INVERTGRAD_TV,
                  restarts: Iterations = 1,
                  signed: bool = True, box: bool = True, distance: Distance = "cosine",
                  init: Literal["randn", "uniform"] = "randn", bn: Weight = 0.0, bn_source: BNSource = "exact",
