@@ -289,3 +289,15 @@ def test_sweeps_accept_attack_auto_and_check_its_budget(tmp_path):
     bad.write_text(base % "never" + "axes: {seed: [0, 1]}\n")
     with pytest.raises(UserError, match="attack.options.budget"):
         load_sweep(bad)
+
+
+def test_gradleak_run_with_attack_auto_runs_the_audit(cli, tmp_path):
+    cfg = tmp_path / "case.yaml"
+    cfg.write_text("data: {name: digits, channels: 1, batch_size: 1}\nmetrics: {tagger: none}\n"
+                   "attack: {name: auto, options: {budget: 2it}}\n")
+    r = cli("run", cfg, "--out", tmp_path / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["attack"] == "auto" and m["audit"]["budget_iterations"] == 2
+    assert m["audit"]["attacks"][0]["name"] == "rgap"  # LeNet at batch 1: the closed form first
+    assert m["audit"]["sentence"].split(":")[0] in ("Leaks", "Partial leakage", "Inconclusive", "No leakage found")

@@ -249,7 +249,9 @@ def _control_summary(side: _Side, built: str, mode: str) -> ControlSummary:
                           psnr=side.scores.psnr["mean"] if side.scores else None,
                           margin_psnr=(side.calibration.margins.get("psnr") or {}).get("mean")
                           if side.calibration else None,
-                          attacks=side.rows, interrupted=side.run.interrupted)
+                          attacks=side.rows, interrupted=side.run.interrupted,
+                          skipped=None if side.calibration is not None else
+                          "no attack returned images within the control's share of the budget")
 
 
 def check_attackable(obs: Observation) -> None:

@@ -183,7 +183,7 @@ def _calibration(metrics: dict, used: set[str]) -> dict | None:
 
 
 VERDICT_CLASS = {"leaks": "recognisable", "partial": "partial", "no leakage found": "none",
-                 "inconclusive": "inconclusive", "not scored": "inconclusive"}
+                 "inconclusive": "inconclusive"}
 
 
 def _attack_rows(rows: list) -> list[dict]:
