@@ -75,7 +75,18 @@ class TaskIndex(_Open):
 
 
 class CaptureEntry(_Open):
-    path: str
+    """One reply of a captured round: its observation's path, or none for an errored reply (``kind: error``,
+    e.g. an update a LeakageGuard blocked), which must then say why."""
+
+    path: str | None
+    kind: str = "client"
+    reason: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _named(self):
+        if self.path is None and not (self.kind == "error" and self.reason):
+            raise ValueError("a path (or kind 'error' with its reason)")
+        return self
 
 
 class CaptureIndex(_Open):

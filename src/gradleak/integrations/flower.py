@@ -35,6 +35,7 @@ client-side noise (``LocalDpMod``) changes what the server holds per client.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Union
@@ -625,7 +626,7 @@ def load_index(out: str | Path) -> list[dict]:
     data = read_json(path, "flower capture")  # size-bounded, UTF-8, an object (one-line errors)
     if data.get("format") != "gradleak-flower-capture":
         raise UserError(f"flower capture: {str(path)!r} is not a gradleak Flower capture index")
-    filemeta.check(filemeta.CaptureIndex, data, "flower capture", path)  # every entry names its path
+    filemeta.check(filemeta.CaptureIndex, data, "flower capture", path)  # every entry names its path or error
     return data["captures"]
 
 
