@@ -163,3 +163,26 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, cli, args, 
     r = cli("audit-run", run_dir / "caps", "--out", tmp_path / "out", *args)
     assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {key}"), r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_measure_leakage_auto_is_the_trusted_audit_under_its_budget():
+    """attack='auto' (audit-run with --budget-per-update, a guard with a budget): the portfolio with its control
+    verdict, within the budget; without truth it reconstructs with the one default attack and says why."""
+    import time
+
+    from gradleak.audit import build_case
+    from gradleak.case import capture
+    from gradleak.config import load_config
+    from gradleak.leakage import DEFAULT_ATTACK, measure_leakage
+
+    case = build_case(load_config(None, ["data.batch_size=2", "model.name=lenet", "data.channels=1"]))
+    case.give_labels = True
+    obs = capture(case, seed=0)
+    t0 = time.perf_counter()
+    r = measure_leakage(obs, case.images, case.labels, attack="auto", budget_s=6.0)
+    assert time.perf_counter() - t0 < 6.0 * 1.5
+    assert r.attack.startswith("auto: ") and "invertgrad" in r.attack
+    assert r.audit_verdict in ("leaks", "partial", "no leakage found", "inconclusive")
+    assert r.scored and len(r.psnr_per_image) == 2 and r.reference_psnr is not None
+    u = measure_leakage(obs, None, None, attack="auto", budget_s=6.0)
+    assert not u.scored and u.attack == DEFAULT_ATTACK[0] and "no true images" in u.notes[-1]

@@ -425,7 +425,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
     client's images) scores it; the positive control is built from the observation's own model, θ_0 and
     protocol on the true images (or, without them, the ``public`` ones), with the observation's labels, the
     truth's, the public data's, or else the model's own predictions. Every input is checked before any work."""
-    from gradleak.deploy import NO_PUBLIC, _run_config, load_images, load_observation, load_public_data
+    from gradleak.deploy import load_images, load_observation, load_public_data
 
     t0 = time.perf_counter()
     budget = budget if isinstance(budget, AuditBudget) else parse_budget(budget)
@@ -436,9 +436,27 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
         raise UserError("--truth: got nothing; allowed: the client's true images (a directory or tensor file) — "
                         "the audit scores the reconstructions and builds its positive control from them")
     x, y_true = load_images(truth, obs.image_shape, "--truth")
+    pub = load_public_data(public, obs.image_shape) if public is not None else None
+    return audit_loaded(obs, x, y_true, budget, pub, prior, seed, progress, device, source=str(observation),
+                        truth_text=str(truth), started=t0)
+
+
+def audit_loaded(obs: Observation, x: Tensor, y_true: Tensor | None, budget: AuditBudget | str, pub=None,
+                 prior: str | None = None, seed: int = 0, progress: bool = False, device: str = "cpu",
+                 source: str = "an observation in memory", truth_text: str = "given",
+                 started: float | None = None) -> AuditResult:
+    """The audit of an Observation already in memory with its client's true images ``x`` (labels ``y_true``
+    or None): what ``gradleak audit OBS_DIR``, ``gradleak audit-run`` and the Flower guard
+    (:func:`gradleak.leakage.measure_leakage` with ``attack="auto"``) run. ``pub``: (images, labels, text) of
+    public data for the references, or None (grey only)."""
+    from gradleak.deploy import NO_PUBLIC, _run_config
+
+    t0 = time.perf_counter() if started is None else started
+    budget = budget if isinstance(budget, AuditBudget) else parse_budget(budget)
+    check_attackable(obs)
+    check_prior(prior, obs.image_shape)
     if x.shape[0] != obs.num_images:
         raise UserError(f"--truth: got {x.shape[0]} images; allowed: the client's {obs.num_images}")
-    pub = load_public_data(public, obs.image_shape) if public is not None else None
     dev = str(resolve_device(device, "--device"))
     _warm_up()
     model = obs.build_model()
@@ -447,7 +465,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
     if y_true is None:
         with torch.no_grad():
             y_true = model.eval()(x).argmax(-1)
-            how_labels = "the model's own predictions (no labels given)"
+        how_labels = "the model's own predictions (no labels given)"
     else:
         how_labels = "the given labels"
     labels, mode = _labels_for(obs, model)
@@ -455,9 +473,9 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
     plans = choose(situation)
     if not plans:
         raise UserError("observation: no attack applies to it; allowed: an observation some attack models")
-    cfg = _run_config(obs, "auto", {"budget": budget.text}, mode, seed, truth)
+    cfg = _run_config(obs, "auto", {"budget": budget.text}, mode, seed, truth_text)
     C, H, W = obs.image_shape
-    data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+    data = (f"captured observation {source}; true images {truth_text}, {H}×{W}, {C} channel(s), batch of "
             f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
     public_refs = (*pub[:2], None) if pub else (None, None, NO_PUBLIC)
     t1 = time.perf_counter()
@@ -485,7 +503,7 @@ def audit_observation(observation, budget: AuditBudget | str, truth=None, public
     return _assemble(cfg, case, main, mode, control, budget, t0,
                      Timing(prepare=t1 - t0, capture=0.0, attack=t2 - t1, score=time.perf_counter() - t2), dev,
                      situation.view.unmodelled,
-                     [f"audited a saved observation: {observation}",
+                     [f"audited a saved observation: {source}",
                       f"portfolio: {', '.join(p.attack.name for p in plans)}"],
                      [] if pub else ["references: the grey image only (no --public data): a generative prior's "
                                      "generic output can beat grey alone; pass --public for the public-mean and "

@@ -635,7 +635,7 @@ def audit_cmd(
 def audit_run_cmd(
     captures: Path = typer.Argument(..., help="A Flower capture directory (GradleakCapture's index.json) or any directory of observations with round / node_id metadata."),
     out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: captures/<round>/<node>/, results.csv, summary.json, plots, audit_run.html."),
-    budget_per_update: Optional[str] = typer.Option(None, "--budget-per-update", help="Wall-clock budget per capture (90s, 2m, 1h); recorded and flagged until the trusted gradleak audit enforces it."),
+    budget_per_update: Optional[str] = typer.Option(None, "--budget-per-update", help="Wall-clock budget per capture (90s, 2m, 1h): each capture with --truth gets the trusted audit (portfolio + control) under it, unless --attack names one attack."),
     truth: Optional[Path] = typer.Option(None, "--truth", help="YAML/JSON mapping node id -> the client's true images (tensor file or folder): scores and verdicts."),
     workers: int = typer.Option(1, "--workers", help="Local processes (1: in this process)."),
     ray: bool = typer.Option(False, "--ray", help="Run on Ray: a local instance, or the cluster at --ray-address."),

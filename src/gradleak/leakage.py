@@ -3,14 +3,13 @@ no-gradient references, grade it. The one entry point the whole-run tools call
 (``gradleak audit-run``, :class:`gradleak.integrations.flower.LeakageGuard`, the secure-aggregation
 benchmark's peers): :func:`measure_leakage`.
 
-**Until the trusted ``gradleak audit`` (a portfolio of attacks over a wall-clock budget, ``attack: auto``)
-is merged, :func:`measure_leakage` runs ONE configured attack** (:data:`DEFAULT_ATTACK`: DLG, L2 distance,
-L-BFGS with a strong-Wolfe line search — iDLG when labels are given; the attack that reconstructs the
-Flower example's clients at 13–26 dB, docs/flower.md) through the existing pipeline
-(:func:`gradleak.deploy.attack_observation`'s attack path, :func:`gradleak.metrics.score_images`,
-:func:`gradleak.metrics.reference.calibrate`). The ``budget_s`` argument is recorded and reported (and a
-run over it is flagged) but not yet enforced: the attack's size is its ``iterations``, which keeps the
-numbers reproducible (the same on every executor); the audit will turn the budget into its portfolio.
+With ``attack="auto"`` (what ``gradleak audit-run --budget-per-update`` and a guard with a budget run)
+:func:`measure_leakage` is the trusted audit (:func:`gradleak.autoaudit.audit_loaded`: the portfolio chosen
+from the upload, the worst case per image, the positive control) under ``budget_s``, enforced. Otherwise it
+runs ONE configured attack (:data:`DEFAULT_ATTACK`: DLG, L2 distance, L-BFGS with a strong-Wolfe line search —
+iDLG when labels are given; it reconstructs the Flower example's clients at 13–26 dB, docs/flower.md) through
+:func:`gradleak.metrics.score_images` and :func:`gradleak.metrics.reference.calibrate`, sized by its
+``iterations`` (reproducible on every executor); ``budget_s`` is then only recorded and a run over it flagged.
 
 Labels: the attacker is given the true labels when they are known (``labels``; the worst case: a server
 recovers them exactly for the batch sizes at which reconstruction matters, docs/labels.md), else the
@@ -19,6 +18,7 @@ Without true images nothing is scored: the result holds the reconstruction and t
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -26,8 +26,12 @@ from torch import Tensor
 
 from gradleak.fl.observation import Observation
 
-#: the one attack run until the trusted ``gradleak audit`` lands: (registered name, constructor options)
+#: the one attack run when no budget is given: (registered name, constructor options); a fixed iteration count
+#: keeps the numbers reproducible on every executor
 DEFAULT_ATTACK: tuple[str, dict] = ("dlg", {"iterations": 60})
+#: ``attack="auto"``: the trusted audit (:func:`gradleak.autoaudit.audit_loaded`: the portfolio chosen from the
+#: upload, the positive control, ``budget_s`` binding); needs the true images
+AUTO = "auto"
 LEVELS = ("none", "partial", "recognisable")
 
 
@@ -59,6 +63,7 @@ class Leakage:
     verdict_counts: dict | None = None
     label_accuracy: float | None = None
     reconstruction: Tensor | None = field(default=None, repr=False)  # matched to the truth when scored
+    audit_verdict: str | None = None  # attack "auto": leaks / partial / no leakage found / inconclusive
     notes: list[str] = field(default_factory=list)
 
     def level(self) -> int:
@@ -77,8 +82,8 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
                     give_labels: bool = True) -> Leakage:
     """Attack ``obs`` and, with the true ``images`` (its ``num_images``, in slot order), score and grade it.
 
-    PLACEHOLDER FOR ``gradleak audit``: runs one configured attack (``attack``/``options``, default
-    :data:`DEFAULT_ATTACK`) — see the module docstring. ``public``: public (images, labels) for the public
+    ``attack="auto"``: the trusted audit under ``budget_s`` (needs ``images``); else one configured attack
+    (``attack``/``options``, default :data:`DEFAULT_ATTACK`) — see the module docstring. ``public``: public (images, labels) for the public
     mean / same-class references (else the grey image alone). ``give_labels=False``: the true ``labels`` are
     only used to score the recovered ones (the server's own threat model). Deterministic for a given seed and
     thread count."""
@@ -91,6 +96,11 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     name, opts = (attack, dict(options or {})) if attack else (DEFAULT_ATTACK[0], dict(DEFAULT_ATTACK[1]))
     if images is not None and images.shape[0] != obs.num_images:
         raise UserError(f"truth: got {images.shape[0]} images; allowed: the upload's {obs.num_images}")
+    if name == AUTO and images is not None:
+        return _audited(obs, images, labels, budget_s, seed, public, give_labels)
+    unscored_auto = name == AUTO  # no truth: no control can be built; reconstruct with the default attack
+    if unscored_auto:
+        name, opts = DEFAULT_ATTACK[0], dict(DEFAULT_ATTACK[1])
     obs = obs.as_delta()
     model = obs.build_model()
     if labels is not None and give_labels:
@@ -109,6 +119,9 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
                   reconstruction=rec.images.detach().cpu())
     if mode == "recover":
         out.notes.append("labels recovered from the update")
+    if unscored_auto:
+        out.notes.append("no true images: the audit needs them for its control; reconstructed with "
+                         f"{DEFAULT_ATTACK[0]} only")
     if images is None:
         return out
     x = images.detach().float().cpu()
@@ -133,4 +146,39 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     return out
 
 
-__all__ = ["DEFAULT_ATTACK", "LEVELS", "Leakage", "measure_leakage"]
+def _audited(obs: Observation, images: Tensor | None, labels: Tensor | None, budget_s: float | None, seed: int,
+             public, give_labels: bool) -> Leakage:
+    """``attack="auto"``: the trusted audit of the upload with its own images as truth, as a :class:`Leakage`
+    (``verdict`` the worst case's graded level, ``audit_verdict`` the audit's verdict with its control)."""
+    from gradleak.autoaudit import audit_loaded
+    from gradleak.errors import UserError
+
+    if budget_s is None:
+        raise UserError("attack: got 'auto' without a budget; allowed: auto with --budget-per-update (or budget_s)")
+    obs = obs if give_labels or labels is None else dataclasses.replace(obs, labels=None)
+    if give_labels and labels is not None and obs.labels is None:
+        obs = dataclasses.replace(obs, labels=labels)
+    pub = None if public is None else (public[0], public[1], "public data given")
+    t0 = time.perf_counter()
+    r = audit_loaded(obs, images.detach().float().cpu(), labels, f"{budget_s:g}s", pub, seed=seed)
+    seconds = time.perf_counter() - t0
+    a, cal, s = r.audit, r.calibration, r.scores
+    per = s.psnr["per_image"]
+    worst = max(range(len(per)), key=per.__getitem__)
+    refs = cal.reference
+    ref_at = [refs[n]["psnr"][worst] for n in ("grey", "public_mean", "same_class")
+              if n in refs and isinstance(refs[n], dict) and refs[n]["psnr"][worst] is not None]
+    rec_labels = r.reconstruction.labels
+    return Leakage(attack="auto: " + ", ".join(x.name for x in a.attacks), options={"budget": f"{budget_s:g}s"},
+                   label_mode=a.label_mode, labels=None if rec_labels is None else [int(v) for v in rec_labels],
+                   seconds=round(seconds, 3), budget_s=budget_s, over_budget=seconds > 1.1 * budget_s, scored=True,
+                   psnr_mean=s.psnr["mean"], psnr_worst=per[worst], psnr_per_image=per, ssim_mean=s.ssim["mean"],
+                   reference_psnr=max(ref_at) if ref_at else None,
+                   grey_psnr=sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"]),
+                   dpsnr_max=max(cal.margins["psnr"]["per_image"]), dpsnr_mean=cal.margins["psnr"]["mean"],
+                   verdict=cal.verdict["batch"], verdict_counts=cal.verdict["counts"],
+                   label_accuracy=a.label_accuracy, reconstruction=r.matched, audit_verdict=a.verdict,
+                   notes=[a.sentence])
+
+
+__all__ = ["AUTO", "DEFAULT_ATTACK", "LEVELS", "Leakage", "measure_leakage"]

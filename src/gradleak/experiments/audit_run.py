@@ -3,8 +3,9 @@
 Input: a Flower capture directory (:class:`gradleak.integrations.flower.GradleakCapture`'s ``index.json``) or any
 directory of Observations (``*.json`` + ``*.safetensors`` pairs) whose ``extra`` holds ``round`` and ``node_id``
 (or ``client``), or whose path has a ``round-NNN`` folder. Each capture is one task,
-:func:`audit_capture`, which loads it, measures its leakage with :func:`gradleak.leakage.measure_leakage` (one
-configured attack until the trusted ``gradleak audit`` lands) and writes ``OUT/captures/<round>/<stem>/``
+:func:`audit_capture`, which loads it, measures its leakage with :func:`gradleak.leakage.measure_leakage` (the
+trusted audit under ``--budget-per-update`` when one is given and no ``--attack``; else one configured attack)
+and writes ``OUT/captures/<round>/<stem>/``
 (``result.json`` last, atomically, + ``reconstruction.png``). Tasks run in this process, on a spawned process
 pool or on Ray (:func:`gradleak.experiments.workers.map_outcomes`: a dead worker is retried, then its capture
 is an error row), each with the same torch thread count, so the
@@ -167,9 +168,9 @@ def discover(captures: str | Path, truth: dict[str, str]) -> tuple[list[Capture]
 
 def settings_of(attack: str | None, options: dict, seed: int, labels: str, budget_s: float | None,
                 public: str | None = None) -> dict:
-    from gradleak.leakage import DEFAULT_ATTACK
+    from gradleak.leakage import AUTO, DEFAULT_ATTACK
 
-    name, opts = (attack, options) if attack else DEFAULT_ATTACK
+    name, opts = (attack, options) if attack else ((AUTO, {}) if budget_s is not None else DEFAULT_ATTACK)
     return {"attack": name, "options": opts, "seed": seed, "labels": labels, "budget_s": budget_s, "public": public}
 
 
@@ -294,7 +295,7 @@ def audit_run(captures: str | Path, out: str | Path, budget: str | float | None 
 
     if labels not in ("given", "recover"):
         raise UserError(f"--labels: got {labels!r}; allowed: given | recover")
-    if attack is not None:
+    if attack is not None and attack != "auto":
         from gradleak.attacks import build_attack
 
         build_attack(attack, **(options or {}))  # a bad attack or option fails before any work
