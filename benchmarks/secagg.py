@@ -53,7 +53,7 @@ def run_cell(job: dict) -> dict:
     import gradleak as gl
     from gradleak.attacks import build_attack
     from gradleak.case import Case
-    from gradleak.fl.secagg import capture_aggregate
+    from gradleak.case import capture_aggregate
     from gradleak.imagegrid import image_rows
     from gradleak.metrics import apply_match, score_images
     from gradleak.metrics.reference import calibrate

@@ -267,7 +267,7 @@ def test_file_pair_round_trip_and_one_line_errors(tmp_path):
     with pytest.raises(UserError, match=r"^model\.x: .* is not a gradleak y file"):
         read_pair(st, "model.x", "gradleak-y")
     js.write_text("{not json")
-    with pytest.raises(UserError, match=r"^model\.x: cannot read"):
+    with pytest.raises(UserError, match=r"^model\.x: .*enhancer\.json. is not valid JSON: .* line 1 column 2"):
         read_pair(st, "model.x", "gradleak-x")
     with pytest.raises(UserError, match=r"^model\.x: file not found"):
         read_pair(tmp_path / "missing", "model.x", "gradleak-x")

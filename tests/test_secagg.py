@@ -13,7 +13,8 @@ from gradleak.case import Case, capture
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
-from gradleak.fl.secagg import Aggregation, aggregate_observation, aggregate_update, capture_aggregate
+from gradleak.case import capture_aggregate
+from gradleak.fl.secagg import Aggregation, aggregate_observation, aggregate_update
 from gradleak.models import build_model, init_model
 
 SPEC = {"name": "resnet18", "num_classes": 10, "in_channels": 3, "resolution": 32,

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from gradleak.defenses import ClientContext, Defense
+from gradleak.errors import UserError
+from gradleak.fl.aggregation import Aggregation
 from gradleak.fl.client import bn_batch_statistics, client_update, split_state
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
@@ -78,3 +80,38 @@ def capture(case: Case, seed: int = 0) -> Observation:
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
         defenses=[d.describe() for d in case.defenses], extra_uploads=extra,
     )
+
+
+def capture_aggregate(cases: list[Case], reduction: str = "weighted_mean", seed: int = 0,
+                      give_labels: bool = False) -> Observation:
+    """Simulate K clients under secure aggregation: each case is one client (same model and θ_0, its own
+    batch and protocol); the server's Observation is the aggregate (1) of their uploads, computed by each
+    client's own code (:func:`capture`, in Δ = θ_0 − θ_τ; the
+    aggregate is :mod:`gradleak.fl.secagg`'s eq. 1). ``give_labels``: the server is
+    given all N labels (in slot order) — the threat model's choice, as for one client. Client defenses are
+    refused (the re-run would not model them); defenses on the aggregate belong to the caller."""
+    if not cases:
+        raise UserError("aggregate: got no clients; allowed: one or more cases")
+    first = cases[0]
+    obs_k = []
+    for k, case in enumerate(cases):
+        if case.defenses:
+            raise UserError(f"aggregate: client {k} has defenses {[d.name for d in case.defenses]}; allowed: none "
+                            "(apply defenses to the aggregate)")
+        if tuple(case.images.shape[1:]) != tuple(first.images.shape[1:]):
+            raise UserError(f"aggregate: client {k} has images of shape {tuple(case.images.shape[1:])}; allowed: "
+                            f"{tuple(first.images.shape[1:])} as client 0")
+        obs_k.append(capture(case, seed=seed + k).as_delta())
+    base = obs_k[0]
+    for k, o in enumerate(obs_k[1:], 1):
+        for n, t in base.parameters.items():
+            if not torch.equal(o.parameters[n], t):
+                raise UserError(f"aggregate: client {k} starts from other weights θ_0 ({n!r} differs); allowed: the "
+                                "same global model for every client of the round")
+    agg = Aggregation.of([o.num_images for o in obs_k], [o.protocol for o in obs_k], reduction)
+    update = {n: sum(w * o.update[n] for w, o in zip(agg.weights, obs_k)) for n in base.update}
+    labels = torch.cat([c.labels for c in cases]).clone() if give_labels else None
+    return Observation(model_spec=base.model_spec, model=base.model, parameters=base.parameters,
+                       buffers=base.buffers, update=update, protocol=agg.protocols[0], num_images=agg.num_images,
+                       image_shape=base.image_shape, labels=labels, aggregation=agg,
+                       extra={"aggregate": {"clients": agg.clients, "reduction": reduction}})

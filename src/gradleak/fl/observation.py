@@ -18,7 +18,7 @@ from gradleak.errors import UserError
 from gradleak.filepair import read_pair, write_pair
 from gradleak.fl.protocol import Protocol
 from gradleak.fl.protocols import to_delta
-from gradleak.fl.secagg import Aggregation
+from gradleak.fl.aggregation import Aggregation
 
 Params = dict[str, Tensor]
 FORMAT_VERSION = 1

@@ -329,7 +329,7 @@ def biggan_from_state_dict(sd: dict[str, Tensor], cfg: BigGANConfig) -> BigGAN:
 
 def load_biggan(path: str | Path, truncation: float = 0.4):
     """A :class:`~gradleak.priors.Prior` from a pytorch-pretrained-BigGAN checkpoint (see the module docstring)."""
-    from gradleak.priors.prior import Prior
+    from gradleak.priors.base import Prior
 
     if not 0 < float(truncation) <= 1:
         raise bad_value("prior.truncation", truncation, "a number in (0, 1]")

@@ -307,7 +307,7 @@ def from_state(tensors: dict[str, Tensor], meta: dict) -> TFJSChain:
 
 
 def make_prior(net: TFJSChain, name: str, meta: dict):
-    from gradleak.priors.prior import Prior
+    from gradleak.priors.base import Prior
 
     return Prior(net, net.latent_shape, output_range=net.output_range, name=name,
                  meta={**{k: v for k, v in meta.items() if k not in ("config",)}, "arch": ARCH, "space": "z"},

@@ -116,7 +116,7 @@ def from_state(tensors: dict[str, Tensor], meta: dict) -> TutorialDCGAN:
 
 
 def make_prior(net: TutorialDCGAN, name: str, meta: dict):
-    from gradleak.priors.prior import Prior
+    from gradleak.priors.base import Prior
 
     return Prior(net, net.latent_shape, output_range=net.output_range, name=name,
                  meta={**{k: v for k, v in meta.items() if k != "config"}, "arch": ARCH})
