@@ -240,8 +240,9 @@ def run(args) -> list[dict]:
         model, x, y, obs = build_case(args.victim, images, args.batch, k, args.protocol, args.steps, seed)
         rest = torch.cat([images[:k * args.batch], images[(k + 1) * args.batch:]])
         refs = reference_scores(x, rest)
-        best_ref_p = [max(g, p) for g, p in zip(refs["grey"]["psnr"], refs["public_mean"]["psnr"])]
-        best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], refs["public_mean"]["ssim"])]
+        others = refs.get("public_mean", refs["grey"])  # the folder's other images (none: grey only)
+        best_ref_p = [max(g, p) for g, p in zip(refs["grey"]["psnr"], others["psnr"])]
+        best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], others["ssim"])]
         for label, kind, spec in methods:  # interleaved: every method on this batch before the next batch
             if kind == "gl":
                 rec, sec, its = run_gradleak(spec, model, obs, seed)
