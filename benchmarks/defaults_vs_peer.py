@@ -29,6 +29,8 @@ packages outside gradleak's built-in data (see ``prepare``'s help).
     python benchmarks/defaults_vs_peer.py prepare [--cache ~/.cache/gradleak/peer-bench]
     python benchmarks/defaults_vs_peer.py run --images DIR --victim convnet --batch 4 --protocol fedsgd \
         --iterations 500 --batches 2 --methods gl-old,peer,gl [--out rows.jsonl]
+    python benchmarks/defaults_vs_peer.py summary rows.jsonl [...]
+    python benchmarks/defaults_vs_peer.py tv-share --images DIR [--victims lenet,convnet]
 """
 from __future__ import annotations
 
@@ -240,8 +242,9 @@ def run(args) -> list[dict]:
         model, x, y, obs = build_case(args.victim, images, args.batch, k, args.protocol, args.steps, seed)
         rest = torch.cat([images[:k * args.batch], images[(k + 1) * args.batch:]])
         refs = reference_scores(x, rest)
-        best_ref_p = [max(g, p) for g, p in zip(refs["grey"]["psnr"], refs["public_mean"]["psnr"])]
-        best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], refs["public_mean"]["ssim"])]
+        others = refs.get("public_mean", refs["grey"])  # the folder's other images (none: grey only)
+        best_ref_p = [max(g, p) for g, p in zip(refs["grey"]["psnr"], others["psnr"])]
+        best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], others["ssim"])]
         for label, kind, spec in methods:  # interleaved: every method on this batch before the next batch
             if kind == "gl":
                 rec, sec, its = run_gradleak(spec, model, obs, seed)
@@ -286,6 +289,34 @@ def summarise(rows: list[dict]) -> None:
                   f"{mean('ref_psnr'):.2f} / {mean('ref_ssim'):.3f} |")
 
 
+def tv_share(args) -> None:
+    """Per victim and TV weight λ: the share of pixels where the gradient-matching term's image gradient is larger
+    than λ times TV's — under signed Adam the others follow TV's sign alone (docs/defaults.md, caveat)."""
+    import torch
+
+    from gradleak.attacks.objectives import cosine_distance, total_variation
+    from gradleak.fl.client import client_update
+
+    torch.set_num_threads(args.threads)
+    for victim in args.victims.split(","):
+        images = load_images(Path(args.images).expanduser(), VICTIMS[victim][2])
+        model, x, y, obs = build_case(victim, images, args.batch, args.first, "fedsgd", 1, args.first)
+        names = list(obs.update)
+        g = torch.Generator().manual_seed(0)
+        starts = {"random start": torch.randn(x.shape, generator=g).clamp(0, 1),
+                  "truth + noise 0.1": (x + 0.1 * torch.randn(x.shape, generator=g)).clamp(0, 1)}
+        for where, v in starts.items():
+            v = v.clone().requires_grad_(True)
+            up = client_update(model, obs.parameters, obs.buffers, v, y, obs.protocol, create_graph=True)
+            (gd,) = torch.autograd.grad(cosine_distance([up[n][None] for n in names],
+                                                        [obs.update[n] for n in names]).sum(), v)
+            w = v.detach()[None].clone().requires_grad_(True)
+            (gt,) = torch.autograd.grad(total_variation(w).sum(), w)
+            shares = [f"λ={lam:g}: {float((gd.abs() > lam * gt[0].abs()).float().mean()):.2f}"
+                      for lam in (1e-4, 1e-2, 0.1, 0.5)]
+            print(f"{victim} B{args.batch} batch {args.first}, {where}: " + ", ".join(shares))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -303,6 +334,12 @@ def main() -> None:
     r.add_argument("--methods", default="gl-old,peer,gl")
     r.add_argument("--threads", type=positive_int, default=1)
     r.add_argument("--out", help="append one JSON line per cell")
+    t = sub.add_parser("tv-share", help=tv_share.__doc__.splitlines()[0])
+    t.add_argument("--images", required=True)
+    t.add_argument("--victims", default="lenet,convnet")
+    t.add_argument("--batch", type=positive_int, default=4)
+    t.add_argument("--first", type=int, default=10)
+    t.add_argument("--threads", type=positive_int, default=1)
     s = sub.add_parser("summary")
     s.add_argument("jsonl", nargs="+")
     args = ap.parse_args()
@@ -310,6 +347,8 @@ def main() -> None:
         prepare(args.cache.expanduser())
     elif args.cmd == "run":
         summarise(run(args))
+    elif args.cmd == "tv-share":
+        tv_share(args)
     else:
         summarise([json.loads(line) for f in args.jsonl for line in open(f) if line.strip()])
 

@@ -122,3 +122,16 @@ def test_defaults_vs_peer_runs_the_peer_when_installed(tmp_path):
                         "--protocol", "fedavg", "--steps", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "| photos | lenet | 2 | fedavg τ=2 | 2 | peer | 0 |" in r.stdout
+
+
+def test_defaults_vs_peer_tv_share_prints_a_share_per_weight(tmp_path):
+    folder = _photo_folder(tmp_path, n=2)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "defaults_vs_peer.py"), "tv-share", "--images",
+                        str(folder), "--victims", "lenet", "--batch", "1", "--first", "0"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("lenet B1 batch 0") for ln in lines)
+    shares = [float(m) for m in re.findall(r"λ=[0-9.e-]+: ([0-9.]+)", lines[0])]
+    assert len(shares) == 4 and all(0 <= v <= 1 for v in shares)
+    assert shares == sorted(shares, reverse=True)  # a larger TV weight never leaves more pixels to the matching term
