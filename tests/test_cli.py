@@ -159,7 +159,9 @@ def test_attack_options_out_of_range_are_one_line(cli, tmp_path):
         assert r.returncode == 2 and r.stderr.startswith(f"error: attack.options.{key}: got") and allowed in r.stderr
         assert not out.exists()
     r = cli("list", "invertgrad")
-    assert any(line.split()[:3] == ["lr", "0.025", "float"] and "> 0" in line for line in r.stdout.splitlines())
+    from gradleak.attacks.presets import INVERTGRAD_LR
+
+    assert any(line.split()[:3] == ["lr", str(INVERTGRAD_LR), "float"] and "> 0" in line for line in r.stdout.splitlines())
 
 
 def test_threads_option_is_used_and_recorded_in_metrics(cli, tmp_path):
