@@ -22,6 +22,21 @@ def _private_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _default_sigint_handler():
+    """Each test starts from Python's own SIGINT handler (KeyboardInterrupt) and leaves it as it was, whatever a
+    library used by an earlier test in this process installed: Flower's entry points register their own and do
+    not restore the previous ones, and a SIGINT left ignored (SIG_IGN) would be inherited by every subprocess a
+    later test starts — a Ctrl-C test's command then never sees its Ctrl-C."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
 

@@ -27,18 +27,6 @@ GIML = ["--steps", "4", "--tasks-per-step", "1", "--tau", "1", "--latent-iterati
 FAST_RUN = ["--set", "attack.options.iterations=3", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _default_sigint_handler():
-    """Each test starts from Python's own SIGINT handler (KeyboardInterrupt), whatever a library used by an
-    earlier test in the same process installed (Flower's entry points register their own and do not restore
-    the previous ones; a full-suite run saw the demo finish through a SIGINT), and leaves it as it was."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _after_calls(module, name: str, n: int, sig: int, monkeypatch=None):
     """Wrap ``module.name`` so that its ``n``-th call first sends ``sig`` to this process."""
     orig = getattr(module, name)
