@@ -348,6 +348,26 @@ def _shares(budget: AuditBudget, t0: float) -> float | None:
     return max(0.0, (left - reserve) / 2)
 
 
+def run_control(main: _Side, model, images: Tensor, labels: Tensor, protocol, defended: bool, give_labels: bool,
+                model_spec, plans, cfg: RunConfig, budget: AuditBudget, share: float | None, t0: float,
+                progress: bool, device: str, built: str, seed: int, **side) -> ControlSummary:
+    """The positive control (module docstring), run only when the audited side neither leaked nor was
+    interrupted: :func:`control_case` captured and attacked by the same ``plans`` for at most ``share`` seconds
+    (what is left of the budget after the reserve). ``built`` says how it was built (``{n}``: its batch)."""
+    level = main.calibration.verdict["batch"] if main.calibration is not None else None
+    if main.run.interrupted or level == "recognisable":
+        return ControlSummary(built="", batch=0, level=None, psnr=None, margin_psnr=None, attacks=[],
+                              skipped="interrupted before the control ran" if main.run.interrupted else
+                              "not needed: the audited upload already leaks")
+    ccase = control_case(model, images, labels, protocol, defended, give_labels, model_spec)
+    cobs = capture(ccase, seed=seed)
+    left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
+                                          - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
+    cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
+                                device, **side, seconds_per_iteration=main.run.seconds_per_iteration)
+    return _control_summary(cside, built.format(n=ccase.images.shape[0]), cmode)
+
+
 def audit_auto(cfg: RunConfig, budget: AuditBudget | str | None = None, prior: str | None = None,
                progress: bool = False) -> AuditResult:
     """``attack: auto``: audit the config's case with the portfolio, the positive control and one budget
@@ -382,25 +402,10 @@ def audit_auto(cfg: RunConfig, budget: AuditBudget | str | None = None, prior: s
     share = _shares(budget, t0)
     main, mode = _attack_side(obs, plans, case.images, case.labels, cfg, share, budget.iterations, progress, device)
     t3 = time.perf_counter()
-    level = main.calibration.verdict["batch"] if main.calibration is not None else None
-    control = None
-    if main.run.interrupted:
-        control = ControlSummary(built="", batch=0, level=None, psnr=None, margin_psnr=None, attacks=[],
-                                 skipped="interrupted before the control ran")
-    elif level == "recognisable":
-        control = ControlSummary(built="", batch=0, level=None, psnr=None, margin_psnr=None, attacks=[],
-                                 skipped="not needed: the audited upload already leaks")
-    else:
-        ccase = control_case(case.model, case.images, case.labels, case.protocol, bool(case.defenses),
-                             case.give_labels, case.model_spec)
-        cobs = capture(ccase, seed=cfg.seed)
-        built = (f"the same model, θ_0 and protocol without the defense chain, batch of {ccase.images.shape[0]}, "
-                 "on the case's own private images")
-        left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
-                                              - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
-        cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    device, seconds_per_iteration=main.run.seconds_per_iteration)
-        control = _control_summary(cside, built, cmode)
+    control = run_control(main, case.model, case.images, case.labels, case.protocol, bool(case.defenses),
+                          case.give_labels, case.model_spec, plans, cfg, budget, share, t0, progress, device,
+                          "the same model, θ_0 and protocol without the defense chain, batch of {n}, on the case's "
+                          "own private images", seed=cfg.seed)
     t4 = time.perf_counter()
     return _assemble(cfg, case, main, mode, control, budget, t0,
                      Timing(prepare=t1 - t0, capture=t2 - t1, attack=t3 - t2, score=t4 - t3), device,
@@ -482,22 +487,10 @@ def audit_loaded(obs: Observation, x: Tensor, y_true: Tensor | None, budget: Aud
     share = _shares(budget, t0)
     main, mode = _attack_side(obs, plans, x, y_true, cfg, share, budget.iterations, progress, dev, public_refs, data)
     t2 = time.perf_counter()
-    level = main.calibration.verdict["batch"] if main.calibration is not None else None
-    if main.run.interrupted or level == "recognisable":
-        control = ControlSummary(built="", batch=0, level=None, psnr=None, margin_psnr=None, attacks=[],
-                                 skipped="interrupted before the control ran" if main.run.interrupted else
-                                 "not needed: the audited upload already leaks")
-    else:
-        ccase = control_case(model, x, y_true, obs.protocol, bool(obs.defenses), obs.labels is not None,
-                             obs.model_spec)
-        cobs = capture(ccase, seed=seed)
-        built = (f"the observation's model, θ_0 and protocol without the defense chain, batch of "
-                 f"{ccase.images.shape[0]}, on the true images with {how_labels}")
-        left = None if share is None else min(share, budget.seconds - (time.perf_counter() - t0)
-                                              - max(RESERVE_MIN, RESERVE_FRACTION * budget.seconds))
-        cside, cmode = _attack_side(cobs, plans, ccase.images, ccase.labels, cfg, left, budget.iterations, progress,
-                                    dev, public_refs, data, main.run.seconds_per_iteration)
-        control = _control_summary(cside, built, cmode)
+    control = run_control(main, model, x, y_true, obs.protocol, bool(obs.defenses), obs.labels is not None,
+                          obs.model_spec, plans, cfg, budget, share, t0, progress, dev,
+                          "the observation's model, θ_0 and protocol without the defense chain, batch of {n}, on "
+                          f"the true images with {how_labels}", seed=seed, public=public_refs, data=data)
     case = Case(model=model, images=x, labels=y_true, protocol=obs.protocol, model_spec=obs.model_spec,
                 give_labels=obs.labels is not None)
     return _assemble(cfg, case, main, mode, control, budget, t0,
