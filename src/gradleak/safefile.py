@@ -120,18 +120,24 @@ def read_safetensors(path: str | os.PathLike, key: str) -> tuple[dict, dict[str,
     return tensors, meta
 
 
-def read_text(path: str | os.PathLike, key: str) -> str:
-    """A UTF-8 text file (YAML, CSV) of at most :data:`gradleak.limits.TEXT_BYTES`; one-line errors name
-    ``key`` and the file."""
+def _read_text_bytes(path: str | os.PathLike, key: str) -> tuple[bytes, str]:
+    """The bytes of a text file of at most :data:`gradleak.limits.TEXT_BYTES` (size checked before reading) and
+    the ``key: file`` prefix of its error lines; a missing or unreadable file is one line."""
     path = Path(path)
     where = f"{key}: {_name(path)}"
     try:
         limits.TEXT_BYTES.check(path.stat().st_size, where, " bytes")
-        data = path.read_bytes()
+        return path.read_bytes(), where
     except FileNotFoundError:
         raise UserError(f"{key}: file not found: {_name(path)}") from None
     except OSError as err:
         raise UserError(f"{where}: cannot read ({err.strerror or type(err).__name__})") from None
+
+
+def read_text(path: str | os.PathLike, key: str) -> str:
+    """A UTF-8 text file (YAML, CSV) of at most :data:`gradleak.limits.TEXT_BYTES`; one-line errors name
+    ``key`` and the file."""
+    data, where = _read_text_bytes(path, key)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -140,15 +146,7 @@ def read_text(path: str | os.PathLike, key: str) -> str:
 
 def read_json(path: str | os.PathLike, key: str, *, mapping: bool = True):
     """The parsed JSON of ``path`` (a JSON object when ``mapping``); one-line errors name ``key`` and the file."""
-    path = Path(path)
-    where = f"{key}: {_name(path)}"
-    try:
-        limits.TEXT_BYTES.check(path.stat().st_size, where, " bytes")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{key}: file not found: {_name(path)}") from None
-    except OSError as err:
-        raise UserError(f"{where}: cannot read ({err.strerror or type(err).__name__})") from None
+    data, where = _read_text_bytes(path, key)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
