@@ -9,3 +9,10 @@ class UserError(ValueError):
 def bad_value(key: str, given: object, allowed: str) -> UserError:
     """Build the standard one-line message: ``<key>: got <given>; allowed: <allowed>``."""
     return UserError(f"{key}: got {given!r}; allowed: {allowed}")
+
+
+def error_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (cut at ``limit`` characters), or the type alone: an exception
+    raised by user code or a library, told in one line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__

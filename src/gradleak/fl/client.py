@@ -7,7 +7,6 @@ Labels ``y`` are class indices (B,) or class probabilities (B, K) (DLG's soft du
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Literal
 
 import torch
@@ -18,6 +17,7 @@ from torch.func import functional_call
 from gradleak.errors import bad_value
 from gradleak.fl.protocol import Protocol
 from gradleak.fl.protocols import to_delta
+from gradleak.userimport import import_callable
 
 Params = dict[str, Tensor]
 
@@ -40,17 +40,8 @@ def client_inputs(protocol: Protocol | None, x: Tensor) -> Tensor:
 
 @functools.lru_cache(maxsize=16)
 def _import_loss(path: str):
-    module_name, _, attribute = path.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except Exception as error:  # noqa: BLE001 - anything going wrong while importing user code
-        raise bad_value("client.loss", path, f"an importable 'package.module:function' path "
-                                             f"(import failed: {type(error).__name__})") from None
-    if not callable(target):
-        raise bad_value("client.loss", path, "an import path naming a callable (logits, labels) -> scalar")
-    return target
+    return import_callable("client.loss", path, "an importable 'package.module:function' path to a callable "
+                                                "(logits, labels) -> scalar")
 
 
 def client_loss(protocol: Protocol | None, logits: Tensor, y: Tensor) -> Tensor:

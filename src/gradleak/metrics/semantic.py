@@ -22,7 +22,6 @@ A model tagger keeps the tags whose probability is ≥ ``threshold`` (default 0.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from importlib import resources
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from gradleak.errors import UserError, bad_value
 from gradleak.nets.tagger import KEY, ModelTagger, jaccard  # noqa: F401  (the tagger network lives in nets)
+from gradleak.userimport import call_factory
 
 BUILTIN_TAGGERS = {"digits": "tagger-digits"}
 
@@ -73,15 +73,7 @@ def _allowed() -> str:
 
 
 def _from_import(path: str, threshold: float, top_k: int | None):
-    module_name, _, attr = path.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-        obj = target()
-    except Exception as err:  # noqa: BLE001 - user code failing is one line
-        raise bad_value(KEY, path, f"an importable 'package.module:factory' (failed: {type(err).__name__}: "
-                                   f"{err})") from None
+    obj = call_factory(KEY, path, "an importable 'package.module:factory'")
     if isinstance(obj, nn.Module):
         names = getattr(obj, "tag_names", None)
         if not names:

@@ -7,12 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.errors import UserError
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+from gradleak.errors import UserError, error_line
 
 
 def check_fits(model: nn.Module, name: str, num_classes: int, in_channels: int, resolution: int) -> None:
@@ -30,7 +25,7 @@ def check_fits(model: nn.Module, name: str, num_classes: int, in_channels: int, 
             out = model(x)
     except Exception as err:  # noqa: BLE001 - whatever the user's forward raises is one line
         raise UserError(f"model {name!r}: does not accept inputs of shape {tuple(x.shape[1:])} "
-                        f"(data.channels, data.resolution): {_first_line(err)}") from None
+                        f"(data.channels, data.resolution): {error_line(err)}") from None
     finally:
         for m, mode in modes.items():
             m.training = mode

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
 from torch import nn
 
-from gradleak.errors import UserError, bad_value
+from gradleak.errors import UserError, bad_value, error_line
 from gradleak.registry import Registry
+from gradleak.userimport import import_callable
 
 from ._checks import check_int
 from .convnet import ConvNet
@@ -48,28 +48,6 @@ _RESERVED = ("num_classes", "in_channels", "resolution")
 
 def _allowed_names() -> str:
     return ", ".join(MODELS) + ", or an import path 'package.module:factory'"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-def _import_factory(path: str) -> ModelFactory:
-    module_name, _, attribute = path.partition(":")
-    allowed = "an importable 'package.module:factory' path"
-    if not module_name or not attribute:
-        raise bad_value("model", path, allowed)
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except Exception as error:  # noqa: BLE001 - anything going wrong while importing user code
-        reason = f"{allowed} (import failed: {_first_line(error)})"
-        raise bad_value("model", path, reason) from error
-    if not callable(target):
-        raise bad_value("model", path, f"{allowed} naming a callable")
-    return target
 
 
 def _check_options(name: str, factory: ModelFactory, options: dict[str, Any]) -> None:
@@ -113,7 +91,7 @@ def build_model(
     resolution = check_int("resolution", resolution, 1)
     name = name.strip()
     if ":" in name:
-        factory = _import_factory(name)
+        factory = import_callable("model", name, "an importable 'package.module:factory' path")
     else:
         name = name.lower()
         if name not in MODELS:
@@ -129,7 +107,7 @@ def build_model(
     except Exception as error:  # noqa: BLE001 - a user factory that raises is bad input, one line
         if ":" not in name:
             raise
-        raise bad_value("model", name, f"a factory that builds (it raised {_first_line(error)})") from None
+        raise bad_value("model", name, f"a factory that builds (it raised {error_line(error)})") from None
     if not isinstance(model, nn.Module):
         raise bad_value("model", name, "a factory returning a torch.nn.Module")
     if ":" in name:  # built-in models fit by construction (tested); a user factory is checked here

@@ -32,7 +32,6 @@ layers use their running statistics (recalibrated by ``train-prior``).
 """
 from __future__ import annotations
 
-import importlib
 from importlib import resources
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from gradleak.errors import UserError, bad_value
 from gradleak.priors.base import LUMA, Prior, match_shape  # noqa: F401  (the prior interface, re-exported)
 from gradleak.priors.checkpoint import generator_state, read_pair
 from gradleak.priors.dcgan import DCGANGenerator, dcgan_init_
+from gradleak.userimport import call_factory
 
 BUILTIN_PRIORS = {"digits": "prior-digits", "photos": "prior-photos"}
 # converted once from a fetched model into the cache by ``gradleak convert-prior NAME SRC``; value: what SRC is
@@ -93,21 +93,7 @@ def _from_module(obj, name: str) -> Prior:
 
 
 def _import(path: str):
-    module_name, _, attr = path.partition(":")
-    try:
-        target = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except Exception as err:  # noqa: BLE001 - user code failing to import is one line
-        raise bad_value("attack.options.prior", path,
-                        f"an importable 'package.module:factory' (import failed: {type(err).__name__}: {err})") from None
-    if not callable(target):
-        raise bad_value("attack.options.prior", path, "an import path naming a callable")
-    try:
-        return target()
-    except Exception as err:  # noqa: BLE001 - a failing user factory is one line too
-        raise bad_value("attack.options.prior", path, f"a factory callable without arguments (calling it failed: "
-                        f"{type(err).__name__}: {err})") from None
+    return call_factory("attack.options.prior", path, "an importable 'package.module:factory'")
 
 
 def builtin_path(name: str) -> Path:
