@@ -13,6 +13,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -68,6 +69,19 @@ def pair_files(path: str | Path, kind: str | None = None) -> tuple[Path, Path]:
         stem = stem / kind
     stem = _stem(stem)
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def readable_metas(files: Iterable[tuple[str, Path]]) -> Iterator[tuple[str, dict]]:
+    """``(name, meta)`` for each ``(name, .safetensors file)`` that exists and whose JSON half parses; the
+    others are passed over (a built-in that is not shipped, or a damaged sidecar, is no candidate). For
+    choosing a built-in by its metadata without loading any tensors."""
+    for name, path in files:
+        if path.is_file():
+            try:
+                meta = json.loads(path.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                continue
+            yield name, meta
 
 
 def read_pair(path: str | Path, key: str, fmt: str | None, kind: str | None = None) -> tuple[dict[str, Tensor], dict]:

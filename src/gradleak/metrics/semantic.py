@@ -22,7 +22,6 @@ A model tagger keeps the tags whose probability is ≥ ``threshold`` (default 0.
 """
 from __future__ import annotations
 
-import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from gradleak.errors import UserError, bad_value
+from gradleak.filepair import readable_metas
 from gradleak.nets.tagger import KEY, ModelTagger, jaccard  # noqa: F401  (the tagger network lives in nets)
 from gradleak.userimport import call_factory
 
@@ -55,15 +55,9 @@ def builtin_tagger_path(name: str) -> Path:
 
 def auto_tagger(channels: int, resolution: int) -> str | None:
     """The built-in tagger trained on images of this shape (channels and resolution), if shipped."""
-    for name in BUILTIN_TAGGERS:
-        path = builtin_tagger_path(name)
-        if path.is_file():
-            try:
-                meta = json.loads(path.with_suffix(".json").read_text())
-            except (OSError, ValueError):
-                continue
-            if meta.get("channels") == channels and meta.get("resolution") == resolution:
-                return name
+    for name, meta in readable_metas((name, builtin_tagger_path(name)) for name in BUILTIN_TAGGERS):
+        if meta.get("channels") == channels and meta.get("resolution") == resolution:
+            return name
     return None
 
 
