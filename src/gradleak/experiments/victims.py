@@ -23,10 +23,10 @@ class LeNet5(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, resolution: int = 32, c1: int = 16, c2: int = 32,
                  hidden: int = 256):
         super().__init__()
-        from gradleak.models._checks import check_common, check_int, check_resolution
+        from gradleak.models._checks import check_common, check_int
 
-        num_classes, in_channels = check_common("rog_lenet5", num_classes, in_channels)
-        resolution = check_resolution("rog_lenet5", resolution, multiple=4, minimum=4)
+        num_classes, in_channels, resolution = check_common("rog_lenet5", num_classes, in_channels, resolution,
+                                                            multiple=4, minimum=4)
         c1, c2 = check_int("rog_lenet5 option c1", c1, 1), check_int("rog_lenet5 option c2", c2, 1)
         hidden = check_int("rog_lenet5 option hidden", hidden, 1)
         self.conv1 = nn.Conv2d(in_channels, c1, 5, padding=2)

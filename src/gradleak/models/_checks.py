@@ -44,11 +44,12 @@ def check_resolution(model: str, resolution: object, *, multiple: int = 1, minim
     return int(resolution)
 
 
-def check_common(model: str, num_classes: object, in_channels: object) -> tuple[int, int]:
-    """Check and return ``(num_classes, in_channels)``."""
-    return check_int(f"{model} num_classes", num_classes, 1), check_int(
-        f"{model} in_channels", in_channels, 1
-    )
+def check_common(model: str, num_classes: object, in_channels: object, resolution: object, *,
+                 multiple: int = 1, minimum: int = 1) -> tuple[int, int, int]:
+    """Check and return ``(num_classes, in_channels, resolution)``, the three arguments every model factory
+    takes (:data:`gradleak.models.registry.MODELS`); ``multiple`` / ``minimum`` as in :func:`check_resolution`."""
+    return (check_int(f"{model} num_classes", num_classes, 1), check_int(f"{model} in_channels", in_channels, 1),
+            check_resolution(model, resolution, multiple=multiple, minimum=minimum))
 
 
 __all__ = [

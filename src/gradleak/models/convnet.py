@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_common, check_int, check_resolution
+from ._checks import check_bool, check_common, check_int
 
 _WIDTHS = (1, 2, 2, 4, 4, 4, 4, 4)
 
@@ -30,8 +30,7 @@ class ConvNet(nn.Module):
         batchnorm: bool = True,
     ) -> None:
         super().__init__()
-        num_classes, in_channels = check_common("convnet", num_classes, in_channels)
-        resolution = check_resolution("convnet", resolution, minimum=9)
+        num_classes, in_channels, resolution = check_common("convnet", num_classes, in_channels, resolution, minimum=9)
         width = check_int("convnet option width", width, 1)
         batchnorm = check_bool("convnet option batchnorm", batchnorm)
         layers: list[tuple[str, nn.Module]] = []

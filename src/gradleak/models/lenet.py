@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_choice, check_common, check_int, check_resolution
+from ._checks import check_bool, check_choice, check_common, check_int
 
 INIT_STYLES = ("dlg", "default")
 
@@ -26,8 +26,8 @@ class LeNet(nn.Module):
         width: int = 12, batchnorm: bool = False,
     ) -> None:
         super().__init__()
-        num_classes, in_channels = check_common("lenet", num_classes, in_channels)
-        resolution = check_resolution("lenet", resolution, multiple=4, minimum=4)
+        num_classes, in_channels, resolution = check_common("lenet", num_classes, in_channels, resolution,
+                                                            multiple=4, minimum=4)
         self.init_style = check_choice("lenet option init", init, INIT_STYLES)
         width = check_int("lenet option width", width, 1)
         batchnorm = check_bool("lenet option batchnorm", batchnorm)

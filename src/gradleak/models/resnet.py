@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_choice, check_common, check_int, check_resolution
+from ._checks import check_bool, check_choice, check_common, check_int
 
 STEMS = ("cifar", "imagenet")
 
@@ -62,8 +62,7 @@ class ResNet18(nn.Module):
         stem: str | None = None,
     ) -> None:
         super().__init__()
-        num_classes, in_channels = check_common("resnet18", num_classes, in_channels)
-        resolution = check_resolution("resnet18", resolution)
+        num_classes, in_channels, resolution = check_common("resnet18", num_classes, in_channels, resolution)
         width = check_int("resnet18 option width", width, 1)
         batchnorm = check_bool("resnet18 option batchnorm", batchnorm)
         if stem is None:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_choice, check_common, check_int, check_resolution
+from ._checks import check_bool, check_choice, check_common, check_int
 from gradleak.errors import bad_value
 
 #: (out_channels, kernel, stride, padding) of CNN6's convolutions; CNN10 repeats the 36-channel layer.
@@ -40,8 +40,7 @@ class StandardCNN(nn.Module):
     def __init__(self, name: str, layers: list[tuple[int, int, int, int]], num_classes: int, in_channels: int,
                  resolution: int, width: float = 1.0, bias: bool = False, slope: float = 0.2) -> None:
         super().__init__()
-        num_classes, in_channels = check_common(name, num_classes, in_channels)
-        resolution = check_resolution(name, resolution, minimum=8)
+        num_classes, in_channels, resolution = check_common(name, num_classes, in_channels, resolution, minimum=8)
         bias = check_bool(f"{name} option bias", bias)
         if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
             raise bad_value(f"{name} option width", width, "a number in (0, 16]")
@@ -86,8 +85,7 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, resolution: int = 32, width: int = 256,
                  depth: int = 1, activation: str = "relu") -> None:
         super().__init__()
-        num_classes, in_channels = check_common("mlp", num_classes, in_channels)
-        resolution = check_resolution("mlp", resolution)
+        num_classes, in_channels, resolution = check_common("mlp", num_classes, in_channels, resolution)
         width = check_int("mlp option width", width, 1)
         depth = check_int("mlp option depth", depth, 1)
         activation = check_choice("mlp option activation", activation, ACTIVATIONS)

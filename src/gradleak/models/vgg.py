@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_bool, check_common, check_int, check_resolution
+from ._checks import check_bool, check_common, check_int
 
 _PLAN = (1, 1, "M", 2, 2, "M", 4, 4, "M")
 
@@ -31,8 +31,8 @@ class VGG7(nn.Module):
         pool: int | None = None,
     ) -> None:
         super().__init__()
-        num_classes, in_channels = check_common("vgg7", num_classes, in_channels)
-        resolution = check_resolution("vgg7", resolution, multiple=8, minimum=8)
+        num_classes, in_channels, resolution = check_common("vgg7", num_classes, in_channels, resolution,
+                                                            multiple=8, minimum=8)
         width = check_int("vgg7 option width", width, 1)
         hidden = check_int("vgg7 option hidden", hidden, 1)
         batchnorm = check_bool("vgg7 option batchnorm", batchnorm)
