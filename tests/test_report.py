@@ -277,6 +277,21 @@ def test_line_and_scatter_plots(tmp_path):
     assert not (tmp_path / "bad.png").exists() and _leftovers(tmp_path) == []
 
 
+def test_line_and_scatter_plots_set_scales_labels_and_title(tmp_path, monkeypatch):
+    from gradleak.report import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig.axes[0]))
+    line_plot([1, 2, 4], {"a": [1.0, 10.0, 100.0]}, tmp_path / "l.png", "x", "y", "t", logx=True, logy=True)
+    line_plot([1, 2], {"a": [-1.0, 2.0]}, tmp_path / "l2.png", logy=True)           # a value <= 0: symlog
+    scatter_plot([{"x": 1.0, "y": 2.0}, {"x": 3.0, "y": 4.0}], tmp_path / "s.png", "px", "py", "st", logy=True)
+    scatter_plot([{"x": 1.0, "y": 2.0}], tmp_path / "s2.png")
+    scales = [(ax.get_xscale(), ax.get_yscale()) for ax in saved]
+    assert scales == [("log", "log"), ("linear", "symlog"), ("linear", "log"), ("linear", "linear")]
+    labels = [(ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) for ax in saved]
+    assert labels == [("x", "y", "t"), ("", "", ""), ("px", "py", "st"), ("", "", "")]
+
+
 # ------------------------------------------------------------------------------------------- html
 
 

@@ -45,6 +45,20 @@ def _save(fig: Figure, path) -> Path:
     return atomic_save_figure(fig, Path(path), dpi=_DPI)
 
 
+def _scales_and_labels(ax, xlabel: str, ylabel: str, title: str, *, logx: bool,
+                       logy_values: Sequence[float] | None) -> None:
+    """What line and scatter plots set alike: a log x axis when ``logx``; a log (or symlog,
+    :func:`_choose_yscale`) y axis over ``logy_values`` unless None; the axis labels; the title when set."""
+    if logx:
+        ax.set_xscale("log")
+    if logy_values is not None:
+        _choose_yscale(ax, logy_values)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize="medium")
+
+
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
@@ -135,14 +149,8 @@ def line_plot(
         yy = [math.nan if _finite(v) is None else _finite(v) for v in y]
         ax.plot(list(x), yy, label=str(label), lw=1.4,
                 marker=_MARKERS[k % len(_MARKERS)] if markers else None, ms=4)
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        _choose_yscale(ax, [v for y in ys.values() for v in (_finite(u) for u in y) if v is not None])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize="medium")
+    _scales_and_labels(ax, xlabel, ylabel, title, logx=logx, logy_values=[
+        v for y in ys.values() for v in (_finite(u) for u in y) if v is not None] if logy else None)
     if ys:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="best")
@@ -186,14 +194,8 @@ def scatter_plot(
             for x, y, label in pts:
                 if label:
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
-    if logx:
-        ax.set_xscale("log")
-    if logy:
-        _choose_yscale(ax, [p[1] for pts in groups.values() for p in pts])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize="medium")
+    _scales_and_labels(ax, xlabel, ylabel, title, logx=logx,
+                       logy_values=[p[1] for pts in groups.values() for p in pts] if logy else None)
     if groups:
         ax.grid(True, alpha=0.3)
         if any(groups):
