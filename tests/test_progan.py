@@ -341,3 +341,23 @@ def test_output_clip_is_exact_forward_and_straight_through_backward(tiny):
         net.layers.append(pre)
     torch.testing.assert_close(grads[True], g_raw)
     assert not torch.allclose(grads[True], grads[False])
+
+
+def test_from_state_refuses_a_bad_config_or_mismatched_weights(tiny):
+    """Both cached-prior converters rebuild their generator through priors.checkpoint.rebuild_generator."""
+    from gradleak.priors import synthfaces
+
+    net, _ = progan.convert(tiny)
+    state, cfg = net.state_dict(), net.config()
+    again = progan.from_state(state, {"config": cfg})
+    assert not again.training and all(torch.equal(again.state_dict()[k], v) for k, v in state.items())
+    with pytest.raises(UserError, match=r"^prior: bad progan config: KeyError"):
+        progan.from_state(state, {"config": {"layers": cfg["layers"]}})
+    with pytest.raises(UserError, match=r"^prior: weights do not match the progan config: "):
+        progan.from_state({k: v for k, v in list(state.items())[1:]}, {"config": cfg})
+    small = synthfaces.TutorialDCGAN(nz=5, ngf=2)
+    assert not synthfaces.from_state(small.state_dict(), {"config": small.config()}).training
+    with pytest.raises(UserError, match=r"^prior: bad dcgan-tutorial config: TypeError"):
+        synthfaces.from_state(small.state_dict(), {"config": {"width": 3}})
+    with pytest.raises(UserError, match=r"^prior: weights do not match the dcgan-tutorial config: "):
+        synthfaces.from_state(small.state_dict(), {"config": {**small.config(), "ngf": 3}})

@@ -10,12 +10,13 @@ Two kinds, both read without executing code (safetensors + JSON only):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from gradleak import filepair
-from gradleak.errors import UserError
+from gradleak.errors import UserError, error_line
 from gradleak.filepair import write_pair
 from gradleak.trainstate import optimizer_state, optimizer_tensors
 
@@ -74,3 +75,17 @@ def load_checkpoint(path: str | Path, G: nn.Module, D: nn.Module, opt_g, opt_d,
 
 def generator_state(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return _strip("generator", tensors)
+
+
+def rebuild_generator(arch: str, make: Callable[[], nn.Module], state: dict[str, Tensor]) -> nn.Module:
+    """The generator ``make()`` builds from a prior's config, loaded with ``state`` (strict), in eval mode. A
+    config it cannot be built from is the one-line error ``prior: bad <arch> config: ...``; weights that do
+    not fit it are ``prior: weights do not match the <arch> config: ...``."""
+    try:
+        net = make()
+        net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"prior: bad {arch} config: {error_line(err)}") from None
+    except RuntimeError as err:
+        raise UserError(f"prior: weights do not match the {arch} config: {str(err).splitlines()[0]}") from None
+    return net.eval()

@@ -295,15 +295,10 @@ def save(net: TFJSChain, info: dict, out: str | Path, dataset: str = "celeba") -
 
 def from_state(tensors: dict[str, Tensor], meta: dict) -> TFJSChain:
     """Rebuild the module from a prior pair's generator tensors and config."""
+    from gradleak.priors.checkpoint import rebuild_generator
+
     cfg = meta.get("config") or {}
-    try:
-        net = TFJSChain(cfg["layers"], cfg["latent_dim"])
-        net.load_state_dict(tensors)
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserError(f"prior: bad progan config: {type(err).__name__}: {err}") from None
-    except RuntimeError as err:
-        raise UserError(f"prior: weights do not match the progan config: {str(err).splitlines()[0]}") from None
-    return net.eval()
+    return rebuild_generator(ARCH, lambda: TFJSChain(cfg["layers"], cfg["latent_dim"]), tensors)
 
 
 def make_prior(net: TFJSChain, name: str, meta: dict):

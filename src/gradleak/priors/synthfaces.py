@@ -105,14 +105,9 @@ def save(net: TutorialDCGAN, info: dict, out: str | Path) -> tuple[Path, Path]:
 
 
 def from_state(tensors: dict[str, Tensor], meta: dict) -> TutorialDCGAN:
-    try:
-        net = TutorialDCGAN(**(meta.get("config") or {}))
-        net.load_state_dict(tensors)
-    except (TypeError, ValueError) as err:
-        raise UserError(f"prior: bad {ARCH} config: {err}") from None
-    except RuntimeError as err:
-        raise UserError(f"prior: weights do not match the {ARCH} config: {str(err).splitlines()[0]}") from None
-    return net.eval()
+    from gradleak.priors.checkpoint import rebuild_generator
+
+    return rebuild_generator(ARCH, lambda: TutorialDCGAN(**(meta.get("config") or {})), tensors)
 
 
 def make_prior(net: TutorialDCGAN, name: str, meta: dict):
