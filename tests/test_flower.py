@@ -134,6 +134,10 @@ def test_wrapper_refuses_a_model_that_does_not_match(tmp_path):
         rec.check_state(dict(state, **{"extra.weight": torch.zeros(1)}), "arrays")
     with pytest.raises(UserError, match="Strategy"):
         GradleakCapture(object(), tmp_path, {"name": "lenet", "num_classes": 10}, Protocol())
+    from gradleak.integrations.flower import LegacyGradleakCapture
+
+    with pytest.raises(UserError, match=r"got object; allowed: a flwr\.server\.strategy\.Strategy \(legacy API\)"):
+        LegacyGradleakCapture(object(), tmp_path, {"name": "lenet", "num_classes": 10}, Protocol())
     with pytest.raises(UserError, match="num-examples"):
         rec.record(1, 7, state, state, 0, Protocol())
     assert not list(tmp_path.iterdir())  # nothing written
@@ -203,6 +207,16 @@ def test_legacy_strategy_capture_equals_the_clients_update(tmp_path):
     agg = Observation.load(tmp_path / next(e["path"] for e in index if e["kind"] == "aggregate"))
     for name in agg.update:  # FedAvg with equal weights: the mean of the two updates
         assert torch.allclose(agg.update[name], (truth["a"][name] + truth["b"][name]) / 2, atol=1e-7)
+    # rounds= and capture_aggregate= choose what is kept: round 1 not asked for, then no aggregate
+    for rounds, aggregate, kinds in (([2], True, None), ([1], False, ["client", "client"])):
+        out = tmp_path / f"options-{rounds[0]}"
+        other = LegacyGradleakCapture(LegacyFedAvg(min_fit_clients=2, min_available_clients=2), out, spec,
+                                      Protocol(kind="fedavg", lr=0.05, local_steps=1), rounds=rounds,
+                                      capture_aggregate=aggregate)
+        other.configure_fit(1, global_params, manager)
+        assert other.aggregate_fit(1, results, [])[0] is not None
+        index = out / "index.json"
+        assert (sorted(e["kind"] for e in load_index(out)) if index.exists() else None) == kinds
 
 
 @pytest.mark.parametrize("convention", ["old_minus_new", "new_minus_old", "new_weights"])

@@ -240,7 +240,37 @@ def _num_examples(content: RecordDict, key: str, what: str) -> int:
                     f"it (set num_examples_key=)")
 
 
-class GradleakCapture(Strategy):
+class _Capture:
+    """What the Message-API and the legacy capture share: the wrapped strategy, the recorder, which rounds are
+    captured, the defenses the server knows of, and per round the global model and what each client was sent."""
+
+    def _start(self, strategy: Any, kind: type, api: str, out: str | Path, model: Union[nn.Module, dict],
+               protocol: Union[Protocol, ProtocolFn], capture_aggregate: bool, rounds: Iterable[int] | None,
+               defenses: list[dict] | None, aggregate_defenses: list[dict] | None) -> None:
+        if not isinstance(strategy, kind):
+            raise UserError(f"flower capture: strategy: got {type(strategy).__name__}; allowed: a {api}")
+        self.strategy = strategy
+        self.recorder = ServerRecorder(out, model, protocol)
+        self.capture_aggregate = capture_aggregate
+        self.rounds = None if rounds is None else set(rounds)
+        self.defenses, self.aggregate_defenses = list(defenses or []), list(aggregate_defenses or [])
+        self._sent: dict[Any, tuple[StateDict, dict]] = {}
+        self._global: StateDict | None = None
+
+    def _active(self, server_round: int) -> bool:
+        return self.rounds is None or server_round in self.rounds
+
+    def _end_round(self, server_round: int, aggregated: Callable[[], StateDict] | None,
+                   parts: list[Observation]) -> None:
+        """After the wrapped strategy aggregated (``aggregated``: its result as a state dict, None when it
+        returned none): the aggregate's Observation when asked for and clients answered, then the index."""
+        if self.capture_aggregate and aggregated is not None and self._global is not None and parts:
+            agg = self.recorder.aggregate(server_round, self._global, aggregated(), parts, self.aggregate_defenses)
+            self.recorder.save(agg, server_round, "aggregate")
+        self.recorder.write_index()
+
+
+class GradleakCapture(_Capture, Strategy):
     """Wrap a Flower (Message API) ``strategy``; save every client's upload as a gradleak Observation.
 
     ``out``: capture directory; ``model``: a model built by :func:`gradleak.build_model` or its spec dict
@@ -260,17 +290,9 @@ class GradleakCapture(Strategy):
                  rounds: Iterable[int] | None = None, defenses: list[dict] | None = None,
                  aggregate_defenses: list[dict] | None = None):
         super().__init__()
-        if not isinstance(strategy, Strategy):
-            raise UserError(f"flower capture: strategy: got {type(strategy).__name__}; allowed: a "
-                            "flwr.serverapp.strategy.Strategy (Message API)")
-        self.strategy = strategy
-        self.recorder = ServerRecorder(out, model, protocol)
+        self._start(strategy, Strategy, "flwr.serverapp.strategy.Strategy (Message API)", out, model, protocol,
+                    capture_aggregate, rounds, defenses, aggregate_defenses)
         self.num_examples_key, self.arrayrecord_key = num_examples_key, arrayrecord_key
-        self.capture_aggregate = capture_aggregate
-        self.rounds = None if rounds is None else set(rounds)
-        self.defenses, self.aggregate_defenses = list(defenses or []), list(aggregate_defenses or [])
-        self._sent: dict[int, tuple[StateDict, dict]] = {}
-        self._global: StateDict | None = None
 
     def __repr__(self) -> str:
         return f"GradleakCapture({self.strategy!r})"
@@ -283,9 +305,6 @@ class GradleakCapture(Strategy):
     @property
     def out(self) -> Path:
         return self.recorder.out
-
-    def _active(self, server_round: int) -> bool:
-        return self.rounds is None or server_round in self.rounds
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -340,11 +359,7 @@ class GradleakCapture(Strategy):
                                                 "code": reply.error.code, "reason": reply.error.reason})
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if self._active(server_round):
-            if self.capture_aggregate and arrays is not None and self._global is not None and parts:
-                agg = self.recorder.aggregate(server_round, self._global, _to_state(arrays), parts,
-                                              self.aggregate_defenses)
-                self.recorder.save(agg, server_round, "aggregate")
-            self.recorder.write_index()
+            self._end_round(server_round, None if arrays is None else lambda: _to_state(arrays), parts)
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -370,25 +385,17 @@ def _legacy_class():
     from flwr.common import parameters_to_ndarrays
     from flwr.server.strategy import Strategy as LegacyStrategy
 
-    class _LegacyCapture(LegacyStrategy):
+    class _LegacyCapture(_Capture, LegacyStrategy):
         def __init__(self, strategy, out, model, protocol, *, capture_aggregate: bool = True,
                      rounds: Iterable[int] | None = None, defenses: list[dict] | None = None,
                      aggregate_defenses: list[dict] | None = None):
-            if not isinstance(strategy, LegacyStrategy):
-                raise UserError(f"flower capture: strategy: got {type(strategy).__name__}; allowed: a "
-                                "flwr.server.strategy.Strategy (legacy API)")
             from gradleak.models import build_model
 
-            self.strategy = strategy
-            self.recorder = ServerRecorder(out, model, protocol)
+            self._start(strategy, LegacyStrategy, "flwr.server.strategy.Strategy (legacy API)", out, model,
+                        protocol, capture_aggregate, rounds, defenses, aggregate_defenses)
             spec = self.recorder.spec
             self._keys = list(build_model(spec["name"], spec["num_classes"], spec["in_channels"],
                                           spec["resolution"], **spec.get("options", {})).state_dict())
-            self.capture_aggregate = capture_aggregate
-            self.rounds = None if rounds is None else set(rounds)
-            self.defenses, self.aggregate_defenses = list(defenses or []), list(aggregate_defenses or [])
-            self._sent: dict[str, tuple[StateDict, dict]] = {}
-            self._global: StateDict | None = None
 
         def __repr__(self) -> str:
             return f"LegacyGradleakCapture({self.strategy!r})"
@@ -399,9 +406,6 @@ def _legacy_class():
                 raise UserError(f"flower capture: {what}: got {len(arrays)} arrays; allowed: {len(self._keys)}, the "
                                 f"state_dict of model {self.recorder.spec['name']!r} in order")
             return {k: torch.from_numpy(a.copy()) for k, a in zip(self._keys, arrays)}
-
-        def _active(self, server_round: int) -> bool:
-            return self.rounds is None or server_round in self.rounds
 
         def initialize_parameters(self, client_manager):
             return self.strategy.initialize_parameters(client_manager)
@@ -432,12 +436,8 @@ def _legacy_class():
                     parts.append(obs)
             parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
             if self._active(server_round):
-                if self.capture_aggregate and parameters is not None and self._global is not None and parts:
-                    agg = self.recorder.aggregate(server_round, self._global,
-                                                  self._state(parameters, f"round {server_round}, aggregate"), parts,
-                                                  self.aggregate_defenses)
-                    self.recorder.save(agg, server_round, "aggregate")
-                self.recorder.write_index()
+                self._end_round(server_round, None if parameters is None else
+                                lambda: self._state(parameters, f"round {server_round}, aggregate"), parts)
             return parameters, metrics
 
         def configure_evaluate(self, server_round, parameters, client_manager):
