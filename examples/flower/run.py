@@ -60,7 +60,14 @@ def positive_float(text: str) -> float:
 
 def partitions(clients: int, images: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Disjoint private batches, distinct labels within each client (digits, private split, 32×32, 1 ch)."""
-    data = gl.load_dataset("digits", split="private", resolution=32, channels=1)
+    return split_clients(gl.load_dataset("digits", split="private", resolution=32, channels=1), clients, images,
+                         seed)[0]
+
+
+def split_clients(data, clients: int, images: int, seed: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
+                                                                       set[int]]:
+    """``clients`` disjoint batches of ``images`` from ``data`` (distinct labels within each, drawn in a seeded
+    order), and the indices they used."""
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
     used: set[int] = set()
     parts = []
@@ -75,11 +82,11 @@ def partitions(clients: int, images: int, seed: int) -> list[tuple[torch.Tensor,
                     break
         idx = torch.tensor(chosen)
         parts.append((data.images[idx].clone(), data.labels[idx].clone()))
-    return parts
+    return parts, used
 
 
-def initial_model(seed: int) -> torch.nn.Module:
-    model = gl.build_model(SPEC["name"], SPEC["num_classes"], SPEC["in_channels"], SPEC["resolution"])
+def initial_model(seed: int, spec: dict = SPEC) -> torch.nn.Module:
+    model = gl.build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["resolution"])
     gl.init_model(model, seed)
     return model
 
@@ -99,7 +106,7 @@ def local_training(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr:
     return float(loss.detach())
 
 
-def make_client_app(parts, truth_dir: str | None, mods=()):
+def make_client_app(parts, truth_dir: str | None, mods=(), spec: dict = SPEC):
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -111,7 +118,7 @@ def make_client_app(parts, truth_dir: str | None, mods=()):
         pid = int(context.node_config["partition-id"])
         x, y = parts[pid]
         cfg = msg.content["config"]
-        model = initial_model(0)
+        model = initial_model(0, spec)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         before = {k: v.detach().clone() for k, v in model.named_parameters()}
         loss = local_training(model, x, y, float(cfg["lr"]), int(cfg["local-epochs"]), int(cfg["batch-size"]))

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as base  # noqa: E402  (examples/flower/run.py: the in-process grid, argument types)
@@ -41,54 +40,18 @@ SPEC = {"name": "lenet", "num_classes": 12, "in_channels": 3, "resolution": 32, 
 def partitions(clients: int, images: int, seed: int):
     """Disjoint private batches (distinct labels within a client) and the held-out rest (the test set)."""
     data = gl.load_dataset("photos", split="private", resolution=32, channels=3)
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
-    used: set[int] = set()
-    parts = []
-    for _ in range(clients):
-        chosen, labels = [], set()
-        for i in perm:
-            if i not in used and int(data.labels[i]) not in labels:
-                chosen.append(i)
-                labels.add(int(data.labels[i]))
-                used.add(i)
-                if len(chosen) == images:
-                    break
-        idx = torch.tensor(chosen)
-        parts.append((data.images[idx].clone(), data.labels[idx].clone()))
+    parts, used = base.split_clients(data, clients, images, seed)
     rest = torch.tensor([i for i in range(len(data)) if i not in used])
     return parts, (data.images[rest], data.labels[rest])
 
 
 def initial_model(seed: int) -> torch.nn.Module:
-    model = gl.build_model(SPEC["name"], SPEC["num_classes"], SPEC["in_channels"], SPEC["resolution"])
-    gl.init_model(model, seed)
-    return model
+    return base.initial_model(seed, SPEC)
 
 
 def protocol_from_config(server_round, node_id, config) -> gl.Protocol:
     return gl.Protocol(kind="fedavg", lr=float(config["lr"]), epochs=int(config["local-epochs"]),
                        local_batch_size=int(config["batch-size"]))
-
-
-def client_app(parts, mods=()):
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp(mods=list(mods))
-
-    @app.train()
-    def train(msg, context):
-        torch.set_num_threads(1)
-        pid = int(context.node_config["partition-id"])
-        x, y = parts[pid]
-        cfg = msg.content["config"]
-        model = initial_model(0)
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        loss = base.local_training(model, x, y, float(cfg["lr"]), int(cfg["local-epochs"]), int(cfg["batch-size"]))
-        metrics = MetricRecord({"train-loss": loss, "num-examples": int(x.shape[0]), "partition-id": pid})
-        return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
-
-    return app
 
 
 def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
@@ -121,7 +84,7 @@ def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
                        train_config=ConfigRecord({"lr": args.lr, "local-epochs": args.epochs,
                                                   "batch-size": args.batch_size}))
 
-    app = client_app(parts, mods=[guard] if guard is not None else [])
+    app = base.make_client_app(parts, None, [guard] if guard is not None else [], SPEC)
     if args.engine == "inprocess":
         from flwr.supercore.task_identity import TaskIdentity
 
