@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, parallel_map, positive_int
+from _common import ROOT, gias_cell, parallel_map, positive_int
 
 BATCH, RESOLUTION = 4, 32
 VICTIMS = {"gias": ("lenet", {"width": 12, "batchnorm": True}),
@@ -47,35 +47,14 @@ def run_job(args) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
-    from gradleak.attacks import build_attack
-    from gradleak.metrics import score_images
-    from gradleak.metrics.reference import reference_scores
-    from gradleak.models import build_model, init_model
 
     dataset, victim, column, seed, iterations, prior = args
     test = _load(dataset, "test")
     x, y = gl.sample_batch(test, BATCH, distinct_labels=False, seed=seed)
-    arch, opts = VICTIMS[victim]
-    model = init_model(build_model(arch, max(test.num_classes, 2), 3, RESOLUTION, **opts), seed)
-    bn = opts.get("batchnorm", False)
-    case = gl.Case(model, x, y, gl.Protocol(kind="fedsgd", bn_mode="train", share_bn_stats=bn), [],
-                   model.gradleak_spec, give_labels=True)
-    obs = gl.capture(case, seed=seed)
     attack, extra = COLUMNS[column]
-    o: dict = {"distance": "cosine", **extra}
-    if attack != "gi-x":
-        o["prior"] = prior
-    if attack == "gi-zw":
-        o |= {"iterations_z": iterations // 2, "iterations_w": iterations - iterations // 2}
-    else:
-        o["iterations"] = iterations
-    if attack == "gi-x":
-        o["restarts"] = 4
-    rec = build_attack(attack, **o)(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    s = score_images(rec.images, x)
-    public = _load("debian-photos", "train")
-    refs = reference_scores(x, public.images)  # grey and the prior's training-corpus mean image
-    best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean")) for i in range(len(x))]
+    options = extra if attack == "gi-x" else {**extra, "prior": prior}
+    rec, s, refs, best_ref = gias_cell(x, y, VICTIMS[victim], max(test.num_classes, 2), attack, options, iterations,
+                                       seed, lambda: _load("debian-photos", "train"))
     return {"set": dataset, "victim": victim, "column": column, "seed": seed, "seconds": rec.seconds,
             "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "ref_psnr": best_ref,
             "grey_psnr": refs["grey"]["psnr"], "mean_psnr": refs["public_mean"]["psnr"]}

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, parallel_map, positive_int
+from _common import ROOT, gias_cell, parallel_map, positive_int
 
 BATCH, RESOLUTION = 4, 32
 VICTIMS = {"gias": ("lenet", {"width": 12, "batchnorm": True}),
@@ -61,37 +61,20 @@ def run_job(args) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
-    from gradleak.attacks import build_attack
-    from gradleak.metrics import apply_match, score_images
-    from gradleak.metrics.reference import reference_scores
-    from gradleak.models import build_model, init_model
+    from gradleak.metrics import apply_match
 
     fold, victim, column, seed, iterations, prior_path = args
     test = gl.load_dataset("photo-corpus", split=f"fold{fold}-test", resolution=RESOLUTION, channels=3)
     x, y = gl.sample_batch(test, BATCH, distinct_labels=False, seed=seed)
-    arch, opts = VICTIMS[victim]
-    model = init_model(build_model(arch, test.num_classes, 3, RESOLUTION, **opts), seed)
-    bn = opts.get("batchnorm", False)
-    case = gl.Case(model, x, y, gl.Protocol(kind="fedsgd", bn_mode="train", share_bn_stats=bn), [],
-                   model.gradleak_spec, give_labels=True)
-    obs = gl.capture(case, seed=seed)
     attack, prior = COLUMNS[column]
-    o: dict = {"distance": "cosine", "tv": 1e-4}  # GIAS appendix G's TV (the paper's setting, not gradleak's default)
+    o: dict = {"tv": 1e-4}  # GIAS appendix G's TV (the paper's setting, not gradleak's default)
     if attack == "gi-x":
         o["lr"] = 0.025
     if prior is not None:
         o["prior"] = prior_path if prior == "fold" else prior
-    if attack == "gi-zw":
-        o |= {"iterations_z": iterations // 2, "iterations_w": iterations - iterations // 2}
-    else:
-        o["iterations"] = iterations
-    if attack == "gi-x":
-        o["restarts"] = 4
-    rec = build_attack(attack, **o)(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    s = score_images(rec.images, x)
-    train_side = gl.load_dataset("photo-corpus", split=f"fold{fold}-train", resolution=RESOLUTION, channels=3)
-    refs = reference_scores(x, train_side.images)  # grey and the prior's training-corpus mean image
-    best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean")) for i in range(len(x))]
+    rec, s, refs, best_ref = gias_cell(
+        x, y, VICTIMS[victim], test.num_classes, attack, o, iterations, seed,
+        lambda: gl.load_dataset("photo-corpus", split=f"fold{fold}-train", resolution=RESOLUTION, channels=3))
     return {"fold": fold, "victim": victim, "column": column, "seed": seed, "seconds": rec.seconds,
             "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "ref_psnr": best_ref,
             "grey_psnr": refs["grey"]["psnr"], "grey_ssim": refs["grey"]["ssim"],
