@@ -75,18 +75,14 @@ def relative(dist, observed: list[Tensor]):
 
 
 def rog_distance(obs: Observation) -> str:
-    """The distance ``distance: auto`` resolves to (see the module docstring)."""
-    from gradleak.defenses.estimate import told_view
+    """The distance ``distance: auto`` resolves to (see the module docstring): the L2 twin of
+    :func:`~gradleak.defenses.estimate.choose_distance`'s pick when there is something to model (signs, an unknown
+    support, a defense applied without telling the attacker), plain ``l2`` otherwise."""
+    from gradleak.defenses.estimate import choose_distance, told_view
 
     view = told_view(obs)
-    if view.sign:
-        return "tanh_sign"
-    if view.support:
-        return "masked_l2"
-    if any(d.get("attacker_knows", True) is False for d in obs.defenses):  # something was applied that the attacker was not told about
-        from gradleak.defenses.estimate import choose_distance
-
-        return {"cosine": "l2", "masked_cosine": "masked_l2"}.get(choose_distance(obs), "tanh_sign")
+    if view.sign or view.support or any(d.get("attacker_knows", True) is False for d in obs.defenses):
+        return {"cosine": "l2", "masked_cosine": "masked_l2"}.get(choose_distance(obs, view), "tanh_sign")
     return "l2"
 
 

@@ -106,9 +106,10 @@ def attacker_view(obs: Observation) -> AttackerView:
     return view
 
 
-def choose_distance(obs: Observation) -> str:
-    """The distance ``auto`` resolves to for this Observation (see the module docstring)."""
-    view = told_view(obs)
+def choose_distance(obs: Observation, view: AttackerView | None = None) -> str:
+    """The distance ``auto`` resolves to for this Observation (see the module docstring); ``view``: its
+    :func:`told_view` when the caller has it already."""
+    view = told_view(obs) if view is None else view
     if view.sign:
         return "tanh_sign"
     if view.support:
