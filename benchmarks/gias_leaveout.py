@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, gias_cell, parallel_map, positive_int
+from _common import ROOT, parallel_map, positive_int
+from _leaveout import gias_cell
 
 BATCH, RESOLUTION = 4, 32
 VICTIMS = {"gias": ("lenet", {"width": 12, "batchnorm": True}),
