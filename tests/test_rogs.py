@@ -417,8 +417,14 @@ def test_rogs_run_directory_end_to_end(tmp_path, cli):
     before = m["rog_before_inversion"]
     assert set(before) == {"psnr", "ssim", "jaccard"} and 0 <= before["jaccard"] <= 1
     assert (tmp_path / "run" / "rogs_path.png").is_file()
+    # ROG's own post-processing steps (the shipped digits32 enhancer): each scored, drawn, listed
+    assert m["intermediates"] == ["raw", "enhanced"] and m["enhancer"] == "digits32"
+    assert set(m["intermediate_scores"]) == {"raw", "enhanced"}
+    assert m["intermediate_scores"]["enhanced"]["psnr"] == pytest.approx(before["psnr"], abs=1e-4)  # ROG's output
+    assert (tmp_path / "run" / "rog_steps.png").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "Semantic tags" in html and "ROGS optimisation path" in html
+    assert "Semantic tags" in html and "ROGS optimisation path" in html and "ROG post-processing" in html
+    assert "ROGS generator</th>" in html and "ROG enhancer</th><td>digits32</td>" in html
     r = cli("run", cfg, "--out", tmp_path / "bad", "--set", "metrics.tagger_threshold=2", "--no-progress")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = cli("run", cfg, "--out", tmp_path / "bad2", "--set", "attack.options.perceptual=alexnet", "--no-progress")
