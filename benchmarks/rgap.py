@@ -37,7 +37,8 @@ from gradleak.models import build_model, init_model  # noqa: E402
 
 def layer_errors(rec, model, x) -> list[float]:
     true = true_layer_inputs(model, x)
-    return [float((g.reshape(-1) - t.reshape(-1)).norm() / t.norm()) for g, t in zip(rec.get(RankAnalysis).inputs, true)]
+    got = rec.get(RankAnalysis).inputs
+    return [float((g.reshape(-1) - t.reshape(-1)).norm() / t.norm()) for g, t in zip(got, true)]
 
 
 def victim(name, channels, width=1.0):

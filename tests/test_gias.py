@@ -138,7 +138,8 @@ def test_each_preset_runs_end_to_end(name, tmp_path):
         assert rec.describe().get("control", False) == bool(extra.get("control"))
         snaps = rec.get(SnapshotSeries)
         assert [s[0] for s in snaps.items] == list(range(rec.iterations + 1))
-        assert [it for it, _ in snaps.frames()] == [it for it, _ in snaps.items] and snaps.best_restart == rec.best_restart
+        assert [it for it, _ in snaps.frames()] == [it for it, _ in snaps.items]
+        assert snaps.best_restart == rec.best_restart
         assert torch.equal(snaps.frames()[-1][1], snaps.items[-1][1][rec.best_restart])
         stages = {r["stage"] for r in rec.trace}
         assert stages == {"gi-z": {"z"}, "gi-w": {"w"}, "gi-zw": {"z", "w"}, "gias": {"z", "w"},

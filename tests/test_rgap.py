@@ -7,8 +7,8 @@ from torch import nn
 
 from gradleak.attacks.analytic import FCAnalytic, FCAnalyticBatch, RowIsolation
 from gradleak.attacks import ATTACKS, build_attack
-from gradleak.attacks.rgap import (DT, RGAP, RankAnalysis, LayerSystem, RGAPGenerative, analyze_model, parse_chain, psd_solve,
-                                   true_layer_inputs)
+from gradleak.attacks.rgap import (DT, RGAP, LayerSystem, RankAnalysis, RGAPGenerative, analyze_model, parse_chain,
+                                   psd_solve, true_layer_inputs)
 from gradleak.case import Case, capture
 from gradleak.errors import UserError
 from gradleak.fl.protocol import Protocol
@@ -74,7 +74,8 @@ def test_rank_analysis_matches_hand_counts():
     # R⁴⊗span(k₀,k₁) (8), intersection span(Θ)⊗span(k) (4): rank 12 of 16.
     b = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2, bias=False), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8, 3))
     rec = RGAP()(_obs(b, torch.rand(1, 1, 4, 4), torch.tensor([0])), model=b)
-    assert [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in rec.get(RankAnalysis).layers] == \
+    ra = rec.get(RankAnalysis)
+    assert [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in ra.layers] == \
         [(16, 8, 8, 12), (8, 3, 24, 8)]
     d = rec.get(RankAnalysis).to_dict()
     assert d["rank_deficient"] == [1] and d["layers"][0]["determined"] is False
@@ -172,7 +173,8 @@ def test_rgap_gen_solves_the_rank_deficient_layer_through_the_prior():
     assert not torch.equal(gen.images, closed.images)
     # null-space fill keeps the closed form's row-space part: the same residual, a different image
     ns = RGAPGenerative(prior=_tiny_prior(), iterations=5, restarts=2, fill="nullspace")(obs, model=model)
-    assert ns.get(RankAnalysis).layers[0].residual == pytest.approx(closed.get(RankAnalysis).layers[0].residual, abs=1e-9)
+    ns_ra, closed_ra = ns.get(RankAnalysis), closed.get(RankAnalysis)
+    assert ns_ra.layers[0].residual == pytest.approx(closed_ra.layers[0].residual, abs=1e-9)
     assert not torch.allclose(ns.get(RankAnalysis).inputs[0], closed.get(RankAnalysis).inputs[0])
     # explicit layer list: only layer 1 is generative
     only = RGAPGenerative(prior=_tiny_prior(), iterations=2, iterations_w=2, restarts=1, generative_layers=[1])(
@@ -202,6 +204,7 @@ def test_fc_analytic_batch_finds_the_rows_that_isolate_one_sample():
     x, y = torch.rand(B, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     rec = FCAnalyticBatch()(_obs(model, x, y), model=model)
     iso = rec.get(RowIsolation)
+    assert rec.describe()["analysis"] == iso.to_dict() and iso.to_dict()["kind"] == "fc row isolation"
     # ground truth: which samples activate each first-layer row (ReLU: δ_{n,i} ≠ 0 iff unit i is on for n)
     with torch.no_grad():
         on = (model.body.fc0(x.flatten(1)) > 0)  # (B, rows)
