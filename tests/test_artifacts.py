@@ -147,3 +147,25 @@ def test_gias_snapshots_are_scored_and_drawn_in_the_run_directory(tmp_path):
     assert rows[-1]["psnr"] == pytest.approx(m["psnr"]["mean"], abs=1e-4)
     assert (tmp_path / "run" / "snapshots.png").is_file()
     assert "Snapshots of the returned restart" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_snapshot_scores_and_figure_are_bounded_and_keep_first_and_last(tmp_path):
+    from types import SimpleNamespace
+
+    from gradleak.attacks.generative import SnapshotSeries
+
+    truth = torch.rand(2, 1, 4, 4)
+    items = [(i, torch.rand(3, 2, 1, 4, 4)) for i in range(0, 100, 2)]  # 50 snapshots of 3 restarts
+    calls = []
+
+    def scorer(images, t):
+        calls.append(images)
+        return SimpleNamespace(psnr={"mean": float(images.mean())}, ssim={"mean": 0.0}, semantic={})
+
+    snaps = SnapshotSeries(2, items, best_restart=1)
+    rows = snaps.score(truth, scorer)["snapshot_scores"]
+    assert len(rows) == 32 and rows[0]["iteration"] == 0 and rows[-1]["iteration"] == 98
+    assert all(torch.equal(c, dict(items)[r["iteration"]][1]) for c, r in zip(calls, rows))  # the returned restart
+    figures = snaps.draw(tmp_path, truth, [1, 0])
+    assert figures == [("Snapshots of the returned restart during the search; originals last", "snapshots.png")]
+    assert (tmp_path / "snapshots.png").is_file()

@@ -83,24 +83,30 @@ class SnapshotSeries(Artifact):
         return {"snapshots": {"every": self.every, "iterations": [it for it, _ in self.items]}}
 
     def score(self, truth: Tensor, scorer: Scorer) -> dict:
-        """The returned restart scored at each snapshot like the final images (GIAS Figure 1: PSNR over the
-        iterations)."""
-        return {"snapshot_scores": [{"iteration": it, **brief(scorer(images, truth))} for it, images in self.frames()]}
+        """The returned restart scored like the final images at each snapshot — at most 32, evenly spread, first
+        and last included (GIAS Figure 1: PSNR over the iterations)."""
+        return {"snapshot_scores": [{"iteration": it, **brief(scorer(images, truth))}
+                                    for it, images in _spread(self.frames(), 32)]}
 
     def draw(self, out: Path, originals: Tensor | None, order: list[int] | None) -> list[Figure]:
-        frames = self.frames()
+        frames = _spread(self.frames(), 8)  # at most 8 rows
         if not frames:
             return []
         from gradleak.imagegrid import image_rows
 
-        pick = sorted({round(i * (len(frames) - 1) / 7) for i in range(8)}) if len(frames) > 8 else range(len(frames))
-        frames = [frames[i] for i in pick]  # at most 8 rows, first and last included
         rows, labels = matched_rows([im for _, im in frames], order), [f"iteration {it}" for it, _ in frames]
         if originals is not None:
             rows, labels = rows + [originals], labels + ["original"]
         image_rows(rows, labels, out / "snapshots.png")
         return [("Snapshots of the returned restart during the search"
                  + ("; originals last" if originals is not None else ""), "snapshots.png")]
+
+
+def _spread(items: list, k: int) -> list:
+    """At most ``k`` of ``items``, evenly spread, the first and the last included."""
+    if len(items) <= k:
+        return list(items)
+    return [items[j] for j in sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})]
 
 
 @dataclass
