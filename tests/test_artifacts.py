@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from gradleak.attacks import ATTACKS, Attack, Reconstruction
-from gradleak.attacks.artifacts import Artifact, brief, matched_rows, merge_facts
+from gradleak.attacks import ATTACKS, Artifact, Attack, Reconstruction
+from gradleak.attacks.artifacts import brief, matched_rows, merge_facts
 from gradleak.audit import audit
 from gradleak.config import load_config
 from gradleak.metrics import score_images
