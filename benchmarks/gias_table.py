@@ -122,6 +122,7 @@ def figure1_job(args: tuple[str, int, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from gradleak.attacks.generative import SnapshotSeries
     from gradleak.metrics import score_images
 
     dataset, iterations, seed, width = args
@@ -132,7 +133,7 @@ def figure1_job(args: tuple[str, int, int, int]) -> dict:
     for name in FIGURE1:
         attack = build(dataset, *presets[name], iterations, 0.0, snapshot_every=max(1, iterations // 8))
         rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-        snaps = [(it, imgs[rec.best_restart]) for it, imgs in rec.snapshots]
+        snaps = rec.get(SnapshotSeries).frames()
         curve = [(it, float(score_images(im, x)["psnr"]["mean"])) for it, im in snaps]
         out["rows"][name] = {"snaps": snaps, "curve": curve, "sec_per_it": rec.seconds / rec.iterations}
     return out

@@ -28,7 +28,7 @@ from _common import positive_int  # noqa: E402  (puts src/ on the path)
 import torch  # noqa: E402
 
 from gradleak.attacks import build_attack  # noqa: E402
-from gradleak.attacks.rgap import RGAP, RGAPGenerative, true_layer_inputs  # noqa: E402
+from gradleak.attacks.rgap import RGAP, RankAnalysis, RGAPGenerative, true_layer_inputs  # noqa: E402
 from gradleak.case import Case, capture  # noqa: E402
 from gradleak.data import load_dataset  # noqa: E402
 from gradleak.metrics import score_images  # noqa: E402
@@ -37,7 +37,8 @@ from gradleak.models import build_model, init_model  # noqa: E402
 
 def layer_errors(rec, model, x) -> list[float]:
     true = true_layer_inputs(model, x)
-    return [float((g.reshape(-1) - t.reshape(-1)).norm() / t.norm()) for g, t in zip(rec.analysis.inputs, true)]
+    got = rec.get(RankAnalysis).inputs
+    return [float((g.reshape(-1) - t.reshape(-1)).norm() / t.norm()) for g, t in zip(got, true)]
 
 
 def victim(name, channels, width=1.0):
@@ -70,7 +71,7 @@ def part_a2(batch, channels, names):
             errs.append(layer_errors(rec, model, x))
             times.append(rec.seconds)
             ps.append(scores(rec.images, x))
-        rows = rec.analysis.layers
+        rows = rec.get(RankAnalysis).layers
         curve = [gmean([e[i] for e in errs]) for i in range(len(rows))]
         curves[name] = curve
         print(f"\n{name}: {sum(times) / len(times):.1f} s per image; final PSNR "
@@ -104,7 +105,7 @@ def part_a1(batch, channels, prior, iterations, restarts):
         curves[label] = [gmean([e[i] for e in errs]) for i in range(len(errs[0]))]
         table.append((label, sum(p[0] for p in ps) / len(ps), sum(p[1] for p in ps) / len(ps),
                       sum(times) / len(times), recs[0]))  # the figure shows the first image
-    rows = table[0][4].analysis.layers
+    rows = table[0][4].get(RankAnalysis).layers
     print("rank analysis: " + ", ".join(f"layer {r.layer} {r.rank}/{r.unknowns}" for r in rows))
     print(f"\n{'variant':<45} {'PSNR':>7} {'SSIM':>6} {'s/img':>6}   per-layer rel. error (layer 1 … top)")
     for label, p, s, t, _ in table:

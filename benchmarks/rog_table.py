@@ -83,7 +83,7 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
 
     torch.set_num_threads(1)
     from gradleak.attacks.presets import InvertGrad
-    from gradleak.attacks.rog import ROG, rog_distance
+    from gradleak.attacks.rog import ROG, PostSteps, rog_distance
     from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
     from gradleak.nets.enhancer import load_enhancer
 
@@ -106,7 +106,8 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
         out["seconds"] = time.perf_counter() - t0
         out["distance"] = rec.distance
         out["rog"] = score(rec.images)
-        out["bicubic_only"] = score(rec.intermediates.get("normalized", rec.intermediates["raw"]))
+        steps = rec.get(PostSteps).steps
+        out["bicubic_only"] = score(steps.get("normalized", steps["raw"]))
     else:
         dist = {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance(obs), rog_distance(obs))
         rec = InvertGrad(iterations=iterations, lr=0.025, tv=1e-4, distance=dist)(

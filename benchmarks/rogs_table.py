@@ -69,7 +69,7 @@ def run_job(args: tuple[int, int, int, str, str, str]) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
-    from gradleak.attacks.rogs import ROGS
+    from gradleak.attacks.rogs import ROGS, SemanticPath
     from gradleak.metrics import apply_match, load_lpips, lpips_status, match
     from gradleak.metrics.semantic import load_tagger
 
@@ -84,12 +84,13 @@ def run_job(args: tuple[int, int, int, str, str, str]) -> dict:
                latent_constraint=constraint)(
         obs, labels=obs.labels, seed=seed, model=model, progress=False)
     seconds = time.perf_counter() - t0
-    order = match(rec.intermediates["rog"], x)  # one assignment (from ROG's output) for every row of this batch
-    rows = {"rog": apply_match(rec.intermediates["rog"], order), "rogs": apply_match(rec.images, order),
-            "start": apply_match(rec.semantic_path[0][1], order)}
-    out: dict = {"seed": seed, "seconds": seconds, "perceptual": rec.perceptual,
+    sem = rec.get(SemanticPath)
+    order = match(sem.start, x)  # one assignment (from ROG's output) for every row of this batch
+    rows = {"rog": apply_match(sem.start, order), "rogs": apply_match(rec.images, order),
+            "start": apply_match(sem.path[0][1], order)}
+    out: dict = {"seed": seed, "seconds": seconds, "perceptual": sem.perceptual,
                  "originals": x.to(torch.float16), "path": [(it, apply_match(im, order).to(torch.float16))
-                                                              for it, im in rec.semantic_path]}
+                                                              for it, im in sem.path]}
     for k, imgs in rows.items():
         out[k] = pair_scores(imgs, x, tagger, net)
         out[k]["images"] = imgs.to(torch.float16)

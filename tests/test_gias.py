@@ -5,7 +5,8 @@ from torch.func import functional_call
 
 from gradleak.attacks.bn_prior import BNRegularizer, batch_bn_statistics, bn_distance
 from gradleak.attacks.engine import SearchContext, search
-from gradleak.attacks.generative import (GeneratorWeights, Latent, control_observation)
+from gradleak.attacks.generative import (GeneratorWeights, Latent, RandomControl, SnapshotSeries,
+                                         control_observation)
 from gradleak.attacks.presets import ATTACKS, build_attack
 from gradleak.case import Case, capture
 from gradleak.errors import UserError
@@ -133,9 +134,13 @@ def test_each_preset_runs_end_to_end(name, tmp_path):
         rec = attack(obs, labels=obs.labels, model=model, progress=False)
         assert rec.images.shape == x.shape and rec.all_images.shape == (2, *x.shape)
         assert torch.isfinite(rec.losses).all() and 0 <= rec.images.min() and rec.images.max() <= 1
-        assert rec.control == bool(extra.get("control"))
-        snaps = rec.snapshots
-        assert [s[0] for s in snaps] == list(range(rec.iterations + 1))
+        assert (rec.get(RandomControl) is not None) == bool(extra.get("control"))
+        assert rec.describe().get("control", False) == bool(extra.get("control"))
+        snaps = rec.get(SnapshotSeries)
+        assert [s[0] for s in snaps.items] == list(range(rec.iterations + 1))
+        assert [it for it, _ in snaps.frames()] == [it for it, _ in snaps.items]
+        assert snaps.best_restart == rec.best_restart
+        assert torch.equal(snaps.frames()[-1][1], snaps.items[-1][1][rec.best_restart])
         stages = {r["stage"] for r in rec.trace}
         assert stages == {"gi-z": {"z"}, "gi-w": {"w"}, "gi-zw": {"z", "w"}, "gias": {"z", "w"},
                           "gi-zx": {"z", "x"}, "gi-w-untrained": {"w"}, "gi-x": {"x"}}[name]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.attacks.analytic import FCAnalytic, FCAnalyticBatch
+from gradleak.attacks.analytic import FCAnalytic, FCAnalyticBatch, RowIsolation
 from gradleak.attacks import ATTACKS, build_attack
-from gradleak.attacks.rgap import (DT, RGAP, LayerSystem, RGAPGenerative, analyze_model, parse_chain, psd_solve,
-                                   true_layer_inputs)
+from gradleak.attacks.rgap import (DT, RGAP, LayerSystem, RankAnalysis, RGAPGenerative, analyze_model, parse_chain,
+                                   psd_solve, true_layer_inputs)
 from gradleak.case import Case, capture
 from gradleak.errors import UserError
 from gradleak.fl.protocol import Protocol
@@ -38,9 +38,9 @@ def test_rgap_recovers_a_determined_standard_form_model(bias, balance):
     rec = RGAP(balance=balance)(obs, labels=None, model=model)  # label read from the gradient's sign pattern
     assert rec.images.shape == x.shape and int(rec.labels[0]) == 3
     assert psnr(rec.images, x) >= 60
-    assert rec.analysis.rank_deficient == [] and [r.layer for r in rec.analysis.layers] == [1, 2, 3]
+    assert rec.get(RankAnalysis).rank_deficient == [] and [r.layer for r in rec.get(RankAnalysis).layers] == [1, 2, 3]
     # every recovered layer input matches the true one (the recursion, not only the end)
-    for got, true in zip(rec.analysis.inputs, true_layer_inputs(model, x)):
+    for got, true in zip(rec.get(RankAnalysis).inputs, true_layer_inputs(model, x)):
         assert float((got - true).norm() / true.norm()) < 1e-4
     assert rec.iterations == 0 and rec.trace == [] and rec.all_images is None and rec.losses is None
 
@@ -65,18 +65,19 @@ def test_rank_analysis_matches_hand_counts():
     # (⟨Θ, ∇Θ⟩ = ⟨k, z⟩): rank 4 + 2 − 1 = 5 of 8 unknowns. Linear 4 → 3: the gradient k xᵀ alone fixes x: 4 of 4.
     a = nn.Sequential(nn.Conv2d(2, 1, 1, bias=False), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(4, 3))
     rec = RGAP()(_obs(a, torch.rand(1, 2, 2, 2), torch.tensor([1])), model=a)
-    rows = [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in rec.analysis.layers]
+    rows = [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in rec.get(RankAnalysis).layers]
     assert rows == [(8, 4, 2, 5), (4, 3, 12, 4)]
-    assert rec.analysis.rank_deficient == [1] and rec.analysis.layers[0].deficiency == 3
+    assert rec.get(RankAnalysis).rank_deficient == [1] and rec.get(RankAnalysis).layers[0].deficiency == 3
     # the attack-free indicator (random input, no observation) gives the same counts
     assert [(r.unknowns, r.rank) for r in analyze_model(a, (2, 2, 2), label=1).layers] == [(8, 5), (4, 4)]
     # 2×2 stride-2 conv, 1 → 2 channels on 4×4 (non-overlapping patches): forward span(Θ₀,Θ₁)⊗R⁴ (8), gradient
     # R⁴⊗span(k₀,k₁) (8), intersection span(Θ)⊗span(k) (4): rank 12 of 16.
     b = nn.Sequential(nn.Conv2d(1, 2, 2, stride=2, bias=False), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8, 3))
     rec = RGAP()(_obs(b, torch.rand(1, 1, 4, 4), torch.tensor([0])), model=b)
-    assert [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in rec.analysis.layers] == \
+    ra = rec.get(RankAnalysis)
+    assert [(r.unknowns, r.forward_constraints, r.gradient_constraints, r.rank) for r in ra.layers] == \
         [(16, 8, 8, 12), (8, 3, 24, 8)]
-    d = rec.analysis.to_dict()
+    d = rec.get(RankAnalysis).to_dict()
     assert d["rank_deficient"] == [1] and d["layers"][0]["determined"] is False
     json.dumps(d)
 
@@ -165,19 +166,20 @@ def test_rgap_gen_solves_the_rank_deficient_layer_through_the_prior():
     x = torch.rand(1, 1, 8, 8)
     obs = _obs(model, x, torch.tensor([1]))
     closed = RGAP()(obs, model=model)
-    assert closed.analysis.rank_deficient == [1]
+    assert closed.get(RankAnalysis).rank_deficient == [1]
     gen = RGAPGenerative(prior=_tiny_prior(), iterations=5, restarts=2)(obs, model=model)
-    row = gen.analysis.layers[0]
-    assert row.solver == "generative (z)" and gen.analysis.layers[1].solver == "gradient (top layer)"
+    row = gen.get(RankAnalysis).layers[0]
+    assert row.solver == "generative (z)" and gen.get(RankAnalysis).layers[1].solver == "gradient (top layer)"
     assert not torch.equal(gen.images, closed.images)
     # null-space fill keeps the closed form's row-space part: the same residual, a different image
     ns = RGAPGenerative(prior=_tiny_prior(), iterations=5, restarts=2, fill="nullspace")(obs, model=model)
-    assert ns.analysis.layers[0].residual == pytest.approx(closed.analysis.layers[0].residual, abs=1e-9)
-    assert not torch.allclose(ns.analysis.inputs[0], closed.analysis.inputs[0])
+    ns_ra, closed_ra = ns.get(RankAnalysis), closed.get(RankAnalysis)
+    assert ns_ra.layers[0].residual == pytest.approx(closed_ra.layers[0].residual, abs=1e-9)
+    assert not torch.allclose(ns.get(RankAnalysis).inputs[0], closed.get(RankAnalysis).inputs[0])
     # explicit layer list: only layer 1 is generative
     only = RGAPGenerative(prior=_tiny_prior(), iterations=2, iterations_w=2, restarts=1, generative_layers=[1])(
         obs, model=model)
-    assert [r.solver for r in only.analysis.layers] == ["generative (zw)", "gradient (top layer)"]
+    assert [r.solver for r in only.get(RankAnalysis).layers] == ["generative (zw)", "gradient (top layer)"]
     with pytest.raises(UserError, match="generative_layers"):
         build_attack("rgap-gen", generative_layers=[0])
 
@@ -201,7 +203,8 @@ def test_fc_analytic_batch_finds_the_rows_that_isolate_one_sample():
     B = 4
     x, y = torch.rand(B, 1, 8, 8), torch.tensor([0, 1, 2, 3])
     rec = FCAnalyticBatch()(_obs(model, x, y), model=model)
-    iso = rec.analysis
+    iso = rec.get(RowIsolation)
+    assert rec.describe()["analysis"] == iso.to_dict() and iso.to_dict()["kind"] == "fc row isolation"
     # ground truth: which samples activate each first-layer row (ReLU: δ_{n,i} ≠ 0 iff unit i is on for n)
     with torch.no_grad():
         on = (model.body.fc0(x.flatten(1)) > 0)  # (B, rows)

@@ -8,7 +8,7 @@ import torch
 
 import gradleak as gl
 from gradleak.attacks.presets import ATTACKS, build_attack
-from gradleak.attacks.rog import (ROG, AutoencoderLatent, Bicubic, equalize_hist, masked_l2_distance,
+from gradleak.attacks.rog import (ROG, PostSteps, AutoencoderLatent, Bicubic, equalize_hist, masked_l2_distance,
                                   normalize_maxabs, relative, rog_distance)
 from gradleak.errors import UserError
 from gradleak.models import build_model, init_model
@@ -95,8 +95,10 @@ def test_rog_preset_end_to_end(tmp_path):
     rec = atk(obs, labels=obs.labels, model=m, progress=False)
     assert rec.images.shape == x.shape and rec.all_images.shape == (2, *x.shape)
     assert rec.iterations == 3 and len(rec.trace) == 3 * 2 and rec.attack == "rog"
-    assert rec.distance == "l2" and rec.enhancer is None
-    assert torch.equal(rec.intermediates["raw"], rec.images)
+    steps = rec.get(PostSteps)
+    assert rec.distance == "l2" and steps.enhancer is None and list(steps.steps) == ["raw"]
+    assert torch.equal(steps.steps["raw"], rec.images)
+    assert steps.describe() == {"intermediates": ["raw"]} and steps.draw(tmp_path, x, [0, 1]) == []
     losses = [r["loss"] for r in rec.trace if r["restart"] == rec.best_restart]
     assert all(np.isfinite(losses))
     # cosine schedule: the learning rate reaches 0 at the end → identical reruns
@@ -110,9 +112,11 @@ def test_rog_preset_end_to_end(tmp_path):
     hook_calls = []
     rog = ROG(iterations=2, enhancer=str(tmp_path / "e"), post=lambda im, o, lab: hook_calls.append(1) or im * 0.5)
     rec3 = rog(obs, labels=obs.labels, model=m, progress=False)
-    assert rec3.enhancer == str(tmp_path / "e") and "enhanced" in rec3.intermediates and hook_calls == [1]
-    assert torch.allclose(rec3.images, rec3.intermediates["enhanced"] * 0.5)
-    assert torch.allclose(rec3.intermediates["enhanced"], rec3.intermediates["raw"], atol=1e-6)  # zero-initialised head: identity
+    steps = rec3.get(PostSteps)
+    assert steps.enhancer == str(tmp_path / "e") and list(steps.steps) == ["raw", "enhanced"] and hook_calls == [1]
+    assert steps.describe() == {"intermediates": ["raw", "enhanced"], "enhancer": str(tmp_path / "e")}
+    assert torch.allclose(rec3.images, steps.steps["enhanced"] * 0.5)
+    assert torch.allclose(steps.steps["enhanced"], steps.steps["raw"], atol=1e-6)  # zero-initialised head: identity
     # pixels (no projection) and autoencoder representations run through the same preset
     assert build_attack("rog", iterations=2, representation="pixels", enhancer="none")(
         obs, labels=obs.labels, model=m, progress=False).images.shape == x.shape
@@ -126,9 +130,10 @@ def test_rog_preset_end_to_end(tmp_path):
 def test_rog_sign_postprocessing():
     m, x, y, obs = _obs([{"name": "sign"}])
     rec = ROG(iterations=2, enhancer="none")(obs, labels=obs.labels, model=m, progress=False)
-    assert rec.distance == "tanh_sign" and "normalized" in rec.intermediates
-    assert torch.equal(rec.images, rec.intermediates["normalized"].clamp(0, 1))
-    assert not torch.equal(rec.images, rec.intermediates["raw"])
+    steps = rec.get(PostSteps).steps
+    assert rec.distance == "tanh_sign" and "normalized" in steps
+    assert torch.equal(rec.images, steps["normalized"].clamp(0, 1))
+    assert not torch.equal(rec.images, steps["raw"])
 
 
 def test_histogram_equalization_range_and_reference():

@@ -9,7 +9,8 @@ from torch import nn
 import gradleak as gl
 from gradleak.attacks.perceptual import PERCEPTUAL, build_perceptual, feature_distance
 from gradleak.attacks.presets import build_attack
-from gradleak.attacks.rogs import BUILTIN_CONDITIONAL, ROGS, builtin_conditional_path, invert, load_conditional
+from gradleak.attacks.rogs import (BUILTIN_CONDITIONAL, ROGS, SemanticPath, builtin_conditional_path, invert,
+                                   load_conditional)
 from gradleak.errors import UserError
 from gradleak.nets.attributes import attribute_tags, dominant_colour, fit_bins
 from gradleak.metrics.semantic import (BUILTIN_TAGGERS, ModelTagger, builtin_tagger_path, jaccard, load_tagger,
@@ -245,9 +246,11 @@ def test_rogs_preset_end_to_end_and_option_errors():
     assert isinstance(att, ROGS)
     rec = att(obs, labels=obs.labels, model=m, progress=False)
     assert rec.images.shape == x.shape and 0 <= rec.images.min() and rec.images.max() <= 1
-    assert rec.intermediates["rog"].shape == x.shape and not torch.equal(rec.intermediates["rog"], rec.images)
-    assert [it for it, _ in rec.semantic_path][-1] == 4 and rec.iterations == 7
-    assert rec.perceptual["name"] in ("lpips", "enhancer")
+    sem = rec.get(SemanticPath)
+    assert sem.start.shape == x.shape and not torch.equal(sem.start, rec.images)
+    assert [it for it, _ in sem.path][-1] == 4 and rec.iterations == 7 and len(sem.losses) == 2
+    assert sem.perceptual["name"] in ("lpips", "enhancer")
+    assert set(rec.describe()) >= {"semantic_losses", "generator", "perceptual", "intermediates"}
     for bad in (dict(perceptual="alexnet"), dict(rogs_iterations=-1), dict(generator="digits-typo")):
         with pytest.raises(UserError) as e:
             build_attack("rogs", **bad)
@@ -414,8 +417,14 @@ def test_rogs_run_directory_end_to_end(tmp_path, cli):
     before = m["rog_before_inversion"]
     assert set(before) == {"psnr", "ssim", "jaccard"} and 0 <= before["jaccard"] <= 1
     assert (tmp_path / "run" / "rogs_path.png").is_file()
+    # ROG's own post-processing steps (the shipped digits32 enhancer): each scored, drawn, listed
+    assert m["intermediates"] == ["raw", "enhanced"] and m["enhancer"] == "digits32"
+    assert set(m["intermediate_scores"]) == {"raw", "enhanced"}
+    assert m["intermediate_scores"]["enhanced"]["psnr"] == pytest.approx(before["psnr"], abs=1e-4)  # ROG's output
+    assert (tmp_path / "run" / "rog_steps.png").is_file()
     html = (tmp_path / "run" / "report.html").read_text()
-    assert "Semantic tags" in html and "ROGS optimisation path" in html
+    assert "Semantic tags" in html and "ROGS optimisation path" in html and "ROG post-processing" in html
+    assert "ROGS generator</th>" in html and "ROG enhancer</th><td>digits32</td>" in html
     r = cli("run", cfg, "--out", tmp_path / "bad", "--set", "metrics.tagger_threshold=2", "--no-progress")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = cli("run", cfg, "--out", tmp_path / "bad2", "--set", "attack.options.perceptual=alexnet", "--no-progress")

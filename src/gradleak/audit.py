@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from gradleak.attacks import Attack, Reconstruction, build_attack
+from gradleak.attacks.artifacts import merge_facts
 from gradleak.attacks.labels import label_accuracy, recover_labels
 from gradleak.calibration import Calibration, calibration_of
 from gradleak.case import Case, capture
@@ -100,7 +101,7 @@ class AuditResult:
     timing: Timing
     environment: Environment
     matched: Tensor  # reconstructions in the originals' order (B, C, H, W)
-    before_postprocess: Scores | None = None  # ROGS: ROG's output before the generator inversion
+    artifact_scores: dict = field(default_factory=dict)  # each artifact's own scores (Artifact.score), JSON
     notes: list[str] = field(default_factory=list)
     calibration: Calibration | None = None  # references, margins, verdict, header (gradleak.calibration)
     audit: Any = None  # attack: auto — gradleak.autoaudit.AuditSummary (verdict with control, attacks, winners)
@@ -111,12 +112,12 @@ class AuditResult:
         return self.case.images
 
     def metrics(self) -> dict:
+        """``metrics.json``: the verdict, the reconstruction's facts (its artifacts' included), the scores (its
+        artifacts' included), the run's facts; a key given twice is an error (:func:`merge_facts`)."""
         rec = self.reconstruction
         cal = self.calibration
-        out = {
-            **({"header": cal.header, "verdict": cal.verdict} if cal is not None else {}),
-            **rec.describe(),
-            **self.scores.to_dict(),
+        out = merge_facts({"header": cal.header, "verdict": cal.verdict} if cal is not None else {},
+                          rec.describe(), self.scores.to_dict(), self.artifact_scores, {
             "label_mode": self.label_mode,
             "label_accuracy": self.label_accuracy,
             "seed": self.config.seed,
@@ -124,11 +125,7 @@ class AuditResult:
             "timing": {"prepare": round(self.timing.prepare, 3), "capture": round(self.timing.capture, 3),
                        "attack": round(self.timing.attack, 3), "score": round(self.timing.score, 3)},
             "environment": vars(self.environment),
-        }
-        if self.before_postprocess is not None:
-            b = self.before_postprocess
-            out["rog_before_inversion"] = {"psnr": b.psnr["mean"], "ssim": b.ssim["mean"],
-                                           "jaccard": (b.semantic.get("jaccard") or {}).get("mean")}
+        })
         if self.notes:
             out["notes"] = list(self.notes)
         if cal is not None:
@@ -212,6 +209,15 @@ def score(images: Tensor, originals: Tensor, cfg: RunConfig) -> tuple[Scores, Te
                   lpips_upsample=s["lpips_upsample"]), matched
 
 
+def score_artifacts(rec: Reconstruction, originals: Tensor, cfg: RunConfig) -> dict:
+    """Every artifact of ``rec`` scores its own images against ``originals`` with the run's scorer
+    (:meth:`gradleak.attacks.artifacts.Artifact.score`); their facts, merged."""
+    def scorer(images: Tensor, truth: Tensor) -> Scores:
+        return score(images, truth, cfg)[0]
+
+    return merge_facts({}, *(a.score(originals, scorer) for a in rec.artifacts))
+
+
 # --- the audit ---------------------------------------------------------------------------------------------
 
 def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) -> AuditResult:
@@ -247,11 +253,11 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
-    before = score(rec.intermediates["rog"], case.images, cfg)[0] if "rog" in rec.intermediates else None
+    extra = score_artifacts(rec, case.images, cfg)
     acc = label_accuracy(rec.labels, case.labels) if rec.labels is not None else None
     calibration = calibration_of(cfg, scores, obs, case.images, case.labels, mode)
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
+                       environment=Environment.current(str(device)), matched=matched, artifact_scores=extra,
                        calibration=calibration)

@@ -29,7 +29,8 @@ def _references(refs: dict) -> str:
     return used + "".join(f"; {', '.join(names)}: {why}" for why, names in missing.items())
 
 
-def _summary(metrics: dict, out: Path) -> None:
+def _summary(metrics: dict, out: Path, artifacts=()) -> None:
+    """The run's scores in two lines, then each of the attack's artifacts' summary lines."""
     acc = metrics.get("label_accuracy")
     acc_txt = "n/a" if acc is None else f"{acc:.2f}"
     lp = metrics.get("lpips")
@@ -48,11 +49,9 @@ def _summary(metrics: dict, out: Path) -> None:
         f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
         f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
     )
-    analysis = metrics.get("analysis")
-    for row in (analysis.get("layers", []) if isinstance(analysis, dict) else []):  # R-GAP: per-layer rank analysis
-        typer.echo(f"  layer {row['layer']} {row['name']} ({row['kind']}): {row['unknowns']} unknowns, "
-                   f"{row['forward_constraints']} + {row['gradient_constraints']} constraints, rank {row['rank']}"
-                   f"{'' if row['determined'] else ' (under-determined by %d)' % row['deficiency']}, {row['solver']}")
+    for artifact in artifacts:
+        for line in artifact.summary():
+            typer.echo(line)
 
 
 DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
@@ -70,8 +69,8 @@ def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress:
 
         _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
         return
-    metrics = write_run(audit(cfg, progress=progress), out)
-    _summary(metrics, out)
+    result = audit(cfg, progress=progress)
+    _summary(write_run(result, out), out, result.reconstruction.artifacts)
 
 
 def _audit_done(metrics: dict, out: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from gradleak.attacks.artifacts import Artifact
 from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, Reconstruction
 from gradleak.attacks.labels import recover_labels
 from gradleak.errors import UserError
@@ -118,7 +119,7 @@ class FCAnalytic(Attack):
 
 
 @dataclass
-class RowIsolation:
+class RowIsolation(Artifact):
     """Which first-layer rows isolate one sample: ``groups`` are rows whose candidates ∇W_i/∇b_i coincide
     (largest first); ``used`` the group behind each returned image (None: no group left, image left grey)."""
 
@@ -137,6 +138,11 @@ class RowIsolation:
         return {"kind": "fc row isolation", "rows": self.rows, "active_rows": self.active_rows, "groups": len(self.groups),
                 "isolating_rows": self.isolating_rows, "group_sizes": [len(g) for g in self.groups],
                 "image_groups": [None if u is None else self.groups[u] for u in self.used]}
+
+    fact_labels = {"analysis": "first-layer row isolation"}
+
+    def describe(self) -> dict:
+        return {"analysis": self.to_dict()}
 
 
 @ATTACKS.register("fc-analytic-batch")
@@ -186,4 +192,4 @@ class FCAnalyticBatch(Attack):
         iso = RowIsolation(rows, int(active.sum()), [groups[j] for j in ranked], [None if u is None else ranked.index(u)
                                                                                   for u in used], cand)
         return Reconstruction(images=images, labels=_labels(obs, model, labels), attack=self.name,
-                              seconds=time.perf_counter() - t0, analysis=iso)
+                              seconds=time.perf_counter() - t0, artifacts=[iso])

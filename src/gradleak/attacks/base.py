@@ -15,10 +15,11 @@ Attacks are registered by name with ``@ATTACKS.register("name", *aliases)`` wher
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from torch import Tensor, nn
 
+from gradleak.attacks.artifacts import Artifact, merge_facts, to_cpu
 from gradleak.errors import UserError
 from gradleak.registry import Registry
 
@@ -26,21 +27,23 @@ LabelMode = Literal["oracle", "recover", "learn"]
 
 ATTACKS = Registry("attack")
 
+A = TypeVar("A", bound=Artifact)
+
 
 @dataclass
 class Reconstruction:
-    """What an attack returns. Only ``images``, ``labels``, ``attack`` and ``seconds`` are common to all;
-    the rest is filled by the attacks that have it (a closed-form attack has no restarts or loss trace).
+    """What an attack returns: what every attack has. ``images``, ``labels``, ``attack`` and ``seconds`` are
+    always set; a search fills the rest (a closed-form attack has no restarts or loss trace).
 
     Search attacks: ``all_images`` (R,B,C,H,W) of every restart, their final objective ``losses`` (R,),
-    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, ``backend`` (the
-re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" measured).
-    What the attack used, for the report: the resolved gradient ``distance``, the generative ``prior``
-    (described), whether it ran as the random-gradient ``control``, ROG's ``enhancer``; images produced
-    on the way, by step name (``intermediates``: ROG's raw search output, signSGD-normalised, enhanced; ROGS'
-    ROG output); ROGS' generator inversion ``semantic_path`` ((step, images) pairs), its ``semantic_losses``,
-    ``generator`` and ``perceptual`` distance; GIAS ``snapshots`` ((iteration, images) pairs); a closed-form
-    attack's ``analysis`` (R-GAP's rank analysis, with ``to_dict()``).
+    ``best_restart``, the loss ``trace`` (one row per iteration and restart), ``iterations``, the resolved
+    gradient ``distance`` of the objective (every gradient-matching search has one, set by the engine),
+    ``stopped`` and ``halving`` (budgeted search), ``backend`` (the backend that ran, "auto" resolved) and
+    ``backend_timing`` (what "auto" measured).
+
+    Everything only one attack family produces (ROG's post-processing steps, ROGS' inversion path, GIAS
+    snapshots, R-GAP's rank analysis, the prior, the random-gradient control) is a typed
+    :class:`~gradleak.attacks.artifacts.Artifact` in ``artifacts``; :meth:`get` finds one by its class.
     """
 
     images: Tensor
@@ -55,54 +58,37 @@ re-run backend that ran, "auto" resolved) and ``backend_timing`` (what "auto" me
     backend: str | None = None
     backend_timing: dict[str, float] | None = None  # seconds per evaluation of each "auto" candidate / compiled variant
     distance: str | None = None
-    prior: dict | None = None
-    control: bool = False
-    enhancer: str | None = None
-    intermediates: dict[str, Tensor] = field(default_factory=dict)
-    semantic_path: list[tuple[int, Tensor]] | None = None
-    semantic_losses: list[float] | None = None
-    generator: str | None = None
-    perceptual: dict | None = None
-    snapshots: list[tuple[int, Tensor]] | None = None
-    analysis: Any = None
     stopped: str | None = None  # budgeted search: completed | plateau | budget | interrupted (gradleak.attacks.budget)
     halving: list[dict] | None = None  # successive halving: schedule position and the restarts kept there
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def add(self, artifact: A) -> A:
+        """Attach ``artifact`` (replacing one of the same class); returns it."""
+        self.artifacts = [a for a in self.artifacts if type(a) is not type(artifact)] + [artifact]
+        return artifact
+
+    def get(self, kind: type[A]) -> A | None:
+        """The attached artifact of class ``kind`` (or a subclass), or None."""
+        return next((a for a in self.artifacts if isinstance(a, kind)), None)
 
     def cpu(self) -> "Reconstruction":
         """The same reconstruction with every tensor on the CPU (for scoring and writing)."""
-        def mv(t):
-            return t.cpu() if isinstance(t, Tensor) else t
-
-        self.images, self.labels, self.all_images, self.losses = map(mv, (self.images, self.labels, self.all_images,
-                                                                          self.losses))
-        self.intermediates = {k: mv(v) for k, v in self.intermediates.items()}
-        if self.semantic_path is not None:
-            self.semantic_path = [(i, mv(v)) for i, v in self.semantic_path]
-        if self.snapshots is not None:
-            self.snapshots = [(i, mv(v)) for i, v in self.snapshots]
+        self.images, self.labels, self.all_images, self.losses = map(to_cpu, (self.images, self.labels,
+                                                                              self.all_images, self.losses))
+        self.artifacts = [a.cpu() for a in self.artifacts]
         return self
 
     def describe(self) -> dict:
-        """The JSON-able facts of this reconstruction (everything but image tensors) for ``metrics.json``."""
+        """The JSON-able facts of this reconstruction (everything but image tensors) for ``metrics.json``:
+        the common fields, then each artifact's :meth:`~gradleak.attacks.artifacts.Artifact.describe`."""
         out: dict = {"attack": self.attack, "seconds": round(self.seconds, 3), "iterations": self.iterations}
         if self.losses is not None:
             out["best_restart"] = self.best_restart
             out["restart_losses"] = [float(v) for v in self.losses]
-        for key in ("backend", "backend_timing", "distance", "prior", "enhancer", "generator", "stopped", "halving"):
+        for key in ("backend", "backend_timing", "distance", "stopped", "halving"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
-        if self.perceptual is not None:
-            from gradleak.attacks.perceptual import describe_perceptual
-
-            out["perceptual"] = describe_perceptual(self.perceptual)
-        out["control"] = self.control
-        if self.semantic_losses is not None:
-            out["semantic_losses"] = self.semantic_losses
-        if self.intermediates:
-            out["intermediates"] = list(self.intermediates)
-        if self.analysis is not None:
-            out["analysis"] = self.analysis.to_dict() if hasattr(self.analysis, "to_dict") else self.analysis
-        return out
+        return merge_facts(out, *(a.describe() for a in self.artifacts))
 
 
 @dataclass

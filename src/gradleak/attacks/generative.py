@@ -34,12 +34,15 @@ attack still recovers comes from the prior and the labels, not from the client's
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Union
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
 from gradleak.attacks.bn_prior import BNRegularizer
 from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
@@ -55,6 +58,78 @@ from gradleak.validate import Iterations, LearningRate, Steps, Weight
 Distance = str  # a key of gradleak.attacks.objectives.DISTANCES (checked at construction)
 PriorSpec = Union[str, Prior, nn.Module]  # built-in name, path, import path, or an object (Python API)
 BNSource = Literal["exact", "public", "running"]
+
+
+# --- artifacts: what a GIAS run adds to its reconstruction --------------------------------------------------
+
+@dataclass
+class SnapshotSeries(Artifact):
+    """``snapshot_every``: every restart's images (R,B,C,H,W) at iteration 0 and every ``every`` optimiser
+    steps (``items``: (iteration, images) pairs); ``best_restart`` is the restart the search returned."""
+
+    every: int
+    items: list[tuple[int, Tensor]] = field(default_factory=list)
+    best_restart: int | None = None
+
+    def frames(self) -> list[tuple[int, Tensor]]:
+        """(iteration, the returned restart's images (B,C,H,W)) of every snapshot that holds that restart
+        (successive halving drops restarts: earlier snapshots hold more of them, in another order)."""
+        if self.best_restart is None or not self.items:
+            return []
+        final = self.items[-1][1].shape[0]
+        return [(it, imgs[self.best_restart]) for it, imgs in self.items if imgs.shape[0] == final]
+
+    def describe(self) -> dict:
+        return {"snapshots": {"every": self.every, "iterations": [it for it, _ in self.items]}}
+
+    def score(self, truth: Tensor, scorer: Scorer) -> dict:
+        """The returned restart scored like the final images at each snapshot — at most 32, evenly spread, first
+        and last included (GIAS Figure 1: PSNR over the iterations)."""
+        return {"snapshot_scores": [{"iteration": it, **brief(scorer(images, truth))}
+                                    for it, images in _spread(self.frames(), 32)]}
+
+    def draw(self, out: Path, originals: Tensor | None, order: list[int] | None) -> list[Figure]:
+        frames = _spread(self.frames(), 8)  # at most 8 rows
+        if not frames:
+            return []
+        from gradleak.imagegrid import image_rows
+
+        rows, labels = matched_rows([im for _, im in frames], order), [f"iteration {it}" for it, _ in frames]
+        if originals is not None:
+            rows, labels = rows + [originals], labels + ["original"]
+        image_rows(rows, labels, out / "snapshots.png")
+        return [("Snapshots of the returned restart during the search"
+                 + ("; originals last" if originals is not None else ""), "snapshots.png")]
+
+
+def _spread(items: list, k: int) -> list:
+    """At most ``k`` of ``items``, evenly spread, the first and the last included."""
+    if len(items) <= k:
+        return list(items)
+    return [items[j] for j in sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})]
+
+
+@dataclass
+class PriorUsed(Artifact):
+    """The generative prior a GIAS preset searched through (:func:`gradleak.priors.prior.describe`)."""
+
+    description: dict
+
+    fact_labels = {"prior": "generative prior"}
+
+    def describe(self) -> dict:
+        return {"prior": self.description}
+
+
+@dataclass
+class RandomControl(Artifact):
+    """This run was the random-gradient control (``control: true``, :func:`control_observation`): the upload
+    was replaced by a random one, so what it recovers comes from the prior and the labels alone."""
+
+    fact_labels = {"control": "random-gradient control"}
+
+    def describe(self) -> dict:
+        return {"control": True}
 
 
 # --- parametrizations ------------------------------------------------------------------------------------
@@ -314,9 +389,10 @@ class _PriorMixin:
                 s.parametrization = Snapshots(s.parametrization, self.snapshot_every, snapshots, counter)
         rec = search(obs, stages, objective, labels, restarts=self.restarts, seed=seed, model=model,
                      backend=self.backend, progress=progress, name=self.name + (" (control)" if self.control else ""))
-        rec.control = self.control
+        if self.control:
+            rec.add(RandomControl())
         if self.snapshot_every > 0:
-            rec.snapshots = snapshots
+            rec.add(SnapshotSeries(self.snapshot_every, snapshots, rec.best_restart))
         return rec
 
 
@@ -412,7 +488,7 @@ class GenerativeAttack(_PriorMixin, SearchAttack):
             if isinstance(s.parametrization, Latent):
                 latent = s.parametrization
         rec = self._run(obs, labels, seed, model, progress, stages, self.objective(obs, latent))
-        rec.prior = describe(self.prior)
+        rec.add(PriorUsed(describe(self.prior)))
         return rec
 
 

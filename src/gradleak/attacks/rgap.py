@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from scipy.linalg import lapack, solve_triangular
 from torch import Tensor, nn
 
+from gradleak.attacks.artifacts import Artifact
 from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Stage, lr_scheduler
 from gradleak.errors import UserError
@@ -389,9 +390,10 @@ class LayerRank:
 
 
 @dataclass
-class RankAnalysis:
+class RankAnalysis(Artifact):
     """R-GAP's per-layer rank analysis and what the recursion recovered (``inputs``: x̂_r per layer, input first,
-    kept out of :meth:`to_dict`)."""
+    kept out of :meth:`to_dict`). As a reconstruction's artifact: ``analysis`` in ``metrics.json``, one line
+    per layer in the command-line summary."""
 
     layers: list[LayerRank]
     label: int
@@ -409,6 +411,17 @@ class RankAnalysis:
             rows.append(d)
         return {"kind": "rgap rank analysis", "layers": rows, "rank_deficient": self.rank_deficient,
                 "label": self.label}
+
+    fact_labels = {"analysis": "R-GAP rank analysis"}
+
+    def describe(self) -> dict:
+        return {"analysis": self.to_dict()}
+
+    def summary(self) -> list[str]:
+        return [f"  layer {r.layer} {r.name} ({r.kind}): {r.unknowns} unknowns, {r.forward_constraints} + "
+                f"{r.gradient_constraints} constraints, rank {r.rank}"
+                f"{'' if r.determined else ' (under-determined by %d)' % r.deficiency}, {r.solver}"
+                for r in self.layers]
 
     def table(self) -> str:
         head = f"{'layer':>5} {'name':<18} {'kind':<6} {'unknowns':>8} {'fwd':>7} {'grad':>8} {'rank':>7} " \
@@ -615,7 +628,7 @@ class RGAP(Attack):
                                                   self._layer_solver(labels, seed), self.generative_layers,
                                                   self.balance)
         return Reconstruction(images=image.to(torch.float32).clamp(0, 1), labels=torch.tensor([analysis.label]),
-                              attack=self.name, seconds=time.perf_counter() - t0, analysis=analysis)
+                              attack=self.name, seconds=time.perf_counter() - t0, artifacts=[analysis])
 
 
 class GenerativeLayerSolver(LayerSolver):

@@ -33,12 +33,16 @@ Post-processing (:meth:`ROG.postprocess`, the preset's hook, run after the searc
 2. enhancement (``enhancer``): ``auto`` (the built-in enhancer for this image shape, if any), ``none``, a
    built-in name (``photos64``, ``digits32``) or a path to a ``train-enhancer`` result.
 
-``Reconstruction.images`` are the final (post-processed) images; ``intermediates["raw"]`` holds the search
-output (decoded, clamped to [0, 1]), ``intermediates["normalized"]`` the signSGD-normalised images when that
-step ran, ``intermediates["enhanced"]`` the enhanced ones; ``enhancer`` / ``distance`` say what was used.
+``Reconstruction.images`` are the final (post-processed) images and ``distance`` the distance used; the
+:class:`PostSteps` artifact (``rec.get(PostSteps)``) holds the images after each step — ``steps["raw"]`` the
+search output (decoded, clamped to [0, 1]), ``steps["normalized"]`` the signSGD-normalised images when that
+step ran, ``steps["enhanced"]`` the enhanced ones — and the ``enhancer`` used; the audit scores every step
+and the run directory shows them (``rog_steps.png``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Callable, Literal
 
 import torch
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
 from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
 from gradleak.attacks.engine import Backend, Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
@@ -54,6 +59,40 @@ from gradleak.attacks.presets import SearchAttack
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 
+
+# --- the artifact: images after each post-processing step --------------------------------------------------
+
+@dataclass
+class PostSteps(Artifact):
+    """ROG's images after each post-processing step, by step name in order (``raw`` search output,
+    ``normalized`` signSGD normalisation, ``enhanced``), and the enhancer used (None: no enhancement)."""
+
+    steps: dict[str, Tensor] = field(default_factory=dict)
+    enhancer: str | None = None
+
+    fact_labels = {"enhancer": "ROG enhancer", "intermediates": "ROG post-processing steps"}
+
+    def describe(self) -> dict:
+        return {"intermediates": list(self.steps), **({"enhancer": self.enhancer} if self.enhancer else {})}
+
+    def score(self, truth: Tensor, scorer: Scorer) -> dict:
+        """Each step scored like the final images (what normalisation and enhancement add); a single step is
+        the final image itself and is not scored again."""
+        if len(self.steps) < 2:
+            return {}
+        return {"intermediate_scores": {name: brief(scorer(images, truth)) for name, images in self.steps.items()}}
+
+    def draw(self, out: Path, originals: Tensor | None, order: list[int] | None) -> list[Figure]:
+        if len(self.steps) < 2:
+            return []
+        from gradleak.imagegrid import image_rows
+
+        rows, labels = matched_rows(list(self.steps.values()), order), list(self.steps)
+        if originals is not None:
+            rows, labels = rows + [originals], labels + ["original"]
+        image_rows(rows, labels, out / "rog_steps.png")
+        return [("ROG post-processing: the search output (raw) and the images after each step"
+                 + ("; originals last" if originals is not None else ""), "rog_steps.png")]
 
 
 # --- distance ----------------------------------------------------------------------------------------------
@@ -321,7 +360,6 @@ class ROG(SearchAttack):
                 x = equalize_hist(x)
             steps["normalized"] = x.clone()
         enh = self.resolve_enhancer(obs)
-        rec.enhancer = None if enh is None else enh.name
         if enh is not None:
             lab = labels if labels is not None else rec.labels
             x = enh(x, lab)
@@ -329,6 +367,6 @@ class ROG(SearchAttack):
         if self.post is not None:
             x = self.post(x, obs, labels)
         rec.images = x.detach().clamp(0, 1)
-        rec.intermediates.update(steps)
+        rec.add(PostSteps(steps, None if enh is None else enh.name))
         return rec
 

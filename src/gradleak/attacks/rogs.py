@@ -27,14 +27,15 @@ name, a path (a ``train-prior --conditional`` result, or a pytorch-pretrained-Bi
 The perceptual term: LPIPS where its weights are installed, otherwise the feature distance named in
 ``perceptual`` (see :mod:`gradleak.attacks.perceptual`) — the report says which and why.
 
-``Reconstruction.images`` are G(z*, y); ``intermediates["rog"]`` holds ROG's output X̂, ``semantic_path`` the
-optimisation path ``[(iteration, images), …]`` from the start image to the end (Figure 10),
-``semantic_losses`` the final eq. (20) value per image.
+``Reconstruction.images`` are G(z*, y); the :class:`SemanticPath` artifact (``rec.get(SemanticPath)``) holds
+ROG's output X̂ (``start``), the optimisation path ``[(iteration, images), …]`` from the start image to the
+end (Figure 10, ``rogs_path.png`` in the run directory), the final eq. (20) value per image, the generator and
+the perceptual term used; the audit scores X̂ too (``rog_before_inversion`` in ``metrics.json``).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal, Sequence
@@ -43,9 +44,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
 from gradleak.attacks.engine import Backend
 from gradleak.attacks.base import ATTACKS, Reconstruction
-from gradleak.attacks.perceptual import Distance, build_perceptual
+from gradleak.attacks.perceptual import Distance, build_perceptual, describe_perceptual
 from gradleak.attacks.rog import ROG, PostHook
 from gradleak.devices import generator
 from gradleak.errors import UserError, bad_value
@@ -53,6 +55,45 @@ from gradleak.fl.observation import Observation
 
 #: dataset → shipped class-conditional DCGAN (``gradleak/assets/<stem>.safetensors`` + ``.json``)
 BUILTIN_CONDITIONAL = {"digits": "prior-digits-cond"}
+
+
+@dataclass
+class SemanticPath(Artifact):
+    """ROGS' generator inversion: ROG's output X̂ it started from (``start``), the path ``[(iteration,
+    images)]`` from the random latent's image to G(z*, y) (Figure 10), the final eq. (20) value per image
+    (``losses``), the ``generator`` and the ``perceptual`` term's record (:func:`build_perceptual`)."""
+
+    start: Tensor
+    path: list[tuple[int, Tensor]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    generator: str = ""
+    perceptual: dict | None = None
+
+    fact_labels = {"generator": "ROGS generator", "perceptual": "ROGS perceptual term"}
+
+    def describe(self) -> dict:
+        out = {"semantic_losses": self.losses, "generator": self.generator}
+        if self.perceptual is not None:
+            out["perceptual"] = describe_perceptual(self.perceptual)
+        return out
+
+    def score(self, truth: Tensor, scorer: Scorer) -> dict:
+        """ROG's own output scored like the final images, for comparison."""
+        return {"rog_before_inversion": brief(scorer(self.start, truth))}
+
+    def draw(self, out: Path, originals: Tensor | None, order: list[int] | None) -> list[Figure]:
+        """Figure 10: ROG's output, the inversion path (start … end), the originals; matched to the originals."""
+        if not self.path:
+            return []
+        from gradleak.imagegrid import image_rows
+
+        rows = matched_rows([self.start] + [images for _, images in self.path], order)
+        labels = ["ROG input"] + [f"step {it}" for it, _ in self.path]
+        if originals is not None:
+            rows, labels = rows + [originals], labels + ["original"]
+        image_rows(rows, labels, out / "rogs_path.png")
+        return [("ROGS optimisation path (Figure 10): ROG input, generator from a random latent of the class, "
+                 "steps, end" + ("; originals last" if originals is not None else ""), "rogs_path.png")]
 
 
 def builtin_conditional_path(name: str) -> Path:
@@ -225,7 +266,7 @@ class ROGS(ROG):
 
     def semantic(self, rec: Reconstruction, prior, dist: Distance, record: dict, labels: Tensor | None,
                  seed: int = 0) -> Reconstruction:
-        """Replace ROG's output by G(z*, y) (eq. 19–20); keep ROG's in ``intermediates["rog"]``."""
+        """Replace ROG's output by G(z*, y) (eq. 19–20); keep ROG's and the path in a :class:`SemanticPath`."""
         y = labels if labels is not None else rec.labels
         if y is None:
             raise UserError("rogs: needs the class of each image (attack.labels: oracle or recover)")
@@ -239,9 +280,8 @@ class ROGS(ROG):
         inv = invert(prior, rec.images, y, iterations=self.rogs_iterations, lr=self.rogs_lr,
                      lambda_l2=self.lambda_l2, lambda_perceptual=self.lambda_perceptual, perceptual=dist,
                      restarts=self.rogs_restarts, seed=seed, constraint=self.latent_constraint)
-        rec.intermediates["rog"] = rec.images.clone()
-        rec.semantic_path, rec.semantic_losses = inv.path, inv.losses.tolist()
-        rec.perceptual, rec.generator = record, prior.name
+        rec.add(SemanticPath(start=rec.images.clone(), path=inv.path, losses=inv.losses.tolist(),
+                             generator=prior.name, perceptual=record))
         rec.images = inv.images
         rec.trace = list(rec.trace) + inv.trace
         rec.seconds += time.perf_counter() - t0

@@ -8,7 +8,7 @@ import mimetypes
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jinja2
 
@@ -27,7 +27,8 @@ METRICS: dict[str, tuple[str, str, str, bool]] = {
     "jaccard": ("Jaccard (tags)", "", ".3f", True),
 }
 
-#: Scalar run facts shown in the "run" table, in this order.
+#: Scalar run facts shown in the "run" table, in this order; the labels of an attack's own facts
+#: (``fact_labels``, from its artifacts) are added before "computed on".
 RUN_FACTS: dict[str, str] = {
     "label_accuracy": "label accuracy",
     "label_mode": "label mode",
@@ -37,14 +38,8 @@ RUN_FACTS: dict[str, str] = {
     "best_restart": "best restart",
     "defenses": "defenses",
     "tagger": "tagger",
-    "generator": "ROGS generator",
-    "perceptual": "ROGS perceptual term",
     "distance": "gradient distance",
-    "prior": "generative prior",
-    "control": "random-gradient control",
-    "enhancer": "ROG enhancer",
     "backend": "backend",
-    "analysis": "analysis",
     "environment": "computed on",
 }
 
@@ -220,7 +215,8 @@ def _audit(metrics: dict, used: set[str]) -> dict | None:
             "view": _value(a.get("view") or "nothing to model")}
 
 
-def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tuple[str, str]], title: str | None):
+def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tuple[str, str]], title: str | None,
+             fact_labels: Mapping[str, str] | None = None):
     used: set[str] = set()
     attack = metrics.get("attack") or ""
     used.add("attack")
@@ -275,7 +271,10 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
     }
 
     facts = []
-    for key, label in RUN_FACTS.items():
+    labels = {k: v for k, v in RUN_FACTS.items() if k != "environment"}
+    labels.update({k: v for k, v in (fact_labels or {}).items() if k not in RUN_FACTS})
+    labels["environment"] = RUN_FACTS["environment"]
+    for key, label in labels.items():
         if key in metrics:
             used.add(key)
             facts.append((label, _fact(key, metrics[key])))
@@ -324,9 +323,10 @@ def render_report(
     *,
     images: Sequence[tuple[str, str]] = DEFAULT_IMAGES,
     title: str | None = None,
+    fact_labels: Mapping[str, str] | None = None,
 ) -> str:
     """The report HTML as a string (see :func:`write_report`)."""
-    ctx = _context(dict(metrics), config_yaml, Path(run_dir), images, title)
+    ctx = _context(dict(metrics), config_yaml, Path(run_dir), images, title, fact_labels)
     return _env().get_template("report.html.j2").render(**ctx)
 
 
@@ -338,13 +338,16 @@ def write_report(
     images: Sequence[tuple[str, str]] = DEFAULT_IMAGES,
     title: str | None = None,
     filename: str = "report.html",
+    fact_labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``run_dir/report.html``: summary, per-image scores, inlined figures, config.
 
     ``metrics`` follows :func:`gradleak.metrics.score_images` plus run facts (``attack``,
     ``label_accuracy``, ``iterations``, ``seconds``, ``seed``, ...). Missing keys are simply not
     shown; unknown keys land in an "other" table. ``images`` lists ``(caption, file name)`` pairs
-    read from ``run_dir`` and embedded as base64 (a missing file is noted, not an error)."""
+    read from ``run_dir`` and embedded as base64 (a missing file is noted, not an error). ``fact_labels``
+    (key → label) adds facts to the "run" table: those of the reconstruction's artifacts
+    (:func:`gradleak.report.writer.fact_labels`)."""
     run_dir = Path(run_dir)
-    html = render_report(run_dir, metrics, config_yaml, images=images, title=title)
+    html = render_report(run_dir, metrics, config_yaml, images=images, title=title, fact_labels=fact_labels)
     return atomic_write_text(run_dir / filename, html)

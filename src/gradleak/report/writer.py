@@ -1,28 +1,17 @@
 """Write a run directory from an :class:`~gradleak.audit.AuditResult`: config, observation, reconstruction
-grid, trace, loss plot, report, metrics (last)."""
+grid, trace, loss plot, each artifact's figures, report, metrics (last).
+
+The writer knows no attack family: the reconstruction's artifacts (:mod:`gradleak.attacks.artifacts`) draw
+their own figures and name their own facts for the report."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-from gradleak.attacks.base import Reconstruction
-from gradleak.metrics import apply_match
 from gradleak.report.html import DEFAULT_IMAGES
 
 if TYPE_CHECKING:
     from gradleak.audit import AuditResult
-
-
-def rogs_path_rows(rec: Reconstruction, originals: Tensor, order: list[int]) -> tuple[list[Tensor], list[str]]:
-    """Figure 10: ROG's output, the inversion path (start … end), the originals; matched to the originals."""
-    rows = [apply_match(rec.intermediates["rog"], order)]
-    labels = ["ROG input"]
-    for it, images in rec.semantic_path:
-        rows.append(apply_match(images, order))
-        labels.append(f"step {it}")
-    return rows + [originals], labels + ["original"]
 
 
 def audit_figures(out: Path, result: "AuditResult") -> list[tuple[str, str]]:
@@ -49,6 +38,11 @@ def audit_figures(out: Path, result: "AuditResult") -> list[tuple[str, str]]:
     return figures
 
 
+def fact_labels(rec) -> dict[str, str]:
+    """The report's label of each fact the reconstruction's artifacts put into ``metrics.json``."""
+    return {key: label for artifact in rec.artifacts for key, label in artifact.fact_labels.items()}
+
+
 def write_run_dir(out: Path, result: "AuditResult") -> dict:
     """config.yaml, observation, reconstruction.png, trace.csv, loss.png, report.html, metrics.json (last)."""
     from gradleak.report import (atomic_write_json, atomic_write_text, loss_plot, reconstruction_grid,
@@ -70,17 +64,12 @@ def write_run_dir(out: Path, result: "AuditResult") -> dict:
         loss_plot(rec.trace, out / "loss.png")
     else:  # a closed-form attack has no loss trace
         images = [entry for entry in images if entry[1] != "loss.png"]
-    if rec.semantic_path:
-        from gradleak.report import image_rows
-
-        rows, labels = rogs_path_rows(rec, originals, scores.order)
-        image_rows(rows, labels, out / "rogs_path.png")
-        images.append(("ROGS optimisation path (Figure 10): ROG input, generator from a random latent of the "
-                       "class, steps, end; originals last", "rogs_path.png"))
+    for artifact in rec.artifacts:
+        images.extend(artifact.draw(out, originals, scores.order))
     if result.audit is not None:
         images = audit_figures(out, result) + images
     metrics = result.metrics()
-    write_report(out, metrics, config_yaml, images=images)
+    write_report(out, metrics, config_yaml, images=images, fact_labels=fact_labels(rec))
     atomic_write_json(out / "metrics.json", metrics)  # last: its presence marks a finished run
     return metrics
 
