@@ -49,12 +49,24 @@ def initial_model(seed: int) -> torch.nn.Module:
     return base.initial_model(seed, SPEC)
 
 
+def pretrained_model(seed: int, epochs: int, lr: float, server_data) -> torch.nn.Module:
+    """The federation's starting point: ``initial_model(seed)`` trained centrally for ``epochs`` on the server's own
+    labelled photographs (held-out private photographs that neither a client nor the test set holds), so that the
+    rounds' test accuracy, and what the guard's noise costs, can be measured above chance."""
+    model = initial_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(server_data[0].shape[0], generator=g)
+        base.local_training(model, server_data[0][perm], server_data[1][perm], lr, 1, 8)
+    return model
+
+
 def protocol_from_config(server_round, node_id, config) -> gl.Protocol:
     return gl.Protocol(kind="fedavg", lr=float(config["lr"]), epochs=int(config["local-epochs"]),
                        local_batch_size=int(config["batch-size"]))
 
 
-def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
+def simulate(out: Path, parts, test, args, guard=None, server_data=None) -> list[float]:
     """One Flower run captured under ``out``; returns the central test accuracy after each round."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
     from flwr.serverapp import ServerApp
@@ -79,7 +91,8 @@ def simulate(out: Path, parts, test, args, guard=None) -> list[float]:
     def main(grid, context):
         strategy = GradleakCapture(FedAvg(fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n), out,
                                    SPEC, protocol_from_config)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(args.seed).state_dict()),
+        start = pretrained_model(args.seed, args.pretrain_epochs, args.lr, server_data)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(start.state_dict()),
                        num_rounds=args.rounds, evaluate_fn=evaluate,
                        train_config=ConfigRecord({"lr": args.lr, "local-epochs": args.epochs,
                                                   "batch-size": args.batch_size}))
@@ -145,12 +158,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=base.positive_float, default=0.05)
     ap.add_argument("--epochs", type=base.positive_int, default=1)
     ap.add_argument("--batch-size", type=base.positive_int, default=1)
-    ap.add_argument("--iterations", type=base.positive_int, default=40, help="DLG iterations per measurement")
+    ap.add_argument("--attack", choices=("dlg", "invertgrad", "auto"), default="dlg",
+                    help="the measurement: one attack at --iterations, or the trusted audit (auto) under --budget-per-update")
+    ap.add_argument("--iterations", type=base.positive_int, default=40, help="attack iterations per measurement")
+    ap.add_argument("--budget-per-update", type=base.positive_float, default=None,
+                    help="seconds per measurement for --attack auto")
+    ap.add_argument("--pretrain-epochs", type=int, default=0,
+                    help="train the starting model first on half of the photos no client holds (0: random start)")
     ap.add_argument("--guard-policy", choices=("protect", "block", "report"), default="protect")
     ap.add_argument("--workers", type=base.positive_int, default=1, help="audit-run processes")
     ap.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.attack == "auto" and args.budget_per_update is None:
+        ap.error("argument --budget-per-update: got nothing; allowed: seconds per measurement, with --attack auto")
     if args.images % args.batch_size:
         ap.error(f"argument --batch-size: got {args.batch_size}; allowed: a divisor of --images ({args.images})")
     torch.set_num_threads(1)
@@ -159,12 +180,17 @@ def main(argv: list[str] | None = None) -> dict:
     from gradleak.experiments.audit_run import audit_run
     from gradleak.integrations.flower import LeakageGuard, load_index
 
-    parts, test = partitions(args.clients, args.images, args.seed)
+    parts, rest = partitions(args.clients, args.images, args.seed)
+    # the photos no client holds: the server's own labelled half (for --pretrain-epochs) and the test half
+    order = torch.randperm(rest[0].shape[0], generator=torch.Generator().manual_seed(args.seed + 1))
+    half = order.shape[0] // 2 if args.pretrain_epochs else 0
+    server_data = (rest[0][order[:half]], rest[1][order[:half]])
+    test = (rest[0][order[half:]], rest[1][order[half:]])
     (args.out / "clients").mkdir(parents=True, exist_ok=True)
     results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                     "test_images": int(test[0].shape[0])}
+                     "test_images": int(test[0].shape[0]), "server_images": int(server_data[0].shape[0])}
     t0 = time.time()
-    results["accuracy_plain"] = simulate(args.out / "plain", parts, test, args)
+    results["accuracy_plain"] = simulate(args.out / "plain", parts, test, args, server_data=server_data)
     results["plain_s"] = round(time.time() - t0, 1)
     # the truth map audit-run reads: node id -> the client's images (node ids from the capture index)
     nodes = {e["metrics"]["partition-id"]: e["node_id"] for e in load_index(args.out / "plain") if e["kind"] == "client"}
@@ -175,8 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "truth.yaml").write_text("\n".join(lines) + "\n")
 
     t0 = time.time()
-    run = audit_run(args.out / "plain", args.out / "audit", None, args.out / "truth.yaml", workers=args.workers,
-                    attack="dlg", options={"iterations": args.iterations}, progress=True, public="photos:public")
+    options = {} if args.attack == "auto" else {"iterations": args.iterations}
+    run = audit_run(args.out / "plain", args.out / "audit", args.budget_per_update, args.out / "truth.yaml",
+                    workers=args.workers, attack=args.attack, options=options, progress=True, public="photos:public")
     results["audit_s"] = round(time.time() - t0, 1)
     pid_of = {str(v): k for k, v in nodes.items()}
     results["audit"] = [{k: r.get(k) for k in ("round", "kind", "node_id", "num_images", "psnr_worst",
@@ -185,16 +212,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     public = gl.load_dataset("photos", split="public", resolution=32, channels=3)  # the server's public data
     guard = LeakageGuard(SPEC, protocol_from_config, lambda msg, ctx: parts[int(ctx.node_config["partition-id"])],
-                         policy=args.guard_policy, attack="dlg", attack_options={"iterations": args.iterations},
+                         policy=args.guard_policy, attack=args.attack, attack_options=options,
+                         budget_s=args.budget_per_update,
                          seed=args.seed, public=(public.images, public.labels))
     t0 = time.time()
-    results["accuracy_guarded"] = simulate(args.out / "guarded", parts, test, args, guard=guard)
+    results["accuracy_guarded"] = simulate(args.out / "guarded", parts, test, args, guard=guard, server_data=server_data)
     results["guarded_s"] = round(time.time() - t0, 1)
     results["guard"] = guard_rows(args.out / "guarded", pid_of)
     atomic_write_json(args.out / "results.json", results)
 
-    print(f"\nFlower FedAvg, {args.clients} clients × {args.images} photo(s), {args.rounds} rounds; DLG "
-          f"{args.iterations} iterations, labels given; test set {results['test_images']} held-out photos")
+    measure = (f"trusted audit, {args.budget_per_update:g} s per update" if args.attack == "auto"
+               else f"{args.attack} {args.iterations} iterations")
+    print(f"\nFlower FedAvg, {args.clients} clients × {args.images} photo(s), {args.rounds} rounds, start "
+          f"pretrained {args.pretrain_epochs} epoch(s) on {results['server_images']} server photos; "
+          f"{measure}, labels given; test set "
+          f"{results['test_images']} held-out photos")
     print("| round | partition | kind | worst-case PSNR | best reference | verdict |\n|---:|---:|---|---:|---:|---|")
     for r in results["audit"]:
         print(f"| {r['round']} | {r['partition'] if r['partition'] is not None else '–'} | {r['kind']} | "
