@@ -11,16 +11,8 @@
 """
 
 from .image import PSNR_CAP_DB, SSIM_WIN_SIZE, mse, psnr, ssim
-from .lpips import (
-    ALEXNET_FILE,
-    LIN_FILE,
-    LPIPS,
-    LPIPS_ENV_VAR,
-    LPIPS_MIN_SIDE,
-    load_lpips,
-    lpips_distance,
-    lpips_status,
-)
+from . import lpips as _lpips
+from .lpips import *  # noqa: F403  (the LPIPS names listed in lpips.__all__)
 from .matching import MATCH_BY, apply_match, match, pairwise_cost
 from .reference import VerdictRule, calibrate, margins, reference_scores, verdict
 from .score import sanitize_images, score_images
@@ -32,14 +24,7 @@ __all__ = [
     "ssim",
     "PSNR_CAP_DB",
     "SSIM_WIN_SIZE",
-    "LPIPS",
-    "load_lpips",
-    "lpips_status",
-    "lpips_distance",
-    "ALEXNET_FILE",
-    "LIN_FILE",
-    "LPIPS_ENV_VAR",
-    "LPIPS_MIN_SIDE",
+    *_lpips.__all__,
     "MATCH_BY",
     "match",
     "apply_match",

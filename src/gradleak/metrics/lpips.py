@@ -383,22 +383,11 @@ def _read_lpips(a_path: Path, l_path: Path, device, upsample: bool, net: str) ->
     return model.to(device), None
 
 
-def load_lpips(
-    weights_dir: str | os.PathLike | None = None,
-    *,
-    alexnet_path: str | os.PathLike | None = None,
-    lin_path: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    upsample: bool = False,
-    net: str = "alex",
-) -> LPIPS | None:
-    """Pretrained :class:`LPIPS`, or ``None`` when its weights cannot be found/loaded.
-
-    Use :func:`lpips_status` to also get the reason.
-    """
-    model, _ = lpips_status(weights_dir, alexnet_path=alexnet_path, lin_path=lin_path, device=device,
-                            upsample=upsample, net=net)
-    return model
+def load_lpips(weights_dir: str | os.PathLike | None = None, **options) -> LPIPS | None:
+    """Pretrained :class:`LPIPS`, or ``None`` when its weights cannot be found/loaded; ``options`` are
+    :func:`lpips_status`'s (``alexnet_path``, ``lin_path``, ``device``, ``upsample``, ``net``), which also gives
+    the reason."""
+    return lpips_status(weights_dir, **options)[0]
 
 
 def lpips_distance(model: LPIPS, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
