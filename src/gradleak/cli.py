@@ -56,19 +56,28 @@ def _summary(metrics: dict, out: Path) -> None:
 
 
 DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
+BACKEND_HELP = ("How the search computes its step: loop, vmap, compiled or auto (measured); the same numbers, other "
+                "speeds (default: the config's backend, loop).")
+
+
+def _execution(device: Optional[str], backend: Optional[str]) -> list[str]:
+    """``--device`` / ``--backend`` as config overrides (the execution settings of a run config)."""
+    return [f"{k}={v}" for k, v in (("device", device), ("backend", backend)) if v]
 
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
-                device: Optional[str] = None) -> None:
+                device: Optional[str] = None, backend: Optional[str] = None) -> None:
     from gradleak.audit import audit
+    from gradleak.backends.setting import using
     from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
-    cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
+    cfg = load_config(path, list(overrides) + _execution(device, backend))
     if cfg.attack.name == "auto":
         from gradleak.autoaudit import audit_auto
 
-        _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
+        with using(cfg.backend):
+            _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
         return
     metrics = write_run(audit(cfg, progress=progress), out)
     _summary(metrics, out)
@@ -109,11 +118,12 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_o
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
          progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
          threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
+         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+         backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP)) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
     _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
-        _run_config(cfg_path, out, set_, progress, device)
+        _run_config(cfg_path, out, set_, progress, device, backend)
 
 
 @app.command("run")
@@ -122,10 +132,11 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
             progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
             threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
+            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+            backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP)) -> None:
     """Run any audit case from a YAML config and write its run directory."""
     _set_threads(threads)
-    _run_config(config, out, set_, progress, device)
+    _run_config(config, out, set_, progress, device, backend)
 
 
 @app.command("list")
@@ -572,13 +583,16 @@ def attack_cmd(
     seed: int = typer.Option(0, "--seed", help="Attack initialisation (and the same-class reference draws with --public)."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
+    from gradleak.backends.setting import using
     from gradleak.deploy import attack_command
 
     _set_threads(threads)
-    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
+    with using(backend, "--backend"):
+        metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
     if "psnr" in metrics:
         _summary(metrics, out)
     else:
@@ -605,9 +619,11 @@ def audit_cmd(
     progress: bool = typer.Option(False, help="Show progress bars."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
 ) -> None:
     """The audit: the attack portfolio chosen from the observation, a positive control and one budget; a verdict (leaks / partial / no leakage found / inconclusive). Ctrl-C writes the best so far (exit 130)."""
     from gradleak.autoaudit import audit_auto, audit_observation
+    from gradleak.backends.setting import using
     from gradleak.report.writer import write_run
 
     _set_threads(threads)
@@ -618,16 +634,17 @@ def audit_cmd(
                                 "config's case has its own images and public split)")
         from gradleak.config import load_config
 
-        cfg = load_config(target, ["attack.name=auto", "attack.options={}"] + list(set_)
-                          + ([f"device={device}"] if device else []))
-        result = audit_auto(cfg, budget, prior=prior, progress=progress)
+        cfg = load_config(target, ["attack.name=auto", "attack.options={}"] + list(set_) + _execution(device, backend))
+        with using(cfg.backend):
+            result = audit_auto(cfg, budget, prior=prior, progress=progress)
     else:
         if not target.exists():
             raise UserError(f"audit: got {str(target)!r}, which does not exist; allowed: a run config (.yaml) or an "
                             "observation directory (gradleak capture)")
         if set_:
             raise UserError(f"--set: got {set_[0]!r} with an observation; allowed: --set only with a config")
-        result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
+        with using(backend, "--backend"):
+            result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
     _audit_done(write_run(result, out), out)
 
 
