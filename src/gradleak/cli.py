@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 import typer.core
@@ -60,6 +60,10 @@ def _summary(metrics: dict, out: Path) -> None:
 DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
 BACKEND_HELP = ("How the search computes its step: loop, vmap, compiled or auto (measured); the same numbers, other "
                 "speeds (default: the config's backend, loop).")
+# the execution settings of an audit command, declared once
+Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")]
+Device = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP)]
+Backend = Annotated[Optional[str], typer.Option("--backend", help=BACKEND_HELP)]
 
 
 def _execution(device: Optional[str], backend: Optional[str]) -> list[str]:
@@ -119,9 +123,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
          progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-         backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP)) -> None:
+         threads: Threads = 0, device: Device = None, backend: Backend = None) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
     _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
@@ -133,9 +135,7 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
             out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
             progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-            backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP)) -> None:
+            threads: Threads = 0, device: Device = None, backend: Backend = None) -> None:
     """Run any audit case from a YAML config and write its run directory."""
     _set_threads(threads)
     _run_config(config, out, set_, progress, device, backend)
@@ -466,8 +466,8 @@ def attack_cmd(
     seed: int = typer.Option(0, "--seed", help="Attack initialisation (and the same-class reference draws with --public)."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    backend: Backend = None,
+    threads: Threads = 0,
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
     from gradleak.backends.setting import using
@@ -500,9 +500,9 @@ def audit_cmd(
     set_: List[str] = typer.Option([], "--set", help="Config only: override a config key (dotted), e.g. data.batch_size=8."),
     seed: int = typer.Option(0, "--seed", help="Observation only: attack initialisation and reference draws."),
     progress: bool = typer.Option(False, help="Show progress bars."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    backend: Optional[str] = typer.Option(None, "--backend", help=BACKEND_HELP),
+    threads: Threads = 0,
+    device: Device = None,
+    backend: Backend = None,
 ) -> None:
     """The audit: the attack portfolio chosen from the observation, a positive control and one budget; a verdict (leaks / partial / no leakage found / inconclusive). Ctrl-C writes the best so far (exit 130)."""
     from gradleak.autoaudit import audit_auto, audit_observation

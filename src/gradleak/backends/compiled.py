@@ -11,8 +11,8 @@ from typing import Callable
 
 from torch import Tensor
 
-from gradleak.backends.base import BACKENDS, FunctionalStep, MatchingProblem, Step, StepBackend
-from gradleak.backends.vmap import one_client
+from gradleak.backends.base import BACKENDS, FunctionalStep, MatchingProblem, Step
+from gradleak.backends.vmap import Vmap
 
 
 class CompiledStep(FunctionalStep):
@@ -57,13 +57,10 @@ class CompiledStep(FunctionalStep):
 
 
 @BACKENDS.register("compiled")
-class Compiled(StepBackend):
-    """The torch.func step compiled by Inductor (eager fallback, checked)."""
+class Compiled(Vmap):
+    """The torch.func step compiled by Inductor (eager fallback, checked); runs what ``vmap`` runs."""
 
     name = "compiled"
-
-    def unsupported(self, problem: MatchingProblem) -> str:
-        return one_client(problem)
 
     def step(self, problem: MatchingProblem) -> Step:
         return CompiledStep(problem)
