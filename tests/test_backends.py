@@ -114,7 +114,7 @@ def test_cli_backend_option_reaches_the_run_record(cli, tmp_path):
             "--set", "metrics.tagger=none", "--no-progress", "--backend", "vmap")
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backend"] == "vmap"
+    assert m["backend"] == "vmap" and m["environment"]["backend"] == "vmap"  # what ran; the setting beside device
     assert "backend: vmap" in (out / "config.yaml").read_text()
     r = cli("demo", "--out", tmp_path / "bad", "--backend", "jit")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: config backend")

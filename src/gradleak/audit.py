@@ -47,13 +47,16 @@ class Environment:
     torch: str
     gradleak: str
     python: str
+    backend: str = "loop"  # the step-backend setting (gradleak.backends.setting); what ran: Reconstruction.backend
 
     @classmethod
-    def current(cls, device: str = "cpu") -> "Environment":
+    def current(cls, device: str = "cpu", backend: str | None = None) -> "Environment":
+        """The execution settings in force (``backend``: the one given, else the one in force here)."""
         from gradleak import __version__
+        from gradleak.backends.setting import current
 
         return cls(device=device, threads=torch.get_num_threads(), torch=torch.__version__, gradleak=__version__,
-                   python=platform.python_version())
+                   python=platform.python_version(), backend=backend or current())
 
 
 @dataclass
@@ -253,5 +256,5 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(str(device)), matched=matched, before_postprocess=before,
-                       calibration=calibration)
+                       environment=Environment.current(str(device), cfg.backend), matched=matched,
+                       before_postprocess=before, calibration=calibration)
