@@ -213,7 +213,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
     """Restarts ``first`` … ``first + R − 1`` through every stage; returns (images, final objective, labels).
 
     Without a budget (``run.budget`` None) each stage runs its planned iterations under its schedule (torch's
-    schedulers, :func:`stage_lrs`), fused where the step offers it. Under a budget the rules of
+    schedulers, :func:`lr_scheduler`), fused where the step offers it. Under a budget the rules of
     :mod:`gradleak.attacks.budget` apply: stage lengths fitted to the time left (``share`` of it for this chunk)
     or scaled to the iteration budget, plateau jumps/stops, successive halving, and the deadline or Ctrl-C ending
     the search with the images so far."""
@@ -265,7 +265,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
         else:
             opt = torch.optim.Adam(variables, lr=stage.lr)
-        planned_lrs = stage_lrs(stage) if budget is None else None  # torch's schedulers, to the last bit
+        sched = lr_scheduler(opt, stage) if budget is None else None  # planned: torch's scheduler; else fitted
         last = torch.full((len(alive),), math.inf)
 
         def closure():
@@ -285,8 +285,9 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             if time.perf_counter() >= deadline:
                 run.stopped = "budget"
                 break
-            for g in opt.param_groups:
-                g["lr"] = planned_lrs[i] if planned_lrs is not None else _lr_at(stage, i, n)
+            if budget is not None:  # the schedule of the fitted length
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(stage, i, n)
             try:
                 opt.step(closure)
                 stage.parametrization.project()
@@ -295,6 +296,8 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
                     raise
                 run.stopped = "interrupted"
                 break
+            if sched is not None:
+                sched.step()
             loss_now = last.detach()
             if stage.optimizer == "lbfgs" and not torch.isfinite(loss_now).all():
                 bar.update(n - i)
