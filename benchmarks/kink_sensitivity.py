@@ -16,7 +16,7 @@ import speed as S  # noqa: E402
 
 S._imports()
 torch.set_num_threads(1)
-from gradleak.attacks.fast import FastStep  # noqa: E402
+from gradleak.backends.fast import FastStep  # noqa: E402
 from gradleak.attacks.objectives import DISTANCES  # noqa: E402
 from gradleak.fl.functional_bn import functional_model  # noqa: E402
 from gradleak.priors import load_prior  # noqa: E402

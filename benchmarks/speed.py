@@ -40,15 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 def _imports() -> None:
     """torch and gradleak, imported after the arguments are checked (a bad argument answers at once)."""
-    global torch, F, functional_call, Objective, SearchContext, _choose_backend, _value_and_grads, DISTANCES
-    global Stage, Pixels, _fused_step, compiled_steps
+    global torch, F, functional_call, Objective, SearchContext, choose, matching_problem, _value_and_grads
+    global DISTANCES, Stage, Pixels, _fused_stage
     global Case, capture, Protocol, build_model, init_model
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from gradleak.attacks.engine import (Objective, SearchContext, Stage, _choose_backend, _fused_step, _value_and_grads,
-                                         compiled_steps)
+    from gradleak.attacks.engine import (Objective, SearchContext, Stage, _fused_stage, _value_and_grads,
+                                         matching_problem)
+    from gradleak.backends.policy import choose
     from gradleak.attacks.parametrizations import Pixels
     from gradleak.attacks.objectives import DISTANCES
     from gradleak.case import Case, capture
@@ -84,8 +85,8 @@ def textbook_loop(model, x, y, observed, protocol, iterations, lr=0.1, distance=
 
 def engine_step(ctx, objective, param, variables, labels, lr, signed=True, box=True, pixels=False):
     """One iteration of the engine's inner loop (see ``_run_chunk``): value and gradients, Adam; on pixels
-    with ``compiled``, the engine's fused iteration (``_fused_step`` / ``_run_fused``: one compiled call)."""
-    fused = _fused_step(ctx, objective, Stage("x", Pixels(box=box), 1, lr, signed=signed), soft=False) if pixels else None
+    with ``compiled``, the step's fused iteration (``_fused_stage`` / ``FusedAdam``: one compiled call)."""
+    fused = _fused_stage(ctx, objective, Stage("x", Pixels(box=box), 1, lr, signed=signed), soft=False) if pixels else None
     if fused is not None:
         x = variables[0].detach()
         state = [x, torch.zeros_like(x), torch.zeros_like(x)]
@@ -196,15 +197,18 @@ def measure_case(label, model, obs, y, kind, prior, distance, backends, args, de
             ctx = SearchContext(model, obs, names, observed)
             t0 = time.perf_counter()
             # "auto" measures for a planned search of --planned iterations (compiling only for long ones)
-            timing = _choose_backend(ctx, objective, backend, R, y, args.planned)
+            ctx.step, timing = choose(matching_problem(ctx, objective, False), backend, R, y, args.planned)
             img_fn, variables = make(R, B, device, torch.Generator(device=device).manual_seed(1))
             step = engine_step(ctx, objective, img_fn, variables, y.expand(R, B), 0.01, signed=signed, box=signed,
                                pixels=kind == "pixels")
             step()  # warm-up (first-call allocations; compilation for "compiled")
             setup = time.perf_counter() - t0
-            used = ctx.backend
-            fb = getattr(ctx.fast, "fallback", None) or next((f.fallback for f in ctx.fused.values() if f.fallback), None)
-            chosen = sorted({v for f in compiled_steps(ctx) for v in f.run.chosen.values()})
+            used = ctx.step.name
+            fused = getattr(ctx.step, "fused", {})
+            fb = (getattr(getattr(ctx.step, "fast", None), "fallback", None)
+                  or next((f.fallback for f in fused.values() if f.fallback), None))
+            compiled = ctx.step.compiled_steps() if hasattr(ctx.step, "compiled_steps") else []
+            chosen = sorted({v for f in compiled for v in f.run.chosen.values()})
             info[f"{backend}/{R}"] = {"setup_s": setup, "used": used, "fallback": fb, "timing": timing,
                                       "variant": "+".join(chosen)}
 
@@ -261,7 +265,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median it/s is reported)")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of loop,vmap,compiled,auto")
     ap.add_argument("--cases", default="", help="comma-separated case labels (default: all)")
-    ap.add_argument("--planned", type=int, default=2000, help="search length 'auto' plans for (see engine.AUTO_COMPILE_MIN_SECONDS)")
+    ap.add_argument("--planned", type=int, default=2000, help="search length 'auto' plans for (see gradleak.backends.policy.AUTO_COMPILE_MIN_SECONDS)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="LeNet batch 4 FedSGD and GI-z only, loop/vmap/auto, 3 rounds")

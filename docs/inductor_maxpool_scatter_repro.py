@@ -2,7 +2,7 @@
 the scatter. Plain torch; ~1 minute. Prints the worst relative error of Inductor against eager over every
 intermediate of the traced gradient graph (expected: ~1e-6; observed: 1.0, i.e. the ReLU backward after the
 pooling layer is all zeros). See docs/speed.md, "Session 4"; gradleak works around it in
-gradleak.attacks.inductor_workarounds."""
+gradleak.backends.inductor_workarounds."""
 import sys
 
 import torch
@@ -36,7 +36,7 @@ def loss(p, x):
 
 table = {}
 if "--workaround" in sys.argv:  # gradleak's gather form of the max-pool backward: then ~1e-6
-    from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS as table
+    from gradleak.backends.inductor_workarounds import TRACE_DECOMPOSITIONS as table
 gm = make_fx(torch.func.grad(loss), decomposition_table=table)(params, x)
 # make every intermediate an output (as in a larger graph that still needs them later)
 nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]

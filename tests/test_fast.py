@@ -1,13 +1,14 @@
-"""Fast attack backends (issue 14): functional BatchNorm, the torch.func step, its compiled form and
-fallbacks, and the engine's backends giving the same numbers as the autograd loop."""
+"""Fast step backends (issue 14, gradleak.backends since issue 22): functional BatchNorm, the torch.func step,
+its compiled form and fallbacks, and the search's backends giving the same numbers as the autograd loop."""
 import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gradleak.attacks.engine import Objective, SearchContext, Stage, _value_and_grads, search
-from gradleak.attacks.fast import FastStep
+from gradleak.attacks.engine import Objective, SearchContext, Stage, _value_and_grads, matching_problem, search
+from gradleak.backends.fast import FastStep
+from gradleak.backends.policy import choose
 from gradleak.attacks.objectives import cosine_distance, l2_distance
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.case import Case, capture
@@ -66,10 +67,10 @@ def test_functional_model_keeps_names_and_outputs():
 
 def _distance_and_grad(obs, model, backend, images, labels, objective=Objective(distance="cosine")):
     names = list(obs.parameters)
-    ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
-    if backend != "loop":
-        ctx.fast = FastStep(model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, cosine_distance,
-                            soft=labels.is_floating_point(), compile=backend == "compiled")
+    ctx = SearchContext(model, obs, names, [obs.update[n] for n in names])
+    ctx.step, _ = choose(matching_problem(ctx, objective, labels.is_floating_point()), backend, images.shape[0],
+                         labels, 1)
+    assert ctx.step.name == backend
     x = images.clone().requires_grad_()
     lab = labels.clone().requires_grad_() if labels.is_floating_point() else labels
     variables = [x, lab] if labels.is_floating_point() else [x]
@@ -166,7 +167,7 @@ def test_compiled_result_is_checked_against_eager(monkeypatch):
 def test_compiled_step_is_rechecked_during_the_search(monkeypatch):
     """A compiled graph that is right on its first call and wrong later (it drifts with the images a search
     reaches) is caught by the periodic re-check, and from then on the eager step runs."""
-    from gradleak.attacks import fast
+    from gradleak.backends import fast
 
     monkeypatch.setattr(fast, "RECHECK_EVERY", 3)
     obs, model = _obs(False)
@@ -216,9 +217,9 @@ def test_compiled_step_equals_eager_to_1e5():
 
 @pytest.mark.parametrize("backend", ["vmap", "auto"])
 def test_search_backends_agree_with_loop(backend, monkeypatch):
-    import gradleak.attacks.engine as engine
+    from gradleak.backends import policy
 
-    monkeypatch.setattr(engine, "AUTO_MIN_ITERATIONS", 1)  # measure even for this short search
+    monkeypatch.setattr(policy, "AUTO_MIN_ITERATIONS", 1)  # measure even for this short search
     obs, model = _obs(True, FEDAVG, batch=2)
 
     def run(b):
@@ -250,25 +251,24 @@ def test_unknown_backend_is_a_user_error():
         search(obs, [Stage("x", Pixels(), 1, 0.1)], Objective(), obs.labels, backend="jit", progress=False)
 
 
-# --- the fused compiled iteration (gradleak.attacks.fused) ---------------------------------------------
+# --- the fused compiled iteration (gradleak.backends.fused) ---------------------------------------------
 
 def _search_fused(obs, signed, box, tv, monkeypatch, compile_as=None):
     """A two-stage InvertGrad-style search on ``backend: compiled`` whose fused steps run eagerly (Inductor is
     replaced by ``compile_as``: None = never compile, else a stand-in for torch.compile)."""
-    import gradleak.attacks.engine as engine
-    from gradleak.attacks.fused import FusedAdam
+    from gradleak.backends import fused
 
     made = []
 
-    def fused_step(*a, **k):  # the engine's own builder; compile only through compile_as
-        out = real(*a, **k)
-        if out is not None and compile_as is None:
-            out.run.compile = False
-        made.append(out)
-        return out
+    class Recorded(fused.FusedAdam):  # the compiled backend's own fused step; compile only through compile_as
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            if compile_as is None:
+                self.run.compile = False
+            made.append(self)
 
-    real = engine._fused_step
-    monkeypatch.setattr(engine, "_fused_step", fused_step)
+    FusedAdam = fused.FusedAdam
+    monkeypatch.setattr(fused, "FusedAdam", Recorded)
     if compile_as is not None:
         monkeypatch.setattr(torch, "compile", compile_as)
     stages = [Stage("a", Pixels(init="randn", box=box), 4, 0.05, signed=signed),
@@ -334,18 +334,20 @@ def test_fused_wrong_compile_falls_back(monkeypatch):
 
 
 def test_fused_not_used_outside_its_stage_kind(monkeypatch):
-    """Soft labels (DLG), L-BFGS, other regularizers keep the FastStep path."""
+    """Soft labels (DLG), L-BFGS, other regularizers keep the FastStep path; only the compiled step fuses."""
     import gradleak.attacks.engine as engine
+    from gradleak.backends.fused import FusedAdam
 
     obs, model = _obs(False, batch=2)
-    ctx = SearchContext(model, obs, list(obs.parameters), [obs.update[n] for n in obs.parameters], "compiled")
-    ctx.fast = object()
+    ctx = SearchContext(model, obs, list(obs.parameters), [obs.update[n] for n in obs.parameters])
+    ctx.step, _ = choose(matching_problem(ctx, Objective(), False), "compiled", 1, obs.labels, 1)
     adam = Stage("a", Pixels(), 2, 0.1)
-    assert engine._fused_step(ctx, Objective(), adam, soft=True) is None
-    assert engine._fused_step(ctx, Objective(), Stage("l", Pixels(), 2, 0.1, optimizer="lbfgs"), False) is None
-    assert engine._fused_step(ctx, Objective(regularizers=[(1.0, lambda x, c: x.sum())]), adam, False) is None
-    ctx.backend = "vmap"
-    assert engine._fused_step(ctx, Objective(), adam, False) is None
+    assert engine._fused_stage(ctx, Objective(), adam, soft=True) is None
+    assert engine._fused_stage(ctx, Objective(), Stage("l", Pixels(), 2, 0.1, optimizer="lbfgs"), False) is None
+    assert engine._fused_stage(ctx, Objective(regularizers=[(1.0, lambda x, c: x.sum())]), adam, False) is None
+    assert isinstance(engine._fused_stage(ctx, Objective(tv=0.1), adam, False), FusedAdam)
+    ctx.step, _ = choose(matching_problem(ctx, Objective(), False), "vmap", 1, obs.labels, 1)
+    assert engine._fused_stage(ctx, Objective(), adam, False) is None
 
 
 @pytest.mark.slow  # Inductor, minutes on this CPU
@@ -430,12 +432,12 @@ def test_identical_variant_is_not_compiled_twice(monkeypatch):
     assert len(compiled) == 1 and list(fs.run.chosen.values()) == ["conv"] and not fs.run.timings
 
 
-# --- the max-pool backward the compiled trace sees (gradleak.attacks.inductor_workarounds) ----------------
+# --- the max-pool backward the compiled trace sees (gradleak.backends.inductor_workarounds) ----------------
 
 @pytest.mark.parametrize("k,s,p,ceil", [(3, 3, 0, False), (2, 2, 0, False), (3, 2, 1, False), (3, 2, 0, True),
                                         (2, 1, 0, False), (3, 1, 1, False)])
 def test_max_pool_backward_gather_equals_aten(k, s, p, ceil):
-    from gradleak.attacks.inductor_workarounds import max_pool2d_backward_gather
+    from gradleak.backends.inductor_workarounds import max_pool2d_backward_gather
 
     aten = torch.ops.aten
     torch.manual_seed(k * 10 + s)
@@ -456,7 +458,7 @@ def test_compiled_trace_has_no_max_pool_scatter_and_equals_eager():
     max_pool2d_with_indices_backward for Inductor to turn into scatter_add), and still equals the eager step."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
+    from gradleak.backends.inductor_workarounds import TRACE_DECOMPOSITIONS
 
     model = init_model(build_model("convnet", 10, 1, 9, width=1, batchnorm=True), 0)
     spec = {"name": "convnet", "num_classes": 10, "in_channels": 1, "resolution": 9,
@@ -485,7 +487,7 @@ def test_inductor_max_pool_backward_workaround_is_exact():
     from torch import nn
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
+    from gradleak.backends.inductor_workarounds import TRACE_DECOMPOSITIONS
 
     torch.manual_seed(0)
     bn = FunctionalBatchNorm(nn.BatchNorm2d(64, track_running_stats=False))
@@ -518,7 +520,7 @@ def _kinked(x):
 def _compiled_kinked(x, shift_at, monkeypatch):
     """Compiled(_kinked) whose stand-in compiler returns the other side of the kink at index ``shift_at``
     (what a different rounding does next to a kink), or 0.05 added everywhere when ``shift_at`` is None."""
-    from gradleak.attacks.fast import Compiled, _mismatch
+    from gradleak.backends.fast import Compiled, _mismatch
 
     def compile_(graph, **k):
         def run(*args):
@@ -553,7 +555,7 @@ def test_check_still_rejects_an_error_where_the_step_is_smooth(monkeypatch):
 def test_check_rejects_a_large_error_even_at_a_kink(monkeypatch):
     """Whatever the eager spread, a compiled result further than KINK_CAP from eager is rejected (the jump
     here is 0.04 of the gradient's scale: accepted at the default cap of 0.1, rejected at 0.03)."""
-    from gradleak.attacks import fast
+    from gradleak.backends import fast
 
     monkeypatch.setattr(fast, "KINK_CAP", 0.03)
     x = torch.tensor([0.1, 0.3 + 1e-7, 0.7, 0.9])  # within a 1e-6 relative change of the kink

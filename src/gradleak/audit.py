@@ -16,7 +16,6 @@ from __future__ import annotations
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,13 +47,16 @@ class Environment:
     torch: str
     gradleak: str
     python: str
+    backend: str = "loop"  # the step-backend setting (gradleak.backends.setting); what ran: Reconstruction.backend
 
     @classmethod
-    def current(cls, device: str = "cpu") -> "Environment":
+    def current(cls, device: str = "cpu", backend: str | None = None) -> "Environment":
+        """The execution settings in force (``backend``: the one given, else the one in force here)."""
         from gradleak import __version__
+        from gradleak.backends.setting import current
 
         return cls(device=device, threads=torch.get_num_threads(), torch=torch.__version__, gradleak=__version__,
-                   python=platform.python_version())
+                   python=platform.python_version(), backend=backend or current())
 
 
 @dataclass
@@ -250,7 +252,7 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     model = obs.build_model()
     labels = attack_labels(obs, mode, model)
     t2 = time.perf_counter()
-    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device)  # capture stayed on the CPU
+    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device, cfg.backend)  # capture stayed on the CPU
     t3 = time.perf_counter()
     scores, matched = score(rec.images, case.images, cfg)
     extra = score_artifacts(rec, case.images, cfg)
@@ -259,5 +261,5 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
                        label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(str(device)), matched=matched, artifact_scores=extra,
-                       calibration=calibration)
+                       environment=Environment.current(str(device), cfg.backend), matched=matched,
+                       artifact_scores=extra, calibration=calibration)

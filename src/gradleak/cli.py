@@ -4,13 +4,15 @@ from __future__ import annotations
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 import typer.core
 
 from gradleak.cli_support import checked_out, run_cli, set_threads, version_callback
+from gradleak.cli_train import trainer_command
 from gradleak.errors import UserError
+from gradleak.trainconfig import AutoencoderConfig, EnhancerConfig, GIMLConfig, PriorConfig, TaggerConfig
 
 # Plain click help: typer's rich help imports rich + markdown-it (≈0.4–0.7 s of a 1 s budget for
 # ``--help``, issue 14); error messages are one line anyway.
@@ -55,19 +57,32 @@ def _summary(metrics: dict, out: Path, artifacts=()) -> None:
 
 
 DEVICE_HELP = "Where the attack computes: cpu, cuda, cuda:N, mps or auto (default: the config's device, cpu)."
+BACKEND_HELP = ("How the search computes its step: loop, vmap, compiled or auto (measured); the same numbers, other "
+                "speeds (default: the config's backend, loop).")
+# the execution settings of an audit command, declared once
+Threads = Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")]
+Device = Annotated[Optional[str], typer.Option("--device", help=DEVICE_HELP)]
+Backend = Annotated[Optional[str], typer.Option("--backend", help=BACKEND_HELP)]
+
+
+def _execution(device: Optional[str], backend: Optional[str]) -> list[str]:
+    """``--device`` / ``--backend`` as config overrides (the execution settings of a run config)."""
+    return [f"{k}={v}" for k, v in (("device", device), ("backend", backend)) if v]
 
 
 def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress: bool,
-                device: Optional[str] = None) -> None:
+                device: Optional[str] = None, backend: Optional[str] = None) -> None:
     from gradleak.audit import audit
+    from gradleak.backends.setting import using
     from gradleak.report.writer import write_run
     from gradleak.config import load_config
 
-    cfg = load_config(path, list(overrides) + ([f"device={device}"] if device else []))
+    cfg = load_config(path, list(overrides) + _execution(device, backend))
     if cfg.attack.name == "auto":
         from gradleak.autoaudit import audit_auto
 
-        _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
+        with using(cfg.backend):
+            _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
         return
     result = audit(cfg, progress=progress)
     _summary(write_run(result, out), out, result.reconstruction.artifacts)
@@ -107,12 +122,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=version_call
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", callback=checked_out, help="Run directory to write."),
          set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. attack.options.iterations=200."),
          progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-         threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-         device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
+         threads: Threads = 0, device: Device = None, backend: Backend = None) -> None:
     """Built-in audit: FedSGD client, LeNet, built-in digits, batch of 4, InvertGrad. No data or network needed."""
     _set_threads(threads)
     with resources.as_file(resources.files("gradleak.configs") / "demo.yaml") as cfg_path:
-        _run_config(cfg_path, out, set_, progress, device)
+        _run_config(cfg_path, out, set_, progress, device, backend)
 
 
 @app.command("run")
@@ -120,11 +134,10 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (sections: seed
             out: Path = typer.Option(..., "--out", callback=checked_out, help="Run directory to write."),
             set_: List[str] = typer.Option([], "--set", help="Override a config key (dotted), value parsed as YAML."),
             progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
-            threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-            device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP)) -> None:
+            threads: Threads = 0, device: Device = None, backend: Backend = None) -> None:
     """Run any audit case from a YAML config and write its run directory."""
     _set_threads(threads)
-    _run_config(config, out, set_, progress, device)
+    _run_config(config, out, set_, progress, device, backend)
 
 
 @app.command("list")
@@ -180,38 +193,13 @@ def data_fetch_cmd(
         typer.echo(f"  counts: {res.counts}")
 
 
-@app.command("train-prior")
-def train_prior_cmd(
-    data: str = typer.Option(..., "--data", help="Dataset whose public side the prior learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, samples/, prior.safetensors + prior.json."),
-    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = the prior-training side)."),
-    resolution: int = typer.Option(32, "--resolution", help="32 or 64."),
-    channels: int = typer.Option(3, "--channels", help="1 or 3."),
-    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
-    conditional: bool = typer.Option(False, "--conditional/--unconditional", help="Label-conditioned generator."),
-    latent_dim: int = typer.Option(64, "--latent-dim", help="Size of z."),
-    width: int = typer.Option(32, "--width", help="Base width w of the DCGAN (generator widths 4w, 2w, w at 32x32)."),
-    steps: int = typer.Option(3000, "--steps", help="Total training steps (resume continues up to this)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
-    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Random translation of real and fake images before D (DiffAugment)."),
-    seed: int = typer.Option(0, "--seed", help="Initialisation, batch order, z and augmentation."),
-    sample_every: int = typer.Option(500, "--sample-every", help="Write samples/step_N.png every N steps (0: only first/last)."),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Write the resume checkpoint every N steps."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.* when present."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
+@trainer_command(app, PriorConfig, "Directory: checkpoint.*, samples/, prior.safetensors + prior.json.", resume=True)
+def train_prior_cmd(cfg, out: Path, progress: bool, resume: bool) -> str:
     """Train a DCGAN generative prior (and its discriminator) for the GIAS attacks (gi-z, gi-w, gi-zw, ...)."""
-    from gradleak.priors.train import TrainConfig, train_prior
+    from gradleak.priors.train import train_prior
 
-    _set_threads(threads)
-    cfg = TrainConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
-                      latent_dim=latent_dim, width=width, conditional=conditional, steps=steps,
-                      batch_size=batch_size, lr=lr, augment=augment, seed=seed, sample_every=sample_every,
-                      checkpoint_every=checkpoint_every)
     path = train_prior(cfg, out, resume=resume, progress=progress)
-    typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
+    return f"prior written: {path} (+ .json); use it with attack.options.prior={out}"
 
 
 @app.command("convert-prior")
@@ -230,108 +218,37 @@ def convert_prior_cmd(
                f"attack.options.prior={name if out is None else st}")
 
 
-@app.command("train-enhancer")
-def train_enhancer_cmd(
-    data: str = typer.Option(..., "--data", help="Dataset whose public side the enhancer learns from (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: enhancer.safetensors + enhancer.json, samples.png."),
-    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
-    resolution: int = typer.Option(64, "--resolution", help="Training image size (a multiple of 2^depth)."),
-    channels: int = typer.Option(3, "--channels", help="1 or 3."),
-    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
-    width: int = typer.Option(16, "--width", help="U-Net base width (encoder widths w, 2w, 4w, 4w, 4w)."),
-    depth: int = typer.Option(4, "--depth", help="Number of 2x downsamplings in the U-Net (ROG: 4)."),
-    disc_width: int = typer.Option(16, "--disc-width", help="PatchGAN discriminator base width."),
-    conditional: bool = typer.Option(False, "--conditional/--unconditional", help="Label-conditional enhancer."),
-    steps: int = typer.Option(2000, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per training step."),
-    lr: float = typer.Option(2e-4, "--lr", help="Adam learning rate of both nets (betas 0.5, 0.999)."),
-    adv_weight: float = typer.Option(0.001, "--adv-weight", help="Weight of the adversarial loss (L1 has weight 1; 0 = L1 only)."),
-    crops: bool = typer.Option(True, "--crops/--no-crops", help="Half of each batch: random crops of the images loaded at twice the resolution."),
-    max_noise: float = typer.Option(0.3, "--max-noise", help="Largest Gaussian noise sigma of the synthetic degradation."),
-    max_blur: float = typer.Option(1.0, "--max-blur", help="Largest Gaussian blur sigma (pixels) of the synthetic degradation."),
-    rog_pairs: int = typer.Option(0, "--rog-pairs", help="Also train on ROG outputs of this many public batches (0 = synthetic degradations only)."),
-    rog_iterations: int = typer.Option(100, "--rog-iterations", help="ROG iterations per generated batch."),
-    seed: int = typer.Option(0, "--seed", help="Initialisation, batches, degradations."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
+@trainer_command(app, EnhancerConfig, "Directory: enhancer.safetensors + enhancer.json, samples.png.")
+def train_enhancer_cmd(cfg, out: Path, progress: bool, resume: bool) -> str:
     """Train ROG's enhancement network (U-Net + PatchGAN, L1 + adversarial) on degraded public images."""
-    from gradleak.nets.enhancer import EnhancerConfig, train_enhancer
+    from gradleak.nets.enhancer import train_enhancer
 
-    _set_threads(threads)
-    cfg = EnhancerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
-                         depth=depth, disc_width=disc_width, conditional=conditional, steps=steps,
-                         batch_size=batch_size, lr=lr, adv_weight=adv_weight, crops=crops, max_noise=max_noise,
-                         max_blur=max_blur, rog_pairs=rog_pairs,
-                         rog_iterations=rog_iterations, seed=seed, checkpoint_every=checkpoint_every)
     pairs = None
     if cfg.rog_pairs:
         from gradleak.experiments.rog_pairs import rog_output_pairs
 
         pairs = rog_output_pairs(cfg, progress=False)
     path = train_enhancer(cfg, out, progress=progress, pairs=pairs)
-    typer.echo(f"enhancer written: {path} (+ .json); use it with attack.options.enhancer={out}")
+    return f"enhancer written: {path} (+ .json); use it with attack.options.enhancer={out}"
 
 
-@app.command("train-autoencoder")
-def train_autoencoder_cmd(
-    data: str = typer.Option(..., "--data", help="Dataset whose public side the autoencoder learns."),
-    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: autoencoder.safetensors + autoencoder.json, samples.png."),
-    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
-    resolution: int = typer.Option(64, "--resolution", help="Training image size."),
-    channels: int = typer.Option(3, "--channels", help="1 or 3."),
-    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
-    latent_dim: int = typer.Option(768, "--latent-dim", help="d_z: a multiple of (resolution/downsample)^2."),
-    downsample: int = typer.Option(4, "--downsample", help="Spatial reduction of the latent (power of two)."),
-    width: int = typer.Option(32, "--width", help="Convolution width."),
-    steps: int = typer.Option(2000, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per training step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (cosine decay)."),
-    seed: int = typer.Option(0, "--seed", help="Initialisation and batch order."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
+@trainer_command(app, AutoencoderConfig, "Directory: autoencoder.safetensors + autoencoder.json, samples.png.")
+def train_autoencoder_cmd(cfg, out: Path, progress: bool, resume: bool) -> str:
     """Train the autoencoder of ROG's learned low-dimensional representation (attack.options.representation=autoencoder)."""
-    from gradleak.nets.autoencoder import AutoencoderConfig, train_autoencoder
+    from gradleak.nets.autoencoder import train_autoencoder
 
-    _set_threads(threads)
-    cfg = AutoencoderConfig(data=data, split=split, resolution=resolution, channels=channels, root=root,
-                            latent_dim=latent_dim, downsample=downsample, width=width, steps=steps,
-                            batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every)
     path = train_autoencoder(cfg, out, progress=progress)
-    typer.echo(f"autoencoder written: {path} (+ .json); use it with attack.options.representation=autoencoder "
-               f"attack.options.autoencoder={out}")
+    return (f"autoencoder written: {path} (+ .json); use it with attack.options.representation=autoencoder "
+            f"attack.options.autoencoder={out}")
 
 
-@app.command("train-tagger")
-def train_tagger_cmd(
-    data: str = typer.Option(..., "--data", help="Dataset whose public side the tagger learns (digits, photos, cifar10, folder, ...)."),
-    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: tagger.safetensors + tagger.json."),
-    split: str = typer.Option("public", "--split", help="Dataset split to train on (public = not the victim's)."),
-    resolution: int = typer.Option(32, "--resolution", help="Image size."),
-    channels: int = typer.Option(1, "--channels", help="1 or 3."),
-    root: Optional[str] = typer.Option(None, "--root", help="Data root (cifar10/100, folder)."),
-    width: int = typer.Option(16, "--width", help="CNN base width (stages w, 2w, 4w)."),
-    steps: int = typer.Option(1500, "--steps", help="Training steps."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per training step."),
-    lr: float = typer.Option(2e-3, "--lr", help="Adam learning rate (cosine decay)."),
-    holdout: float = typer.Option(0.1, "--holdout", help="Fraction of the split held out to measure the tagger."),
-    seed: int = typer.Option(0, "--seed", help="Initialisation, hold-out draw, batches."),
-    checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Write the resume checkpoint (OUT/checkpoint.*) every N steps; Ctrl-C also writes it. Rerun the same command to resume."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
+@trainer_command(app, TaggerConfig, "Directory: tagger.safetensors + tagger.json.")
+def train_tagger_cmd(cfg, out: Path, progress: bool, resume: bool) -> str:
     """Train the semantic tagger (classes + public-data attribute tags) behind the Jaccard metric (ROGS eq. 21)."""
-    from gradleak.nets.tagger import TaggerConfig, train_tagger
+    from gradleak.nets.tagger import train_tagger
 
-    _set_threads(threads)
-    cfg = TaggerConfig(data=data, split=split, resolution=resolution, channels=channels, root=root, width=width,
-                       steps=steps, batch_size=batch_size, lr=lr, holdout=holdout, seed=seed,
-                       checkpoint_every=checkpoint_every)
     path = train_tagger(cfg, out, progress=progress)
-    typer.echo(f"tagger written: {path} (+ .json); use it with --set metrics.tagger={out}")
+    return f"tagger written: {path} (+ .json); use it with --set metrics.tagger={out}"
 
 
 @app.command("tradeoff")
@@ -461,39 +378,16 @@ def giml_tasks_cmd(
     typer.echo(f"{len(ts)} tasks written to {out}; train a prior from them with: gradleak giml --tasks {out} --out DIR")
 
 
-@app.command("giml")
-def giml_cmd(
-    tasks: Path = typer.Option(..., "--tasks", help="Task-set directory (gradleak giml-tasks, or a folder of Observation files)."),
-    out: Path = typer.Option(..., "--out", callback=checked_out, help="Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*"),
-    steps: int = typer.Option(100, "--steps", help="Outer GIML steps (resume continues up to this)."),
-    tasks_per_step: int = typer.Option(4, "--tasks-per-step", help="N: tasks sampled per step."),
-    tau: int = typer.Option(5, "--tau", help="tau: meta gradient steps on w' per outer step."),
-    lam: float = typer.Option(1e-3, "--lambda", help="lambda: weight of sum_j ||z_j|| in the latent search."),
-    alpha: float = typer.Option(0.1, "--alpha", help="alpha: step size of the meta gradient descent."),
-    beta: float = typer.Option(0.5, "--beta", help="beta: w <- (1-beta) w + beta w'."),
-    latent_iterations: int = typer.Option(50, "--latent-iterations", help="Iterations of each latent search (Adam)."),
-    lr_z: float = typer.Option(3e-2, "--lr-z", help="Latent-search learning rate."),
-    tv: float = typer.Option(1e-4, "--tv", help="TV weight in the cost c."),
-    distance: str = typer.Option("auto", "--distance", help="Gradient distance d: cosine, l2, masked_cosine, tanh_sign, auto."),
-    prior: Optional[str] = typer.Option(None, "--prior", help="Start from this DCGAN prior (default: an untrained generator)."),
-    latent_dim: int = typer.Option(64, "--latent-dim", help="Untrained generator: size of z."),
-    width: int = typer.Option(16, "--width", help="Untrained generator: DCGAN base width."),
-    seed: int = typer.Option(0, "--seed", help="Initial w, task sampling, latent initialisation."),
-    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="K: checkpoint, generator snapshot and sample grid every K steps."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/checkpoint.* when present."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-) -> None:
+@trainer_command(app, GIMLConfig, "Directory: checkpoint.*, steps/, samples/, samples.png, history.csv, prior.*",
+                 resume=True, extra={"tasks": (Path, typer.Option(..., "--tasks", help="Task-set directory (gradleak "
+                                                                  "giml-tasks, or a folder of Observation files)."))})
+def giml_cmd(cfg, out: Path, progress: bool, resume: bool, tasks: Path) -> str:
     """GIML (Algorithm 2): meta-learn a generative prior from the uploads alone; the result is a GIAS prior."""
-    from gradleak.giml import GIMLConfig, train_giml
+    from gradleak.giml import train_giml
     from gradleak.priors.train import command_line
 
-    _set_threads(threads)
-    cfg = GIMLConfig(steps=steps, tasks_per_step=tasks_per_step, tau=tau, lam=lam, alpha=alpha, beta=beta,
-                     latent_iterations=latent_iterations, lr_z=lr_z, tv=tv, distance=distance, prior=prior,
-                     latent_dim=latent_dim, width=width, seed=seed, checkpoint_every=checkpoint_every)
     path = train_giml(cfg, tasks, out, resume=resume, progress=progress, command=command_line())
-    typer.echo(f"prior written: {path} (+ .json); use it with attack.options.prior={out}")
+    return f"prior written: {path} (+ .json); use it with attack.options.prior={out}"
 
 
 @app.command("capture")
@@ -571,13 +465,16 @@ def attack_cmd(
     seed: int = typer.Option(0, "--seed", help="Attack initialisation (and the same-class reference draws with --public)."),
     progress: bool = typer.Option(True, help="Show a progress bar with the current loss."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
+    backend: Backend = None,
+    threads: Threads = 0,
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
+    from gradleak.backends.setting import using
     from gradleak.deploy import attack_command
 
     _set_threads(threads)
-    metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
+    with using(backend, "--backend"):
+        metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
     if "psnr" in metrics:
         _summary(metrics, out)
     else:
@@ -602,11 +499,13 @@ def audit_cmd(
     set_: List[str] = typer.Option([], "--set", help="Config only: override a config key (dotted), e.g. data.batch_size=8."),
     seed: int = typer.Option(0, "--seed", help="Observation only: attack initialisation and reference draws."),
     progress: bool = typer.Option(False, help="Show progress bars."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
-    device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
+    threads: Threads = 0,
+    device: Device = None,
+    backend: Backend = None,
 ) -> None:
     """The audit: the attack portfolio chosen from the observation, a positive control and one budget; a verdict (leaks / partial / no leakage found / inconclusive). Ctrl-C writes the best so far (exit 130)."""
     from gradleak.autoaudit import audit_auto, audit_observation
+    from gradleak.backends.setting import using
     from gradleak.report.writer import write_run
 
     _set_threads(threads)
@@ -617,16 +516,17 @@ def audit_cmd(
                                 "config's case has its own images and public split)")
         from gradleak.config import load_config
 
-        cfg = load_config(target, ["attack.name=auto", "attack.options={}"] + list(set_)
-                          + ([f"device={device}"] if device else []))
-        result = audit_auto(cfg, budget, prior=prior, progress=progress)
+        cfg = load_config(target, ["attack.name=auto", "attack.options={}"] + list(set_) + _execution(device, backend))
+        with using(cfg.backend):
+            result = audit_auto(cfg, budget, prior=prior, progress=progress)
     else:
         if not target.exists():
             raise UserError(f"audit: got {str(target)!r}, which does not exist; allowed: a run config (.yaml) or an "
                             "observation directory (gradleak capture)")
         if set_:
             raise UserError(f"--set: got {set_[0]!r} with an observation; allowed: --set only with a config")
-        result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
+        with using(backend, "--backend"):
+            result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
     _audit_done(write_run(result, out), out)
 
 

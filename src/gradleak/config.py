@@ -6,6 +6,7 @@ Errors are one line naming the key, the value given and what is allowed.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,6 +82,7 @@ class RunConfig(_Section):
 
     seed: int = 0
     device: str = "cpu"  # where the attack computes: cpu | cuda | cuda:N | mps | auto (gradleak.devices)
+    backend: Literal["loop", "vmap", "compiled", "auto"] = "loop"  # how the search computes its step (gradleak.backends)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
@@ -103,6 +105,12 @@ def _allowed_keys(loc: tuple) -> str:
 
 
 def validate_config(raw: dict) -> RunConfig:
+    if isinstance(raw, dict):
+        from gradleak.backends.setting import moved_option
+
+        note = moved_option(raw)  # attack.options.backend (before issue 22) -> the execution setting
+        if note:
+            print(note, file=sys.stderr)
     try:
         cfg = RunConfig.model_validate(raw)
     except pydantic.ValidationError as err:

@@ -1,5 +1,8 @@
 """Where an attack computes: ``device: cpu | cuda | cuda:N | mps | auto`` (config key and ``--device``).
 
+The other execution settings: ``threads`` (``--threads``, :func:`gradleak.cli_support.set_threads`) and
+``backend`` (config key and ``--backend``, :mod:`gradleak.backends.setting`), which :func:`run_attack` applies.
+
 The audit builds the case and captures the upload on the CPU (so the observation is the same whatever the
 attacker's hardware), then moves the victim and the observation to the device and runs the attack with
 that device as torch's default (``with torch.device(...)``): the same code on every device, no copies.
@@ -50,11 +53,15 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator(device=torch.get_default_device()).manual_seed(seed)
 
 
-def run_attack(attack, obs, labels, seed: int, model, progress: bool = False, device: torch.device | str = "cpu"):
-    """``attack(obs, labels=..., ...)`` computed on ``device`` (the default device inside), the victim moved
+def run_attack(attack, obs, labels, seed: int, model, progress: bool = False, device: torch.device | str = "cpu",
+               backend: str | None = None):
+    """``attack(obs, labels=..., ...)`` computed on ``device`` (the default device inside) with the step
+    backend setting ``backend`` (:mod:`gradleak.backends.setting`; None: the one in force), the victim moved
     there and back; the reconstruction comes back on the CPU."""
+    from gradleak.backends.setting import using
+
     device = torch.device(device)
-    with torch.device(device):
+    with torch.device(device), using(backend):
         rec = attack(obs.to(device), labels=None if labels is None else labels.to(device), seed=seed,
                      model=model.to(device), progress=progress).cpu()
     model.to("cpu")

@@ -12,6 +12,10 @@ be caught; it loses only the steps since the last periodic checkpoint. Running t
 is removed once the result is written. A checkpoint made with other settings is refused (one line);
 ``--checkpoint-every`` itself may change between runs.
 
+:func:`train_loop` is the loop every trainer runs (resume, progress bar, one step at a time, checkpoint every N
+steps and on Ctrl-C); a trainer gives it its step and its checkpoint (a :class:`TrainState`, or its own
+``resume``/``step_done`` pair where its checkpoints keep another layout, as ``train-prior``'s).
+
 The pieces every trainer shares — optimizer state as tensors + JSON (:func:`optimizer_tensors`,
 :func:`optimizer_state`), the settings comparison (:func:`changed_settings`), the ``--checkpoint-every`` check
 (:func:`check_every`) and the interrupt message (:func:`say_interrupted`) — are used by ``train-prior``
@@ -27,12 +31,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from gradleak.errors import UserError, bad_value
 from gradleak.filepair import read_pair, write_pair
+from gradleak.interrupt import deferred_interrupt
 
 FORMAT = "gradleak-train-state"
 FREE_KEYS = ("checkpoint_every",)  # settings that may change between an interrupted run and its resumption
@@ -167,3 +173,37 @@ class TrainState:
             return int(meta["step"]), list(meta["history"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise incomplete(self.command, self.path, err, "delete it to start over") from None
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+class Checkpoint(Protocol):
+    """What :func:`train_loop` needs of a checkpoint: :meth:`TrainState.resume` and :meth:`TrainState.step_done`."""
+
+    def resume(self) -> tuple[int, list]: ...
+
+    def step_done(self, step: int, history: list, stop_requested: bool = False) -> None: ...
+
+
+def train_loop(state: Checkpoint, steps: int, step: Callable[[int], "float | dict | None"], desc: str,
+               progress: bool = True, shown: str = "loss", digits: int = 4) -> list:
+    """Resume from ``state``, then ``step(i)`` for i = start … steps − 1 under one progress bar; after each, the
+    checkpoint rules of ``state`` (every N steps; Ctrl-C: the step in flight is finished, checkpointed, and the
+    loop stops with ``KeyboardInterrupt``). ``step`` returns its loss (kept in the history, its 20-step mean shown
+    as ``shown``), a dict of values to show, or None. Returns the loss history."""
+    from tqdm.auto import tqdm
+
+    start, history = state.resume()
+    bar = tqdm(range(start, steps), initial=min(start, steps), total=steps, desc=desc, disable=not progress,
+               dynamic_ncols=True)
+    with deferred_interrupt() as stop:
+        for i in bar:
+            out = step(i)
+            if isinstance(out, float):
+                history.append(out)
+                out = {shown: f"{sum(history[-20:]) / len(history[-20:]):.{digits}f}"}
+            if out and i % 20 == 0:
+                bar.set_postfix(out)
+            state.step_done(i + 1, history, stop.requested)
+    bar.close()
+    return history

@@ -145,5 +145,9 @@ def build_attack(name: str, **options) -> Attack:
 
     if name not in ATTACKS:
         raise UserError(f"attack.name: got {name!r}; allowed: {', '.join(ATTACKS)}")
+    if "backend" in options:  # an execution setting since issue 22, not an attack option
+        from gradleak.backends.setting import refuse_option
+
+        raise refuse_option(options["backend"])
     cls = ATTACKS[name]
     return cls(**validate_options(cls.__init__, options, "attack.options"))

@@ -7,12 +7,16 @@ computation re-run differentiably (:func:`gradleak.fl.client.batched_update`), d
 R_k image priors. The search runs a schedule of stages (each with its parametrization, optimiser,
 iterations, learning-rate schedule) over R restarts optimised together as one batched problem; the
 restart with the lowest final objective is returned (Geiping et al., 2020; GIAS Algorithm 1).
+
+How d and its gradient are computed is not decided here: the step comes from a step backend
+(:mod:`gradleak.backends`) chosen by the execution setting (:func:`gradleak.backends.policy.choose`); the
+search only asks it for values and gradients, and, for a stage that fits, for a fused Adam iteration.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -23,20 +27,12 @@ from tqdm.auto import tqdm
 from gradleak.attacks.base import Reconstruction
 from gradleak.attacks.budget import PROBE, Budget, fit_scale, halving_points, current as current_budget
 from gradleak.attacks.objectives import DISTANCES, total_variation
-from gradleak.devices import generator
 from gradleak.attacks.parametrizations import Parametrization, Pixels
-from gradleak.errors import UserError
-from gradleak.fl.secagg import observed_rerun
+from gradleak.backends.base import MatchingProblem, Step
+from gradleak.devices import generator
 from gradleak.fl.observation import Observation, validate_against
 
 Regularizer = Callable[[Tensor, "SearchContext"], Tensor]  # images (R,B,C,H,W) -> (R,)
-# How the gradient-matching term and its image gradient are computed (all give the same numbers, tested):
-# "loop" autograd per restart, "vmap" torch.func over restarts, "compiled" the same under torch.compile,
-# "auto" the fastest of these on a short measured warm-up (see gradleak.attacks.fast, benchmarks/speed.py).
-Backend = Literal["loop", "vmap", "compiled", "auto"]
-BACKENDS = ("loop", "vmap", "compiled", "auto")
-AUTO_MIN_ITERATIONS = 50  # shorter searches: "auto" runs "loop" without measuring (the warm-up would dominate)
-AUTO_COMPILE_MIN_SECONDS = 600.0  # "auto" compiles only when the eager search would take at least this long
 
 
 @dataclass
@@ -68,15 +64,28 @@ class Objective:
 
 @dataclass
 class SearchContext:
-    """What the objective needs: the victim, θ_0, the observed upload, the protocol."""
+    """What the objective needs: the victim, θ_0, the observed upload, the protocol; ``step`` the backend's
+    step computing the matching term (None: autograd, :class:`gradleak.backends.loop.LoopStep`)."""
 
     model: nn.Module
     obs: Observation
     names: list[str]
     observed: list[Tensor]
-    backend: str = "loop"
-    fast: object | None = None  # a gradleak.attacks.fast.FastStep when the backend is not "loop"
-    fused: dict = field(default_factory=dict)  # gradleak.attacks.fused.FusedAdam steps by (signed, box)
+    step: Step | None = None
+
+
+def matching_problem(ctx: SearchContext, objective: Objective, soft: bool) -> MatchingProblem:
+    """The gradient-matching term of ``objective`` on ``ctx``, as the step backends take it."""
+    dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
+    return MatchingProblem(ctx.model, ctx.obs, ctx.observed, dist, objective.trial_view, soft)
+
+
+def _step(ctx: SearchContext, objective: Objective, labels: Tensor) -> Step:
+    if ctx.step is not None:
+        return ctx.step
+    from gradleak.backends.loop import LoopStep
+
+    return LoopStep(matching_problem(ctx, objective, labels.dim() == 3))
 
 
 def lr_scheduler(opt, stage: Stage):
@@ -94,16 +103,7 @@ def objective_value(ctx: SearchContext, objective: Objective, images: Tensor, la
                     eager: bool = False) -> Tensor:
     """The per-restart objective (R,) for images (R,B,C,H,W) and labels (R,B) or soft (R,B,K).
     ``eager``: never compile for this call (a one-off evaluation)."""
-    if ctx.fast is not None:
-        d = ctx.fast.eager_step(images, labels)[0] if eager else ctx.fast(images, labels)[0]
-        return d + _regularizer_value(objective, images, ctx)
-    obs = ctx.obs
-    trial = observed_rerun(ctx.model, obs, images, labels, ctx.backend)  # one client, or K (secure aggregation)
-    trial = [trial[n] for n in ctx.names]
-    if objective.trial_view is not None:
-        trial = objective.trial_view(trial)
-    dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
-    return dist(trial, ctx.observed) + _regularizer_value(objective, images, ctx)
+    return _step(ctx, objective, labels).matching(images, labels, eager) + _regularizer_value(objective, images, ctx)
 
 
 def _regularizer_value(objective: Objective, images: Tensor, ctx: SearchContext) -> Tensor | float:
@@ -118,28 +118,9 @@ def _regularizer_value(objective: Objective, images: Tensor, ctx: SearchContext)
 
 def _value_and_grads(ctx: SearchContext, objective: Objective, images: Tensor, labels: Tensor,
                      variables: list[Tensor]) -> tuple[Tensor, tuple]:
-    """The per-restart objective (R,) and its gradient w.r.t. ``variables``. With a fast step the matching
-    term's image (and soft-label) gradient comes from torch.func and is chained through the
-    parametrization by autograd, together with the first-order regularizers."""
-    if ctx.fast is None:
-        per = objective_value(ctx, objective, images, labels)
-        return per.detach(), torch.autograd.grad(per.sum(), variables, allow_unused=True)
-    d, g_x, g_y = ctx.fast(images, labels)
-    outs, gouts = [images], [g_x]
-    if g_y is not None and labels.requires_grad:
-        outs.append(labels)
-        gouts.append(g_y)
-    reg = _regularizer_value(objective, images, ctx)
-    if isinstance(reg, Tensor):
-        d = d + reg.detach()
-        if reg.requires_grad:
-            outs.append(reg.sum())
-            gouts.append(torch.ones((), dtype=reg.dtype, device=reg.device))
-    outs_req = [(o, g) for o, g in zip(outs, gouts) if o.requires_grad]
-    if not outs_req:
-        return d, tuple(None for _ in variables)
-    grads = torch.autograd.grad([o for o, _ in outs_req], variables, [g for _, g in outs_req], allow_unused=True)
-    return d, grads
+    """The per-restart objective (R,) and its gradient w.r.t. ``variables``, from the context's step."""
+    return _step(ctx, objective, labels).value_and_grads(images, labels, variables,
+                                                         lambda x: _regularizer_value(objective, x, ctx))
 
 
 def search(
@@ -150,7 +131,7 @@ def search(
     restarts: int = 1,
     seed: int = 0,
     model: nn.Module | None = None,
-    backend: Backend = "loop",
+    backend: str | None = None,
     progress: bool = True,
     name: str = "",
 ) -> Reconstruction:
@@ -158,16 +139,18 @@ def search(
 
     Adam stages optimise all restarts as one batched problem (per-element updates keep them independent);
     L-BFGS couples variables through its line search, so L-BFGS schedules run one restart at a time.
-    ``backend``: see :data:`Backend`; the one used is ``Reconstruction.backend``."""
-    if backend not in BACKENDS:
-        raise UserError(f"attack.options.backend: got {backend!r}; allowed: {', '.join(BACKENDS)}")
+    ``backend``: the execution setting for this search (:mod:`gradleak.backends.setting`; None: the one in
+    force); the backend that ran is ``Reconstruction.backend``. Under a budget (:mod:`gradleak.attacks.budget`)
+    the schedule is fitted to it, restarts are halved and Ctrl-C ends the search with the images so far."""
+    from gradleak.backends.policy import choose
+
     obs = obs.as_delta()  # the upload as θ_0 − θ_τ, whatever convention the client stated
     if model is None:
         model = obs.build_model()
     else:
         validate_against(model, obs)
     names = list(obs.parameters)
-    ctx = SearchContext(model, obs, names, [obs.update[n] for n in names], backend)
+    ctx = SearchContext(model, obs, names, [obs.update[n] for n in names])
     gen = generator(seed)
     chunk = 1 if any(s.optimizer == "lbfgs" for s in stages) else restarts
     t0 = time.perf_counter()
@@ -175,19 +158,15 @@ def search(
     if budget is not None:
         budget = budget.start()
     total = sum(s.iterations for s in stages) * math.ceil(restarts / chunk)
-    timing = _choose_backend(ctx, objective, "loop" if budget is not None and backend == "auto" else backend, chunk,
-                             labels, total)
+    ctx.step, timing = choose(matching_problem(ctx, objective, labels is None), backend, chunk, labels, total,
+                              budgeted=budget is not None)
     bar = tqdm(total=total, desc=name or "attack", disable=not progress, leave=False, dynamic_ncols=True)
     results, trace = [], []
-    run = BudgetedRun(budget) if budget is not None else None
+    run = BudgetedRun(budget)
     for first in range(0, restarts, chunk):
-        if run is None:
-            results.append(_run_chunk(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar, trace,
-                                      first))
-            continue
-        share = budget.left() / math.ceil((restarts - first) / chunk)
-        results.append(_run_chunk_budgeted(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar,
-                                           trace, first, run, share))
+        share = math.inf if budget is None else budget.left() / math.ceil((restarts - first) / chunk)
+        results.append(_run_chunk(ctx, stages, objective, labels, min(chunk, restarts - first), gen, bar, trace,
+                                  first, run, share))
         if run.stopped in ("interrupted", "budget"):
             break
     bar.close()
@@ -195,67 +174,25 @@ def search(
     losses = torch.cat([r[1] for r in results])
     lab = torch.cat([r[2] for r in results])
     best = int(torch.nan_to_num(losses, nan=math.inf).argmin())
+    planned = budget is None
     return Reconstruction(
         images=images[best], all_images=images, losses=losses, best_restart=best, labels=lab[best],
         trace=sorted(trace, key=lambda r: (r["iteration"], r["restart"])), seconds=time.perf_counter() - t0,
-        iterations=sum(s.iterations for s in stages) if run is None else run.iterations, attack=name,
-        stopped=None if run is None else run.stopped, halving=None if run is None else run.halvings,
-        backend=_backend_used(ctx),
-        backend_timing={**timing, **_variant_timing(ctx)} or None,
+        iterations=sum(s.iterations for s in stages) if planned else run.iterations, attack=name,
+        stopped=None if planned else run.stopped, halving=None if planned else run.halvings,
+        backend=ctx.step.name, backend_timing={**timing, **ctx.step.timings()} or None,
         distance=objective.distance if isinstance(objective.distance, str) else None,
     )
 
 
-def _fast_step(ctx: SearchContext, objective: Objective, soft: bool, compile: bool):
-    from gradleak.attacks.fast import FastStep
-
-    obs = ctx.obs
-    dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
-    return FastStep(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist, objective.trial_view,
-                    soft=soft, compile=compile)
-
-
-def compiled_steps(ctx: SearchContext) -> list:
-    """The steps that ran compiled (each with its :class:`gradleak.attacks.fast.Compiled` as ``run``): the fused
-    iterations where they ran, else the compiled matching step, else none."""
-    return list(ctx.fused.values()) or ([ctx.fast] if ctx.fast is not None and ctx.fast.compile else [])
-
-
-def _variant_timing(ctx: SearchContext) -> dict[str, float]:
-    """Seconds per call of the compiled variants that were timed against each other (``compiled/conv``,
-    ``compiled/matmul-conv``; :class:`gradleak.attacks.fast.Compiled`), the fused step's where it ran."""
-    out: dict[str, float] = {}
-    for step in compiled_steps(ctx):
-        for timing in step.run.timings.values():
-            out.update({f"compiled/{name}": round(t, 6) for name, t in timing.items()})
-    return out
-
-
-def _backend_used(ctx: SearchContext) -> str:
-    """The backend that ran: "compiled" falls back to "vmap" if the step, or a fused step, could not compile."""
-    if ctx.fast is None:
-        return ctx.backend
-    if ctx.fast.backend == "compiled" and any(f.fallback is not None for f in ctx.fused.values()):
-        return "vmap"
-    return ctx.fast.backend
-
-
-def _fused_step(ctx: SearchContext, objective: Objective, stage: Stage, soft: bool):
-    """The fused compiled iteration (:class:`gradleak.attacks.fused.FusedAdam`) for a ``compiled`` stage that
-    fits it — pixels, Adam, known labels, no regularizer but TV — else None (the stage runs the usual way).
-    One per (signed, box), kept on ``ctx`` so restarts' chunks and later stages reuse its compiled graphs."""
-    if (ctx.backend != "compiled" or soft or objective.regularizers or stage.optimizer != "adam"
-            or type(stage.parametrization) is not Pixels):
+def _fused_stage(ctx: SearchContext, objective: Objective, stage: Stage, soft: bool):
+    """The step's fused Adam iteration for a stage that fits it — pixels, Adam, known labels, no regularizer
+    but TV — where the step has one (``compiled``), else None (the stage runs the optimiser loop)."""
+    if soft or objective.regularizers or stage.optimizer != "adam" or type(stage.parametrization) is not Pixels:
         return None
-    key = (stage.signed, stage.parametrization.box)
-    if key not in ctx.fused:
-        from gradleak.attacks.fused import FusedAdam
-
-        obs = ctx.obs
-        dist = DISTANCES[objective.distance] if isinstance(objective.distance, str) else objective.distance
-        ctx.fused[key] = FusedAdam(ctx.model, obs.protocol, obs.parameters, obs.buffers, ctx.observed, dist,
-                                   objective.trial_view, objective.tv, *key, compile=ctx.fast.compile)
-    return ctx.fused[key]
+    tv = objective.tv
+    return ctx.step.fused_adam(stage.signed, stage.parametrization.box,
+                               (lambda x: tv * total_variation(x)) if tv else None)
 
 
 def stage_lrs(stage: Stage) -> list[float]:
@@ -271,85 +208,55 @@ def stage_lrs(stage: Stage) -> list[float]:
     return lrs
 
 
-def _choose_backend(ctx: SearchContext, objective: Objective, backend: str, R: int, labels: Tensor | None,
-                    total_iterations: int) -> dict:
-    """Set ``ctx.backend``/``ctx.fast``. For "auto": time a few matching-term evaluations of "loop" and
-    "vmap" on random images (its own RNG: the search's draws are untouched), interleaved, keep the faster;
-    when the search would still take ``AUTO_COMPILE_MIN_SECONDS`` or more, also compile (minutes on a CPU)
-    and time that. Searches under ``AUTO_MIN_ITERATIONS`` iterations run "loop" unmeasured.
-    Returns seconds per evaluation by candidate ({} unless measured)."""
-    soft = labels is None
-    if ctx.obs.aggregation is not None:  # K clients' aggregate (gradleak.fl.secagg): the fast steps model one
-        ctx.backend, ctx.fast = "loop", None  # client, so each client's slots are re-run by autograd ("loop")
-        return {}
-    if backend == "loop" or (backend == "auto" and total_iterations < AUTO_MIN_ITERATIONS):
-        ctx.backend, ctx.fast = "loop", None
-        return {}
-    if backend in ("vmap", "compiled"):
-        ctx.backend, ctx.fast = backend, _fast_step(ctx, objective, soft, backend == "compiled")
-        return {}
-    obs = ctx.obs
-    dev = ctx.observed[0].device
-    gen = torch.Generator(device=dev).manual_seed(12345)
-    x = torch.rand(R, obs.num_images, *obs.image_shape, generator=gen, device=dev)
-    if soft:
-        y = torch.softmax(torch.randn(R, obs.num_images, obs.model_spec["num_classes"], generator=gen, device=dev), -1)
-    else:
-        y = labels.expand(R, *labels.shape)
-    objective = replace(objective, regularizers=[])  # the priors cost the same on every backend
-    cands: dict[str, object] = {"loop": None, "vmap": _fast_step(ctx, objective, soft, False)}
-    best: dict[str, float] = {}
+def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, labels: Tensor | None, R: int, gen,
+               bar, trace: list, first: int, run: "BudgetedRun", share: float):
+    """Restarts ``first`` … ``first + R − 1`` through every stage; returns (images, final objective, labels).
 
-    def measure(names: list[str], rounds: int) -> None:
-        for rnd in range(rounds + 1):  # round 0 is the warm-up (first-call allocations, compilation)
-            for name in [n for n in names if n in cands]:
-                ctx.backend, ctx.fast = name, cands[name]
-                xi = x.clone().requires_grad_()
-                t0 = time.perf_counter()
-                try:
-                    _value_and_grads(ctx, objective, xi, y, [xi])
-                except Exception:  # noqa: BLE001 - a backend this model cannot run is not a candidate
-                    if name == "loop":
-                        raise
-                    del cands[name]
-                    continue
-                dt = time.perf_counter() - t0
-                if name == "compiled" and cands[name].fallback is not None:
-                    del cands[name]
-                    continue
-                if rnd > 0:
-                    best[name] = min(best.get(name, math.inf), dt)
-
-    measure(["loop", "vmap"], 2)
-    if min(best.values()) * total_iterations >= AUTO_COMPILE_MIN_SECONDS:
-        cands["compiled"] = _fast_step(ctx, objective, soft, True)
-        measure(["compiled"], 2)
-    choice = min(best, key=best.get)
-    ctx.backend, ctx.fast = choice, cands[choice]
-    return {k: round(v, 6) for k, v in best.items()}
-
-
-def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
+    Without a budget (``run.budget`` None) each stage runs its planned iterations under its schedule (torch's
+    schedulers, :func:`lr_scheduler`), fused where the step offers it. Under a budget the rules of
+    :mod:`gradleak.attacks.budget` apply: stage lengths fitted to the time left (``share`` of it for this chunk)
+    or scaled to the iteration budget, plateau jumps/stops, successive halving, and the deadline or Ctrl-C ending
+    the search with the images so far."""
+    budget = run.budget
     obs = ctx.obs
     B, shape = obs.num_images, tuple(obs.image_shape)
     K = obs.model_spec["num_classes"]
-    label_var = None
-    if labels is None:  # DLG: dummy soft labels, optimised jointly
-        label_var = torch.randn(R, B, K, generator=gen).requires_grad_()
-    prev, it0 = None, 0
+    t_start = time.perf_counter()
+    deadline = math.inf if budget is None else min(budget.deadline or math.inf, t_start + share)
+    lengths = [s.iterations for s in stages]
+    if budget is not None and budget.iterations is not None:
+        scale = budget.iterations / max(sum(lengths), 1)
+        lengths = [max(1, round(n * scale)) for n in lengths]
+    base = list(lengths)  # the fit never goes above these (the preset's schedule, or the iteration budget's)
+    timed = budget is not None and budget.seconds is not None and budget.iterations is None
+    can_halve = (budget is not None and budget.halving and R > 1 and all(s.optimizer == "adam" for s in stages)
+                 and all(type(s.parametrization).select is not Parametrization.select for s in stages))
+    points = halving_points(R) if can_halve else []
+    plateau = None if budget is None else budget.plateau
+    alive = torch.arange(R)
+    label_var = torch.randn(R, B, K, generator=gen).requires_grad_() if labels is None else None  # DLG: soft labels
+    prev, pos0 = None, 0
+    last = torch.full((R,), math.inf)
 
     def current_labels():
         if label_var is not None:
             return F.softmax(label_var, -1)
-        return labels.expand(R, *labels.shape)
+        return labels.expand(len(alive), *labels.shape)
 
-    for stage in stages:
-        variables = stage.parametrization.start(R, B, shape, prev, gen)
-        fused = _fused_step(ctx, objective, stage, label_var is not None)
+    def progress(i: int, n: int, loss: Tensor, stage: Stage) -> None:
+        bar.update(1)
+        if i % 10 == 0 or i == n - 1:
+            bar.set_postfix(stage=stage.name, loss=f"{float(loss.min()):.4g}")
+
+    for si, stage in enumerate(stages):
+        variables = stage.parametrization.start(len(alive), B, shape, prev, gen)
+        fused = _fused_stage(ctx, objective, stage, label_var is not None) if budget is None else None
         if fused is not None:
-            stage_losses = _run_fused(fused, stage, current_labels(), bar)
-            _record(trace, stage, stage_losses, it0, first, R)
-            it0 += stage.iterations
+            x, losses = fused.run_stage(stage.parametrization.x, stage_lrs(stage), current_labels(),
+                                        lambda i, loss: progress(i, stage.iterations, loss, stage))
+            stage.parametrization.x = x.detach().requires_grad_()
+            _record(trace, stage, [(pos0 + i, loss, alive) for i, loss in enumerate(losses)], first)
+            pos0 += stage.iterations
             prev = stage.parametrization.images().detach()
             continue
         if label_var is not None:
@@ -358,8 +265,8 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
             opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
         else:
             opt = torch.optim.Adam(variables, lr=stage.lr)
-        sched = lr_scheduler(opt, stage)
-        last = torch.full((R,), math.inf)
+        sched = lr_scheduler(opt, stage) if budget is None else None  # planned: torch's scheduler; else fitted
+        last = torch.full((len(alive),), math.inf)
 
         def closure():
             nonlocal last
@@ -370,27 +277,88 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
             last = per
             return per.sum()
 
-        stage_losses: list[Tensor] = []  # kept as tensors; the trace's dicts are built after the stage
-
-        for i in range(stage.iterations):
-            opt.step(closure)
-            stage.parametrization.project()
+        n, i, ran = lengths[si], 0, 0
+        mark, refit, refits_at = None, True, [0.1, 0.25]
+        best_hist: list[float] = []
+        rows: list[tuple[int, Tensor, Tensor]] = []  # (position, losses of the restarts alive, their ids)
+        while i < n:
+            if time.perf_counter() >= deadline:
+                run.stopped = "budget"
+                break
+            if budget is not None:  # the schedule of the fitted length
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(stage, i, n)
+            try:
+                opt.step(closure)
+                stage.parametrization.project()
+            except KeyboardInterrupt:
+                if budget is None:
+                    raise
+                run.stopped = "interrupted"
+                break
             if sched is not None:
                 sched.step()
-            loss_now = last
+            loss_now = last.detach()
             if stage.optimizer == "lbfgs" and not torch.isfinite(loss_now).all():
-                bar.update(stage.iterations - i)
+                bar.update(n - i)
                 break
-            stage_losses.append(loss_now)
-            bar.update(1)
-            if i % 10 == 0 or i == stage.iterations - 1:
-                bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
-        _record(trace, stage, stage_losses, it0, first, R)
-        it0 += stage.iterations
+            rows.append((pos0 + i, loss_now, alive))
+            progress(i, n, loss_now, stage)
+            i, ran = i + 1, ran + 1
+            run.iterations += 1
+            if timed:
+                if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
+                    mark = (time.perf_counter(), ran)
+                elif refit and ran - mark[1] >= PROBE:
+                    per_it = (time.perf_counter() - mark[0]) / (ran - mark[1]) / len(alive)
+                    f = fit_scale(deadline - time.perf_counter() - 2 * per_it * len(alive), per_it, i, pos0,
+                                  base[si:], R, bool(points))
+                    lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
+                                                                                  for m in base[si + 1:]]
+                    n = lengths[si]
+                    refit = False
+                if not refit and refits_at and i >= refits_at[0] * n:  # refit on a longer measurement
+                    refits_at.pop(0)
+                    refit = i < (_milestones(stage, n) or [n])[0]
+            # successive halving at fixed fractions of the (fitted) schedule
+            pos, total = pos0 + i, sum(lengths)
+            while points and len(alive) > 1 and pos >= points[0] * total:
+                points.pop(0)
+                k = max(1, math.ceil(len(alive) / 2))
+                keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:k].sort().values
+                run.halvings.append({"iteration": pos, "kept": [first + int(alive[j]) for j in keep]})
+                variables, opt, label_var = _select(stage, variables, opt, keep, len(alive), label_var)
+                alive = alive[keep]
+                loss_now, last = loss_now[keep], last[keep]
+                best_hist, mark, refit = [], None, True
+            if plateau is None:
+                continue
+            # plateau: jump to the next milestone, or stop in the last phase / second half
+            best_hist.append(float(torch.nan_to_num(loss_now, nan=math.inf).min()))
+            window = max(plateau.min_window, n // 16)
+            if len(best_hist) > window:
+                old, now = min(best_hist[:-window]), min(best_hist)
+                if math.isfinite(old) and old - now <= plateau.tol * abs(old):
+                    ahead = [m for m in _milestones(stage, n) if m > i]
+                    if ahead:
+                        run.plateaus.append({"iteration": pos0 + i, "action": f"jump to {pos0 + ahead[0]}"})
+                        i, best_hist = ahead[0], []
+                    elif stage.schedule == "multistep" or i >= n // 2:
+                        run.plateaus.append({"iteration": pos0 + i, "action": "stop stage"})
+                        if si == len(stages) - 1 and run.stopped == "completed":
+                            run.stopped = "plateau"
+                        break
+        _record(trace, stage, rows, first)
+        lengths[si] = i
+        pos0 += i if budget is not None else stage.iterations  # a plain schedule keeps its positions
         with torch.no_grad():
             prev = stage.parametrization.images().detach()
-    # the final objective ranks the restarts; it needs autograd (the update is itself a gradient)
-    final = objective_value(ctx, objective, prev, current_labels(), eager=bool(ctx.fused)).detach()
+        if run.stopped in ("interrupted", "budget"):
+            break
+    if run.stopped in ("budget", "interrupted"):  # out of time: rank by the last step's objective, no extra pass
+        final = last.detach() if torch.isfinite(last).all() else torch.zeros(len(alive))
+    else:  # the final objective ranks the restarts; it needs autograd (the update is itself a gradient)
+        final = objective_value(ctx, objective, prev, current_labels(), eager=ctx.step.one_off_eager).detach()
     imgs = prev.detach().clamp(0, 1)
     lab = current_labels().detach()
     if lab.dim() == 3:
@@ -398,42 +366,30 @@ def _run_chunk(ctx, stages, objective, labels, R, gen, bar, trace, first):
     return imgs, final, lab
 
 
-def _record(trace: list, stage: Stage, stage_losses: list[Tensor], it0: int, first: int, R: int) -> None:
-    """Append a stage's per-iteration losses (tensors (R,)) to the trace as rows."""
-    if stage_losses:
-        table = torch.stack(stage_losses).tolist()
-        trace.extend({"iteration": it0 + i, "stage": stage.name, "restart": first + r, "loss": row[r]}
-                     for i, row in enumerate(table) for r in range(R))
-
-
-def _run_fused(fused, stage: Stage, labels: Tensor, bar) -> list[Tensor]:
-    """An Adam stage on pixels as fused iterations (same numbers as the optimiser loop of ``_run_chunk``:
-    Adam's state starts at zero, the schedule's lr per iteration, the box after each step); returns the
-    per-iteration objective before each step, like the loop's ``last``."""
-    param = stage.parametrization
-    x = param.x.detach()
-    exp_avg, exp_avg_sq = torch.zeros_like(x), torch.zeros_like(x)
-    losses: list[Tensor] = []
-    for i, lr in enumerate(stage_lrs(stage)):
-        t = torch.tensor(float(i + 1), dtype=torch.float64, device=x.device)
-        lr_t = torch.tensor(lr, dtype=torch.float64, device=x.device)
-        x, exp_avg, exp_avg_sq, loss_now = fused(x, exp_avg, exp_avg_sq, t, lr_t, labels.detach())
-        losses.append(loss_now)
-        bar.update(1)
-        if i % 10 == 0 or i == stage.iterations - 1:
-            bar.set_postfix(stage=stage.name, loss=f"{float(loss_now.min()):.4g}")
-    param.x = x.detach().requires_grad_()
-    return losses
+def _record(trace: list, stage: Stage, rows: list[tuple[int, Tensor, Tensor]], first: int) -> None:
+    """Append a stage's per-iteration losses (position, losses (k,), restart ids (k,)) to the trace as rows;
+    converted once per stage, not per iteration (each conversion waits for the device)."""
+    if not rows:
+        return
+    if all(r[2] is rows[0][2] for r in rows):  # no halving in this stage: one table
+        ids, table = rows[0][2].tolist(), torch.stack([r[1] for r in rows]).tolist()
+        trace.extend({"iteration": pos, "stage": stage.name, "restart": first + r, "loss": v}
+                     for (pos, _, _), values in zip(rows, table) for r, v in zip(ids, values))
+        return
+    for pos, losses, ids in rows:
+        trace.extend({"iteration": pos, "stage": stage.name, "restart": first + int(r), "loss": v}
+                     for r, v in zip(ids.tolist(), losses.tolist()))
 
 
 # --- budgeted search (gradleak.attacks.budget) ------------------------------------------------------------
 
 @dataclass
 class BudgetedRun:
-    """The state of one budgeted search: what ran and why it ended (``completed`` | ``plateau`` | ``budget`` |
-    ``interrupted``), and the successive-halving decisions (schedule position, restarts kept)."""
+    """The state of one search under ``budget`` (None: the planned schedule): what ran and why it ended
+    (``completed`` | ``plateau`` | ``budget`` | ``interrupted``), and the successive-halving decisions
+    (schedule position, restarts kept)."""
 
-    budget: Budget
+    budget: Budget | None
     iterations: int = 0
     stopped: str = "completed"
     halvings: list[dict] = field(default_factory=list)
@@ -473,134 +429,3 @@ def _select(stage: Stage, variables: list[Tensor], opt, keep: Tensor, R: int, la
         new_opt.state[nv] = {k: (t[idx].clone() if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == old.shape[0]
                                  else t) for k, t in st.items()}
     return new, new_opt, (new[-1] if label_var is not None else None)
-
-
-def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, first, run: BudgetedRun, share: float):
-    """:func:`_run_chunk` under a budget (the rules of :mod:`gradleak.attacks.budget`): stage lengths fitted to
-    the time left (or scaled to the iteration budget), plateau jumps/stops, successive halving, deadline and
-    Ctrl-C ending the search with the images so far."""
-    budget = run.budget
-    obs = ctx.obs
-    B, shape = obs.num_images, tuple(obs.image_shape)
-    K = obs.model_spec["num_classes"]
-    t_start = time.perf_counter()
-    deadline = min(budget.deadline or math.inf, t_start + share)
-    lengths = [s.iterations for s in stages]
-    if budget.iterations is not None:
-        scale = budget.iterations / max(sum(lengths), 1)
-        lengths = [max(1, round(n * scale)) for n in lengths]
-    base = list(lengths)  # the fit never goes above these (the preset's schedule, or the iteration budget's)
-    can_halve = (budget.halving and R > 1 and all(s.optimizer == "adam" for s in stages)
-                 and all(type(s.parametrization).select is not Parametrization.select for s in stages))
-    points = halving_points(R) if can_halve else []
-    alive = torch.arange(R)
-    label_var = torch.randn(R, B, K, generator=gen).requires_grad_() if labels is None else None
-    prev, pos0 = None, 0
-
-    def current_labels():
-        if label_var is not None:
-            return F.softmax(label_var, -1)
-        return labels.expand(len(alive), *labels.shape)
-
-    for si, stage in enumerate(stages):
-        variables = stage.parametrization.start(len(alive), B, shape, prev, gen)
-        if label_var is not None:
-            variables = variables + [label_var]
-        if stage.optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(variables, lr=stage.lr, line_search_fn=stage.line_search)
-        else:
-            opt = torch.optim.Adam(variables, lr=stage.lr)
-        last = torch.full((len(alive),), math.inf)
-
-        def closure():
-            nonlocal last
-            opt.zero_grad(set_to_none=True)
-            per, grads = _value_and_grads(ctx, objective, stage.parametrization.images(), current_labels(), variables)
-            for v, g in zip(variables, grads):
-                v.grad = torch.zeros_like(v) if g is None else (g.sign() if stage.signed else g)
-            last = per
-            return per.sum()
-
-        n, i, ran = lengths[si], 0, 0
-        mark, refit, refits_at = None, True, [0.1, 0.25]
-        best_hist: list[float] = []
-        rows: list[tuple[int, list[float], list[int]]] = []
-        while i < n:
-            if time.perf_counter() >= deadline:
-                run.stopped = "budget"
-                break
-            if stage.optimizer == "adam":
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(stage, i, n)
-            try:
-                opt.step(closure)
-                stage.parametrization.project()
-            except KeyboardInterrupt:
-                run.stopped = "interrupted"
-                break
-            loss_now = last.detach()
-            if stage.optimizer == "lbfgs" and not torch.isfinite(loss_now).all():
-                break
-            rows.append((pos0 + i, loss_now.tolist(), alive.tolist()))
-            i, ran = i + 1, ran + 1
-            run.iterations += 1
-            bar.update(1)
-            if budget.seconds is not None and budget.iterations is None:
-                if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
-                    mark = (time.perf_counter(), ran)
-                elif refit and ran - mark[1] >= PROBE:
-                    per_it = (time.perf_counter() - mark[0]) / (ran - mark[1]) / len(alive)
-                    f = fit_scale(deadline - time.perf_counter() - 2 * per_it * len(alive), per_it, i, pos0,
-                                  base[si:], R, bool(points))
-                    lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
-                                                                                  for m in base[si + 1:]]
-                    n = lengths[si]
-                    refit = False
-                if not refit and refits_at and i >= refits_at[0] * n:  # refit on a longer measurement
-                    refits_at.pop(0)
-                    refit = i < (_milestones(stage, n) or [n])[0]
-            # successive halving at fixed fractions of the (fitted) schedule
-            pos, total = pos0 + i, sum(lengths)
-            while points and len(alive) > 1 and pos >= points[0] * total:
-                points.pop(0)
-                k = max(1, math.ceil(len(alive) / 2))
-                keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:k].sort().values
-                run.halvings.append({"iteration": pos, "kept": [first + int(alive[j]) for j in keep]})
-                variables, opt, label_var = _select(stage, variables, opt, keep, len(alive), label_var)
-                alive = alive[keep]
-                loss_now, last = loss_now[keep], last[keep]
-                best_hist, mark, refit = [], None, True
-            best_hist.append(float(torch.nan_to_num(loss_now, nan=math.inf).min()))
-            # plateau: jump to the next milestone, or stop in the last phase / second half
-            plateau = budget.plateau
-            window = max(plateau.min_window, n // 16) if plateau is not None else 0
-            if plateau is not None and len(best_hist) > window:
-                old, now = min(best_hist[:-window]), min(best_hist)
-                if math.isfinite(old) and old - now <= plateau.tol * abs(old):
-                    ahead = [m for m in _milestones(stage, n) if m > i]
-                    if ahead:
-                        run.plateaus.append({"iteration": pos0 + i, "action": f"jump to {pos0 + ahead[0]}"})
-                        i, best_hist = ahead[0], []
-                    elif stage.schedule == "multistep" or i >= n // 2:
-                        run.plateaus.append({"iteration": pos0 + i, "action": "stop stage"})
-                        if si == len(stages) - 1 and run.stopped == "completed":
-                            run.stopped = "plateau"
-                        break
-        for pos, losses, ids in rows:
-            trace.extend({"iteration": pos, "stage": stage.name, "restart": first + int(r), "loss": v}
-                         for r, v in zip(ids, losses))
-        lengths[si] = i
-        pos0 += i
-        with torch.no_grad():
-            prev = stage.parametrization.images().detach()
-        if run.stopped in ("interrupted", "budget"):
-            break
-    if run.stopped in ("budget", "interrupted"):  # out of time: rank by the last step's objective, no extra pass
-        final = last.detach() if torch.isfinite(last).all() else torch.zeros(len(alive))
-    else:
-        final = objective_value(ctx, objective, prev, current_labels()).detach()
-    imgs = prev.detach().clamp(0, 1)
-    lab = current_labels().detach()
-    if lab.dim() == 3:
-        lab = lab.argmax(-1)
-    return imgs, final, lab

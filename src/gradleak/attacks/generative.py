@@ -45,7 +45,7 @@ from torch.func import functional_call
 from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
 from gradleak.attacks.bn_prior import BNRegularizer
 from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
-from gradleak.attacks.engine import Backend, Objective, Stage, search
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES
 from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import INVERTGRAD_LR, INVERTGRAD_TV, InvertGrad, SearchAttack
@@ -388,7 +388,7 @@ class _PriorMixin:
             for s in stages:
                 s.parametrization = Snapshots(s.parametrization, self.snapshot_every, snapshots, counter)
         rec = search(obs, stages, objective, labels, restarts=self.restarts, seed=seed, model=model,
-                     backend=self.backend, progress=progress, name=self.name + (" (control)" if self.control else ""))
+                     progress=progress, name=self.name + (" (control)" if self.control else ""))
         if self.control:
             rec.add(RandomControl())
         if self.snapshot_every > 0:
@@ -408,10 +408,9 @@ class GIX(_PriorMixin, InvertGrad):
                  restarts: Iterations = 1,
                  signed: bool = True, box: bool = True, distance: Distance = "cosine",
                  init: Literal["randn", "uniform"] = "randn", bn: Weight = 0.0, bn_source: BNSource = "exact",
-                 bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 backend: Backend = "loop"):
+                 bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0):
         _check_distance(distance)
-        InvertGrad.__init__(self, iterations, lr, tv, restarts, signed, box, distance, init, backend)
+        InvertGrad.__init__(self, iterations, lr, tv, restarts, signed, box, distance, init)
         self._setup_common(bn, bn_source, bn_data, control, snapshot_every)
 
     def objective(self, obs):
@@ -439,8 +438,8 @@ class GenerativeAttack(_PriorMixin, SearchAttack):
     name = "gias-base"
 
     def _setup(self, prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
-               snapshot_every, space, backend):
-        SearchAttack.__init__(self, restarts, backend)
+               snapshot_every, space):
+        SearchAttack.__init__(self, restarts)
         _check_distance(distance)
         for key, v in (("lr_z", lr_z), ("lr_w", lr_w)):
             if v <= 0:
@@ -502,9 +501,9 @@ class GIZ(GenerativeAttack):
                  lr_z: LearningRate = 3e-2, tv: Weight = 1e-4, distance: Distance = "cosine", z_penalty: Weight = 0.0,
                  bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 space: Literal["z", "w", "w+"] = "w+", backend: Backend = "loop"):
+                 space: Literal["z", "w", "w+"] = "w+"):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
-                    snapshot_every, space, backend)
+                    snapshot_every, space)
         self.iterations = iterations
 
     def stages(self):
@@ -522,10 +521,10 @@ class GIW(GenerativeAttack):
                  lr_w: LearningRate = 1e-3, tv: Weight = 1e-4,
                  distance: Distance = "cosine", bn: Weight = 0.0, bn_source: BNSource = "exact",
                  bn_data: str | None = None, control: bool = False, snapshot_every: Steps = 0,
-                 space: Literal["z", "w", "w+"] = "w+", backend: Backend = "loop",
+                 space: Literal["z", "w", "w+"] = "w+",
                  lr_w_relative: bool = True):
         self._setup(prior, restarts, 3e-2, lr_w, tv, distance, 0.0, bn, bn_source, bn_data, control,
-                    snapshot_every, space, backend)
+                    snapshot_every, space)
         self.iterations, self.lr_w_relative = iterations, lr_w_relative
 
     def stages(self):
@@ -553,9 +552,9 @@ class GIZW(GenerativeAttack):
                  lr_z: LearningRate = 3e-2, lr_w: LearningRate = 1e-3, tv: Weight = 1e-4, distance: Distance = "cosine",
                  z_penalty: Weight = 0.0, bn: Weight = 0.0, bn_source: BNSource = "exact", bn_data: str | None = None,
                  control: bool = False, snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
-                 backend: Backend = "loop", lr_w_relative: bool = True):
+                 lr_w_relative: bool = True):
         self._setup(prior, restarts, lr_z, lr_w, tv, distance, z_penalty, bn, bn_source, bn_data, control,
-                    snapshot_every, space, backend)
+                    snapshot_every, space)
         self.iterations_z, self.iterations_w, self.lr_w_relative = iterations_z, iterations_w, lr_w_relative
 
     @classmethod
@@ -587,10 +586,9 @@ class GIZX(GenerativeAttack):
                  lr_z: LearningRate = 3e-2, lr_x: LearningRate = 0.01, signed: bool = True, tv: Weight = 1e-4,
                  distance: Distance = "cosine", z_penalty: Weight = 0.0, bn: Weight = 0.0,
                  bn_source: BNSource = "exact", bn_data: str | None = None, control: bool = False,
-                 snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",
-                 backend: Backend = "loop"):
+                 snapshot_every: Steps = 0, space: Literal["z", "w", "w+"] = "w+",):
         self._setup(prior, restarts, lr_z, 1e-3, tv, distance, z_penalty, bn, bn_source, bn_data, control,
-                    snapshot_every, space, backend)
+                    snapshot_every, space)
         if lr_x <= 0:
             raise UserError(f"attack.options.lr_x: got {lr_x}; allowed: a learning rate > 0")
         self.iterations_z, self.iterations_x, self.lr_x, self.signed = iterations_z, iterations_x, lr_x, signed

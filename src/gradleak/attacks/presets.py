@@ -12,7 +12,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from gradleak.attacks.base import ATTACKS, Attack, AuditPlan, LabelMode, Reconstruction, build_attack  # noqa: F401
-from gradleak.attacks.engine import Backend, Objective, Stage, search
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.parametrizations import Pixels
 from gradleak.errors import UserError
 from gradleak.fl.observation import Observation
@@ -21,12 +21,13 @@ from gradleak.validate import Iterations, LearningRate, Weight
 
 class SearchAttack(Attack):
     """An attack that is a preset of the search engine: subclasses define ``stages()`` (fresh objects on
-    every call) and ``objective(obs)``; restarts run as one batched problem."""
+    every call) and ``objective(obs)``; restarts run as one batched problem. How the step is computed is not
+    the attack's: it is the execution setting ``backend`` (:mod:`gradleak.backends.setting`)."""
 
-    def __init__(self, restarts: Iterations = 1, backend: Backend = "loop"):
+    def __init__(self, restarts: Iterations = 1):
         if restarts < 1:
             raise UserError(f"attack.restarts: got {restarts}; allowed: integer >= 1")
-        self.restarts, self.backend = restarts, backend
+        self.restarts = restarts
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError
@@ -38,7 +39,7 @@ class SearchAttack(Attack):
                  model: nn.Module | None = None, progress: bool = True) -> Reconstruction:
         """Reconstruct the client's images. ``labels``: known/recovered labels, None = learn them."""
         return search(obs, self.stages(), self.objective(obs), labels, restarts=self.restarts, seed=seed,
-                      model=model, backend=self.backend, progress=progress, name=self.name)
+                      model=model, progress=progress, name=self.name)
 
 
 @ATTACKS.register("dlg")
@@ -51,9 +52,8 @@ class DLG(SearchAttack):
     default_labels: LabelMode = "learn"
 
     def __init__(self, iterations: Iterations = 300, lr: LearningRate = 1.0, restarts: Iterations = 1,
-                 line_search: Literal["strong_wolfe", "none"] = "strong_wolfe",
-                 backend: Backend = "loop"):
-        super().__init__(restarts, backend)
+                 line_search: Literal["strong_wolfe", "none"] = "strong_wolfe"):
+        super().__init__(restarts)
         self.iterations, self.lr, self.line_search = iterations, lr, line_search
 
     def stages(self):
@@ -105,8 +105,8 @@ class InvertGrad(SearchAttack):
                  restarts: Iterations = 1,
                  signed: bool = True, box: bool = True,
                  distance: Literal["cosine", "l2", "masked_cosine", "tanh_sign", "auto"] = "cosine",
-                 init: Literal["randn", "uniform"] = "randn", backend: Backend = "loop"):
-        super().__init__(restarts, backend)
+                 init: Literal["randn", "uniform"] = "randn"):
+        super().__init__(restarts)
         self.iterations, self.lr, self.tv = iterations, lr, tv
         self.signed, self.box, self.distance, self.init = signed, box, distance, init
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
 from gradleak.attacks.base import ATTACKS, AuditPlan, Reconstruction
-from gradleak.attacks.engine import Backend, Objective, Stage, search
+from gradleak.attacks.engine import Objective, Stage, search
 from gradleak.attacks.objectives import DISTANCES, masked_l2_distance  # noqa: F401  (re-export)
 from gradleak.attacks.parametrizations import Parametrization, Pixels, keep_rows
 from gradleak.attacks.presets import SearchAttack
@@ -271,8 +271,8 @@ class ROG(SearchAttack):
                  distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
                  tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
                  sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
-                 post: PostHook | None = None, backend: Backend = "loop"):
-        super().__init__(restarts, backend)
+                 post: PostHook | None = None):
+        super().__init__(restarts)
         self.iterations, self.lr, self.representation, self.scale = iterations, lr, representation, scale
         self.distance, self.tv, self.sign_postprocess, self.post = distance, tv, sign_postprocess, post
         self._ae = None
@@ -328,7 +328,7 @@ class ROG(SearchAttack):
                  model: nn.Module | None = None, progress: bool = True) -> Reconstruction:
         stages = self.stages()
         rec = search(obs, stages, self.objective(obs), labels, restarts=self.restarts, seed=seed, model=model,
-                     backend=self.backend, progress=progress, name=self.name)
+                     progress=progress, name=self.name)
         rec.distance = self.resolved_distance(obs)
         return self.postprocess(rec, obs, labels, stages[0].parametrization)
 

@@ -45,7 +45,6 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from gradleak.attacks.artifacts import Artifact, Figure, Scorer, brief, matched_rows
-from gradleak.attacks.engine import Backend
 from gradleak.attacks.base import ATTACKS, Reconstruction
 from gradleak.attacks.perceptual import Distance, build_perceptual, describe_perceptual
 from gradleak.attacks.rog import ROG, PostHook
@@ -235,7 +234,7 @@ class ROGS(ROG):
                  distance: Literal["auto", "l2", "masked_l2", "tanh_sign", "cosine", "masked_cosine"] = "auto",
                  tv: Annotated[float, Field(ge=0)] = 0.0, enhancer: str = "auto",
                  sign_postprocess: Literal["auto", "none", "normalize", "equalize"] = "auto",
-                 post: PostHook | None = None, backend: Backend = "loop",
+                 post: PostHook | None = None,
                  generator: str = "auto", rogs_iterations: Annotated[int, Field(ge=0)] = 1000,
                  rogs_lr: Annotated[float, Field(gt=0)] = 0.05, rogs_restarts: Annotated[int, Field(ge=1)] = 1,
                  lambda_l2: Annotated[float, Field(ge=0)] = 1.0,
@@ -245,7 +244,7 @@ class ROGS(ROG):
                  lpips_dir: str | None = None):
         super().__init__(iterations=iterations, lr=lr, restarts=restarts, representation=representation, scale=scale,
                          autoencoder=autoencoder, distance=distance, tv=tv, enhancer=enhancer,
-                         sign_postprocess=sign_postprocess, post=post, backend=backend)
+                         sign_postprocess=sign_postprocess, post=post)
         self.generator, self.rogs_iterations, self.rogs_lr = generator, rogs_iterations, rogs_lr
         self.rogs_restarts, self.lambda_l2, self.lambda_perceptual = rogs_restarts, lambda_l2, lambda_perceptual
         self.perceptual, self.lpips_dir, self.latent_constraint = perceptual, lpips_dir, latent_constraint

@@ -161,7 +161,7 @@ def batched_update(
     Returns the upload with a leading restart dimension, each entry (R, *param_shape).
     ``backend="loop"`` calls :func:`client_update` per restart with ``torch.autograd.grad``;
     ``backend="vmap"`` vectorises ``torch.func.grad`` over restarts (``"compiled"``/``"auto"`` mean the same
-    here: the engine's fast step, :mod:`gradleak.attacks.fast`, is where those differ). Both give the same
+    here: the engine's fast step, :mod:`gradleak.backends`, is where those differ). Both give the same
     numbers (tested), BatchNorm included: the vmap path runs a copy of the model whose BatchNorm layers are
     :class:`gradleak.fl.functional_bn.FunctionalBatchNorm` (torch's own train-mode BN gives a wrong
     second-order term under vmap in this torch). ``benchmarks/speed.py`` measures which is faster.

@@ -9,7 +9,7 @@ backward 300–400 µs — almost all of it fixed cost — whereas in a compiled
 generated gather loop and the product one small GEMM; the double backward an attack needs turns into
 gathers, scatter-adds (``col2im``) and GEMMs the same way. For larger convolutions oneDNN is faster
 (InvertGrad's ConvNet width 16 at batch 4 ran 2× slower this way), so only layers whose convolution costs
-at most :data:`SMALL_CONV_MACS` multiply-adds per call switch, and :class:`gradleak.attacks.fast.Compiled`
+at most :data:`SMALL_CONV_MACS` multiply-adds per call switch, and :class:`gradleak.backends.fast.Compiled`
 compiles the model both ways and keeps whichever its timing says is faster.
 
 Only used inside traced graphs: eagerly, ``F.unfold`` costs as much as the convolution it replaces.

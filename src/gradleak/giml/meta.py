@@ -38,7 +38,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +47,6 @@ from torch import Tensor, nn
 
 from gradleak.attacks.engine import Objective, SearchContext, Stage, objective_value, search
 from gradleak.attacks.generative import Latent
-from gradleak.attacks.objectives import DISTANCES
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 from gradleak.giml.tasks import TaskSet
@@ -55,52 +54,11 @@ from gradleak.filepair import write_pair
 from gradleak.priors.checkpoint import FORMAT, VERSION, generator_state, read_pair, save_prior
 from gradleak.priors.dcgan import DCGANGenerator, dcgan_init_
 from gradleak.priors.prior import Prior, load_prior
+from gradleak.trainconfig import GIMLConfig  # noqa: F401  (Algorithm 2's settings; re-exported)
 from gradleak.trainstate import changed_settings, incomplete, say_interrupted
 
 Weights = dict[str, Tensor]
 FREE_KEYS = ("steps", "checkpoint_every")  # may change on resume
-
-
-@dataclass
-class GIMLConfig:
-    """Algorithm 2's symbols, with the paper's meaning, plus the generator and bookkeeping."""
-
-    steps: int = 100  # outer iterations of "while not done"
-    tasks_per_step: int = 4  # N
-    tau: int = 5  # τ, meta parameter-search steps per outer step
-    lam: float = 1e-3  # λ, weight of Σ_j ‖z_ij‖₂ in the latent search
-    alpha: float = 0.1  # α, step of the meta gradient descent (line 9)
-    beta: float = 0.5  # β, outer interpolation w ← (1−β)w + βw' (line 11)
-    latent_iterations: int = 50  # iterations of the latent search (line 6)
-    lr_z: float = 3e-2  # its Adam learning rate (GIAS appendix G)
-    tv: float = 1e-4  # λ_TV in the cost c
-    distance: str = "auto"  # d in c: a DISTANCES key, or auto (masked cosine for sparsified uploads)
-    prior: str | None = None  # start from this DCGAN prior; None = untrained (line 1)
-    latent_dim: int = 64  # untrained generator: size of z
-    width: int = 16  # untrained generator: DCGAN base width
-    seed: int = 0  # initial w, task sampling, latent initialisation
-    checkpoint_every: int = 10  # K
-    samples: int = 8  # fixed latents in the sample grids
-
-    def check(self) -> None:
-        for key, ok, allowed in (
-            ("steps", 0 <= self.steps <= 10_000_000, "an integer in 0..10000000"),
-            ("tasks_per_step", self.tasks_per_step >= 1, "an integer >= 1"),
-            ("tau", self.tau >= 0, "an integer >= 0"),
-            ("lam", self.lam >= 0, "a number >= 0"),
-            ("alpha", self.alpha > 0, "a number > 0"),
-            ("beta", 0 <= self.beta <= 1, "a number in [0, 1]"),
-            ("latent_iterations", 0 <= self.latent_iterations <= 10_000_000, "an integer in 0..10000000"),
-            ("lr_z", self.lr_z > 0, "a number > 0"),
-            ("tv", self.tv >= 0, "a number >= 0"),
-            ("checkpoint_every", self.checkpoint_every >= 1, "an integer >= 1"),
-            ("samples", self.samples >= 1, "an integer >= 1"),
-        ):
-            value = getattr(self, key)
-            if not ok or (isinstance(value, float) and not math.isfinite(value)):
-                raise bad_value(f"giml.{key}", value, allowed)
-        if self.distance != "auto" and self.distance not in DISTANCES:
-            raise bad_value("giml.distance", self.distance, f"{', '.join(DISTANCES)}, auto")
 
 
 # --- the generator w ------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,10 +22,10 @@ from torch import Tensor, nn
 
 from gradleak import filepair
 from gradleak.errors import bad_value
-from gradleak.interrupt import deferred_interrupt
 from gradleak.nets.enhancer import augment, read_pair, save_pair
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState, check_every
+from gradleak.trainconfig import AutoencoderConfig
+from gradleak.trainstate import TrainState, train_loop
 
 
 def latent_layout(resolution: int, latent_dim: int, downsample: int, key: str = "autoencoder") -> tuple[int, int]:
@@ -80,38 +80,14 @@ class ConvAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-@dataclass
-class AutoencoderConfig:
-    data: str = "photos"
-    split: str = "public"
-    resolution: int = 64
-    channels: int = 3
-    root: str | None = None
-    latent_dim: int = 768
-    downsample: int = 4
-    width: int = 32
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
-
-
 def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = True) -> Path:
     """Train on the public side; writes ``out/autoencoder.safetensors`` + ``.json`` and
     ``out/samples.png`` (originals / reconstructions). Returns the .safetensors path."""
-    from tqdm.auto import tqdm
-
     from gradleak.data import load_dataset
     from gradleak.nets import val_psnr
     from gradleak.imagegrid import image_rows
 
-    for key, ok, allowed in (("steps", cfg.steps >= 1, "an integer >= 1"),
-                             ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-                             ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"), ("width", cfg.width >= 1, "an integer >= 1")):
-        if not ok:
-            raise bad_value(f"train-autoencoder.{key}", getattr(cfg, key), allowed)
-    check_every("train-autoencoder", cfg.checkpoint_every)
+    cfg.check()
     latent_layout(cfg.resolution, cfg.latent_dim, cfg.downsample, "train-autoencoder")
     out = Path(out)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root)
@@ -122,25 +98,20 @@ def train_autoencoder(cfg: AutoencoderConfig, out: str | Path, progress: bool = 
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    state = TrainState(out, "train-autoencoder", asdict(cfg), {"ae": ae}, {"opt": opt}, {"sched": sched}, {"gen": gen},
+
+    def step(_i: int) -> float:
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
+        x = augment(data.images[idx], gen)
+        loss = F.mse_loss(ae(x), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return float(loss.detach())
+
+    state = TrainState(out, cfg.command, asdict(cfg), {"ae": ae}, {"opt": opt}, {"sched": sched}, {"gen": gen},
                        every=cfg.checkpoint_every)
-    start, hist = state.resume()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-autoencoder",
-               disable=not progress, dynamic_ncols=True)
-    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
-        for step in bar:
-            idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen)
-            x = augment(data.images[idx], gen)
-            loss = F.mse_loss(ae(x), x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            hist.append(float(loss.detach()))
-            if step % 20 == 0:
-                bar.set_postfix(mse=f"{sum(hist[-20:]) / len(hist[-20:]):.5f}")
-            state.step_done(step + 1, hist, stop.requested)
-    bar.close()
+    hist = train_loop(state, cfg.steps, step, "train-autoencoder", progress, shown="mse", digits=5)
     ae.eval()
     k = min(64, len(data))
     with torch.no_grad():

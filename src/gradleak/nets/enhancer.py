@@ -38,9 +38,9 @@ from torch import Tensor, nn
 from gradleak import filepair
 from gradleak.errors import UserError, bad_value
 from gradleak.filepair import write_pair
-from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState, check_every
+from gradleak.trainconfig import EnhancerConfig
+from gradleak.trainstate import TrainState, train_loop
 
 FORMAT = "gradleak-rog"
 VERSION = 1
@@ -283,48 +283,6 @@ def auto_enhancer(channels: int, resolution: int) -> str | None:
 
 # --- training --------------------------------------------------------------------------------------------
 
-@dataclass
-class EnhancerConfig:
-    data: str = "photos"
-    split: str = "public"
-    resolution: int = 64
-    channels: int = 3
-    root: str | None = None
-    width: int = 16
-    depth: int = 4
-    disc_width: int = 16
-    conditional: bool = False
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 2e-4
-    adv_weight: float = 0.001
-    crops: bool = True  # also random R×R crops of the public images loaded at 2R (more variety)
-    max_noise: float = 0.3  # Degradation.max_noise
-    max_blur: float = 1.0  # Degradation.max_blur
-    rog_pairs: int = 0  # batches of actual ROG outputs of public images to train on as well
-    rog_iterations: int = 100
-    rog_batch: int = 8
-    seed: int = 0
-    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
-
-
-def _check(cfg: EnhancerConfig) -> None:
-    checks = [("width", cfg.width >= 1, "an integer >= 1"), ("depth", 1 <= cfg.depth <= 6, "an integer in 1..6"),
-              ("disc_width", cfg.disc_width >= 1, "an integer >= 1"), ("steps", cfg.steps >= 1, "an integer >= 1"),
-              ("batch_size", cfg.batch_size >= 1, "an integer >= 1"), ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "a finite number > 0"),
-              ("adv_weight", math.isfinite(cfg.adv_weight) and cfg.adv_weight >= 0, "a finite number >= 0"),
-              ("max_noise", math.isfinite(cfg.max_noise) and cfg.max_noise >= 0, "a finite number >= 0"),
-              ("max_blur", math.isfinite(cfg.max_blur) and cfg.max_blur >= 0, "a finite number >= 0"), ("rog_pairs", cfg.rog_pairs >= 0, "an integer >= 0"),
-              ("rog_iterations", cfg.rog_iterations >= 1, "an integer >= 1"),
-              ("rog_batch", cfg.rog_batch >= 1, "an integer >= 1")]
-    for key, ok, allowed in checks:
-        if not ok:
-            raise bad_value(f"train-enhancer.{key}", getattr(cfg, key), allowed)
-    check_every("train-enhancer", cfg.checkpoint_every)
-    if cfg.resolution % 2 ** cfg.depth:
-        raise bad_value("train-enhancer.resolution", cfg.resolution, f"a multiple of 2^depth = {2 ** cfg.depth}")
-
-
 def _public(cfg: EnhancerConfig):
     from gradleak.data import load_dataset
 
@@ -353,9 +311,7 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
     ``out/samples.png`` (degraded / enhanced / original rows). Returns the .safetensors path.
     ``pairs``: (attack outputs, originals, labels) to train on every other step — ROG's own outputs, made by
     :func:`gradleak.experiments.rog_pairs.rog_output_pairs` (an attack is a higher layer than this network)."""
-    from tqdm.auto import tqdm
-
-    _check(cfg)
+    cfg.check()
     out = Path(out)
     data, big = _public(cfg)
     ncls = data.num_classes if cfg.conditional else 0
@@ -377,39 +333,34 @@ def train_enhancer(cfg: EnhancerConfig, out: str | Path, progress: bool = True,
     vx, vy = data.images[vidx], data.labels[vidx]
     deg = Degradation(max_noise=cfg.max_noise, max_blur=cfg.max_blur)
     vdeg = degrade(vx, vgen, deg)
-    state = TrainState(out, "train-enhancer", asdict(cfg), {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d},
+
+    def step(i: int) -> float:
+        x, y = _batch(data, big, cfg, gen)
+        xd = degrade(x, gen, deg)
+        if pairs is not None and i % 2 == 1:  # every other step: actual ROG outputs
+            j = torch.randint(0, pairs[0].shape[0], (cfg.batch_size,), generator=gen)
+            xd, x, y = pairs[0][j], pairs[1][j], pairs[2][j]
+        lab = y if ncls else None
+        fake = G(xd, lab)
+        if cfg.adv_weight > 0:
+            opt_d.zero_grad(set_to_none=True)
+            d_real, d_fake = D(xd, x), D(xd, fake.detach())
+            loss_d = 0.5 * (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake)))
+            loss_d.backward()
+            opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        l1 = (fake - x).abs().mean()
+        loss_g = l1
+        if cfg.adv_weight > 0:
+            d_out = D(xd, fake)
+            loss_g = loss_g + cfg.adv_weight * bce(d_out, torch.ones_like(d_out))
+        loss_g.backward()
+        opt_g.step()
+        return float(l1.detach())
+
+    state = TrainState(out, cfg.command, asdict(cfg), {"G": G, "D": D}, {"opt_g": opt_g, "opt_d": opt_d},
                        generators={"gen": gen}, every=cfg.checkpoint_every)
-    start, l1_hist = state.resume()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train-enhancer", disable=not progress,
-               dynamic_ncols=True)
-    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
-        for step in bar:
-            x, y = _batch(data, big, cfg, gen)
-            xd = degrade(x, gen, deg)
-            if pairs is not None and step % 2 == 1:  # every other step: actual ROG outputs
-                j = torch.randint(0, pairs[0].shape[0], (cfg.batch_size,), generator=gen)
-                xd, x, y = pairs[0][j], pairs[1][j], pairs[2][j]
-            lab = y if ncls else None
-            fake = G(xd, lab)
-            if cfg.adv_weight > 0:
-                opt_d.zero_grad(set_to_none=True)
-                d_real, d_fake = D(xd, x), D(xd, fake.detach())
-                loss_d = 0.5 * (bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake)))
-                loss_d.backward()
-                opt_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            l1 = (fake - x).abs().mean()
-            loss_g = l1
-            if cfg.adv_weight > 0:
-                d_out = D(xd, fake)
-                loss_g = loss_g + cfg.adv_weight * bce(d_out, torch.ones_like(d_out))
-            loss_g.backward()
-            opt_g.step()
-            l1_hist.append(float(l1.detach()))
-            if step % 20 == 0:
-                bar.set_postfix(l1=f"{sum(l1_hist[-20:]) / len(l1_hist[-20:]):.4f}")
-            state.step_done(step + 1, l1_hist, stop.requested)
-    bar.close()
+    l1_hist = train_loop(state, cfg.steps, step, "train-enhancer", progress, shown="l1", digits=4)
     G.eval()
     with torch.no_grad():
         venh = G(vdeg, vy if ncls else None).clamp(0, 1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from gradleak import filepair
 from gradleak.errors import UserError, bad_value
 from gradleak.nets.attributes import attribute_tags, attribute_values, attribute_vocabulary, fit_bins
-from gradleak.interrupt import deferred_interrupt
 from gradleak.priors.train import command_line
-from gradleak.trainstate import TrainState, check_every
+from gradleak.trainconfig import TaggerConfig
+from gradleak.trainstate import TrainState, train_loop
 
 KEY = "metrics.tagger"
 FORMAT = "gradleak-tagger"
@@ -142,22 +142,6 @@ class TaggerNet(nn.Module):
         return total
 
 
-@dataclass
-class TaggerConfig:
-    data: str = "digits"
-    split: str = "public"
-    resolution: int = 32
-    channels: int = 1
-    root: str | None = None
-    width: int = 16
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    holdout: float = 0.1
-    seed: int = 0
-    checkpoint_every: int = 100  # resume checkpoint every N steps (gradleak.trainstate)
-
-
 def target_matrix(images: Tensor, labels: Tensor, class_names: list[str], tag_names: list[str],
                   cuts: dict[str, list[float]], colours: bool) -> Tensor:
     """(N, T) 0/1 targets: the class tag and the attribute tags of each image."""
@@ -172,16 +156,9 @@ def target_matrix(images: Tensor, labels: Tensor, class_names: list[str], tag_na
 
 def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, command: str | None = None) -> Path:
     """Train the tagger on the public side of ``cfg.data`` and write ``out/tagger.safetensors`` + ``.json``."""
-    from tqdm.auto import tqdm
-
     from gradleak.data import load_dataset
 
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise UserError(f"train-tagger --lr: got {cfg.lr!r}; allowed: a finite number > 0")
-    if cfg.steps < 1 or cfg.batch_size < 1 or not 0 <= cfg.holdout < 1:
-        raise UserError(f"train-tagger: steps and batch size must be >= 1 and holdout in [0, 1), got {cfg.steps}, "
-                        f"{cfg.batch_size}, {cfg.holdout}")
-    check_every("train-tagger", cfg.checkpoint_every)
+    cfg.check()
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels, root=cfg.root,
                         seed=cfg.seed)
     names = data.class_names or [str(i) for i in range(data.num_classes)]
@@ -202,19 +179,18 @@ def train_tagger(cfg: TaggerConfig, out: str | Path, progress: bool = True, comm
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     t0 = time.perf_counter()
     net.train()
-    state = TrainState(out, "train-tagger", asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen},
+
+    def step(_i: int) -> None:
+        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        loss = net.loss(x[idx], y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+    state = TrainState(out, cfg.command, asdict(cfg), {"net": net}, {"opt": opt}, {"sched": sched}, {"gen": gen},
                        every=cfg.checkpoint_every)
-    start, _ = state.resume()
-    with deferred_interrupt() as stop:  # checkpoint every N steps; Ctrl-C: finish the step, checkpoint, stop
-        for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train-tagger {cfg.data}",
-                         disable=not progress, dynamic_ncols=True):
-            idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-            loss = net.loss(x[idx], y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            state.step_done(step + 1, [], stop.requested)
+    train_loop(state, cfg.steps, step, f"train-tagger {cfg.data}", progress)
     net.eval()
     seconds = time.perf_counter() - t0
     held = {}

@@ -13,56 +13,43 @@ resumed run continues bit-identically. Writes into ``out``:
 from __future__ import annotations
 
 import json
-import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from gradleak.errors import UserError, bad_value
-from gradleak.interrupt import deferred_interrupt
+from gradleak.errors import UserError
 from gradleak.priors.checkpoint import load_checkpoint, save_checkpoint, save_prior
 from gradleak.priors.dcgan import DCGANDiscriminator, DCGANGenerator, calibrate_bn
-from gradleak.trainstate import changed_settings, incomplete, say_interrupted
+from gradleak.trainconfig import PriorConfig
+from gradleak.trainstate import changed_settings, incomplete, say_interrupted, train_loop
 
 
-@dataclass
-class TrainConfig:
-    data: str = "digits"
-    split: str = "public"
-    resolution: int = 32
-    channels: int = 3
-    root: str | None = None
-    latent_dim: int = 64
-    width: int = 32
-    conditional: bool = False
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 2e-4
-    augment: bool = True
-    seed: int = 0
-    sample_every: int = 500
-    checkpoint_every: int = 500
+TrainConfig = PriorConfig  # train-prior's settings (gradleak.trainconfig), under the name its callers import
 
-    def check(self) -> None:
-        """One-line errors for values no training run can use (before any data is read or file written)."""
-        for key, ok, allowed in (
-            ("steps", 0 <= self.steps <= 10_000_000, "an integer in 0..10000000"),
-            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
-            ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
-            ("latent_dim", self.latent_dim >= 1, "an integer >= 1"),
-            ("width", self.width >= 1, "an integer >= 1"),
-            ("sample_every", self.sample_every >= 0, "an integer >= 0 (0: first and last step only)"),
-            ("checkpoint_every", self.checkpoint_every >= 0, "an integer >= 0 (0: at the end only)"),
-        ):
-            if not ok:
-                raise bad_value(f"train-prior --{key.replace('_', '-')}", getattr(self, key), allowed)
+
+class _Resumed:
+    """train-prior's checkpoint (a prior-file layout, :mod:`gradleak.priors.checkpoint`) as the
+    :class:`gradleak.trainstate.Checkpoint` of :func:`gradleak.trainstate.train_loop`, already resumed."""
+
+    def __init__(self, step: int, save, path: Path, every: int):
+        self.step, self.save, self.path, self.every = step, save, path, every
+
+    def resume(self) -> tuple[int, list]:
+        return self.step, []
+
+    def step_done(self, step: int, history: list, stop_requested: bool = False) -> None:
+        if self.every and step % self.every == 0:
+            self.save(step)
+        if stop_requested:
+            self.save(step)
+            say_interrupted("train-prior", step, self.path)
+            raise KeyboardInterrupt
 
 
 def translate(x: Tensor, shifts: Tensor, pad: int) -> Tensor:
@@ -100,8 +87,6 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
     out = Path(out)
     data = load_dataset(cfg.data, split=cfg.split, resolution=cfg.resolution, channels=cfg.channels,
                         root=cfg.root, seed=cfg.seed)
-    if cfg.steps < 0 or cfg.batch_size < 1:
-        raise UserError(f"train-prior: steps must be >= 0 and batch size >= 1, got {cfg.steps}, {cfg.batch_size}")
     images = data.images * 2 - 1
     labels = data.labels
     K = data.num_classes if cfg.conditional else 0
@@ -159,46 +144,38 @@ def train_prior(cfg: TrainConfig, out: str | Path, resume: bool = True, progress
 
     G.train()
     D.train()
-    bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc=f"train-prior {cfg.data}", disable=not progress,
-               dynamic_ncols=True)
     t0 = time.perf_counter()
     if step == 0:
         snapshot(0)
-    with deferred_interrupt() as stop:  # Ctrl-C: finish the step, checkpoint it, then stop
-        while step < cfg.steps:
-            # batch without replacement within an epoch, drawn from the checkpointed RNG
-            if pos + cfg.batch_size > n:
-                perm, pos = torch.randperm(n, generator=rng), 0
-            idx = perm[pos:pos + min(cfg.batch_size, n)]
-            pos += len(idx)
-            real, y = images[idx], labels[idx]
-            yk = y if K else None
-            z = torch.randn(len(idx), cfg.latent_dim, generator=rng)
-            fake = G(z, yk)
-            d_real = D(_augment(real, rng, cfg.augment), yk)
-            d_fake = D(_augment(fake.detach(), rng, cfg.augment), yk)
-            loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            loss_g = F.softplus(-D(_augment(fake, rng, cfg.augment), yk)).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            step += 1
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss_d=f"{loss_d.item():.3f}", loss_g=f"{loss_g.item():.3f}")
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                snapshot(step)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                checkpoint(step)
-            if stop.requested:
-                checkpoint(step)
-                bar.close()
-                say_interrupted("train-prior", step, ckpt)
-                raise KeyboardInterrupt
-    bar.close()
+
+    def train_step(i: int) -> dict | None:
+        nonlocal perm, pos
+        # batch without replacement within an epoch, drawn from the checkpointed RNG
+        if pos + cfg.batch_size > n:
+            perm, pos = torch.randperm(n, generator=rng), 0
+        idx = perm[pos:pos + min(cfg.batch_size, n)]
+        pos += len(idx)
+        real, y = images[idx], labels[idx]
+        yk = y if K else None
+        z = torch.randn(len(idx), cfg.latent_dim, generator=rng)
+        fake = G(z, yk)
+        d_real = D(_augment(real, rng, cfg.augment), yk)
+        d_fake = D(_augment(fake.detach(), rng, cfg.augment), yk)
+        loss_d = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.softplus(-D(_augment(fake, rng, cfg.augment), yk)).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        if cfg.sample_every and (i + 1) % cfg.sample_every == 0:
+            snapshot(i + 1)
+        return {"loss_d": f"{loss_d.item():.3f}", "loss_g": f"{loss_g.item():.3f}"} if i % 20 == 0 else None
+
+    train_loop(_Resumed(step, checkpoint, ckpt, cfg.checkpoint_every), cfg.steps, train_step,
+               f"train-prior {cfg.data}", progress)
+    step = max(step, cfg.steps)
     checkpoint(step)
     snapshot(step)
     return export_prior(G, cfg, out / "prior", step, elapsed + time.perf_counter() - t0, command)

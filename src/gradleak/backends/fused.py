@@ -9,11 +9,12 @@ For pixel images x (R restarts of B images), known labels y and one Adam state (
 i.e. ∇_x of Geiping et al. (2020), Eq. 4 (cosine distance + TV), and exactly the arithmetic of
 ``torch.optim.Adam``'s single-tensor update (``torch/optim/adam.py`` ``_single_tensor_adam``, not
 capturable; β = (0.9, 0.999), ε = 1e-8, no weight decay) written out of place, so that ∇_x f, the Adam update
-and the projection are traced and compiled together (:class:`gradleak.attacks.fast.Compiled`) instead of a
+and the projection are traced and compiled together (:class:`gradleak.backends.fast.Compiled`) instead of a
 compiled ∇_x d followed by ~4 ms of small eager operations per iteration (TV and its autograd, the autograd
 chain through the parametrization, ``sign``, ``Adam.step``, the clamp). ``lr`` and ``t`` are 0-dim float64
-tensors, so a learning-rate schedule does not recompile. The engine uses it for ``backend: compiled`` stages
-that fit (:func:`gradleak.attacks.engine._fused_step`); every other stage runs as before.
+tensors, so a learning-rate schedule does not recompile. The ``compiled`` step backend offers it
+(:meth:`gradleak.backends.compiled.CompiledStep.fused_adam`) for the search's stages that fit; every other stage
+runs the optimiser loop.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from gradleak.attacks.fast import Compiled, _mismatch, matching_function, restarts_function, variants
+from gradleak.backends.fast import Compiled, Penalty, _mismatch, matching_function, restarts_function, variants
 from gradleak.fl.protocol import Protocol
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which the engine uses
@@ -54,13 +55,13 @@ class FusedAdam:
     ``compile=True`` runs it compiled, checked against the eager function on the first call per shape."""
 
     def __init__(self, model: nn.Module, protocol: Protocol, params: dict[str, Tensor], buffers: dict[str, Tensor],
-                 observed: list[Tensor], distance: Callable, trial_view: Callable | None, tv: float,
+                 observed: list[Tensor], distance: Callable, trial_view: Callable | None, penalty: Penalty | None,
                  signed: bool, box: bool, compile: bool = False):
         names = list(params)
 
         def build(matmul: bool) -> Callable:
             return fused_adam_function(restarts_function(
-                matching_function(model, protocol, names, distance, trial_view, False, tv, matmul=matmul)), signed, box)
+                matching_function(model, protocol, names, distance, trial_view, False, penalty, matmul=matmul)), signed, box)
         const = ({n: p.detach() for n, p in params.items()}, {n: b.detach() for n, b in buffers.items()},
                  tuple(o.detach() for o in observed))
         self.run = Compiled(variants(build, model, compile), const, compile, _check, probed=lambda out: out[3:])
@@ -72,6 +73,23 @@ class FusedAdam:
     def __call__(self, x: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, t: Tensor, lr: Tensor,
                  labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.run(x, exp_avg, exp_avg_sq, t, lr, labels)[:4]
+
+    def run_stage(self, x: Tensor, lrs: list[float], labels: Tensor,
+                  each: Callable[[int, Tensor], None] = lambda i, loss: None) -> tuple[Tensor, list[Tensor]]:
+        """A whole Adam stage from pixels ``x`` with the learning rate ``lrs[i]`` at iteration i (the same
+        numbers as ``torch.optim.Adam`` under the schedule: its state starts at zero, the box after each step).
+        Returns the final images and the per-iteration objective before each step (R,); ``each(i, loss)`` is
+        called after every iteration (progress)."""
+        x = x.detach()
+        exp_avg, exp_avg_sq = torch.zeros_like(x), torch.zeros_like(x)
+        losses: list[Tensor] = []
+        for i, lr in enumerate(lrs):
+            t = torch.tensor(float(i + 1), dtype=torch.float64, device=x.device)
+            lr_t = torch.tensor(lr, dtype=torch.float64, device=x.device)
+            x, exp_avg, exp_avg_sq, loss_now = self(x, exp_avg, exp_avg_sq, t, lr_t, labels.detach())
+            losses.append(loss_now)
+            each(i, loss_now)
+        return x, losses
 
 
 def _check(out: tuple, ref: tuple, rtol: float = 1e-4) -> str:

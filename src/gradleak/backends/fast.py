@@ -25,13 +25,14 @@ ones written as im2col + matrix product (:mod:`gradleak.fl.matmul_conv`; oneDNN 
 convolution's time on fixed costs), both are compiled and checked, and the faster on a short timing is kept.
 Compilation is slow on a CPU (tens of seconds to minutes for a small victim;
 Inductor caches compiled graphs on disk, so a repeated attack on the same architecture and shapes is
-quicker), which is why ``backend: auto`` only tries it for long searches.
+quicker), which is why ``backend: auto`` only tries it for long searches (:mod:`gradleak.backends.policy`).
 
-The engine (:mod:`gradleak.attacks.engine`) chains ∇_x d with autograd through the parametrization
-(pixels, generator latents, per-image generator copies, ROG's upsampling) and adds the image priors
-(TV, BN statistics, ‖z‖), which need no second-order term. For ``compiled`` stages on pixels with Adam and
-known labels it instead runs :class:`gradleak.attacks.fused.FusedAdam`: the whole iteration (∇_x of the
-matching term + TV, Adam, the box) compiled as one function with the same machinery (:class:`Compiled`).
+The step backends (:mod:`gradleak.backends.vmap`, :mod:`gradleak.backends.compiled`) chain ∇_x d with autograd
+through the parametrization (pixels, generator latents, per-image generator copies, ROG's upsampling) and add
+the search's image priors (TV, BN statistics, ‖z‖), which need no second-order term. For ``compiled`` stages on
+pixels with Adam and known labels the search instead runs :class:`gradleak.backends.fused.FusedAdam`: the whole
+iteration (∇_x of the matching term + TV, Adam, the box) compiled as one function with the same machinery
+(:class:`Compiled`).
 """
 from __future__ import annotations
 
@@ -46,21 +47,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from gradleak.attacks.inductor_workarounds import TRACE_DECOMPOSITIONS
-from gradleak.attacks.objectives import total_variation
+from gradleak.backends.inductor_workarounds import TRACE_DECOMPOSITIONS
 from gradleak.fl.client import update_functional
 from gradleak.fl.functional_bn import functional_model
 from gradleak.fl.matmul_conv import has_eligible, matmul_convs
 from gradleak.fl.protocol import Protocol
 
 Distance = Callable[[list[Tensor], list[Tensor]], Tensor]
+Penalty = Callable[[Tensor], Tensor]  # images (R, B, C, H, W) -> (R,), first-order (e.g. tv·TV)
 
 
 def matching_function(model: nn.Module, protocol: Protocol, names: list[str], distance: Distance,
-                      trial_view: Callable | None, soft: bool, tv: float = 0.0, matmul: bool = False):
+                      trial_view: Callable | None, soft: bool, penalty: Penalty | None = None, matmul: bool = False):
     """``(x, y, params, buffers, observed) -> ((∇_x f[, ∇_y f]), f)`` for one restart (x: (B, C, H, W)),
-    f = d(U(x, y), g_obs) + tv·TV(x) (the TV term only when ``tv`` is not 0). ``matmul``: small
-    convolutions as im2col + matrix product (:mod:`gradleak.fl.matmul_conv`; for traced graphs)."""
+    f = d(U(x, y), g_obs) + penalty(x) (the search's first-order image prior, e.g. tv·TV, given as a function
+    of images (1, B, C, H, W) -> (1,); none when None). ``matmul``: small convolutions as im2col + matrix
+    product (:mod:`gradleak.fl.matmul_conv`; for traced graphs)."""
     model.train(protocol.bn_mode == "train")
     fmodel = functional_model(model)
     if matmul:
@@ -72,7 +74,7 @@ def matching_function(model: nn.Module, protocol: Protocol, names: list[str], di
         if trial_view is not None:
             trial = trial_view(trial)
         value = distance(trial, list(observed))[0]
-        return value + tv * total_variation(x.unsqueeze(0))[0] if tv else value
+        return value if penalty is None else value + penalty(x.unsqueeze(0))[0]
 
     return torch.func.grad_and_value(one, argnums=(0, 1) if soft else 0)
 
@@ -105,7 +107,7 @@ class Compiled:
     A mismatch no larger than the eager step's own change under a rounding-level change of the images is
     accepted (:meth:`_verify`: ReLU kinks); a failure to trace or compile every variant, or a real mismatch,
     sets :attr:`fallback` (why), warns once and runs eagerly from then on.
-    Used by :class:`FastStep` and :class:`gradleak.attacks.fused.FusedAdam`."""
+    Used by :class:`FastStep` and :class:`gradleak.backends.fused.FusedAdam`."""
 
     def __init__(self, variants: dict[str, Callable], const: tuple, compile: bool,
                  check: Callable[..., str], probed: Callable[[tuple], tuple] = lambda out: out):
