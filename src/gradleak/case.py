@@ -73,13 +73,16 @@ def capture(case: Case, seed: int = 0) -> Observation:
     extra = proto.rule.extra_uploads(proto, delta, case.images.shape[0], proto.state)
     bn = bn_batch_statistics(case.model, params, buffers, case.images, proto) if proto.share_bn_stats else None
     spec = case.model_spec or model_spec_of(case.model, case.images)
-    return Observation(
+    obs = Observation(
         model_spec=spec, model=None if rebuildable(spec) else case.model,
         parameters=params, buffers=buffers, update=update, protocol=proto.server_view(),
         num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
         defenses=[d.describe() for d in case.defenses], extra_uploads=extra,
     )
+    if obs.model is None:  # the server's copies of the victim are copied from the client's, not rebuilt
+        obs.template = case.model
+    return obs
 
 
 def capture_aggregate(cases: list[Case], reduction: str = "weighted_mean", seed: int = 0,

@@ -55,6 +55,9 @@ class Observation:
     extra_uploads: dict[str, Params] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
     aggregation: Aggregation | None = None  # K clients' aggregate (gradleak.fl.secagg), else one client
+    #: the architecture built once from ``model_spec`` (or the simulated client's model, :func:`gradleak.case.capture`):
+    #: :meth:`build_model` hands out copies of it, so the victim is built once per observation
+    template: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def build_model(self) -> nn.Module:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
@@ -66,6 +69,8 @@ class Observation:
         spec = self.model_spec
         if self.model is not None:
             model = self.model
+        elif (model := _copy(self.template)) is not None:
+            pass
         else:
             name = spec.get("name")
             if not isinstance(name, str) or (name.lower() not in MODELS and ":" not in name):
@@ -79,7 +84,8 @@ class Observation:
                                 "num_classes, in_channels, resolution (or Observation.load(path, model=...))")
             args = (name, spec["num_classes"], spec["in_channels"], spec["resolution"])
             check_model_size(lambda: build_model(*args, **spec.get("options", {})), f"observation: model {name!r}")
-            model = build_model(*args, **spec.get("options", {}))
+            self.template = build_model(*args, **spec.get("options", {}))
+            model = _copy(self.template) or self.template
         validate_against(model, self)
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
@@ -90,7 +96,7 @@ class Observation:
             return None if d is None else {k: v.to(device) for k, v in d.items()}
 
         state = None if self.protocol.state is None else {k: move(v) for k, v in self.protocol.state.items()}
-        return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
+        out = Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
                            update=move(self.update), protocol=self.protocol.with_state(state),
                            num_images=self.num_images,
                            image_shape=self.image_shape,
@@ -98,6 +104,8 @@ class Observation:
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
                            extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model,
                            aggregation=self.aggregation)
+        out.template = self.template
+        return out
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
@@ -107,9 +115,11 @@ class Observation:
         if conv == "old_minus_new" or self.aggregation is not None:  # an aggregate is always Δ (gradleak.fl.secagg)
             return self
         update = to_delta(self.update, self.parameters, conv)  # the one conversion (gradleak.fl.protocols)
-        return dataclasses.replace(self, update=update,
-                                   protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
-                                   extra={**self.extra, "update_converted_from": conv})
+        out = dataclasses.replace(self, update=update,
+                                  protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
+                                  extra={**self.extra, "update_converted_from": conv})
+        out.template = self.template
+        return out
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (path given without or with suffix)."""
@@ -202,6 +212,18 @@ class Observation:
                 setattr(obs, attr, {**{n: d[n] for n in order if n in d}, **d})
             obs.update = {**{n: obs.update[n] for n in obs.parameters if n in obs.update}, **obs.update}
         return obs
+
+
+def _copy(model: nn.Module | None) -> nn.Module | None:
+    """A deep copy of ``model`` (None when there is none or it cannot be copied: the caller rebuilds)."""
+    if model is None:
+        return None
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - e.g. a module holding an uncopyable handle: rebuilt instead
+        return None
 
 
 def validate_against(model: nn.Module, obs: Observation) -> None:
