@@ -214,6 +214,19 @@ def score(images: Tensor, originals: Tensor, cfg: RunConfig) -> tuple[Scores, Te
                   lpips_upsample=s["lpips_upsample"]), matched
 
 
+def attack_once(cfg: RunConfig) -> Attack:
+    """``cfg.attack`` built once per process (:func:`gradleak.loadonce.once`: the same object for the same name
+    and options, counted as ``attack``), for callers that audit many configs with one attack — a sweep's
+    cells are checked, then run, with the attack (and its prior) built once."""
+    import json
+
+    from gradleak.loadonce import once
+
+    a = cfg.attack
+    return once("attack", (), (a.name, json.dumps(a.options, sort_keys=True, default=str)),
+                lambda: build_attack(a.name, **a.options))
+
+
 # --- the audit ---------------------------------------------------------------------------------------------
 
 def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) -> AuditResult:
