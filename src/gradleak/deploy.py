@@ -71,8 +71,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_protocol_file(path: str | Path) -> ProtocolFile:
-    from gradleak.validate import format_error
-    import pydantic
+    from gradleak.validate import validate_model
 
     p = Path(path)
     if not p.is_file():
@@ -86,14 +85,8 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
         raise UserError(f"--protocol: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"--protocol: {p} must hold a mapping (model, num_images, client, labels)")
-    try:
-        spec = ProtocolFile.model_validate(raw)
-    except pydantic.ValidationError as err:
-        e = err.errors()[0]
-        if e["type"] == "extra_forbidden":
-            key = ".".join(map(str, e["loc"]))
-            raise UserError(f"--protocol {p}: key {key!r}: unknown key; see docs/deployment.md for the keys") from None
-        raise UserError(f"--protocol {p}: " + format_error(err)) from None
+    spec = validate_model(ProtocolFile, raw, f"--protocol {p}: ", lambda key, loc: f"--protocol {p}: key {key!r}: "
+                          "unknown key; see docs/deployment.md for the keys")
     spec.client.to_protocol()  # protocol-level checks (one line naming client.<key>)
     from gradleak.limits import check_batch
 

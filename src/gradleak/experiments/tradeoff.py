@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gradleak.errors import UserError, bad_value
+from gradleak.experiments.simulation import Federation
 from gradleak.experiments.victims import ROG_LENET5
 
 DEFAULT_SETTINGS = ("none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16", "fedcdp-eps:64",
@@ -104,19 +105,15 @@ def parse_setting(text: str) -> Setting:
 
 
 @dataclass
-class TradeoffConfig:
+class TradeoffConfig(Federation):
+    """The trade-off: utility is FedAvg of the :class:`~gradleak.experiments.simulation.Federation` (rounds,
+    clients, α, per round, τ, b) on the classification ``task``; leakage is the attacked client's."""
+
     settings: list[str] = field(default_factory=lambda: list(DEFAULT_SETTINGS))
     attacks: list[str] = field(default_factory=lambda: list(ATTACK_NAMES))
-    # utility: FedAvg on the classification task
     task: str = "digits"
     task_resolution: int = 32
-    rounds: int = 30
-    num_clients: int = 100
-    clients_per_round: int = 10
-    alpha: float = 0.5
     task_lr: float = 0.05
-    local_steps: int = 5
-    local_batch_size: int = 16
     # the victim architecture (options for it) used on both sides
     model: str = ROG_LENET5
     model_options: dict = field(default_factory=dict)
@@ -171,9 +168,7 @@ class TradeoffConfig:
     def fedavg(self):
         from gradleak.experiments.simulation import FedAvgConfig
 
-        return FedAvgConfig(rounds=self.rounds, num_clients=self.num_clients, clients_per_round=self.clients_per_round,
-                            alpha=self.alpha, local_steps=self.local_steps, lr=self.task_lr,
-                            local_batch_size=self.local_batch_size, seed=self.seed)
+        return FedAvgConfig(**self.federation(), lr=self.task_lr, seed=self.seed)
 
 
 def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolution: int, seed: int):
