@@ -39,8 +39,9 @@ def pipeline_calls(monkeypatch):
 
 def test_audit_attack_and_tradeoff_share_one_pipeline_and_load_each_network_once(tmp_path, monkeypatch,
                                                                                  no_lpips_env, pipeline_calls):
-    from gradleak.deploy import attack_command
+    from gradleak.deploy import attack_saved, write_unscored
     from gradleak.experiments.tradeoff import Setting, TradeoffConfig, _attack_job
+    from gradleak.report.writer import write_run
 
     monkeypatch.delenv(LPIPS_ENV_VAR, raising=False)
     _write_fake_weights(tmp_path / "w")
@@ -54,8 +55,9 @@ def test_audit_attack_and_tradeoff_share_one_pipeline_and_load_each_network_once
     # a captured file: the first audit's upload saved, attacked by `gradleak attack` with the truth
     first.observation.save(tmp_path / "obs" / "observation")
     save_file({"images": first.case.images.contiguous(), "labels": first.case.labels}, str(tmp_path / "truth.safetensors"))
-    result = attack_command(tmp_path / "obs", "invertgrad", ["iterations=3"], tmp_path / "run",
-                            truth=tmp_path / "truth.safetensors", progress=False)
+    result = attack_saved(tmp_path / "obs", "invertgrad", ["iterations=3"], truth=tmp_path / "truth.safetensors",
+                          progress=False)
+    write_run(result, tmp_path / "run")
     assert loadonce.LOADS["model"] == 3  # read from the file once (its validation build), then copied
     assert result.label_mode == first.label_mode == "oracle"
     # the same upload, the same attack and seed: the same reconstruction as the simulated audit
@@ -80,15 +82,16 @@ def test_captured_observation_without_labels_recovers_them(tmp_path, pipeline_ca
 
     from gradleak.audit import label_mode_of
     from gradleak.attacks import build_attack
-    from gradleak.deploy import attack_command
+    from gradleak.deploy import attack_saved, write_unscored
 
     r = audit(_cfg(None, 0, "metrics.tagger=none"))
     atk = build_attack("invertgrad")
-    assert label_mode_of(r.config, atk, r.observation) == "oracle"
+    assert label_mode_of("default", atk, r.observation) == "oracle"
     unlabelled = dataclasses.replace(r.observation, labels=None)
-    assert label_mode_of(r.config, atk, unlabelled) == "recover"
+    assert label_mode_of("default", atk, unlabelled) == "recover"
     unlabelled.save(tmp_path / "obs" / "observation")
-    out = attack_command(tmp_path / "obs", "invertgrad", ["iterations=2"], tmp_path / "run", progress=False)
+    out = attack_saved(tmp_path / "obs", "invertgrad", ["iterations=2"], progress=False)
+    write_unscored(out, tmp_path / "run")
     assert out.label_mode == "recover"
     assert sorted(out.reconstruction.labels.tolist()) == sorted(r.case.labels.tolist())  # recovered from the update
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["label_mode"] == "recover"

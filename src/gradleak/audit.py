@@ -161,10 +161,10 @@ def protocol_of(cfg: RunConfig) -> Protocol:
     return Protocol(**cfg.client.model_dump(exclude={"protocol"}), kind=cfg.client.protocol)
 
 
-def label_mode_of(cfg: RunConfig, attack: Attack, obs: Observation | None = None) -> str:
-    """oracle | recover | learn: the config's choice, or the attack's default; ``oracle`` on an ``obs`` that
-    holds no labels (a captured upload whose server was not given them) becomes ``recover``."""
-    mode = attack.default_labels if cfg.attack.labels == "default" else cfg.attack.labels
+def label_mode_of(choice: str, attack: Attack, obs: Observation | None = None) -> str:
+    """oracle | recover | learn: the config's ``attack.labels`` choice, or the attack's default; ``oracle`` on an
+    ``obs`` that holds no labels (a captured upload whose server was not given them) becomes ``recover``."""
+    mode = attack.default_labels if choice == "default" else choice
     return "recover" if mode == "oracle" and obs is not None and obs.labels is None else mode
 
 
@@ -252,7 +252,7 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     upload, then :func:`audit_observed`. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
     t0 = time.perf_counter() if started is None else started
     resolve_device(cfg.device)  # a bad device fails before the capture
-    case.give_labels = label_mode_of(cfg, attack) == "oracle"
+    case.give_labels = label_mode_of(cfg.attack.labels, attack) == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)
     return audit_observed(cfg, obs, attack, case.images, case.labels, case=case, progress=progress, started=t0,
@@ -267,7 +267,7 @@ def attack_observed(cfg: RunConfig, obs: Observation, attack: Attack, model=None
     ``obs.build_model()``). Returns the reconstruction and the label mode used."""
     device = resolve_device(cfg.device)
     obs = obs.as_delta()
-    mode = label_mode_of(cfg, attack, obs)
+    mode = label_mode_of(cfg.attack.labels, attack, obs)
     model = obs.build_model() if model is None else model
     labels = attack_labels(obs, mode, model)
     return run_attack(attack, obs, labels, cfg.seed, model, progress, device), mode  # capture stayed on the CPU

@@ -1,7 +1,7 @@
 """A run's calibration: the references and verdict of :mod:`gradleak.metrics.reference` for the run's own
 data (the public side of its dataset), and the header a reader sees first (model, data, protocol, defense
 chain, threat model). Used by :func:`gradleak.audit.audit` and, with the public data the user names (or
-none), by ``gradleak attack`` (:func:`gradleak.deploy.attack_command`); the result is :class:`Calibration`."""
+none), by ``gradleak attack`` (:func:`gradleak.deploy.attack_saved`); the result is :class:`Calibration`."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -580,10 +580,12 @@ def attack_cmd(
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default)."),
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
-    from gradleak.deploy import Unscored, attack_command
+    from gradleak.deploy import Unscored, attack_saved, write_unscored
+    from gradleak.report.writer import write_run
 
     _set_threads(threads)
-    result = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
+    result = attack_saved(observation, attack, set_, truth, seed, progress, device, public)
+    (write_unscored if isinstance(result, Unscored) else write_run)(result, out)
     if isinstance(result, Unscored):
         rec = result.reconstruction
         labels = rec.labels.tolist() if rec.labels is not None else None

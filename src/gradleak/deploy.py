@@ -465,8 +465,8 @@ def attack_observation(obs: Observation, attack, options: dict | None = None, se
     from gradleak.audit import attack_observed
 
     atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
-    cfg = _run_config(obs, atk.name, options or {}, "default", seed, None, device)
-    return attack_observed(cfg, obs, atk, progress=progress)
+    return attack_observed(_run_config(obs, atk.name, options or {}, "default", seed, None, device), obs, atk,
+                           progress=progress)
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -512,28 +512,30 @@ def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: i
 
 @dataclass
 class Unscored:
-    """``gradleak attack`` without ``--truth``: the reconstruction and the label mode, nothing scored."""
+    """``gradleak attack`` without ``--truth``: what was attacked and the reconstruction; nothing is scored."""
 
+    config: Any
+    observation: Observation
     reconstruction: Any
     label_mode: str
+    timing: Any
+    source: str
 
 
-def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
-                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu",
-                   public: str | None = None):
-    """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
-    (the client's images) it is the audit pipeline (:func:`gradleak.audit.audit_observed`, as ``gradleak run``):
-    the reconstructions matched and scored, with the same references, margins and verdict
-    (:func:`gradleak.calibration.calibration_of`): the grey image always, the public mean and a same-class
-    public image (seeded by ``seed``) when ``public`` names public data (:func:`load_public_data`); the run
-    directory is :func:`gradleak.report.writer.write_run`'s and the :class:`gradleak.audit.AuditResult` is
-    returned. Without ``truth`` the directory holds the reconstructions, the loss trace and the recovered
-    labels (an :class:`Unscored` is returned). Every input is loaded and checked before anything is written."""
+def attack_saved(observation: str | Path, attack: str, sets: list[str], truth: str | Path | None = None,
+                 seed: int = 0, progress: bool = True, device: str = "cpu", public: str | None = None):
+    """``gradleak attack``: run ``attack`` on a saved Observation (nothing is written: ``gradleak.report.writer.
+    write_run`` or :func:`write_unscored` writes the result). With ``truth`` (the client's images) it is the audit
+    pipeline (:func:`gradleak.audit.audit_observed`, as ``gradleak run``): the reconstructions matched and
+    scored, with the same references, margins and verdict (:func:`gradleak.calibration.calibration_of`): the
+    grey image always, the public mean and a same-class public image (seeded by ``seed``) when ``public`` names
+    public data (:func:`load_public_data`) → :class:`gradleak.audit.AuditResult`. Without ``truth`` the attack
+    step alone (:func:`gradleak.audit.attack_observed`) → :class:`Unscored`. Every input is loaded and checked
+    before the attack runs."""
     import time
 
     from gradleak.attacks import build_attack
-    from gradleak.audit import attack_observed, audit_observed, label_mode_of
-    from gradleak.report.writer import write_run
+    from gradleak.audit import Timing, attack_observed, audit_observed, label_mode_of
 
     t0 = time.perf_counter()
     obs = load_observation(observation)
@@ -549,27 +551,27 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         raise UserError(f"--public: got {public!r} without --truth; allowed: --public together with --truth "
                         "(the references are scored against the true images)")
     pub = load_public_data(public, obs.image_shape) if public is not None else None
-    cfg = _run_config(obs, attack, options, "default", seed, truth, device)  # checks --device before any work
-    cfg = _run_config(obs, attack, options, label_mode_of(cfg, atk, obs), seed, truth, device)
-    out = Path(out)
-    if x is not None:
-        C, H, W = obs.image_shape
-        data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
-                f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
-        result = audit_observed(cfg, obs, atk, x, y_true, progress=progress, data=data,
-                                public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC), started=t0,
-                                notes=[f"attacked a saved observation: {observation}"])
-        write_run(result, out)
-        return result
-    from gradleak.audit import Timing
+    cfg = _run_config(obs, attack, options, label_mode_of("default", atk, obs), seed, truth, device)
+    if x is None:
+        t1 = time.perf_counter()
+        rec, mode = attack_observed(cfg, obs, atk, progress=progress)
+        return Unscored(cfg, obs, rec, mode, Timing(t1 - t0, 0.0, time.perf_counter() - t1, 0.0), str(observation))
+    C, H, W = obs.image_shape
+    data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+            f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
+    return audit_observed(cfg, obs, atk, x, y_true, progress=progress, data=data,
+                          public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC), started=t0,
+                          notes=[f"attacked a saved observation: {observation}"])
+
+
+def write_unscored(result: Unscored, out: str | Path) -> dict:
+    """The run directory of an :class:`Unscored` attack: config, observation, reconstructions, the loss trace,
+    ``metrics.json`` (last); an error or Ctrl-C while writing leaves no partial directory."""
     from gradleak.report.guard import run_dir_guard
 
-    t1 = time.perf_counter()
-    rec, mode = attack_observed(cfg, obs, atk, progress=progress)
-    timing = Timing(t1 - t0, 0.0, time.perf_counter() - t1, 0.0)
-    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
-        _write_unscored(out, cfg, obs, rec, mode, timing, observation)
-    return Unscored(rec, mode)
+    with run_dir_guard(out):
+        r = result
+        return _write_unscored(Path(out), r.config, r.observation, r.reconstruction, r.label_mode, r.timing, r.source)
 
 
 def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:
