@@ -103,9 +103,7 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     if unscored_auto:
         name, opts = DEFAULT_ATTACK[0], dict(DEFAULT_ATTACK[1])
     if labels is not None and give_labels:  # the attacker is given the true labels (the worst case)
-        mode, template = "given", obs.template
-        obs = dataclasses.replace(obs, labels=labels)
-        obs.template = template
+        mode, obs = "given", dataclasses.replace(obs, labels=labels)
     else:
         mode = "observation" if obs.labels is not None else "recover"
     atk = build_attack(name, **opts)

@@ -57,7 +57,7 @@ class Observation:
     aggregation: Aggregation | None = None  # K clients' aggregate (gradleak.fl.secagg), else one client
     #: the architecture built once from ``model_spec`` (or the simulated client's model, :func:`gradleak.case.capture`):
     #: :meth:`build_model` hands out copies of it, so the victim is built once per observation
-    template: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    template: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def build_model(self) -> nn.Module:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
@@ -70,7 +70,8 @@ class Observation:
         if self.model is not None:
             model = self.model
         elif (model := _copy(self.template)) is not None:
-            pass
+            first = next(iter(self.parameters.values()), None)
+            model = model if first is None else model.to(first.device)  # where a rebuild would be: θ_0's device
         else:
             name = spec.get("name")
             if not isinstance(name, str) or (name.lower() not in MODELS and ":" not in name):
@@ -96,16 +97,14 @@ class Observation:
             return None if d is None else {k: v.to(device) for k, v in d.items()}
 
         state = None if self.protocol.state is None else {k: move(v) for k, v in self.protocol.state.items()}
-        out = Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
+        return Observation(model_spec=self.model_spec, parameters=move(self.parameters), buffers=move(self.buffers),
                            update=move(self.update), protocol=self.protocol.with_state(state),
                            num_images=self.num_images,
                            image_shape=self.image_shape,
                            labels=None if self.labels is None else self.labels.to(device),
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
                            extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model,
-                           aggregation=self.aggregation)
-        out.template = self.template
-        return out
+                           aggregation=self.aggregation, template=self.template)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
@@ -115,11 +114,9 @@ class Observation:
         if conv == "old_minus_new" or self.aggregation is not None:  # an aggregate is always Δ (gradleak.fl.secagg)
             return self
         update = to_delta(self.update, self.parameters, conv)  # the one conversion (gradleak.fl.protocols)
-        out = dataclasses.replace(self, update=update,
-                                  protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
-                                  extra={**self.extra, "update_converted_from": conv})
-        out.template = self.template
-        return out
+        return dataclasses.replace(self, update=update,
+                                   protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
+                                   extra={**self.extra, "update_converted_from": conv})
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (path given without or with suffix)."""
