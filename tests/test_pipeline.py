@@ -117,3 +117,18 @@ def test_sweep_rows_from_the_typed_result_match_the_resumed_rows(tmp_path, cli):
     for run, row in zip(sweep.runs(), rows):
         again = {k: "" if v is None else str(v) for k, v in done_row(run, tmp_path / "out").items()}
         assert again == row
+
+
+def test_rogs_audits_load_the_tagger_and_lpips_once(tmp_path, monkeypatch, no_lpips_env):
+    """ROGS's perceptual term, its intermediates' scores, the calibration and a second run share one tagger and
+    one LPIPS network (issue 22: a ROGS run used to read the tagger 3–4 times)."""
+    monkeypatch.delenv(LPIPS_ENV_VAR, raising=False)
+    _write_fake_weights(tmp_path / "w")
+    loadonce.clear()
+    for seed in (0, 1):
+        r = audit(load_config(None, ["data.name=digits", "data.channels=1", "data.batch_size=2", "model.name=lenet",
+                                     "client.protocol=fedavg", "client.local_steps=2", f"seed={seed}",
+                                     "attack.name=rogs", "attack.options={iterations: 2, rogs_iterations: 2, "
+                                     "perceptual: tagger}", f"metrics.lpips_dir={tmp_path / 'w'}"]))
+        assert r.before_postprocess is not None and r.scores.semantic.get("jaccard") is not None
+    assert loadonce.LOADS["tagger"] == 1 and loadonce.LOADS["lpips"] == 1 and loadonce.LOADS["model"] == 2
