@@ -6,7 +6,12 @@
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
 every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
-``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
+``demo``, ``attack``, ``sweep``, ``tradeoff``, ``audit-run`` and the benchmark scripts all go through these two.
+
+Every source of observations meets in one function, :func:`audit_observed` (attack step → match and score →
+calibration → :class:`AuditResult`): :func:`audit_case` captures a simulated client and hands it on; a captured
+file (:func:`gradleak.deploy.attack_saved`), a Flower capture (:func:`gradleak.leakage.measure_leakage`) and the
+benchmarks' own clients enter it directly.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
 attack runs; files are written atomically, ``metrics.json`` last.
