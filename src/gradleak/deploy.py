@@ -566,35 +566,30 @@ def attack_saved(observation: str | Path, attack: str, sets: list[str], truth: s
 
 def write_unscored(result: Unscored, out: str | Path) -> dict:
     """The run directory of an :class:`Unscored` attack: config, observation, reconstructions, the loss trace,
-    ``metrics.json`` (last); an error or Ctrl-C while writing leaves no partial directory."""
+    report, ``metrics.json`` (last; returned); an error or Ctrl-C while writing leaves no partial directory."""
+    from gradleak.audit import Environment
+    from gradleak.imagegrid import image_rows
+    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
     from gradleak.report.guard import run_dir_guard
 
+    r, rec, out = result, result.reconstruction, Path(out)
     with run_dir_guard(out):
-        r = result
-        return _write_unscored(Path(out), r.config, r.observation, r.reconstruction, r.label_mode, r.timing, r.source)
-
-
-def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:
-    from gradleak.audit import Environment
-    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
-    from gradleak.imagegrid import image_rows
-
-    out.mkdir(parents=True, exist_ok=True)
-    config_yaml = cfg.to_yaml()
-    atomic_write_text(out / "config.yaml", config_yaml)
-    obs.save(out / "observation")
-    image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
-    images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
-    if rec.trace:
-        write_trace_csv(rec.trace, out / "trace.csv")
-        loss_plot(rec.trace, out / "loss.png")
-        images.append(("Attack objective", "loss.png"))
-    metrics = {**rec.describe(), "scored": False, "label_mode": mode,
-               "labels": rec.labels.tolist() if rec.labels is not None else None,
-               "seed": cfg.seed, "defenses": obs.defenses,
-               "timing": {"prepare": round(timing.prepare, 3), "attack": round(timing.attack, 3)},
-               "environment": vars(Environment.current()),
-               "notes": [f"attacked a saved observation: {source}; no --truth, so nothing is scored"]}
-    write_report(out, metrics, config_yaml, images=images)
-    atomic_write_json(out / "metrics.json", metrics)
+        out.mkdir(parents=True, exist_ok=True)
+        config_yaml = r.config.to_yaml()
+        atomic_write_text(out / "config.yaml", config_yaml)
+        r.observation.save(out / "observation")
+        image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
+        images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
+        if rec.trace:
+            write_trace_csv(rec.trace, out / "trace.csv")
+            loss_plot(rec.trace, out / "loss.png")
+            images.append(("Attack objective", "loss.png"))
+        metrics = {**rec.describe(), "scored": False, "label_mode": r.label_mode,
+                   "labels": rec.labels.tolist() if rec.labels is not None else None,
+                   "seed": r.config.seed, "defenses": r.observation.defenses,
+                   "timing": {"prepare": round(r.timing.prepare, 3), "attack": round(r.timing.attack, 3)},
+                   "environment": vars(Environment.current()),
+                   "notes": [f"attacked a saved observation: {r.source}; no --truth, so nothing is scored"]}
+        write_report(out, metrics, config_yaml, images=images)
+        atomic_write_json(out / "metrics.json", metrics)
     return metrics
