@@ -160,12 +160,12 @@ def eval_job(args: tuple) -> dict:
     its = {"iterations": iterations} if attack != "gi-zw" else {"iterations_z": iterations // 2,
                                                                  "iterations_w": iterations - iterations // 2}
     atk = build_attack(attack, prior=prior, distance="masked_cosine", tv=1e-4, **its)
-    r = audited(obs, atk, x, obs.labels, seed=b, dataset="digits", model=model)  # the audit pipeline
-    rec = r.reconstruction
+    audit = audited(obs, atk, x, obs.labels, seed=b, dataset="digits", model=model)  # the audit pipeline
+    rec, scores = audit.reconstruction, audit.scores
     curve = {}
     for r in rec.trace:
         curve[r["iteration"]] = min(curve.get(r["iteration"], float("inf")), r["loss"])
-    return {"column": column, "batch": b, "psnr": r.scores.psnr["per_image"], "ssim": r.scores.ssim["per_image"],
+    return {"column": column, "batch": b, "psnr": scores.psnr["per_image"], "ssim": scores.ssim["per_image"],
             "curve": [curve[i] for i in sorted(curve)], "seconds": rec.seconds}
 
 
