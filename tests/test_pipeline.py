@@ -132,3 +132,20 @@ def test_rogs_audits_load_the_tagger_and_lpips_once(tmp_path, monkeypatch, no_lp
                                      "perceptual: tagger}", f"metrics.lpips_dir={tmp_path / 'w'}"]))
         assert r.before_postprocess is not None and r.scores.semantic.get("jaccard") is not None
     assert loadonce.LOADS["tagger"] == 1 and loadonce.LOADS["lpips"] == 1 and loadonce.LOADS["model"] == 2
+
+
+def test_a_reused_attack_gives_a_fresh_attacks_numbers():
+    """A sweep reuses each cell's attack object across its runs (audit.attack_once): GI-z/w, which adapts the
+    generator's weights, must leave nothing behind that changes the next run."""
+    from gradleak.attacks import build_attack
+    from gradleak.audit import attack_once
+
+    loadonce.clear()
+    for seed in (0, 1):  # the second run reuses the first's attack object
+        c = load_config(None, ["data.name=digits", "data.channels=1", "data.batch_size=2", "model.name=lenet",
+                               f"seed={seed}", "attack.name=gi-zw", "metrics.tagger=none",
+                               "attack.options={prior: digits, iterations_z: 2, iterations_w: 2}"])
+        reused = audit(c, attack=attack_once(c)).reconstruction.images
+        fresh = audit(c, attack=build_attack(c.attack.name, **c.attack.options)).reconstruction.images
+        assert torch.equal(reused, fresh), seed
+    assert loadonce.LOADS["attack"] == 1
