@@ -8,8 +8,9 @@ With ``attack="auto"`` (what ``gradleak audit-run --budget-per-update`` and a gu
 from the upload, the worst case per image, the positive control) under ``budget_s``, enforced. Otherwise it
 runs ONE configured attack (:data:`DEFAULT_ATTACK`: DLG, L2 distance, L-BFGS with a strong-Wolfe line search —
 iDLG when labels are given; it reconstructs the Flower example's clients at 13–26 dB, docs/flower.md) through
-:func:`gradleak.metrics.score_images` and :func:`gradleak.metrics.reference.calibrate`, sized by its
-``iterations`` (reproducible on every executor); ``budget_s`` is then only recorded and a run over it flagged.
+the audit pipeline (:func:`gradleak.audit.audit_observed`: matched, scored, references and graded as every
+audit), sized by its ``iterations`` (reproducible on every executor); ``budget_s`` is then only recorded and a
+run over it flagged.
 
 Labels: the attacker is given the true labels when they are known (``labels``; the worst case: a server
 recovers them exactly for the batch sizes at which reconstruction matters, docs/labels.md), else the
