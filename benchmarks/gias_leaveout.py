@@ -61,9 +61,9 @@ def run_job(args) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
+    from _common import audited
+
     from gradleak.attacks import build_attack
-    from gradleak.metrics import apply_match, score_images
-    from gradleak.metrics.reference import reference_scores
     from gradleak.models import build_model, init_model
 
     fold, victim, column, seed, iterations, prior_path = args
@@ -87,15 +87,15 @@ def run_job(args) -> dict:
         o["iterations"] = iterations
     if attack == "gi-x":
         o["restarts"] = 4
-    rec = build_attack(attack, **o)(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    s = score_images(rec.images, x)
     train_side = gl.load_dataset("photo-corpus", split=f"fold{fold}-train", resolution=RESOLUTION, channels=3)
-    refs = reference_scores(x, train_side.images)  # grey and the prior's training-corpus mean image
+    # the audit pipeline; references: grey and the prior's training-corpus mean image (no labels: no same-class)
+    r = audited(obs, build_attack(attack, **o), x, y, seed=seed, model=model, public=(train_side.images, None, None))
+    s, refs = r.scores, r.calibration.reference
     best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean")) for i in range(len(x))]
-    return {"fold": fold, "victim": victim, "column": column, "seed": seed, "seconds": rec.seconds,
-            "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "ref_psnr": best_ref,
+    return {"fold": fold, "victim": victim, "column": column, "seed": seed, "seconds": r.reconstruction.seconds,
+            "psnr": s.psnr["per_image"], "ssim": s.ssim["per_image"], "ref_psnr": best_ref,
             "grey_psnr": refs["grey"]["psnr"], "grey_ssim": refs["grey"]["ssim"],
-            "images": apply_match(rec.images, s["order"]).to(torch.float16) if seed == 0 else None,
+            "images": r.matched.to(torch.float16) if seed == 0 else None,
             "originals": x.to(torch.float16) if seed == 0 else None}
 
 
