@@ -39,7 +39,7 @@ def pipeline_calls(monkeypatch):
 
 def test_audit_attack_and_tradeoff_share_one_pipeline_and_load_each_network_once(tmp_path, monkeypatch,
                                                                                  no_lpips_env, pipeline_calls):
-    from gradleak.deploy import attack_saved, write_unscored
+    from gradleak.deploy import attack_saved
     from gradleak.experiments.tradeoff import Setting, TradeoffConfig, _attack_job
     from gradleak.report.writer import write_run
 
