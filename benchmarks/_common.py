@@ -1,4 +1,5 @@
-"""Shared helpers for benchmark scripts: run configs in parallel worker processes (1 torch thread each)."""
+"""Shared helpers for benchmark scripts: run configs in parallel worker processes (1 torch thread each); attack a
+benchmark's own client through the audit pipeline (:func:`audited`)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -51,3 +52,19 @@ def parallel_map(fn, items, workers: int | None = None):
         return [fn(i) for i in items]
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
         return pool.map(fn, items, chunksize=1)
+
+
+def audited(obs, attack, images, labels, *, seed: int = 0, dataset: str = "digits", model=None, labels_mode="oracle",
+            public=None):
+    """A benchmark's own captured client (``obs`` of the true ``images`` / ``labels``) through the audit pipeline
+    (:func:`gradleak.audit.audit_observed`: the attack on the upload, matched and scored, references from the
+    public side of ``dataset``, or ``public`` = (images, labels or None, None)) → :class:`gradleak.audit.AuditResult`.
+    ``model``: the victim with θ_0 the script built (attacked as it is); ``seed``: the attack's."""
+    from gradleak.audit import audit_observed
+    from gradleak.config import load_config
+
+    B, C, H, _ = images.shape
+    cfg = load_config(None, [f"seed={seed}", f"attack.name={attack.name}", f"attack.labels={labels_mode}",
+                             f"data.name={dataset}", f"data.resolution={H}", f"data.channels={C}",
+                             f"data.batch_size={B}", "data.distinct_labels=false", "metrics.tagger=none"])
+    return audit_observed(cfg, obs, attack, images, labels, model=model, public=public)

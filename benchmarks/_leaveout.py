@@ -10,11 +10,12 @@ def gias_cell(x, y, victim: tuple[str, dict], num_classes: int, attack: str, opt
     distance, ``options`` and ``iterations`` (split in half between z and w for GI-z/w; GI-x best of 4
     restarts). Returns ``(reconstruction, scores, references, best reference PSNR per image)``: the
     no-information references are grey 0.5 and the mean image of the dataset ``public()`` returns (the prior's
-    training side, loaded only after the attack)."""
+    training side) — the audit pipeline (``_common.audited``) scores the reconstruction against them. Returns
+    ``(reconstruction, scores {"psnr", "ssim"}, references, best reference PSNR per image, matched images)``."""
     import gradleak as gl
+    from _common import audited
+
     from gradleak.attacks import build_attack
-    from gradleak.metrics import score_images
-    from gradleak.metrics.reference import reference_scores
     from gradleak.models import build_model, init_model
 
     arch, opts = victim
@@ -29,8 +30,7 @@ def gias_cell(x, y, victim: tuple[str, dict], num_classes: int, attack: str, opt
         o["iterations"] = iterations
     if attack == "gi-x":
         o["restarts"] = 4
-    rec = build_attack(attack, **o)(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    scores = score_images(rec.images, x)
-    refs = reference_scores(x, public().images)  # grey and the prior's training-corpus mean image
+    r = audited(obs, build_attack(attack, **o), x, y, seed=seed, model=model, public=(public().images, None, None))
+    refs = r.calibration.reference
     best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean")) for i in range(len(x))]
-    return rec, scores, refs, best_ref
+    return r.reconstruction, {"psnr": r.scores.psnr, "ssim": r.scores.ssim}, refs, best_ref, r.matched

@@ -54,7 +54,7 @@ def run_job(args) -> dict:
     x, y = gl.sample_batch(test, BATCH, distinct_labels=False, seed=seed)
     attack, extra = COLUMNS[column]
     options = extra if attack == "gi-x" else {**extra, "prior": prior}
-    rec, s, refs, best_ref = gias_cell(x, y, VICTIMS[victim], max(test.num_classes, 2), attack, options, iterations,
+    rec, s, refs, best_ref, _ = gias_cell(x, y, VICTIMS[victim], max(test.num_classes, 2), attack, options, iterations,
                                        seed, lambda: _load("debian-photos", "train"))
     return {"set": dataset, "victim": victim, "column": column, "seed": seed, "seconds": rec.seconds,
             "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "ref_psnr": best_ref,

@@ -26,14 +26,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gradleak.case import Case, capture
 from gradleak.data import load_dataset, sample_batch
-from gradleak.deploy import attack_observation, capture_observation, load_observation, verify_command
+from gradleak.attacks import build_attack
+from gradleak.deploy import capture_observation, load_observation, verify_command
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
-from gradleak.metrics import score_images
 from gradleak.models import build_model, init_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import positive_int  # noqa: E402
+from _common import audited, positive_int  # noqa: E402
 
 LR, MOMENTUM, WD, BATCH, LOCAL_B = 0.05, 0.9, 5e-4, 4, 2
 
@@ -53,8 +53,10 @@ def plain_round(model, x, y, epochs: int, seed: int):
 
 
 def psnr(obs: Observation, x, iterations: int, seed: int) -> float:
-    rec, _ = attack_observation(obs, "invertgrad", {"iterations": iterations}, seed=seed)
-    return float(score_images(rec.images, x)["psnr"]["mean"])
+    """InvertGrad on ``obs`` through the audit pipeline (labels: the attack's default, recovered where the server
+    holds none, as ``gradleak attack``), matched to the true ``x``."""
+    r = audited(obs, build_attack("invertgrad", iterations=iterations), x, None, seed=seed, labels_mode="default")
+    return float(r.scores.psnr["mean"])
 
 
 def client(epochs, seed, **kw):

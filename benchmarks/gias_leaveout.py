@@ -62,7 +62,6 @@ def run_job(args) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
-    from gradleak.metrics import apply_match
 
     fold, victim, column, seed, iterations, prior_path = args
     test = gl.load_dataset("photo-corpus", split=f"fold{fold}-test", resolution=RESOLUTION, channels=3)
@@ -73,13 +72,13 @@ def run_job(args) -> dict:
         o["lr"] = 0.025
     if prior is not None:
         o["prior"] = prior_path if prior == "fold" else prior
-    rec, s, refs, best_ref = gias_cell(
+    rec, s, refs, best_ref, matched = gias_cell(
         x, y, VICTIMS[victim], test.num_classes, attack, o, iterations, seed,
         lambda: gl.load_dataset("photo-corpus", split=f"fold{fold}-train", resolution=RESOLUTION, channels=3))
     return {"fold": fold, "victim": victim, "column": column, "seed": seed, "seconds": rec.seconds,
             "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "ref_psnr": best_ref,
             "grey_psnr": refs["grey"]["psnr"], "grey_ssim": refs["grey"]["ssim"],
-            "images": apply_match(rec.images, s["order"]).to(torch.float16) if seed == 0 else None,
+            "images": matched.to(torch.float16) if seed == 0 else None,
             "originals": x.to(torch.float16) if seed == 0 else None}
 
 

@@ -102,18 +102,17 @@ def run_job(args: tuple[str, float, str, int, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
+    from _common import audited
 
     dataset, sparsity, column, iterations, seed, width = args
     model, x, obs = capture(dataset, sparsity, seed, width)
     attack = build(dataset, *COLUMNS[column], iterations, sparsity)
-    rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    weights, reason = lpips_status()
-    s = score_images(rec.images, x, lpips_model=load_lpips() if weights is not None else None, lpips_reason=reason)
-    return {"dataset": dataset, "sparsity": sparsity, "column": column, "seed": seed, "seconds": rec.seconds,
-            "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"],
-            "lpips": None if s["lpips"] is None else s["lpips"]["per_image"],
-            "images": apply_match(rec.images, s["order"]).to(torch.float16) if seed == 0 else None,
+    r = audited(obs, attack, x, obs.labels, seed=seed, dataset=dataset, model=model)  # the audit pipeline
+    s = r.scores
+    return {"dataset": dataset, "sparsity": sparsity, "column": column, "seed": seed,
+            "seconds": r.reconstruction.seconds, "psnr": s.psnr["per_image"], "ssim": s.ssim["per_image"],
+            "lpips": None if s.lpips is None else s.lpips["per_image"],
+            "images": r.matched.to(torch.float16) if seed == 0 else None,
             "originals": x.to(torch.float16) if seed == 0 else None}
 
 
@@ -122,8 +121,10 @@ def figure1_job(args: tuple[str, int, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from _common import audited
+
     from gradleak.attacks.generative import SnapshotSeries
-    from gradleak.metrics import score_images
+    from gradleak.audit import score
 
     dataset, iterations, seed, width = args
     model, x, obs = capture(dataset, 0.0, seed, width)
@@ -132,9 +133,10 @@ def figure1_job(args: tuple[str, int, int, int]) -> dict:
     out = {"originals": x, "rows": {}}
     for name in FIGURE1:
         attack = build(dataset, *presets[name], iterations, 0.0, snapshot_every=max(1, iterations // 8))
-        rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
+        r = audited(obs, attack, x, obs.labels, seed=seed, dataset=dataset, model=model)  # the audit pipeline
+        rec = r.reconstruction
         snaps = rec.get(SnapshotSeries).frames()
-        curve = [(it, float(score_images(im, x)["psnr"]["mean"])) for it, im in snaps]
+        curve = [(it, float(score(im, x, r.config)[0].psnr["mean"])) for it, im in snaps]
         out["rows"][name] = {"snaps": snaps, "curve": curve, "sec_per_it": rec.seconds / rec.iterations}
     return out
 

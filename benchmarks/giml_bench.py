@@ -141,8 +141,9 @@ def eval_job(args: tuple) -> dict:
 
     torch.set_num_threads(1)
     import gradleak as gl
+    from _common import audited
+
     from gradleak.attacks.presets import build_attack
-    from gradleak.metrics import score_images
     from gradleak.models import build_model, init_model
 
     column, attack, prior, indices, b, iterations = args
@@ -158,13 +159,13 @@ def eval_job(args: tuple) -> dict:
     obs = gl.capture(case, seed=b)
     its = {"iterations": iterations} if attack != "gi-zw" else {"iterations_z": iterations // 2,
                                                                  "iterations_w": iterations - iterations // 2}
-    rec = build_attack(attack, prior=prior, distance="masked_cosine", tv=1e-4, **its)(obs, labels=obs.labels, seed=b,
-                                                                             model=model, progress=False)
+    atk = build_attack(attack, prior=prior, distance="masked_cosine", tv=1e-4, **its)
+    audit = audited(obs, atk, x, obs.labels, seed=b, dataset="digits", model=model)  # the audit pipeline
+    rec, scores = audit.reconstruction, audit.scores
     curve = {}
     for r in rec.trace:
         curve[r["iteration"]] = min(curve.get(r["iteration"], float("inf")), r["loss"])
-    s = score_images(rec.images, x)
-    return {"column": column, "batch": b, "psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"],
+    return {"column": column, "batch": b, "psnr": scores.psnr["per_image"], "ssim": scores.ssim["per_image"],
             "curve": [curve[i] for i in sorted(curve)], "seconds": rec.seconds}
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import positive_int  # noqa: E402  (puts src/ on the path)
+from _common import audited, positive_int  # noqa: E402  (puts src/ on the path)
 
 import torch  # noqa: E402
 
@@ -31,7 +31,6 @@ from gradleak.attacks import build_attack  # noqa: E402
 from gradleak.attacks.rgap import RGAP, RankAnalysis, RGAPGenerative, true_layer_inputs  # noqa: E402
 from gradleak.case import Case, capture  # noqa: E402
 from gradleak.data import load_dataset  # noqa: E402
-from gradleak.metrics import score_images  # noqa: E402
 from gradleak.models import build_model, init_model  # noqa: E402
 
 
@@ -45,13 +44,16 @@ def victim(name, channels, width=1.0):
     return init_model(build_model(name, 10, channels, 32, width=width), 0)
 
 
-def observe(model, x, y):
-    return capture(Case(model, x, y, give_labels=True))
+DATASET = "digits"  # the references' public side (main() sets it)
 
 
-def scores(images, x):
-    s = score_images(images, x)
-    return s["psnr"]["mean"], s["ssim"]["mean"]
+def attack_case(attack, model, x, y):
+    """The victim's FedSGD upload of (x, y), attacked and scored by the audit pipeline (true labels given)."""
+    return audited(capture(Case(model, x, y, give_labels=True)), attack, x, y, dataset=DATASET, model=model)
+
+
+def scores(r):
+    return r.scores.psnr["mean"], r.scores.ssim["mean"]
 
 
 def gmean(v):
@@ -67,10 +69,11 @@ def part_a2(batch, channels, names):
         errs, times, ps = [], [], []
         name = f"{name} {'balanced' if balance else 'plain'}"
         for x, y in batch:
-            rec = RGAP(balance=balance)(observe(model, x, y), labels=y, model=model, progress=False)
+            r = attack_case(RGAP(balance=balance), model, x, y)
+            rec = r.reconstruction
             errs.append(layer_errors(rec, model, x))
             times.append(rec.seconds)
-            ps.append(scores(rec.images, x))
+            ps.append(scores(r))
         rows = rec.get(RankAnalysis).layers
         curve = [gmean([e[i] for e in errs]) for i in range(len(rows))]
         curves[name] = curve
@@ -97,9 +100,10 @@ def part_a1(batch, channels, prior, iterations, restarts):
     for label, attack in variants.items():
         errs, ps, times, recs = [], [], [], []
         for x, y in batch:
-            rec = attack(observe(model, x, y), labels=y, model=model, progress=False)
+            r = attack_case(attack, model, x, y)
+            rec = r.reconstruction
             errs.append(layer_errors(rec, model, x))
-            ps.append(scores(rec.images, x))
+            ps.append(scores(r))
             times.append(rec.seconds)
             recs.append(rec)
         curves[label] = [gmean([e[i] for e in errs]) for i in range(len(errs[0]))]
@@ -121,11 +125,10 @@ def part_ig(batch, channels, iterations):
                                                build_attack("invertgrad", iterations=iterations))):
         ps, times, recs = [], [], []
         for x, y in batch:
-            t0 = time.perf_counter()
-            rec = attack(observe(model, x, y), labels=y, model=model, progress=False)
-            times.append(time.perf_counter() - t0)
-            ps.append(scores(rec.images, x))
-            recs.append(rec.images)
+            r = attack_case(attack, model, x, y)
+            times.append(r.timing.capture + r.timing.attack)
+            ps.append(scores(r))
+            recs.append(r.reconstruction.images)
         out[label] = (sum(p[0] for p in ps) / len(ps), sum(p[1] for p in ps) / len(ps), sum(times) / len(times), recs)
     print(f"{'attack':<26} {'PSNR':>7} {'SSIM':>6} {'wall s/img':>10}")
     for label, (p, s, t, _) in out.items():
@@ -189,6 +192,8 @@ def main(argv=None):
     p.add_argument("--skip-cnn10", action="store_true", help="A2 on CNN6 only (CNN10 takes ~1 min per image)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    global DATASET
+    DATASET = a.dataset
     channels = 1 if a.dataset == "digits" else 3
     data = load_dataset(a.dataset, split="private", resolution=32, channels=channels)
     batch = [(data.images[i:i + 1], data.labels[i:i + 1]) for i in range(a.images)]

@@ -82,40 +82,35 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from _common import audited
+
     from gradleak.attacks.presets import InvertGrad
     from gradleak.attacks.rog import ROG, PostSteps, rog_distance
-    from gradleak.metrics import apply_match, load_lpips, lpips_status, score_images
+    from gradleak.audit import score
     from gradleak.nets.enhancer import load_enhancer
 
     setting, attack, iterations, seed = args
     model, x, obs = capture_setting(setting, seed)
-    weights, reason = lpips_status()
-    net = load_lpips() if weights is not None else None
 
-    def score(images):
-        s = score_images(images, x, lpips_model=net, lpips_reason=reason)
-        return {"psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"],
-                "lpips": None if s["lpips"] is None else s["lpips"]["per_image"],
-                "images": apply_match(images, s["order"]).to(torch.float16)}
+    def scored(s, matched):
+        return {"psnr": s.psnr["per_image"], "ssim": s.ssim["per_image"],
+                "lpips": None if s.lpips is None else s.lpips["per_image"], "images": matched.to(torch.float16)}
 
-    t0 = time.perf_counter()
     out: dict = {"setting": setting, "attack": attack, "seed": seed, "originals": x.to(torch.float16)}
     if attack == "rog":
-        rec = ROG(iterations=iterations, enhancer="photos64")(obs, labels=obs.labels, seed=seed, model=model,
-                                                              progress=False)
-        out["seconds"] = time.perf_counter() - t0
-        out["distance"] = rec.distance
-        out["rog"] = score(rec.images)
-        steps = rec.get(PostSteps).steps
-        out["bicubic_only"] = score(steps.get("normalized", steps["raw"]))
+        atk = ROG(iterations=iterations, enhancer="photos64")
     else:
         dist = {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance(obs), rog_distance(obs))
-        rec = InvertGrad(iterations=iterations, lr=0.025, tv=1e-4, distance=dist)(
-            obs, labels=obs.labels, seed=seed, model=model, progress=False)
-        out["seconds"] = time.perf_counter() - t0
-        out["distance"] = dist
-        out["invertgrad"] = score(rec.images)
-        out["enhancement_only"] = score(load_enhancer("photos64")(rec.images, obs.labels))
+        atk = InvertGrad(iterations=iterations, lr=0.025, tv=1e-4, distance=dist)
+    r = audited(obs, atk, x, obs.labels, seed=seed, dataset="photos", model=model)  # the audit pipeline
+    rec = r.reconstruction
+    out["seconds"] = r.timing.attack
+    out["distance"] = rec.distance
+    out[attack] = scored(r.scores, r.matched)
+    steps = rec.get(PostSteps).steps if attack == "rog" else {}
+    ablation = (steps.get("normalized", steps.get("raw")) if attack == "rog"
+                else load_enhancer("photos64")(rec.images, obs.labels))
+    out["bicubic_only" if attack == "rog" else "enhancement_only"] = scored(*score(ablation, x, r.config))
     return out
 
 

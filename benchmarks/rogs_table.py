@@ -79,11 +79,12 @@ def run_job(args: tuple[int, int, int, str, str, str]) -> dict:
     tagger = load_tagger("digits")
     weights, _reason = lpips_status()
     net = load_lpips() if weights is not None else None
-    t0 = time.perf_counter()
-    rec = ROGS(iterations=100, enhancer="digits32", rogs_iterations=rogs_iterations, perceptual=perceptual,
-               latent_constraint=constraint)(
-        obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    seconds = time.perf_counter() - t0
+    from _common import audited
+
+    atk = ROGS(iterations=100, enhancer="digits32", rogs_iterations=rogs_iterations, perceptual=perceptual,
+               latent_constraint=constraint)
+    r = audited(obs, atk, x, obs.labels, seed=seed, dataset=DATA, model=model)  # the audit pipeline
+    rec, seconds = r.reconstruction, r.timing.attack
     sem = rec.get(SemanticPath)
     order = match(sem.start, x)  # one assignment (from ROG's output) for every row of this batch
     rows = {"rog": apply_match(sem.start, order), "rogs": apply_match(rec.images, order),

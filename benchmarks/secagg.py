@@ -48,20 +48,20 @@ def _ints(text: str) -> list[int]:
 
 def run_cell(job: dict) -> dict:
     """One (K, B, seed): K clients' aggregate captured, attacked, scored, calibrated."""
+    import dataclasses
+
     import torch
 
     import gradleak as gl
+    from _common import audited
     from gradleak.attacks import build_attack
     from gradleak.case import Case
     from gradleak.case import capture_aggregate
     from gradleak.imagegrid import image_rows
-    from gradleak.metrics import apply_match, score_images
-    from gradleak.metrics.reference import calibrate
 
     torch.set_num_threads(1)
     K, B, seed, res = job["K"], job["B"], job["seed"], job["resolution"]
     private = gl.load_dataset("photos", split="private", resolution=res, channels=3)
-    public = gl.load_dataset("photos", split="public", resolution=res, channels=3)
     perm = torch.randperm(len(private), generator=torch.Generator().manual_seed(1000 + seed))[: K * B]
     x_all, y_all = private.images[perm].clone(), private.labels[perm].clone()
     model = gl.build_model(job["model"], private.num_classes, 3, res)
@@ -71,28 +71,25 @@ def run_cell(job: dict) -> dict:
     proto = gl.Protocol(kind="fedavg", epochs=1, local_batch_size=1, lr=job["lr"])
     cases = [Case(model=model, images=x_all[k * B:(k + 1) * B], labels=y_all[k * B:(k + 1) * B], protocol=proto)
              for k in range(K)]
-    obs = capture_aggregate(cases, "weighted_mean")
-    t0 = time.perf_counter()
+    obs = dataclasses.replace(capture_aggregate(cases, "weighted_mean"), labels=y_all)  # the labels are given
     attack = build_attack(job["attack"], iterations=job["iterations"])
-    rec = attack(obs, labels=y_all, seed=seed, model=obs.build_model(), progress=False)
-    seconds = time.perf_counter() - t0
-    s = score_images(rec.images, x_all)
-    cal = calibrate({"psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "jaccard": None}, x_all,
-                    public.images, public.labels, y_all, seed=seed)
+    r = audited(obs, attack, x_all, y_all, seed=seed, dataset="photos")  # the audit pipeline
+    seconds, sc, cal = r.timing.attack, r.scores, r.calibration
+    s = {"psnr": sc.psnr, "ssim": sc.ssim}
     per = s["psnr"]["per_image"]
     worst = max(range(len(per)), key=per.__getitem__)
-    refs = cal["reference"]
+    refs = cal.reference
     best_ref = max(refs[n]["psnr"][worst] for n in ("grey", "public_mean", "same_class")
                    if n in refs and refs[n].get("psnr") is not None and refs[n]["psnr"][worst] is not None)
     grid = Path(job["out"]) / f"grid_K{K}_B{B}_s{seed}.png"
-    image_rows([x_all, apply_match(rec.images, s["order"]).clamp(0, 1)], ["original", "reconstruction"], grid,
+    image_rows([x_all, r.matched.clamp(0, 1)], ["original", "reconstruction"], grid,
                scale=2, max_per_row=16)
-    margin = cal["margins"]["psnr"]
+    margin = cal.margins["psnr"]
     row = {"K": K, "B": B, "N": K * B, "seed": seed, "psnr_mean": s["psnr"]["mean"], "psnr_worst": per[worst],
             "psnr_per_image": per, "ssim_mean": s["ssim"]["mean"], "ssim_worst": max(s["ssim"]["per_image"]),
             "best_reference_psnr_at_worst": best_ref, "grey_psnr_mean": sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"]),
             "dpsnr_max": max(margin["per_image"]), "dpsnr_mean": margin["mean"],
-            "verdict": cal["verdict"]["batch"], "verdict_counts": cal["verdict"]["counts"],
+            "verdict": cal.verdict["batch"], "verdict_counts": cal.verdict["counts"],
             "seconds": round(seconds, 1), "grid": grid.name}
     (Path(job["out"]) / _cell_file(job)).write_text(json.dumps({"job": job, "row": row}))
     return row

@@ -207,10 +207,10 @@ def _hand_back_truth(monkeypatch, d, perm=(2, 0, 3, 1)):
 
     x, _ = load_images(d / "imgs", (3, R, R))
 
-    def fake(obs, atk, seed=0, progress=False, device="cpu"):
+    def fake(cfg, obs, atk, model=None, progress=False):  # the pipeline's attack step (gradleak.audit)
         return Reconstruction(images=x[list(perm)].clone(), labels=None, attack="invertgrad", seconds=0.0), "oracle"
 
-    monkeypatch.setattr("gradleak.deploy.attack_observation", fake)
+    monkeypatch.setattr("gradleak.audit.attack_observed", fake)
     return x
 
 

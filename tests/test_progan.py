@@ -182,7 +182,9 @@ def test_gias_attacks_run_on_the_converted_prior(tiny, attack, opts):
     a = build_attack(attack, prior=str(tiny), restarts=2, **opts)
     rec = a(obs, labels=obs.labels, seed=0, model=model, progress=False)
     assert rec.images.shape == (2, 3, 10, 10) and torch.isfinite(rec.images).all()
-    assert rec.prior["arch"] == "progan"
+    from gradleak.attacks.generative import PriorUsed
+
+    assert rec.get(PriorUsed).description["arch"] == "progan"
     if attack != "gi-z":  # GI-w adapts every convolution (GIAS eq. 7): no mapping network needed
         assert set(a.prior.adapt_names()) == {f"convs.{i}.{t}" for i in range(4) for t in ("weight", "bias")}
 

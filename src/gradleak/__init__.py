@@ -17,7 +17,8 @@ _EXPORTS = {
     "label_accuracy": "gradleak.attacks.labels", "recover_labels": "gradleak.attacks.labels",
     "ATTACKS": "gradleak.attacks", "Attack": "gradleak.attacks", "build_attack": "gradleak.attacks",
     "DLG": "gradleak.attacks.presets", "IDLG": "gradleak.attacks.presets", "InvertGrad": "gradleak.attacks.presets",
-    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "write_run": "gradleak.report.writer",
+    "AuditResult": "gradleak.audit", "audit": "gradleak.audit", "audit_observed": "gradleak.audit",
+    "write_run": "gradleak.report.writer",
     "Case": "gradleak.case", "capture": "gradleak.case",
     "RunConfig": "gradleak.config", "load_config": "gradleak.config",
     "load_dataset": "gradleak.data", "sample_batch": "gradleak.data",
@@ -52,5 +53,6 @@ __all__ = [
     "ATTACKS", "Attack", "AuditResult", "Case", "DLG", "IDLG", "InvertGrad", "Objective", "Observation", "Protocol",
     "Reconstruction", "RunConfig", "Stage", "UserError", "apply_match", "build_attack", "build_defenses",
     "build_model", "capture", "init_model", "label_accuracy", "load_config", "load_dataset", "loss_plot",
-    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search", "audit", "write_run",
+    "lpips_status", "pretrain", "reconstruction_grid", "recover_labels", "sample_batch", "score_images", "search", "audit", "audit_observed",
+    "write_run",
 ]

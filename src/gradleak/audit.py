@@ -6,7 +6,12 @@
 it builds the client side (:func:`build_case`), captures what the server sees
 (:func:`gradleak.case.capture`), runs the attack, matches and scores the reconstruction, and returns
 every piece as a typed field. :func:`gradleak.report.writer.write_run` turns a result into a run directory. ``gradleak run``,
-``demo``, ``attack``, ``sweep``, ``tradeoff`` and the benchmark scripts all go through these two.
+``demo``, ``attack``, ``sweep``, ``tradeoff``, ``audit-run`` and the benchmark scripts all go through these two.
+
+Every source of observations meets in one function, :func:`audit_observed` (attack step → match and score →
+calibration → :class:`AuditResult`): :func:`audit_case` captures a simulated client and hands it on; a captured
+file (:func:`gradleak.deploy.attack_saved`), a Flower capture (:func:`gradleak.leakage.measure_leakage`) and the
+benchmarks' own clients enter it directly.
 
 Everything that can fail on user input (data, model, options, defenses, tagger) is built before the
 attack runs; files are written atomically, ``metrics.json`` last.
@@ -160,9 +165,11 @@ def protocol_of(cfg: RunConfig) -> Protocol:
     return Protocol(**cfg.client.model_dump(exclude={"protocol"}), kind=cfg.client.protocol)
 
 
-def label_mode_of(cfg: RunConfig, attack: Attack) -> str:
-    """oracle | recover | learn: the config's choice, or the attack's default."""
-    return attack.default_labels if cfg.attack.labels == "default" else cfg.attack.labels
+def label_mode_of(choice: str, attack: Attack, obs: Observation | None = None) -> str:
+    """oracle | recover | learn: the config's ``attack.labels`` choice, or the attack's default; ``oracle`` on an
+    ``obs`` that holds no labels (a captured upload whose server was not given them) becomes ``recover``."""
+    mode = attack.default_labels if choice == "default" else choice
+    return "recover" if mode == "oracle" and obs is not None and obs.labels is None else mode
 
 
 def attack_labels(obs: Observation, mode: str, model) -> Tensor | None:
@@ -220,6 +227,19 @@ def score_artifacts(rec: Reconstruction, originals: Tensor, cfg: RunConfig) -> d
     return merge_facts({}, *(a.score(originals, scorer) for a in rec.artifacts))
 
 
+def attack_once(cfg: RunConfig) -> Attack:
+    """``cfg.attack`` built once per process (:func:`gradleak.loadonce.once`: the same object for the same name
+    and options, counted as ``attack``), for callers that audit many configs with one attack — a sweep's
+    cells are checked, then run, with the attack (and its prior) built once."""
+    import json
+
+    from gradleak.loadonce import once
+
+    a = cfg.attack
+    return once("attack", (), (a.name, json.dumps(a.options, sort_keys=True, default=str)),
+                lambda: build_attack(a.name, **a.options))
+
+
 # --- the audit ---------------------------------------------------------------------------------------------
 
 def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) -> AuditResult:
@@ -242,24 +262,60 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
 def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = False,
                started: float | None = None) -> AuditResult:
     """Audit a client side built elsewhere (e.g. a victim trained by ``gradleak tradeoff``): capture its
-    upload, attack it, score it. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
+    upload, then :func:`audit_observed`. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
     t0 = time.perf_counter() if started is None else started
-    device = resolve_device(cfg.device)
-    mode = label_mode_of(cfg, attack)
-    case.give_labels = mode == "oracle"
+    resolve_device(cfg.device)  # a bad device fails before the capture
+    case.give_labels = label_mode_of(cfg.attack.labels, attack) == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)
-    model = obs.build_model()
+    return audit_observed(cfg, obs, attack, case.images, case.labels, case=case, progress=progress, started=t0,
+                          capture_seconds=time.perf_counter() - t1)
+
+
+def attack_observed(cfg: RunConfig, obs: Observation, attack: Attack, model=None,
+                    progress: bool = False) -> tuple[Reconstruction, str]:
+    """The pipeline's attack step: the label mode (:func:`label_mode_of`), the attacker's labels
+    (:func:`attack_labels`) and ``attack`` on ``cfg.device`` (:func:`gradleak.devices.run_attack`), on the
+    upload as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`). ``model``: the victim with θ_0 (default:
+    ``obs.build_model()``). Returns the reconstruction and the label mode used."""
+    device = resolve_device(cfg.device)
+    obs = obs.as_delta()
+    mode = label_mode_of(cfg.attack.labels, attack, obs)
+    model = obs.build_model() if model is None else model
     labels = attack_labels(obs, mode, model)
-    t2 = time.perf_counter()
-    rec = run_attack(attack, obs, labels, cfg.seed, model, progress, device, cfg.backend)  # capture stayed on the CPU
+    return run_attack(attack, obs, labels, cfg.seed, model, progress, device, cfg.backend), mode  # capture stayed on the CPU
+
+
+def audit_observed(cfg: RunConfig, obs: Observation, attack: Attack, images: Tensor, labels: Tensor | None, *,
+                   case: Case | None = None, model=None, progress: bool = False, public: tuple | None = None,
+                   data: str | None = None, notes: list[str] | tuple = (), started: float | None = None,
+                   capture_seconds: float = 0.0) -> AuditResult:
+    """The pipeline every source of observations goes through (a simulated case, a captured file, a Flower
+    capture): :func:`attack_observed`, then the reconstruction matched and scored against the client's true
+    ``images`` (labels ``labels``, or None when unknown) with the references, margins and verdict of
+    :func:`gradleak.calibration.calibration_of` → :class:`AuditResult` (nothing is written).
+
+    ``case``: the client side when it was simulated (else one is described from the observation); ``model``:
+    the victim with θ_0 when the caller holds it; ``public`` / ``data``: the references' public data and the
+    header's data line (default: from ``cfg.data``); ``started`` / ``capture_seconds``: when the caller began
+    and how long its capture took (the result's timing)."""
+    t1 = time.perf_counter()
+    t0 = t1 - capture_seconds if started is None else started
+    device = resolve_device(cfg.device)
+    if case is None:  # a captured upload: the client side as the server can describe it
+        model = obs.build_model() if model is None else model
+        case = Case(model=model, images=images,
+                    labels=labels if labels is not None else torch.full((images.shape[0],), -1),
+                    protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
+    rec, mode = attack_observed(cfg, obs, attack, model, progress)
     t3 = time.perf_counter()
-    scores, matched = score(rec.images, case.images, cfg)
-    extra = score_artifacts(rec, case.images, cfg)
-    acc = label_accuracy(rec.labels, case.labels) if rec.labels is not None else None
-    calibration = calibration_of(cfg, scores, obs, case.images, case.labels, mode)
+    scores, matched = score(rec.images, images, cfg)
+    extra = score_artifacts(rec, images, cfg)
+    acc = label_accuracy(rec.labels, labels) if rec.labels is not None and labels is not None else None
+    calibration = calibration_of(cfg, scores, obs, images, labels, mode, public=public, data=data)
     t4 = time.perf_counter()
     return AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
-                       label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
-                       environment=Environment.current(str(device), cfg.backend), matched=matched,
-                       artifact_scores=extra, calibration=calibration)
+                       label_accuracy=acc, scores=scores,
+                       timing=Timing(t1 - t0 - capture_seconds, capture_seconds, t3 - t1, t4 - t3),
+                       environment=Environment.current(str(device), cfg.backend), matched=matched, artifact_scores=extra,
+                       notes=list(notes), calibration=calibration)

@@ -1,7 +1,7 @@
 """A run's calibration: the references and verdict of :mod:`gradleak.metrics.reference` for the run's own
 data (the public side of its dataset), and the header a reader sees first (model, data, protocol, defense
 chain, threat model). Used by :func:`gradleak.audit.audit` and, with the public data the user names (or
-none), by ``gradleak attack`` (:func:`gradleak.deploy.attack_command`); the result is :class:`Calibration`."""
+none), by ``gradleak attack`` (:func:`gradleak.deploy.attack_saved`); the result is :class:`Calibration`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,9 +36,13 @@ def load_public(data_cfg) -> tuple[Tensor | None, Tensor | None, str | None]:
     if split == data_cfg.split:
         return None, None, f"data.split {data_cfg.split!r} has no separate public side (the references would see " \
                            "the private images)"
-    try:
-        pub = load_dataset(data_cfg.name, split=split, resolution=data_cfg.resolution, channels=data_cfg.channels,
-                           root=data_cfg.root, limit=PUBLIC_LIMIT)
+    from gradleak.loadonce import once
+
+    d = data_cfg
+    try:  # read once per process (a sweep's runs, a calibration per attack): callers treat it as read-only
+        pub = once("public", [d.root] if d.root else [], (d.name, split, d.resolution, d.channels, d.root),
+                   lambda: load_dataset(d.name, split=split, resolution=d.resolution, channels=d.channels,
+                                        root=d.root, limit=PUBLIC_LIMIT))
     except (UserError, OSError, ValueError) as err:
         return None, None, f"public split unavailable: {err}"
     return pub.images, pub.labels, None

@@ -73,8 +73,9 @@ def capture(case: Case, seed: int = 0) -> Observation:
     extra = proto.rule.extra_uploads(proto, delta, case.images.shape[0], proto.state)
     bn = bn_batch_statistics(case.model, params, buffers, case.images, proto) if proto.share_bn_stats else None
     spec = case.model_spec or model_spec_of(case.model, case.images)
-    return Observation(
-        model_spec=spec, model=None if rebuildable(spec) else case.model,
+    rebuilt = rebuildable(spec)
+    return Observation(  # the server's copies of the victim are copied from the client's model, not rebuilt
+        model_spec=spec, model=None if rebuilt else case.model, template=case.model if rebuilt else None,
         parameters=params, buffers=buffers, update=update, protocol=proto.server_view(),
         num_images=case.images.shape[0], image_shape=tuple(case.images.shape[1:]),
         labels=case.labels.clone() if case.give_labels else None, bn_stats=bn,
@@ -111,7 +112,7 @@ def capture_aggregate(cases: list[Case], reduction: str = "weighted_mean", seed:
     agg = Aggregation.of([o.num_images for o in obs_k], [o.protocol for o in obs_k], reduction)
     update = {n: sum(w * o.update[n] for w, o in zip(agg.weights, obs_k)) for n in base.update}
     labels = torch.cat([c.labels for c in cases]).clone() if give_labels else None
-    return Observation(model_spec=base.model_spec, model=base.model, parameters=base.parameters,
+    return Observation(model_spec=base.model_spec, model=base.model, template=base.template, parameters=base.parameters,
                        buffers=base.buffers, update=update, protocol=agg.protocols[0], num_images=agg.num_images,
                        image_shape=base.image_shape, labels=labels, aggregation=agg,
                        extra={"aggregate": {"clients": agg.clients, "reduction": reduction}})

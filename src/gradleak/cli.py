@@ -1,7 +1,6 @@
 """The gradleak command line. Each command is a thin wrapper over the Python API (see README)."""
 from __future__ import annotations
 
-import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -31,27 +30,28 @@ def _references(refs: dict) -> str:
     return used + "".join(f"; {', '.join(names)}: {why}" for why, names in missing.items())
 
 
-def _summary(metrics: dict, out: Path, artifacts=()) -> None:
-    """The run's scores in two lines, then each of the attack's artifacts' summary lines."""
-    acc = metrics.get("label_accuracy")
+def _summary(result, out: Path) -> None:
+    """A finished audit's lines, from its :class:`gradleak.audit.AuditResult`, then each of the attack's
+    artifacts' summary lines."""
+    rec, sc, cal = result.reconstruction, result.scores, result.calibration
+    acc = result.label_accuracy
     acc_txt = "n/a" if acc is None else f"{acc:.2f}"
-    lp = metrics.get("lpips")
-    lp_txt = f"{lp['mean']:.3f}" if lp else f"unavailable ({metrics.get('lpips_unavailable')})"
-    jac = metrics.get("jaccard")
+    lp_txt = f"{sc.lpips['mean']:.3f}" if sc.lpips else f"unavailable ({sc.lpips_unavailable})"
+    jac = sc.semantic.get("jaccard")
     jac_txt = f", Jaccard (tags) {jac['mean']:.3f}" if jac else ""
-    v, m = metrics.get("verdict"), metrics.get("margins") or {}
-    if v:
+    if cal is not None:
+        v, m = cal.verdict, cal.margins or {}
         counts = ", ".join(f"{n} {k}" for k, n in v["counts"].items() if n)
         dp, ds = ((m.get(k) or {}).get("mean") for k in ("psnr", "ssim"))
         typer.echo(f"verdict: {v['batch']} ({counts}); margin over the best reference "
-                   f"({_references(metrics.get('reference') or {})}): ΔPSNR {dp:+.2f} dB, "
+                   f"({_references(cal.reference or {})}): ΔPSNR {dp:+.2f} dB, "
                    f"ΔSSIM {ds:+.3f} (rule: {v['rule']})")
     typer.echo(
-        f"{metrics['attack']}: PSNR mean {metrics['psnr']['mean']:.2f} dB (best {metrics['psnr']['best']:.2f}), "
-        f"SSIM mean {metrics['ssim']['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
-        f"{acc_txt}, {metrics['seconds']:.1f} s\nrun directory: {out} (open report.html)"
+        f"{rec.attack}: PSNR mean {sc.psnr['mean']:.2f} dB (best {sc.psnr['best']:.2f}), "
+        f"SSIM mean {sc.ssim['mean']:.3f}, LPIPS {lp_txt}{jac_txt}, label accuracy "
+        f"{acc_txt}, {round(rec.seconds, 3):.1f} s\nrun directory: {out} (open report.html)"
     )
-    for artifact in artifacts:
+    for artifact in rec.artifacts:
         for line in artifact.summary():
             typer.echo(line)
 
@@ -82,28 +82,32 @@ def _run_config(path: Optional[Path], out: Path, overrides: List[str], progress:
         from gradleak.autoaudit import audit_auto
 
         with using(cfg.backend):
-            _audit_done(write_run(audit_auto(cfg, progress=progress), out), out)
+            result = audit_auto(cfg, progress=progress)
+        write_run(result, out)
+        _audit_done(result, out)
         return
     result = audit(cfg, progress=progress)
-    _summary(write_run(result, out), out, result.reconstruction.artifacts)
+    write_run(result, out)
+    _summary(result, out)
 
 
-def _audit_done(metrics: dict, out: Path) -> None:
-    """``gradleak audit`` / ``attack: auto``: the one sentence, the control, the run directory; exit 130 when
-    the audit was interrupted (its best so far is written, labelled interrupted)."""
-    a = metrics["audit"]
-    typer.echo(a["sentence"])
-    c = a.get("control") or {}
-    if c.get("skipped"):
-        typer.echo(f"control: {c['skipped']}")
-    elif c:
-        typer.echo(f"control ({c['built']}): {c.get('level') or 'not recognisable'}")
-    for r in a["attacks"]:
-        typer.echo(f"  {r['name']}: {r['seconds']:.1f} s, {r['iterations']} iterations, "
-                   + (f"PSNR {r['psnr']:.2f} dB, " if r.get("psnr") is not None else "")
-                   + f"won {r['images_won']} image(s), {r['stopped']}" + (f" ({r['note']})" if r.get("note") else ""))
+def _audit_done(result, out: Path) -> None:
+    """``gradleak audit`` / ``attack: auto``: the one sentence, the control, the run directory, from the
+    result's :class:`gradleak.autoaudit.AuditSummary`; exit 130 when the audit was interrupted (its best so far
+    is written, labelled interrupted)."""
+    a = result.audit
+    typer.echo(a.sentence)
+    c = a.control
+    if c is not None and c.skipped:
+        typer.echo(f"control: {c.skipped}")
+    elif c is not None:
+        typer.echo(f"control ({c.built}): {c.level or 'not recognisable'}")
+    for r in a.attacks:
+        typer.echo(f"  {r.name}: {r.seconds:.1f} s, {r.iterations} iterations, "
+                   + (f"PSNR {r.psnr:.2f} dB, " if r.psnr is not None else "")
+                   + f"won {r.images_won} image(s), {r.stopped}" + (f" ({r.note})" if r.note else ""))
     typer.echo(f"run directory: {out} (open report.html)")
-    if a.get("interrupted"):
+    if a.interrupted:
         raise typer.Exit(130)
 
 
@@ -470,16 +474,20 @@ def attack_cmd(
 ) -> None:
     """Run any registered attack on a saved or captured Observation and write its run directory."""
     from gradleak.backends.setting import using
-    from gradleak.deploy import attack_command
+    from gradleak.deploy import Unscored, attack_saved, write_unscored
+    from gradleak.report.writer import write_run
 
     _set_threads(threads)
     with using(backend, "--backend"):
-        metrics = attack_command(observation, attack, set_, out, truth, seed, progress, device, public)
-    if "psnr" in metrics:
-        _summary(metrics, out)
-    else:
-        typer.echo(f"{metrics['attack']}: recovered labels {metrics['labels']} ({metrics['label_mode']}); not scored "
+        result = attack_saved(observation, attack, set_, truth, seed, progress, device, public)
+    (write_unscored if isinstance(result, Unscored) else write_run)(result, out)
+    if isinstance(result, Unscored):
+        rec = result.reconstruction
+        labels = rec.labels.tolist() if rec.labels is not None else None
+        typer.echo(f"{rec.attack}: recovered labels {labels} ({result.label_mode}); not scored "
                    f"(no --truth)\nrun directory: {out} (open report.html)")
+    else:
+        _summary(result, out)
 
 
 def _budget(value: str):
@@ -527,7 +535,8 @@ def audit_cmd(
             raise UserError(f"--set: got {set_[0]!r} with an observation; allowed: --set only with a config")
         with using(backend, "--backend"):
             result = audit_observation(target, budget, truth, public, prior, seed, progress, device or "cpu")
-    _audit_done(write_run(result, out), out)
+    write_run(result, out)
+    _audit_done(result, out)
 
 
 @app.command("audit-run")

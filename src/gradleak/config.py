@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from gradleak.errors import UserError
-from gradleak.validate import format_error
+from gradleak.validate import validate_model
 
 
 class _Section(BaseModel):
@@ -111,14 +111,8 @@ def validate_config(raw: dict) -> RunConfig:
         note = moved_option(raw)  # attack.options.backend (before issue 22) -> the execution setting
         if note:
             print(note, file=sys.stderr)
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except pydantic.ValidationError as err:
-        e = err.errors()[0]
-        if e["type"] == "extra_forbidden":
-            key = ".".join(map(str, e["loc"]))
-            raise UserError(f"config key {key!r}: unknown key; allowed keys: {_allowed_keys(e['loc'])}") from None
-        raise UserError("config " + format_error(err)) from None
+    cfg = validate_model(RunConfig, raw, "config ",
+                         lambda key, loc: f"config key {key!r}: unknown key; allowed keys: {_allowed_keys(loc)}")
     cfg.client.to_protocol()  # the protocol's own cross-field checks (one line naming client.<key>)
     return cfg
 

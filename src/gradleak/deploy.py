@@ -71,8 +71,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_protocol_file(path: str | Path) -> ProtocolFile:
-    from gradleak.validate import format_error
-    import pydantic
+    from gradleak.validate import validate_model
 
     p = Path(path)
     if not p.is_file():
@@ -86,14 +85,8 @@ def read_protocol_file(path: str | Path) -> ProtocolFile:
         raise UserError(f"--protocol: {p} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise UserError(f"--protocol: {p} must hold a mapping (model, num_images, client, labels)")
-    try:
-        spec = ProtocolFile.model_validate(raw)
-    except pydantic.ValidationError as err:
-        e = err.errors()[0]
-        if e["type"] == "extra_forbidden":
-            key = ".".join(map(str, e["loc"]))
-            raise UserError(f"--protocol {p}: key {key!r}: unknown key; see docs/deployment.md for the keys") from None
-        raise UserError(f"--protocol {p}: " + format_error(err)) from None
+    spec = validate_model(ProtocolFile, raw, f"--protocol {p}: ", lambda key, loc: f"--protocol {p}: key {key!r}: "
+                          "unknown key; see docs/deployment.md for the keys")
     spec.client.to_protocol()  # protocol-level checks (one line naming client.<key>)
     from gradleak.limits import check_batch
 
@@ -464,24 +457,16 @@ def verify_command(obs_dir: str | Path, images: str | Path, labels: str | None =
 def attack_observation(obs: Observation, attack, options: dict | None = None, seed: int = 0,
                        progress: bool = False, device: str = "cpu"):
     """Run the attack ``attack`` (a registered name with ``options`` for its constructor, or an attack
-    object) on ``obs``; the upload is first expressed as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`).
-    Labels: the observation's when the attack uses given labels and the server holds them, else recovered
-    from the last layer (iDLG / Yin et al.), or learned, as the attack's default says.
+    object) on ``obs`` — the pipeline's attack step (:func:`gradleak.audit.attack_observed`: the upload as
+    Δ = θ_0 − θ_τ; the observation's labels when the attack uses given labels and the server holds them,
+    else recovered from the last layer (iDLG / Yin et al.), or learned, as the attack's default says).
     Returns ``(reconstruction, label mode used)``."""
     from gradleak.attacks import build_attack
-    from gradleak.audit import attack_labels
-    from gradleak.devices import resolve, run_attack
+    from gradleak.audit import attack_observed
 
     atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
-    obs = obs.as_delta()
-    model = obs.build_model()
-    mode = atk.default_labels
-    if mode == "oracle" and obs.labels is None:
-        mode = "recover"  # the server was not given the labels
-    labels = attack_labels(obs, mode, model)
-
-    rec = run_attack(atk, obs, labels, seed, model, progress, resolve(device, "--device"))
-    return rec, mode
+    return attack_observed(_run_config(obs, atk.name, options or {}, "default", seed, None, device), obs, atk,
+                           progress=progress)
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -499,16 +484,21 @@ def parse_sets(sets: list[str]) -> dict:
     return out
 
 
-def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: int, truth) -> "Any":
-    """A RunConfig recording what was attacked (config.yaml of the run directory)."""
+def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: int, truth,
+                device: str = "cpu") -> "Any":
+    """A RunConfig recording what was attacked (config.yaml of the run directory); ``device``: where the attack
+    computes (checked: one line naming ``--device``)."""
     import pydantic
 
     from gradleak.config import RunConfig
+    from gradleak.devices import resolve
 
+    resolve(device, "--device")
     C, H, _ = obs.image_shape
     client = obs.protocol.to_dict()
     client["protocol"] = client.pop("kind")
-    raw = {"seed": seed, "model": {"name": obs.model_spec.get("name"), "options": obs.model_spec.get("options", {})},
+    raw = {"seed": seed, "device": device,
+           "model": {"name": obs.model_spec.get("name"), "options": obs.model_spec.get("options", {})},
            "client": client, "attack": {"name": attack, "labels": mode, "options": options},
            "data": {"name": "folder", "root": str(truth) if truth else None, "resolution": H, "channels": C,
                     "batch_size": obs.num_images, "distinct_labels": False},
@@ -520,24 +510,32 @@ def _run_config(obs: Observation, attack: str, options: dict, mode: str, seed: i
         return RunConfig.model_validate(raw)
 
 
-def attack_command(observation: str | Path, attack: str, sets: list[str], out: str | Path,
-                   truth: str | Path | None = None, seed: int = 0, progress: bool = True, device: str = "cpu",
-                   public: str | None = None) -> dict:
-    """``gradleak attack``: run ``attack`` on a saved Observation and write the run directory. With ``truth``
-    (the client's images) the reconstructions are matched and scored as ``gradleak run`` does
-    (:func:`gradleak.report.writer.write_run`), with the same references, margins and verdict
-    (:func:`gradleak.calibration.calibration_of`): the grey image always, the public mean and a same-class
-    public image (seeded by ``seed``) when ``public`` names public data (:func:`load_public_data`). Without
-    ``truth`` the directory holds the reconstructions, the loss trace and the recovered labels. Every input
-    is loaded and checked before anything is written."""
+@dataclass
+class Unscored:
+    """``gradleak attack`` without ``--truth``: what was attacked and the reconstruction; nothing is scored."""
+
+    config: Any
+    observation: Observation
+    reconstruction: Any
+    label_mode: str
+    timing: Any
+    source: str
+
+
+def attack_saved(observation: str | Path, attack: str, sets: list[str], truth: str | Path | None = None,
+                 seed: int = 0, progress: bool = True, device: str = "cpu", public: str | None = None):
+    """``gradleak attack``: run ``attack`` on a saved Observation (nothing is written: ``gradleak.report.writer.
+    write_run`` or :func:`write_unscored` writes the result). With ``truth`` (the client's images) it is the audit
+    pipeline (:func:`gradleak.audit.audit_observed`, as ``gradleak run``): the reconstructions matched and
+    scored, with the same references, margins and verdict (:func:`gradleak.calibration.calibration_of`): the
+    grey image always, the public mean and a same-class public image (seeded by ``seed``) when ``public`` names
+    public data (:func:`load_public_data`) → :class:`gradleak.audit.AuditResult`. Without ``truth`` the attack
+    step alone (:func:`gradleak.audit.attack_observed`) → :class:`Unscored`. Every input is loaded and checked
+    before the attack runs."""
     import time
 
     from gradleak.attacks import build_attack
-    from gradleak.attacks.labels import label_accuracy
-    from gradleak.audit import AuditResult, Environment, Timing, score
-    from gradleak.calibration import calibration_of
-    from gradleak.report.writer import write_run
-    from gradleak.case import Case
+    from gradleak.audit import Timing, attack_observed, audit_observed, label_mode_of
 
     t0 = time.perf_counter()
     obs = load_observation(observation)
@@ -553,58 +551,45 @@ def attack_command(observation: str | Path, attack: str, sets: list[str], out: s
         raise UserError(f"--public: got {public!r} without --truth; allowed: --public together with --truth "
                         "(the references are scored against the true images)")
     pub = load_public_data(public, obs.image_shape) if public is not None else None
-    model = obs.build_model()
-    t1 = time.perf_counter()
-    from gradleak.devices import resolve
+    cfg = _run_config(obs, attack, options, label_mode_of("default", atk, obs), seed, truth, device)
+    if x is None:
+        t1 = time.perf_counter()
+        rec, mode = attack_observed(cfg, obs, atk, progress=progress)
+        return Unscored(cfg, obs, rec, mode, Timing(t1 - t0, 0.0, time.perf_counter() - t1, 0.0), str(observation))
+    C, H, W = obs.image_shape
+    data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+            f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
+    return audit_observed(cfg, obs, atk, x, y_true, progress=progress, data=data,
+                          public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC), started=t0,
+                          notes=[f"attacked a saved observation: {observation}"])
 
-    resolve(device, "--device")  # before any work
-    rec, mode = attack_observation(obs, atk, seed=seed, progress=progress, device=device)
-    t2 = time.perf_counter()
-    cfg = _run_config(obs, attack, options, mode, seed, truth)
-    out = Path(out)
-    if x is not None:
-        scores, matched = score(rec.images, x, cfg)
-        acc = label_accuracy(rec.labels, y_true) if rec.labels is not None and y_true is not None else None
-        case = Case(model=model, images=x, labels=y_true if y_true is not None else torch.full((x.shape[0],), -1),
-                    protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
-        C, H, W = obs.image_shape
-        data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
-                f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
-        calibration = calibration_of(cfg, scores, obs, x, y_true, mode, data=data,
-                                     public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC))
-        result = AuditResult(config=cfg, case=case, observation=obs, reconstruction=rec, label_mode=mode,
-                             label_accuracy=acc, scores=scores, timing=Timing(t1 - t0, 0.0, t2 - t1,
-                                                                               time.perf_counter() - t2),
-                             environment=Environment.current(str(resolve(device))), matched=matched,
-                             notes=[f"attacked a saved observation: {observation}"], calibration=calibration)
-        return write_run(result, out)
+
+def write_unscored(result: Unscored, out: str | Path) -> dict:
+    """The run directory of an :class:`Unscored` attack: config, observation, reconstructions, the loss trace,
+    report, ``metrics.json`` (last; returned); an error or Ctrl-C while writing leaves no partial directory."""
+    from gradleak.audit import Environment
+    from gradleak.imagegrid import image_rows
+    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
     from gradleak.report.guard import run_dir_guard
 
-    with run_dir_guard(out):  # an error or Ctrl-C while writing leaves no partial run directory
-        return _write_unscored(out, cfg, obs, rec, mode, Timing(t1 - t0, 0.0, t2 - t1, 0.0), observation)
-
-
-def _write_unscored(out: Path, cfg, obs: Observation, rec, mode: str, timing, source) -> dict:
-    from gradleak.audit import Environment
-    from gradleak.report import atomic_write_json, atomic_write_text, loss_plot, write_report, write_trace_csv
-    from gradleak.imagegrid import image_rows
-
-    out.mkdir(parents=True, exist_ok=True)
-    config_yaml = cfg.to_yaml()
-    atomic_write_text(out / "config.yaml", config_yaml)
-    obs.save(out / "observation")
-    image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
-    images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
-    if rec.trace:
-        write_trace_csv(rec.trace, out / "trace.csv")
-        loss_plot(rec.trace, out / "loss.png")
-        images.append(("Attack objective", "loss.png"))
-    metrics = {**rec.describe(), "scored": False, "label_mode": mode,
-               "labels": rec.labels.tolist() if rec.labels is not None else None,
-               "seed": cfg.seed, "defenses": obs.defenses,
-               "timing": {"prepare": round(timing.prepare, 3), "attack": round(timing.attack, 3)},
-               "environment": vars(Environment.current()),
-               "notes": [f"attacked a saved observation: {source}; no --truth, so nothing is scored"]}
-    write_report(out, metrics, config_yaml, images=images)
-    atomic_write_json(out / "metrics.json", metrics)
+    r, rec, out = result, result.reconstruction, Path(out)
+    with run_dir_guard(out):
+        out.mkdir(parents=True, exist_ok=True)
+        config_yaml = r.config.to_yaml()
+        atomic_write_text(out / "config.yaml", config_yaml)
+        r.observation.save(out / "observation")
+        image_rows([rec.images], ["reconstruction"], out / "reconstruction.png")
+        images = [("Reconstructions (no ground truth given: not scored)", "reconstruction.png")]
+        if rec.trace:
+            write_trace_csv(rec.trace, out / "trace.csv")
+            loss_plot(rec.trace, out / "loss.png")
+            images.append(("Attack objective", "loss.png"))
+        metrics = {**rec.describe(), "scored": False, "label_mode": r.label_mode,
+                   "labels": rec.labels.tolist() if rec.labels is not None else None,
+                   "seed": r.config.seed, "defenses": r.observation.defenses,
+                   "timing": {"prepare": round(r.timing.prepare, 3), "attack": round(r.timing.attack, 3)},
+                   "environment": vars(Environment.current()),
+                   "notes": [f"attacked a saved observation: {r.source}; no --truth, so nothing is scored"]}
+        write_report(out, metrics, config_yaml, images=images)
+        atomic_write_json(out / "metrics.json", metrics)
     return metrics

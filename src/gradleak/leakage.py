@@ -8,8 +8,9 @@ With ``attack="auto"`` (what ``gradleak audit-run --budget-per-update`` and a gu
 from the upload, the worst case per image, the positive control) under ``budget_s``, enforced. Otherwise it
 runs ONE configured attack (:data:`DEFAULT_ATTACK`: DLG, L2 distance, L-BFGS with a strong-Wolfe line search —
 iDLG when labels are given; it reconstructs the Flower example's clients at 13–26 dB, docs/flower.md) through
-:func:`gradleak.metrics.score_images` and :func:`gradleak.metrics.reference.calibrate`, sized by its
-``iterations`` (reproducible on every executor); ``budget_s`` is then only recorded and a run over it flagged.
+the audit pipeline (:func:`gradleak.audit.audit_observed`: matched, scored, references and graded as every
+audit), sized by its ``iterations`` (reproducible on every executor); ``budget_s`` is then only recorded and a
+run over it flagged.
 
 Labels: the attacker is given the true labels when they are known (``labels``; the worst case: a server
 recovers them exactly for the batch sizes at which reconstruction matters, docs/labels.md), else the
@@ -83,15 +84,16 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     """Attack ``obs`` and, with the true ``images`` (its ``num_images``, in slot order), score and grade it.
 
     ``attack="auto"``: the trusted audit under ``budget_s`` (needs ``images``); else one configured attack
-    (``attack``/``options``, default :data:`DEFAULT_ATTACK`) — see the module docstring. ``public``: public (images, labels) for the public
-    mean / same-class references (else the grey image alone). ``give_labels=False``: the true ``labels`` are
-    only used to score the recovered ones (the server's own threat model). Deterministic for a given seed and
-    thread count."""
+    (``attack``/``options``, default :data:`DEFAULT_ATTACK`) through the audit pipeline
+    (:func:`gradleak.audit.audit_observed`; without ``images`` its attack step alone) — see the module
+    docstring. ``public``: public (images, labels) for the public mean / same-class references (else the grey
+    image alone). ``give_labels=False``: the true ``labels`` are only used to score the recovered ones (the
+    server's own threat model). Deterministic for a given seed and thread count."""
     from gradleak.attacks import build_attack
-    from gradleak.attacks.labels import label_accuracy, recover_labels
+    from gradleak.attacks.labels import label_accuracy
+    from gradleak.audit import attack_observed, audit_observed
+    from gradleak.deploy import _run_config
     from gradleak.errors import UserError
-    from gradleak.metrics import apply_match, score_images
-    from gradleak.metrics.reference import calibrate
 
     name, opts = (attack, dict(options or {})) if attack else (DEFAULT_ATTACK[0], dict(DEFAULT_ATTACK[1]))
     if images is not None and images.shape[0] != obs.num_images:
@@ -101,19 +103,24 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     unscored_auto = name == AUTO  # no truth: no control can be built; reconstruct with the default attack
     if unscored_auto:
         name, opts = DEFAULT_ATTACK[0], dict(DEFAULT_ATTACK[1])
-    obs = obs.as_delta()
-    model = obs.build_model()
-    if labels is not None and give_labels:
-        mode, y = "given", labels
-    elif obs.labels is not None:
-        mode, y = "observation", obs.labels
+    if labels is not None and give_labels:  # the attacker is given the true labels (the worst case)
+        mode, obs = "given", dataclasses.replace(obs, labels=labels)
     else:
-        mode, y = "recover", recover_labels(obs, model)
+        mode = "observation" if obs.labels is not None else "recover"
     atk = build_attack(name, **opts)
+    cfg = _run_config(obs, name, opts, "recover" if mode == "recover" else "oracle", seed, None)
     t0 = time.perf_counter()
-    rec = atk(obs, labels=y, seed=seed, model=model, progress=False)
+    if images is None:
+        rec = attack_observed(cfg, obs, atk)[0]
+    else:
+        x = images.detach().float().cpu()
+        pub_x, pub_y = public if public is not None else (None, None)
+        r = audit_observed(cfg, obs, atk, x, labels, public=(pub_x, pub_y, None if public is not None else
+                                                             "no public data given"))
+        rec = r.reconstruction
     seconds = time.perf_counter() - t0
-    out = Leakage(attack=name, options=opts, label_mode=mode, labels=[int(v) for v in y.tolist()],
+    y = rec.labels if rec.labels is not None else obs.labels
+    out = Leakage(attack=name, options=opts, label_mode=mode, labels=None if y is None else [int(v) for v in y.tolist()],
                   seconds=round(seconds, 3), budget_s=budget_s,
                   over_budget=budget_s is not None and seconds > budget_s, scored=images is not None,
                   reconstruction=rec.images.detach().cpu())
@@ -124,25 +131,26 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
                          f"{DEFAULT_ATTACK[0]} only")
     if images is None:
         return out
-    x = images.detach().float().cpu()
-    s = score_images(rec.images.detach().cpu(), x)
-    pub_x, pub_y = public if public is not None else (None, None)
-    cal = calibrate({"psnr": s["psnr"]["per_image"], "ssim": s["ssim"]["per_image"], "jaccard": None}, x,
-                    pub_x, pub_y, labels, seed=seed)
-    per = s["psnr"]["per_image"]
-    worst = max(range(len(per)), key=per.__getitem__)
-    refs = cal["reference"]
-    ref_at = [refs[n]["psnr"][worst] for n in ("grey", "public_mean", "same_class")
-              if n in refs and refs[n]["psnr"][worst] is not None]
-    m = cal["margins"]["psnr"]
-    out.psnr_mean, out.psnr_worst, out.psnr_per_image = s["psnr"]["mean"], per[worst], per
-    out.ssim_mean = s["ssim"]["mean"]
-    out.reference_psnr = max(ref_at)
-    out.grey_psnr = sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"])
-    out.dpsnr_max, out.dpsnr_mean = max(m["per_image"]), m["mean"]
-    out.verdict, out.verdict_counts = cal["verdict"]["batch"], cal["verdict"]["counts"]
+    _scored(out, r)
     out.label_accuracy = label_accuracy(y.cpu(), labels.cpu()) if labels is not None and mode != "given" else None
-    out.reconstruction = apply_match(rec.images.detach().cpu(), s["order"])
+    return out
+
+
+def _scored(out: Leakage, r) -> Leakage:
+    """``out`` with the scores of the audit ``r`` (an :class:`gradleak.audit.AuditResult`): PSNR / SSIM over the
+    matched images, the worst-case image, the best reference there, the margins and the graded level."""
+    s, cal = r.scores, r.calibration
+    per = s.psnr["per_image"]
+    worst = max(range(len(per)), key=per.__getitem__)
+    refs = cal.reference
+    ref_at = [refs[n]["psnr"][worst] for n in ("grey", "public_mean", "same_class")
+              if n in refs and isinstance(refs[n], dict) and refs[n]["psnr"][worst] is not None]
+    out.psnr_mean, out.psnr_worst, out.psnr_per_image, out.ssim_mean = s.psnr["mean"], per[worst], per, s.ssim["mean"]
+    out.reference_psnr = max(ref_at) if ref_at else None
+    out.grey_psnr = sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"])
+    out.dpsnr_max, out.dpsnr_mean = max(cal.margins["psnr"]["per_image"]), cal.margins["psnr"]["mean"]
+    out.verdict, out.verdict_counts = cal.verdict["batch"], cal.verdict["counts"]
+    out.reconstruction = r.matched
     return out
 
 
@@ -162,23 +170,13 @@ def _audited(obs: Observation, images: Tensor | None, labels: Tensor | None, bud
     t0 = time.perf_counter()
     r = audit_loaded(obs, images.detach().float().cpu(), labels, f"{budget_s:g}s", pub, seed=seed)
     seconds = time.perf_counter() - t0
-    a, cal, s = r.audit, r.calibration, r.scores
-    per = s.psnr["per_image"]
-    worst = max(range(len(per)), key=per.__getitem__)
-    refs = cal.reference
-    ref_at = [refs[n]["psnr"][worst] for n in ("grey", "public_mean", "same_class")
-              if n in refs and isinstance(refs[n], dict) and refs[n]["psnr"][worst] is not None]
+    a = r.audit
     rec_labels = r.reconstruction.labels
-    return Leakage(attack="auto: " + ", ".join(x.name for x in a.attacks), options={"budget": f"{budget_s:g}s"},
-                   label_mode=a.label_mode, labels=None if rec_labels is None else [int(v) for v in rec_labels],
-                   seconds=round(seconds, 3), budget_s=budget_s, over_budget=seconds > 1.1 * budget_s, scored=True,
-                   psnr_mean=s.psnr["mean"], psnr_worst=per[worst], psnr_per_image=per, ssim_mean=s.ssim["mean"],
-                   reference_psnr=max(ref_at) if ref_at else None,
-                   grey_psnr=sum(refs["grey"]["psnr"]) / len(refs["grey"]["psnr"]),
-                   dpsnr_max=max(cal.margins["psnr"]["per_image"]), dpsnr_mean=cal.margins["psnr"]["mean"],
-                   verdict=cal.verdict["batch"], verdict_counts=cal.verdict["counts"],
-                   label_accuracy=a.label_accuracy, reconstruction=r.matched, audit_verdict=a.verdict,
-                   notes=[a.sentence])
+    out = Leakage(attack="auto: " + ", ".join(x.name for x in a.attacks), options={"budget": f"{budget_s:g}s"},
+                  label_mode=a.label_mode, labels=None if rec_labels is None else [int(v) for v in rec_labels],
+                  seconds=round(seconds, 3), budget_s=budget_s, over_budget=seconds > 1.1 * budget_s, scored=True,
+                  label_accuracy=a.label_accuracy, audit_verdict=a.verdict, notes=[a.sentence])
+    return _scored(out, r)
 
 
 __all__ = ["AUTO", "DEFAULT_ATTACK", "LEVELS", "Leakage", "measure_leakage"]

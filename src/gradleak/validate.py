@@ -60,3 +60,15 @@ def validate_options(fn: Callable, options: dict, prefix: str) -> dict:
         err._gradleak_allowed = ", ".join(model.model_fields)  # type: ignore[attr-defined]
         raise UserError(format_error(err, prefix)) from None
 
+
+
+def validate_model(schema: type[pydantic.BaseModel], raw: Any, prefix: str, unknown: Callable[[str, tuple], str]):
+    """``schema.model_validate(raw)`` with its first error as one line: ``unknown(dotted key, loc)`` for a key the
+    schema lacks (``extra="forbid"``), else ``prefix`` + ``key: got X; allowed: Y`` (:func:`format_error`)."""
+    try:
+        return schema.model_validate(raw)
+    except pydantic.ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "extra_forbidden":
+            raise UserError(unknown(".".join(map(str, e["loc"])), tuple(e["loc"]))) from None
+        raise UserError(prefix + format_error(err)) from None

@@ -63,16 +63,29 @@ def dirichlet_split(labels: Tensor, num_clients: int = 100, alpha: float = 0.5, 
 
 
 @dataclass
-class FedAvgConfig:
-    """Simulation settings (ROG §5.2: 100 clients, α = 0.5, 10 per round, 100 rounds on CIFAR-10)."""
+class Federation:
+    """Who trains and how often (ROG §5.2: 100 clients split by Dir(α = 0.5), 10 per round, 100 rounds on
+    CIFAR-10; each client τ local steps of b images): the settings the trade-off shares with the simulation."""
 
     rounds: int = 30
     num_clients: int = 100
     clients_per_round: int = 10
     alpha: float = 0.5
     local_steps: int = 5
-    lr: float = 0.05
     local_batch_size: int = 16
+
+    def federation(self) -> dict:
+        """These settings as keywords (for a :class:`FedAvgConfig`)."""
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(Federation)}
+
+
+@dataclass
+class FedAvgConfig(Federation):
+    """Simulation settings: the :class:`Federation`, the clients' learning rate, the server's, evaluation."""
+
+    lr: float = 0.05
     server_lr: float = 1.0
     eval_every: int = 0  # 0: only before training and at the end
     seed: int = 0

@@ -162,7 +162,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise UserError(f"sweep batches: got {batches!r}; allowed: an integer >= 1")
     name = str(raw.get("name") or p.stem)
     sweep = Sweep(base=base, axes=axes, zips=zips, batches=batches, name=name)
-    from gradleak.attacks import build_attack
+    from gradleak.audit import attack_once
 
     for run in sweep.runs()[:: sweep.batches]:  # every cell's config and attack options, before any work
         try:
@@ -172,7 +172,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
                 parse_budget(cfg.attack.options.get("budget", "10m"), "attack.options.budget")
             else:
-                build_attack(cfg.attack.name, **cfg.attack.options)
+                attack_once(cfg)  # built once: the runs in this process reuse it
         except UserError as err:
             where = ", ".join(f"{k}={_short(v)}" for k, v in run.values)
             raise UserError(f"sweep cell {run.cell} ({where}): {err}") from None
@@ -187,35 +187,53 @@ def _short(v: Any) -> str:
 # --- one run (what every executor calls) --------------------------------------------------------------------
 
 def run_one(sweep: Sweep, run: Run, out: str, threads: int = 1) -> dict:
-    """Audit one run and write its directory; returns its results row. Runs in any worker process."""
+    """Audit one run and write its directory; returns its results row. Runs in any worker process; the cell's
+    attack is built once per process (:func:`gradleak.audit.attack_once`)."""
     import torch
 
-    from gradleak.autoaudit import run_config
+    from gradleak.audit import attack_once, audit
+    from gradleak.autoaudit import audit_auto
     from gradleak.report.writer import write_run
 
     if threads:
         torch.set_num_threads(threads)
     cfg = sweep.config(run)
-    result = run_config(cfg)  # attack: auto runs the audit's portfolio
+    # attack: auto runs the audit's portfolio
+    result = audit_auto(cfg) if cfg.attack.name == "auto" else audit(cfg, attack=attack_once(cfg))
     write_run(result, Path(out) / "runs" / run.key)
-    return row_of(run, result.metrics())
+    return row_of(run, result)
 
 
-def row_of(run: Run, m: dict) -> dict:
-    """The results.csv row of a finished run from its metrics."""
+def _swept(run: Run) -> dict:
+    """The run's swept values, as CSV cells."""
+    return {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v) for k, v in run.values}
+
+
+def row_of(run: Run, result) -> dict:
+    """The results.csv row of a finished run, from its :class:`gradleak.audit.AuditResult`."""
+    sc, cal, rec = result.scores, result.calibration, result.reconstruction
+    jac = sc.semantic.get("jaccard")
+    return {"cell": run.cell, "batch": run.batch, "seed": result.config.seed, **_swept(run),
+            "psnr": sc.psnr["mean"], "psnr_best": sc.psnr["best"], "ssim": sc.ssim["mean"],
+            "lpips": sc.lpips["mean"] if sc.lpips else None, "jaccard": jac["mean"] if jac else None,
+            "label_accuracy": result.label_accuracy, "seconds": round(rec.seconds, 3), "distance": rec.distance,
+            "dpsnr": (cal.margins.get("psnr") or {}).get("mean") if cal is not None else None,
+            "verdict": result.audit.verdict if result.audit is not None else
+            cal.verdict["batch"] if cal is not None else None}
+
+
+def row_of_metrics(run: Run, m: dict) -> dict:
+    """The same row, of a run finished earlier, from its ``metrics.json`` (a resumed sweep)."""
     def mean(key):
         v = m.get(key)
         return v.get("mean") if isinstance(v, dict) else None
 
-    row: dict = {"cell": run.cell, "batch": run.batch, "seed": m.get("seed")}
-    for k, v in run.values:
-        row[k] = v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else _short(v)
-    row.update({"psnr": mean("psnr"), "psnr_best": (m.get("psnr") or {}).get("best"), "ssim": mean("ssim"),
-                "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
-                "seconds": m.get("seconds"), "distance": m.get("distance"),
-                "dpsnr": ((m.get("margins") or {}).get("psnr") or {}).get("mean"),
-                "verdict": (m.get("audit") or {}).get("verdict") or (m.get("verdict") or {}).get("batch")})
-    return row
+    return {"cell": run.cell, "batch": run.batch, "seed": m.get("seed"), **_swept(run),
+            "psnr": mean("psnr"), "psnr_best": (m.get("psnr") or {}).get("best"), "ssim": mean("ssim"),
+            "lpips": mean("lpips"), "jaccard": mean("jaccard"), "label_accuracy": m.get("label_accuracy"),
+            "seconds": m.get("seconds"), "distance": m.get("distance"),
+            "dpsnr": ((m.get("margins") or {}).get("psnr") or {}).get("mean"),
+            "verdict": (m.get("audit") or {}).get("verdict") or (m.get("verdict") or {}).get("batch")}
 
 
 def done_row(run: Run, out: Path) -> dict | None:
@@ -224,7 +242,7 @@ def done_row(run: Run, out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return row_of(run, json.loads(path.read_text()))
+        return row_of_metrics(run, json.loads(path.read_text()))
     except (OSError, ValueError):
         return None  # unreadable: run again
 

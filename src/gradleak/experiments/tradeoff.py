@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gradleak.errors import UserError, bad_value
+from gradleak.experiments.simulation import Federation
 from gradleak.experiments.victims import ROG_LENET5
 
 DEFAULT_SETTINGS = ("none", "soteria", "precode", "fedcdp-eps:1", "fedcdp-eps:4", "fedcdp-eps:16", "fedcdp-eps:64",
@@ -104,19 +105,15 @@ def parse_setting(text: str) -> Setting:
 
 
 @dataclass
-class TradeoffConfig:
+class TradeoffConfig(Federation):
+    """The trade-off: utility is FedAvg of the :class:`~gradleak.experiments.simulation.Federation` (rounds,
+    clients, α, per round, τ, b) on the classification ``task``; leakage is the attacked client's."""
+
     settings: list[str] = field(default_factory=lambda: list(DEFAULT_SETTINGS))
     attacks: list[str] = field(default_factory=lambda: list(ATTACK_NAMES))
-    # utility: FedAvg on the classification task
     task: str = "digits"
     task_resolution: int = 32
-    rounds: int = 30
-    num_clients: int = 100
-    clients_per_round: int = 10
-    alpha: float = 0.5
     task_lr: float = 0.05
-    local_steps: int = 5
-    local_batch_size: int = 16
     # the victim architecture (options for it) used on both sides
     model: str = ROG_LENET5
     model_options: dict = field(default_factory=dict)
@@ -171,19 +168,22 @@ class TradeoffConfig:
     def fedavg(self):
         from gradleak.experiments.simulation import FedAvgConfig
 
-        return FedAvgConfig(rounds=self.rounds, num_clients=self.num_clients, clients_per_round=self.clients_per_round,
-                            alpha=self.alpha, local_steps=self.local_steps, lr=self.task_lr,
-                            local_batch_size=self.local_batch_size, seed=self.seed)
+        return FedAvgConfig(**self.federation(), lr=self.task_lr, seed=self.seed)
+
+
+def _victim(cfg: TradeoffConfig, setting: Setting, seed: int) -> tuple[str, dict]:
+    """The victim's model name and options: the trade-off's model, wrapped by PRECODE (white-box) in a
+    ``precode`` setting."""
+    if setting.precode:
+        return "precode", {"base": cfg.model, "base_options": dict(cfg.model_options), "bottleneck": setting.precode,
+                           "seed": seed}
+    return cfg.model, dict(cfg.model_options)
 
 
 def _build_model(cfg: TradeoffConfig, setting: Setting, num_classes: int, resolution: int, seed: int):
     from gradleak.models import build_model, init_model
 
-    if setting.precode:
-        name, options = "precode", {"base": cfg.model, "base_options": dict(cfg.model_options),
-                                    "bottleneck": setting.precode, "seed": seed}
-    else:
-        name, options = cfg.model, dict(cfg.model_options)
+    name, options = _victim(cfg, setting, seed)
     model = build_model(name, num_classes, 3, resolution, **options)
     init_model(model, seed)
     return model
@@ -203,33 +203,31 @@ def _train_job(cfg: TradeoffConfig, setting: Setting) -> dict:
 
 
 def _attack_job(cfg: TradeoffConfig, setting: Setting, attack: str, batch: int) -> dict:
-    """One audit of the setting's victim (:func:`gradleak.audit.audit_case`): ROG, or InvertGrad with the
-    distance that sees through the defense (``auto``: masked cosine for sparsifiers, tanh-sign for signSGD)."""
+    """One audit of the setting's victim, described as a run config (:func:`gradleak.audit.build_case` and
+    :func:`gradleak.audit.audit_case`, as ``gradleak run``): ROG, or InvertGrad with the distance that sees
+    through the defense (``auto``: masked cosine for sparsifiers, tanh-sign for signSGD)."""
     import torch
 
     from gradleak.attacks.presets import InvertGrad
     from gradleak.attacks.rog import ROG
-    from gradleak.audit import audit_case
-    from gradleak.case import Case
+    from gradleak.audit import audit_case, build_case
     from gradleak.config import validate_config
-    from gradleak.data import load_dataset, sample_batch
-    from gradleak.defenses import build_defenses
-    from gradleak.fl.protocol import Protocol
 
     seed = cfg.seed + batch
-    data = load_dataset(cfg.attack_data, split="private", resolution=cfg.attack_resolution, channels=3)
-    x, y = sample_batch(data, cfg.attack_batch, distinct_labels=False, seed=seed)
-    model = _build_model(cfg, setting, data.num_classes, cfg.attack_resolution, seed)
-    protocol = Protocol(kind="fedavg", local_steps=cfg.local_steps, lr=cfg.client_lr)
-    case = Case(model, x, y, protocol, build_defenses(setting.defense), model.gradleak_spec)
+    name, options = _victim(cfg, setting, seed)
     run_cfg = validate_config({"seed": seed, "data": {"name": cfg.attack_data, "resolution": cfg.attack_resolution,
-                                                      "channels": 3, "batch_size": cfg.attack_batch},
-                               "attack": {"name": attack, "labels": "oracle"}, "metrics": {"tagger": "none"}})
+                                                      "channels": 3, "batch_size": cfg.attack_batch,
+                                                      "distinct_labels": False},
+                               "model": {"name": name, "options": options},
+                               "client": {"protocol": "fedavg", "local_steps": cfg.local_steps, "lr": cfg.client_lr},
+                               "defense": setting.defense, "attack": {"name": attack, "labels": "oracle"},
+                               "metrics": {"tagger": "none"}})
     if attack == "rog":
         atk = ROG(iterations=cfg.rog_iterations, enhancer=cfg.enhancer)
     else:
         atk = InvertGrad(iterations=cfg.invertgrad_iterations, distance="auto")
-    r = audit_case(run_cfg, case, atk)
+    r = audit_case(run_cfg, build_case(run_cfg), atk)  # the victim as a run config: gradleak run's case
+    x = r.case.images
     obs, s, cal = r.observation, r.scores, r.calibration  # references on the same matched originals
     refs = cal.reference
     best_ref = [max(refs[n]["psnr"][i] for n in ("grey", "public_mean", "same_class")

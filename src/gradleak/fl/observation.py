@@ -55,6 +55,9 @@ class Observation:
     extra_uploads: dict[str, Params] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # the architecture, when given
     aggregation: Aggregation | None = None  # K clients' aggregate (gradleak.fl.secagg), else one client
+    #: the architecture built once from ``model_spec`` (or the simulated client's model, :func:`gradleak.case.capture`):
+    #: :meth:`build_model` hands out copies of it, so the victim is built once per observation
+    template: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def build_model(self) -> nn.Module:
         """The victim architecture with θ_0 loaded (validated against the stored tensors): the ``model``
@@ -66,6 +69,9 @@ class Observation:
         spec = self.model_spec
         if self.model is not None:
             model = self.model
+        elif (model := _copy(self.template)) is not None:
+            first = next(iter(self.parameters.values()), None)
+            model = model if first is None else model.to(first.device)  # where a rebuild would be: θ_0's device
         else:
             name = spec.get("name")
             if not isinstance(name, str) or (name.lower() not in MODELS and ":" not in name):
@@ -79,7 +85,8 @@ class Observation:
                                 "num_classes, in_channels, resolution (or Observation.load(path, model=...))")
             args = (name, spec["num_classes"], spec["in_channels"], spec["resolution"])
             check_model_size(lambda: build_model(*args, **spec.get("options", {})), f"observation: model {name!r}")
-            model = build_model(*args, **spec.get("options", {}))
+            self.template = build_model(*args, **spec.get("options", {}))
+            model = _copy(self.template) or self.template
         validate_against(model, self)
         model.load_state_dict({**self.parameters, **self.buffers}, strict=False)
         return model
@@ -97,7 +104,7 @@ class Observation:
                            labels=None if self.labels is None else self.labels.to(device),
                            bn_stats=move(self.bn_stats), defenses=self.defenses, extra=self.extra,
                            extra_uploads={k: move(v) for k, v in self.extra_uploads.items()}, model=self.model,
-                           aggregation=self.aggregation)
+                           aggregation=self.aggregation, template=self.template)
 
     def as_delta(self) -> "Observation":
         """The same observation with the upload as Δ = θ_0 − θ_τ (``protocol.update`` ``old_minus_new``),
@@ -202,6 +209,18 @@ class Observation:
                 setattr(obs, attr, {**{n: d[n] for n in order if n in d}, **d})
             obs.update = {**{n: obs.update[n] for n in obs.parameters if n in obs.update}, **obs.update}
         return obs
+
+
+def _copy(model: nn.Module | None) -> nn.Module | None:
+    """A deep copy of ``model`` (None when there is none or it cannot be copied: the caller rebuilds)."""
+    if model is None:
+        return None
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - e.g. a module holding an uncopyable handle: rebuilt instead
+        return None
 
 
 def validate_against(model: nn.Module, obs: Observation) -> None:

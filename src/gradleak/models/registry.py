@@ -112,6 +112,12 @@ def build_model(
         raise bad_value("model", name, "a factory returning a torch.nn.Module")
     if ":" in name:  # built-in models fit by construction (tested); a user factory is checked here
         check_fits(model, name, num_classes, in_channels, resolution)
+    import torch
+
+    from gradleak.loadonce import LOADS
+
+    if torch.get_default_device().type != "meta":  # a size check's build on meta is not counted
+        LOADS["model"] += 1  # victim builds per process (tests: one per audit)
     model.gradleak_name = name
     model.gradleak_options = dict(options)
     model.gradleak_spec = {"name": name, "num_classes": num_classes, "in_channels": in_channels,
