@@ -69,15 +69,8 @@ def _set_mode(model: nn.Module, protocol: Protocol) -> None:
     model.train(protocol.bn_mode == "train")
 
 
-def client_round(
-    model: nn.Module,
-    params: Params,
-    buffers: Params,
-    x: Tensor,
-    y: Tensor,
-    protocol: Protocol,
-    create_graph: bool = False,
-) -> tuple[Params, dict[str, Params]]:
+def client_round(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, protocol: Protocol,
+                 create_graph: bool = False) -> tuple[Params, dict[str, Params]]:
     """One client's round, dispatched to its registered protocol (:mod:`gradleak.fl.protocols`): the model
     upload (g for FedSGD; θ_0 − θ_τ, θ_τ − θ_0 or θ_τ by ``protocol.update`` otherwise) and the protocol's
     extra uploads (SCAFFOLD's ``control_update``), computed with ``protocol.state`` (zeros when unset).
@@ -109,15 +102,8 @@ def client_round(
     return up, extra
 
 
-def client_update(
-    model: nn.Module,
-    params: Params,
-    buffers: Params,
-    x: Tensor,
-    y: Tensor,
-    protocol: Protocol,
-    create_graph: bool = False,
-) -> Params:
+def client_update(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, protocol: Protocol,
+                  create_graph: bool = False) -> Params:
     """The model upload of one client (:func:`client_round` without the extra uploads)."""
     return client_round(model, params, buffers, x, y, protocol, create_graph)[0]
 
@@ -146,15 +132,8 @@ def update_functional(model: nn.Module, protocol: Protocol, names: list[str]):
     return update
 
 
-def batched_update(
-    model: nn.Module,
-    params: Params,
-    buffers: Params,
-    x: Tensor,
-    y: Tensor,
-    protocol: Protocol,
-    backend: Literal["loop", "vmap", "compiled", "auto"] = "loop",
-) -> Params:
+def batched_update(model: nn.Module, params: Params, buffers: Params, x: Tensor, y: Tensor, protocol: Protocol,
+                   backend: Literal["loop", "vmap", "compiled", "auto"] = "loop") -> Params:
     """The attacker's differentiable re-run for R restarts at once.
 
     ``x``: (R, B, C, H, W); ``y``: (R, B) class indices or (R, B, K) probabilities.

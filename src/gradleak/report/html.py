@@ -316,30 +316,17 @@ def _context(metrics: dict, config_yaml: str, run_dir: Path, images: Sequence[tu
     }
 
 
-def render_report(
-    run_dir: str | os.PathLike,
-    metrics: dict,
-    config_yaml: str,
-    *,
-    images: Sequence[tuple[str, str]] = DEFAULT_IMAGES,
-    title: str | None = None,
-    fact_labels: Mapping[str, str] | None = None,
-) -> str:
+def render_report(run_dir: str | os.PathLike, metrics: dict, config_yaml: str, *,
+                  images: Sequence[tuple[str, str]] = DEFAULT_IMAGES, title: str | None = None,
+                  fact_labels: Mapping[str, str] | None = None) -> str:
     """The report HTML as a string (see :func:`write_report`)."""
     ctx = _context(dict(metrics), config_yaml, Path(run_dir), images, title, fact_labels)
     return _env().get_template("report.html.j2").render(**ctx)
 
 
-def write_report(
-    run_dir: str | os.PathLike,
-    metrics: dict,
-    config_yaml: str,
-    *,
-    images: Sequence[tuple[str, str]] = DEFAULT_IMAGES,
-    title: str | None = None,
-    filename: str = "report.html",
-    fact_labels: Mapping[str, str] | None = None,
-) -> Path:
+def write_report(run_dir: str | os.PathLike, metrics: dict, config_yaml: str, *,
+                 images: Sequence[tuple[str, str]] = DEFAULT_IMAGES, title: str | None = None,
+                 filename: str = "report.html", fact_labels: Mapping[str, str] | None = None) -> Path:
     """Write ``run_dir/report.html``: summary, per-image scores, inlined figures, config.
 
     ``metrics`` follows :func:`gradleak.metrics.score_images` plus run facts (``attack``,

@@ -126,18 +126,9 @@ def write_trace_csv(trace_rows: list[dict], path: str | os.PathLike) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def line_plot(
-    x: Sequence[float],
-    ys: dict[str, Sequence[float]],
-    path: str | os.PathLike,
-    xlabel: str = "",
-    ylabel: str = "",
-    title: str = "",
-    *,
-    logx: bool = False,
-    logy: bool = False,
-    markers: bool = True,
-) -> Path:
+def line_plot(x: Sequence[float], ys: dict[str, Sequence[float]], path: str | os.PathLike, xlabel: str = "",
+              ylabel: str = "", title: str = "", *, logx: bool = False, logy: bool = False,
+              markers: bool = True) -> Path:
     """One line per ``ys`` entry over the shared ``x`` (non-finite points leave gaps)."""
     fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
     ax = fig.add_subplot()
@@ -157,18 +148,8 @@ def line_plot(
     return _save(fig, path)
 
 
-def scatter_plot(
-    points: list[dict],
-    path: str | os.PathLike,
-    xlabel: str = "",
-    ylabel: str = "",
-    title: str = "",
-    *,
-    logx: bool = False,
-    logy: bool = False,
-    annotate: bool = True,
-    connect: bool = False,
-) -> Path:
+def scatter_plot(points: list[dict], path: str | os.PathLike, xlabel: str = "", ylabel: str = "", title: str = "", *,
+                 logx: bool = False, logy: bool = False, annotate: bool = True, connect: bool = False) -> Path:
     """Points ``{"x", "y", "label"?, "group"?}``: one colour/marker per group (legend), each point
     annotated with its ``label``; ``connect=True`` joins a group's points in order of x (trade-off
     curves). Points with a non-finite coordinate are skipped."""
