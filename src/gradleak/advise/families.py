@@ -85,7 +85,7 @@ _SPARSE = sparsity_axis()
 # (measured on digits / LeNet, batch 4), so a grid starting at 64 only ever finds "safe at the weakest value".
 family(Family(
     "dp", "epsilon", (1e6, 1e4, 1e3, 100.0, 16.0, 4.0, 1.0), strength=lambda e: -e, continuous=True,
-    to_axis=_LOG[0], from_axis=_LOG[1], tol=0.1,
+    to_axis=_LOG[0], from_axis=_LOG[1], tol=0.35,
     change=lambda e, ctx: {"defense": [{"name": "fedcdp", "clip": _one_clip(ctx), "epsilon": float(e),
                                         "delta": ctx["delta"], "rounds": ctx["rounds"],
                                         "dataset_size": ctx["dataset_size"]}]},
