@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -75,6 +76,7 @@ class Cell:
     upload_bits: float | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    train_seconds: float | None = None  # wall time of the utility FedAvg run (1 torch thread): the compute cost
 
 
 @dataclass
@@ -224,8 +226,10 @@ def utility(cfg, fam: Family, value: float, ctx: dict) -> dict:
                        clients_per_round=min(ctx["clients_per_round"], ctx["num_clients"]), alpha=ctx["alpha"],
                        local_steps=ctx["local_steps"], lr=ctx["task_lr"], local_batch_size=ctx["local_batch_size"],
                        seed=cfg.seed)
+    t0 = time.perf_counter()
     res = simulate_fedavg(model, train, test, build_defenses(change.get("defense", [])), fed)
-    return {"accuracy": res["accuracy"], "upload_bits": fam.bits(value, n, L), "dense_bits": 32.0 * n}
+    return {"accuracy": res["accuracy"], "upload_bits": fam.bits(value, n, L), "dense_bits": 32.0 * n,
+            "train_seconds": time.perf_counter() - t0}
 
 
 def utility_task(cfg, ctx: dict):
@@ -369,7 +373,8 @@ class Advisor:
             verdict = worst["verdict"] if not safe else rs[0]["verdict"]
             out.append(Cell(fam.name, v, fam.describe(v, ctx), seeds[0], scale, verdict, safe, worst["margin_psnr"],
                             worst["psnr"], sorted({a for r in rs for a in r["attacks"]}), util[i]["accuracy"],
-                            util[i]["upload_bits"], sum(r["seconds"] for r in rs)))
+                            util[i]["upload_bits"], sum(r["seconds"] for r in rs),
+                            train_seconds=util[i].get("train_seconds")))
         return out
 
     def family(self, fam: Family, confirm: bool = True, ctx: dict | None = None) -> FamilyAdvice:
@@ -499,8 +504,8 @@ def format_advice(summary: dict) -> str:
     two other seeds (the recommendation), and what that one costs."""
     base = summary["baseline"]
     lines = ["| family | weakest safe setting (budget) | recommended: held at 4× budget, 2 other seeds | verdict | "
-             "worst margin ΔPSNR (dB) | accuracy (Δ vs none) | upload (× smaller) | one step weaker |",
-             "|---|---|---|---|---:|---:|---:|---|"]
+             "worst margin ΔPSNR (dB) | accuracy (Δ vs none) | upload (× smaller) | training time (× none) | one step weaker |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for f in summary["families"]:
         first = f["label"] or "none found"
         rec = f.get("recommended")
@@ -508,7 +513,7 @@ def format_advice(summary: dict) -> str:
             why = "not re-audited" if not f.get("confirm_trail") else "none held"
             shown = next((c for c in f["cells"] if c["value"] == f["threshold"] and c["budget_scale"] == 1.0), None)
             if shown is None:
-                lines.append(f"| {_name(f)} | {first} | – | – | – | – | – | – |")
+                lines.append(f"| {_name(f)} | {first} | – | – | – | – | – | – | – |")
                 continue
             rec_text = why
         else:
@@ -519,12 +524,15 @@ def format_advice(summary: dict) -> str:
         margin = judged["margin_psnr"]
         dacc = None if shown["accuracy"] is None else 100 * (shown["accuracy"] - base["accuracy"])
         ratio = base["upload_bits"] / shown["upload_bits"] if shown["upload_bits"] else None
+        t, t0 = shown.get("train_seconds"), base.get("train_seconds")
+        slower = t / t0 if t and t0 else None
         w = f.get("recommended_weaker") if rec is not None else f["weaker"]
         wl = f.get("weaker_leaks") if rec is not None else (None if f["weaker"] is None else True)
         weak = "–" if w is None else f"{w:g} " + {True: "leaks", False: "safe (threshold not sharp)",
                                                    None: "–"}[wl]
         lines.append(f"| {_name(f)} | {first} | {rec_text} | {judged['verdict']} | {_fmt(margin, '+.2f')} | "
-                     f"{_fmt(shown['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | {weak} |")
+                     f"{_fmt(shown['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | {_fmt(slower, '.1f')}× | "
+                     f"{weak} |")
     head = (f"No defense: verdict {base['verdict']}, worst margin {_fmt(base['margin_psnr'], '+.2f')} dB over the best "
             f"reference, accuracy {_fmt(base['accuracy'], '.3f')} after {summary['advise']['rounds']} FedAvg rounds.")
     return "\n".join([head, "", *lines, "", "Caveats:", *(f"- {c}" for c in summary["caveats"])])
