@@ -222,6 +222,7 @@ def test_pool_worker_killed_mid_cell_loses_nothing_finished(tmp_path, monkeypatc
     assert all(_cells(out)[k] == t for k, t in kept.items())  # finished cells were not redone
 
 
+@pytest.mark.slow  # a local Ray instance and its workers' imports take ~100 s on the shared machine: pytest -m slow
 def test_ray_gives_the_in_process_numbers(tmp_path, cli):
     """``--ray`` (a local instance): the same cells, the same numbers as in this process."""
     pytest.importorskip("ray")

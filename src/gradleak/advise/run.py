@@ -504,7 +504,8 @@ def format_advice(summary: dict) -> str:
     two other seeds (the recommendation), and what that one costs."""
     base = summary["baseline"]
     lines = ["| family | weakest safe setting (budget) | recommended: held at 4× budget, 2 other seeds | verdict | "
-             "worst margin ΔPSNR (dB) | accuracy (Δ vs none) | upload (× smaller) | training time (× none) | one step weaker |",
+             "worst margin ΔPSNR (dB) | accuracy (Δ vs none) | upload (× smaller) | training time (× none) | "
+             "one step weaker |",
              "|---|---|---|---|---:|---:|---:|---:|---|"]
     for f in summary["families"]:
         first = f["label"] or "none found"
@@ -531,8 +532,8 @@ def format_advice(summary: dict) -> str:
         weak = "–" if w is None else f"{w:g} " + {True: "leaks", False: "safe (threshold not sharp)",
                                                    None: "–"}[wl]
         lines.append(f"| {_name(f)} | {first} | {rec_text} | {judged['verdict']} | {_fmt(margin, '+.2f')} | "
-                     f"{_fmt(shown['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | {_fmt(slower, '.1f')}× | "
-                     f"{weak} |")
+                     f"{_fmt(shown['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | "
+                     f"{_fmt(slower, '.1f')}× | {weak} |")
     head = (f"No defense: verdict {base['verdict']}, worst margin {_fmt(base['margin_psnr'], '+.2f')} dB over the best "
             f"reference, accuracy {_fmt(base['accuracy'], '.3f')} after {summary['advise']['rounds']} FedAvg rounds.")
     return "\n".join([head, "", *lines, "", "Caveats:", *(f"- {c}" for c in summary["caveats"])])
