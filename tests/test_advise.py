@@ -132,7 +132,7 @@ def test_a_threshold_overturned_by_its_reaudit_moves_up_to_the_next_value_that_h
     assert q["recommended"] == 2 and q["recommended_weaker"] == 3 and q["weaker_leaks"] is True
     assert [list(t) for t in q["confirm_trail"]] == [[3, False], [2, True]]
     table = (tmp_path / "o" / "recommendations.md").read_text()
-    assert "**2-bit quantisation**" in table and "| 3 leaks |" in table
+    assert "**2-bit quantisation**" in table and "| 3 leaks at 4× (+4.00 dB) |" in table
     assert "3 leaked when re-audited with 4× the budget and other seeds; the recommendation moved up to 2-bit" \
         in " ".join(summary["caveats"])
 

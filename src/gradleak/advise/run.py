@@ -529,8 +529,13 @@ def format_advice(summary: dict) -> str:
         slower = t / t0 if t and t0 else None
         w = f.get("recommended_weaker") if rec is not None else f["weaker"]
         wl = f.get("weaker_leaks") if rec is not None else (None if f["weaker"] is None else True)
-        weak = "–" if w is None else f"{w:g} " + {True: "leaks", False: "safe (threshold not sharp)",
-                                                   None: "–"}[wl]
+        # the evidence cell: the weaker value's re-audit when the recommendation climbed past it, else its search cell
+        ev = [c for c in f["cells"] if w is not None and c["value"] == w]
+        ev = max(ev, key=lambda c: c["budget_scale"]) if ev else None
+        weak = "–" if w is None else (
+            f"{w:g} safe (threshold not sharp)" if wl is False else
+            f"{w:g} {ev['verdict'] if ev else 'leaks'}{' at 4×' if ev and ev['budget_scale'] > 1 else ''} "
+            f"({_fmt(ev and ev['margin_psnr'], '+.2f')} dB)")
         lines.append(f"| {_name(f)} | {first} | {rec_text} | {judged['verdict']} | {_fmt(margin, '+.2f')} | "
                      f"{_fmt(shown['accuracy'], '.3f')} ({_fmt(dacc, '+.1f')} pp) | {_fmt(ratio, '.1f')}× | "
                      f"{_fmt(slower, '.1f')}× | {weak} |")
