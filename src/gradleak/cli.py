@@ -1,6 +1,7 @@
 """The gradleak command line. Each command is a thin wrapper over the Python API (see README)."""
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -316,7 +317,11 @@ def advise_cmd(
                                  help="Comma-separated defense families (gradleak.advise.families)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Budget of each audit (90s, 2m, or 500it) when the "
                                                                 "setting's attack is auto (its default: the setting's own)."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes (1 torch thread each)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (1 torch thread each; 1: in this process)."),
+    ray: bool = typer.Option(False, "--ray", help="Run the cells on Ray: a local instance, or the cluster at --ray-address."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (ray://host:port or host:port); implies --ray."),
+    retries: int = typer.Option(2, "--retries", help="Retries of a cell whose worker dies (SIGKILL, OOM, lost Ray node) or times out."),
+    timeout: float = typer.Option(0, "--timeout", help="Seconds one cell may take before its worker is killed (0: no limit)."),
     confirm: bool = typer.Option(True, help="Re-audit each threshold with 4x the budget and two other seeds."),
     set_: List[str] = typer.Option([], "--set", help="Override KEY=VALUE of the setting's run config."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads in this process (0: torch's default)."),
@@ -331,8 +336,20 @@ def advise_cmd(
     spent = None if budget is None else parse_budget(budget, "--budget").text
     if workers < 1:
         raise UserError(f"--workers: got {workers}; allowed: an integer >= 1")
+    if isinstance(retries, bool) or retries < 0:
+        raise UserError(f"--retries: got {retries}; allowed: an integer >= 0")
+    if not math.isfinite(timeout) or timeout < 0:
+        raise UserError(f"--timeout: got {timeout}; allowed: seconds >= 0 (0: no limit)")
     cfg, ctx = load_setting(setting, set_)
-    summary = advise(cfg, ctx, fams, out, budget=spent, workers=workers, confirm=confirm)
+    from gradleak.advise.run import CellFailed
+
+    try:
+        summary = advise(cfg, ctx, fams, out, budget=spent, workers=workers, confirm=confirm,
+                         use_ray=ray or ray_address is not None, ray_address=ray_address, retries=retries,
+                         timeout=timeout or None)
+    except CellFailed as err:  # finished cells are on disk: the same command resumes
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1)
     typer.echo(format_advice(summary))
     typer.echo(f"written: {out}/advice.json, recommendations.md, pareto.png")
 

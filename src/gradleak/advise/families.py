@@ -45,12 +45,37 @@ class Family:
     tol: float = 0.05
     bits: Callable[[float, int, int], float] = field(default=lambda v, d, L: 32.0 * d)
     doc: str = ""
+    #: a second, fixed axis: the ``advise`` key whose list of values gives one search per value (DP: the clip
+    #: bound ``dp_clip``), and how one of its values reads
+    variant_key: str = ""
+    variant_label: Callable[[float], str] = field(default=lambda v: f"{v:g}")
+
+    def contexts(self, ctx: dict) -> list[dict]:
+        """One context per search: ``ctx`` itself, or one per value of the family's second axis."""
+        if not self.variant_key:
+            return [ctx]
+        vals = ctx[self.variant_key]
+        return [{**ctx, self.variant_key: float(v)} for v in (vals if isinstance(vals, (list, tuple)) else [vals])]
+
+    def variant(self, ctx: dict) -> str:
+        """``C = 1`` for the DP family searched at clip bound 1; empty for a one-axis family."""
+        return self.variant_label(ctx[self.variant_key]) if self.variant_key else ""
+
+    def describe(self, v: float, ctx: dict) -> str:
+        """The label of value ``v`` searched at ``ctx`` (with the second axis's value when there is one)."""
+        return self.label(v) + (f", {self.variant(ctx)}" if self.variant_key else "")
 
 
 def family(f: Family) -> Family:
     """Register ``f`` under its name."""
     FAMILIES.register(f.name)(f)
     return f
+
+
+def _one_clip(ctx: dict) -> float:
+    """The clip bound of one DP search (``advise.dp_clip`` holds a sequence; each search gets one value)."""
+    c = ctx.get("dp_clip", 4.0)
+    return float(c[0] if isinstance(c, (list, tuple)) else c)
 
 
 _LOG = log_axis()
@@ -60,13 +85,14 @@ _SPARSE = sparsity_axis()
 # (measured on digits / LeNet, batch 4), so a grid starting at 64 only ever finds "safe at the weakest value".
 family(Family(
     "dp", "epsilon", (1e6, 1e4, 1e3, 100.0, 16.0, 4.0, 1.0), strength=lambda e: -e, continuous=True,
-    to_axis=_LOG[0], from_axis=_LOG[1], tol=0.1,
-    change=lambda e, ctx: {"defense": [{"name": "fedcdp", "clip": ctx.get("dp_clip", 4.0), "epsilon": float(e),
+    to_axis=_LOG[0], from_axis=_LOG[1], tol=0.35,
+    change=lambda e, ctx: {"defense": [{"name": "fedcdp", "clip": _one_clip(ctx), "epsilon": float(e),
                                         "delta": ctx["delta"], "rounds": ctx["rounds"],
                                         "dataset_size": ctx["dataset_size"]}]},
-    label=lambda e: f"DP ε = {e:.3g}",
-    doc="Fed-CDP (per-example clipping + Gaussian noise); σ from Opacus' RDP accountant for (ε, δ) over the declared "
-        "rounds and sampling rate b / dataset_size"))
+    label=lambda e: f"DP ε = {e:.3g}", variant_key="dp_clip", variant_label=lambda c: f"C = {c:g}",
+    doc="Fed-CDP (per-example per-layer clipping to C + Gaussian noise σC); σ from Opacus' RDP accountant for "
+        "(ε, δ) over the declared rounds and sampling rate b / dataset_size; ε is searched once per clip bound C of "
+        "advise.dp_clip (a fixed sequence: the second axis)"))
 
 family(Family(
     "clip", "max_norm", (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01), strength=lambda c: -c, continuous=True,

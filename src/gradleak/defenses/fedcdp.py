@@ -122,11 +122,19 @@ def fedcdp_epsilon(sigma: float | Sequence[float], num_layers: int, sample_rate:
                    delta: float) -> float:
     """ε of FedCDP with Opacus' RDP accountant: per round one noisy step per entry of ``sigma`` (the σ of
     each local step), noise multiplier z = σ/√L, sample rate q, repeated for ``rounds`` rounds."""
-    from opacus.accountants import RDPAccountant
 
     sigmas = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
     if any(s <= 0 for s in sigmas):
         return math.inf
+    return _accounted(tuple(float(s) for s in sigmas), int(num_layers), float(sample_rate), int(rounds), float(delta))
+
+
+@functools.lru_cache(maxsize=4096)
+def _accounted(sigmas: tuple[float, ...], num_layers: int, sample_rate: float, rounds: int, delta: float) -> float:
+    """:func:`fedcdp_epsilon`'s accountant call, cached: the RDP orders cost about a second per call, and a
+    FedAvg simulation asks the same question at every local round."""
+    from opacus.accountants import RDPAccountant
+
     acc = RDPAccountant()
     acc.history = [(s / math.sqrt(num_layers), sample_rate, rounds) for s in sigmas]
     with warnings.catch_warnings():
@@ -216,6 +224,7 @@ class FedCDP(Defense):
         self.dataset_size, self.rounds, self.delta = int(dataset_size), int(rounds), float(delta)
         self.attacker_knows = attacker_knows
         self._report: dict = {}
+        self._accounting: tuple | None = None
 
     @classmethod
     def attacker_view(cls, told: dict) -> AttackerView:
@@ -266,20 +275,30 @@ class FedCDP(Defense):
                 out = {n: ctx.params[n].detach() - p[n] for n in names}
         finally:
             model.train(was)
-        table = []
-        for snr in ROG_SNRS_DB:
-            sg = sigma_for_snr(table_sum, self.clip, snr)
-            table.append({"snr_db": snr, "sigma": sg, "noise_multiplier": sg / math.sqrt(L),
-                          "epsilon": fedcdp_epsilon([sg] * len(sched), L, q, self.rounds, self.delta)})
+        # the accountant's numbers (ε of this σ, the SNR → ε table) are computed when describe() asks for them:
+        # the accountant costs about a second per call, and a FedAvg simulation applies this every local round
+        self._accounting = (list(sigmas), L, q, len(sched),
+                            [sigma_for_snr(table_sum, self.clip, snr) for snr in ROG_SNRS_DB])
         self._report = {
             "sigma_used": sigmas[0] if len(sigmas) == 1 else sigmas,
             "noise_multiplier": sigmas[0] / math.sqrt(L),
             "num_layers": L, "sample_rate": q, "steps": self.rounds * len(sched),
-            "epsilon": fedcdp_epsilon(sigmas, L, q, self.rounds, self.delta),
             "epsilon_target": self.epsilon,
             "snr_db_realised": realised_snr_db(table_sum, self.clip, sigmas[0]),
             "set_by": "epsilon" if self.epsilon is not None else ("snr_db" if self.snr_db is not None else "sigma"),
             "bn_mode": "eval",
-            "snr_to_epsilon": table,
         }
         return out
+
+    def describe(self) -> dict:
+        """The parameters and realised values, with the accounted ε of the σ used and the SNR → ε table of the
+        last :meth:`apply` (accounted here, once, not at every local round)."""
+        acc = getattr(self, "_accounting", None)
+        if acc is not None and "epsilon" not in self._report:
+            sigmas, L, q, steps, snr_sigmas = acc
+            self._report["epsilon"] = fedcdp_epsilon(sigmas, L, q, self.rounds, self.delta)
+            self._report["snr_to_epsilon"] = [
+                {"snr_db": snr, "sigma": sg, "noise_multiplier": sg / math.sqrt(L),
+                 "epsilon": fedcdp_epsilon([sg] * steps, L, q, self.rounds, self.delta)}
+                for snr, sg in zip(ROG_SNRS_DB, snr_sigmas)]
+        return super().describe()
