@@ -258,12 +258,6 @@ class GIMLConfig(TrainerConfig):
             ("lr_z", self.lr_z > 0, "a number > 0"), ("tv", self.tv >= 0, "a number >= 0"),
             ("samples", self.samples >= 1, "an integer >= 1")]
 
-    def check(self) -> None:
-        super().check()
-        from gradleak.attacks.objectives import DISTANCES
-
-        if self.distance != "auto" and self.distance not in DISTANCES:
-            raise bad_value("giml.distance", self.distance, f"{', '.join(DISTANCES)}, auto")
 
 
 def cli_fields(cls) -> list:

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from gradleak.attacks.engine import Objective, SearchContext, Stage, objective_value, search
 from gradleak.attacks.generative import Latent
+from gradleak.attacks.objectives import DISTANCES
 from gradleak.errors import UserError, bad_value
 from gradleak.fl.observation import Observation
 from gradleak.giml.tasks import TaskSet
@@ -217,6 +218,8 @@ def train_giml(cfg: GIMLConfig, tasks: str | Path | TaskSet, out: str | Path, re
     from gradleak.atomic import atomic_write_text
 
     cfg.check()
+    if cfg.distance != "auto" and cfg.distance not in DISTANCES:  # the registry lives above trainconfig's layer
+        raise bad_value("giml.distance", cfg.distance, f"{', '.join(DISTANCES)}, auto")
     ts = tasks if isinstance(tasks, TaskSet) else TaskSet.load(tasks)
     first = ts[0]
     model = first.build_model()
