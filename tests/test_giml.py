@@ -176,8 +176,9 @@ def test_bad_inputs_are_one_line_errors(tasks, tmp_path):
         TaskSet.load(tmp_path / "empty")
     with pytest.raises(UserError, match="giml.beta"):
         GIMLConfig(beta=1.5).check()
-    with pytest.raises(UserError, match="giml.distance"):
-        GIMLConfig(distance="nope").check()
+    with pytest.raises(UserError, match="giml.distance"):  # checked before anything is written
+        train_giml(GIMLConfig(distance="nope"), tasks, tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
     with pytest.raises(UserError, match="subset"):
         observe_sequence(_victim(), torch.rand(3, 1, 32, 32), torch.arange(3), steps=2, subset=4)
     with pytest.raises(UserError, match="setting"):
