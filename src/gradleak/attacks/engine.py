@@ -475,6 +475,12 @@ def _select(stage: Stage, variables: list[Tensor], opt, keep: Tensor, R: int, la
     return new, new_opt, (new[-1] if label_var is not None else None)
 
 
+def _live_images(stage: Stage) -> Tensor:
+    """The live restarts' images (R, B, C, H, W) in the box, for a turn's hand-back (:class:`budget.Turn`)."""
+    with torch.no_grad():
+        return stage.parametrization.images().detach().clamp(0, 1).clone()
+
+
 def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, first, run: BudgetedRun, share: float):
     """:func:`_run_chunk` under a budget (the rules of :mod:`gradleak.attacks.budget`): stage lengths fitted to
     the time left (or scaled to the iteration budget), plateau jumps/stops, successive halving, deadline and
@@ -483,7 +489,7 @@ def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, firs
     obs = ctx.obs
     B, shape = obs.num_images, tuple(obs.image_shape)
     K = obs.model_spec["num_classes"]
-    t_start = time.perf_counter()
+    t_start = budget.now()
     deadline = min(budget.deadline or math.inf, t_start + share)
     lengths = [s.iterations for s in stages]
     if budget.iterations is not None:
@@ -526,7 +532,7 @@ def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, firs
         best_hist: list[float] = []
         rows: list[tuple[int, list[float], list[int]]] = []
         while i < n:
-            if time.perf_counter() >= deadline:
+            if budget.now(lambda: _live_images(stage)) >= deadline:  # a turn may hand the CPU back here
                 run.stopped = "budget"
                 break
             if stage.optimizer == "adam":
@@ -547,10 +553,10 @@ def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, firs
             bar.update(1)
             if budget.seconds is not None and budget.iterations is None:
                 if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
-                    mark = (time.perf_counter(), ran)
+                    mark = (budget.now(), ran)
                 elif refit and ran - mark[1] >= PROBE:
-                    per_it = (time.perf_counter() - mark[0]) / (ran - mark[1]) / len(alive)
-                    f = fit_scale(deadline - time.perf_counter() - 2 * per_it * len(alive), per_it, i, pos0,
+                    per_it = (budget.now() - mark[0]) / (ran - mark[1]) / len(alive)
+                    f = fit_scale(deadline - budget.now() - 2 * per_it * len(alive), per_it, i, pos0,
                                   base[si:], R, bool(points))
                     lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
                                                                                   for m in base[si + 1:]]
