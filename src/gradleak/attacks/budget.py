@@ -87,7 +87,8 @@ class Turn:
     for the CPU and each one's clock (``used``: seconds on ``clock`` while it held the turn) is what it would
     have seen alone. The controller calls :meth:`grant` (run until ``used`` reaches ``until``) and
     :meth:`wait` (until the search hands the CPU back or ends); the search's thread calls :meth:`now` through
-    :meth:`Budget.now`. ``clock``: ``time.perf_counter`` (wall-clock) or ``time.thread_time`` (the thread's CPU
+    :meth:`Budget.now`. Every turn runs at least one iteration (a search's first one-off setup cannot use up
+    its probe before it has done anything). ``clock``: ``time.perf_counter`` (wall-clock) or ``time.thread_time`` (the thread's CPU
     time: unaffected by other processes' load on the machine).
     """
 
@@ -102,6 +103,7 @@ class Turn:
         self._until = 0.0
         self._holding = False
         self._stop = False
+        self._checks = 0  # iteration boundaries seen since the last grant
 
     # --- the search's side ---------------------------------------------------------------------------------
     def begin(self) -> bool:
@@ -109,14 +111,17 @@ class Turn:
         with self._cv:
             while not self._holding:
                 self._cv.wait()
-            self._since = self.clock()
+            self._since, self._checks = self.clock(), 0
             return not self._stop
 
     def now(self, snapshot: Callable[[], object] | None = None) -> float:
         if self._stop:
             return math.inf
         used = self.used + (self.clock() - self._since)
-        if snapshot is None or used < self._until:
+        if snapshot is None:
+            return used
+        self._checks += 1
+        if used < self._until or self._checks < 2:  # every turn runs at least one iteration
             return used
         images = snapshot()  # not charged to the search: its clock stopped at ``used``
         with self._cv:
@@ -124,7 +129,7 @@ class Turn:
             self._cv.notify_all()
             while not self._holding:
                 self._cv.wait()
-            self._since = self.clock()
+            self._since, self._checks = self.clock(), 1
         return math.inf if self._stop else self.used
 
     def end(self) -> None:

@@ -225,7 +225,8 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
     S = left()
     L = S / (1 + (A - 1) * RACE_POINT)
     probe = RACE_POINT * L
-    out.race = {"seconds": round(S, 3), "nominal": round(L, 3), "probe": round(probe, 3), "order": []}
+    out.race = {"seconds": round(S, 3), "nominal": round(L, 3), "probe": round(probe, 3), "order": [],
+                "turns": []}  # [attack, seconds given, seconds it ran, ended], in the order the CPU was given
     if _skip(searches[0][1], S, out):
         for _, run in searches[1:]:
             run.stopped, run.note = "skipped", searches[0][1].note
@@ -246,6 +247,9 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
             w.give(until, stop)
         finally:
             account(w, before)
+            if not stop:
+                out.race["turns"].append([w.run.name, round(until - before, 3), round(w.turn.used - before, 3),
+                                          w.turn.done])
 
     try:
         distance: dict[int, float] = {}
