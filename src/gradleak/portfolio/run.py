@@ -8,7 +8,8 @@
   (:class:`gradleak.attacks.budget.Turn`: one computes at a time, each on its own clock):
 
   1. *probe*: each search, in the portfolio's order, runs until its own clock reads ``RACE_POINT``·L
-     (1/8: the point where each search has just made its own first restart halving, 4 → 2);
+     (1/16, and at least one iteration): long enough for the searches' objectives to have left their random
+     starts, short enough that the losers cost little;
   2. *rank*: every search's current images (its live restarts at that moment) are scored by ONE common,
      truth-free criterion, computed the same way for every attack: the gradient distance between the update
      re-run at those images (the portfolio's labels) and the observed upload, with the distance the
@@ -20,11 +21,12 @@
      Searches that never get the CPU again end with their probe's images (they stay candidates for the
      per-image worst case).
 
-  The losers cost (A − 1)·L/8, so the leader runs about L = 8/9 of S with two searches (4/5 with three)
-  instead of 1/2 (1/3) under an equal split.
-* A single search gets all of S (no race; on the ``cpu`` clock it runs as a race of one). A search is skipped when the time left is under ``MIN_SHARE``
-  seconds or under ``MIN_ITERATIONS`` of the slowest iteration measured on this victim (by an earlier search,
-  or given by the caller): it could not run a useful schedule and would overrun the budget.
+  The losers cost (A − 1)·L/16, so the leader is fitted to L = 16/17 of S with two searches (8/9 with three)
+  instead of 1/2 (1/3) under the equal split this rule replaces.
+* A single search gets all of S (no race; on the ``cpu`` clock it runs as a race of one). A search is skipped
+  when the time left is under ``MIN_SHARE`` seconds or under ``MIN_ITERATIONS`` of the slowest iteration
+  measured on this victim (by an earlier search, or given by the caller): it could not run a useful schedule
+  and would overrun the budget.
 * With an iteration budget every search runs that many iterations, one after the other (reproducible; no race).
 * Anytime: Ctrl-C ends the search that holds the CPU with its images so far (``stopped = "interrupted"``),
   ends the paused ones with theirs, and skips those not started; the caller writes what there is. An attack
@@ -49,7 +51,7 @@ from gradleak.fl.observation import Observation
 
 MIN_SHARE = 0.5  # seconds: a search with less than this left is skipped ("no time left")
 MIN_ITERATIONS = 3  # ... or with less than this many of the slowest iteration seen on this victim
-RACE_POINT = 1 / 8  # the probe: this fraction of the nominal budget L, on each search's own clock
+RACE_POINT = 1 / 16  # the probe: this fraction of the nominal budget L, on each search's own clock
 Clock = Literal["wall", "cpu"]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
