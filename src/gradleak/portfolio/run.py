@@ -15,11 +15,11 @@
      re-run at those images (the portfolio's labels) and the observed upload, with the distance the
      defenses' attacker view calls for (:func:`gradleak.defenses.estimate.choose_distance`: cosine on a
      plain upload) and no prior term — :func:`matching_distance`, the best over the live restarts;
-  3. *continue*: the leader (lowest distance) resumes from where it stopped — same iterates, optimiser
-     state and schedule, not a restart — with all the time left; it ends at its own fitted end (≈ L), a
-     plateau, or the budget. If time is left then, the next search by rank resumes from its probe, and so on.
-     Searches that never get the CPU again end with their probe's images (they stay candidates for the
-     per-image worst case).
+  3. *continue*: the others end there, with their probe's images (they stay candidates for the per-image
+     worst case; ending them first puts their closing costs, e.g. ROG's enhancer, before the leader's time is
+     counted); the leader (lowest distance) resumes from where it stopped — same iterates, optimiser state
+     and schedule, not a restart — with all the time left, and ends at its own fitted end (≈ L), a plateau,
+     or the budget.
 
   The losers cost (A − 1)·L/16, so the leader is fitted to L = 16/17 of S with two searches (8/9 with three)
   instead of 1/2 (1/3) under the equal split this rule replaces.
@@ -115,6 +115,7 @@ class _Worker:
         self.plan, self.run, self.turn = plan, run, budget.turn
         self.rec: Reconstruction | None = None
         self.error: BaseException | None = None
+        self.dropped = False  # ended by the race after its probe
 
         def body():
             try:
@@ -269,16 +270,15 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
         for rank, k in enumerate(order, 1):
             workers[k].run.race_rank = rank if k in distance else None
         out.race["order"] = [workers[k].run.name for k in order]
-        for k in order:
-            w = workers[k]
-            if w.turn.done:
-                continue
-            room = left()
-            if room < max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration if w.turn.started else 0.0):
-                break
-            give(w, w.turn.used + room)
-            if w.turn.done and w.rec is not None and w.rec.iterations:
-                out.seconds_per_iteration = max(out.seconds_per_iteration, w.turn.used / w.rec.iterations)
+        leader = next((workers[k] for k in order if not workers[k].turn.done), None)
+        for k in order:  # the others end now, with their probe's images (their ending costs come out of the rest)
+            if workers[k] is not leader and not workers[k].turn.done:
+                workers[k].dropped = True
+                give(workers[k], workers[k].turn.used, stop=True)
+        room = left()
+        if leader is not None and room >= max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration
+                                              if leader.turn.started else 0.0):
+            give(leader, leader.turn.used + room)
     except KeyboardInterrupt:
         out.interrupted = True
     # every search still alive ends now, with its images so far (or, never started, with nothing)
@@ -305,9 +305,9 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
             raise w.error
         elif w.rec is not None:
             _finish(w.run, w.rec, out, w.turn.used)
-            if out.interrupted and w.rec.stopped == "budget" and not w.run.note:
-                w.run.stopped = "interrupted"
-            elif w.run.race_rank not in (None, 1) and w.rec.stopped == "budget":
+            if w.dropped and w.rec.stopped == "budget":
                 w.run.note = (f"race: ranked {w.run.race_rank} of {A} by the matching distance after its probe; "
                               "ended with its images so far")
+            elif out.interrupted and w.rec.stopped == "budget":
+                w.run.stopped = "interrupted"
         w.run.seconds = w.turn.used
