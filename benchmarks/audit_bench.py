@@ -10,6 +10,10 @@
     within 10 % of T.
 (b) **verdicts** — an undefended batch-4 LeNet case → *leaks*; FedCDP at ε = 1 → *no leakage found* with the
     control recognisable; ResNet-18 width 64 at 64×64 with a one-minute budget → *inconclusive*.
+(d) **anytime vs the peer** — breaching's InvertGrad traced on ConvNet batch 4 FedSGD with real photographs
+    (CPU seconds per iteration, PSNR along its schedule), and the audit's worst case at a few CPU-second
+    budgets on the same observation; check: the audit reaches breaching's best traced PSNR within 1/10 of
+    breaching's full-schedule time (extrapolated from its constant per-iteration time when not run to the end).
 (c) **successive halving** — InvertGrad with 4 restarts pruned by halving against 4 restarts run to the end and
     one restart, at the same iteration count and thread count (interleaved per batch); checks: 4 pruned
     restarts cost ≤ 2× one restart's wall-clock, and their final PSNR is within 0.5 dB of the 4 full ones
@@ -132,6 +136,89 @@ def part_a(case: str, batches: int, budget: float, checks: list, clock: str = "c
     return "\n".join(out)
 
 
+def part_d(batches: int, budgets: list[float], peer_iterations: int, peer_cpu: float, checks: list) -> str:
+    """Anytime quality against the peer: breaching 0.1.2's InvertGrad (its own config, a ``peer_iterations``
+    schedule) on ConvNet w16, batch 4, FedSGD, real photographs (fb-imagenet-32; defaults_vs_peer.py's case),
+    traced: its candidate's PSNR and CPU seconds at iterations 25, 50, 100, 200, … until ``peer_cpu`` CPU
+    seconds (then stopped; its per-iteration time is constant, so the full schedule's time is extrapolated);
+    then the audit's portfolio on the same observation with CPU-second ``budgets``. One thread; CPU time of the
+    computing thread (``time.thread_time``), which other processes' load does not change."""
+    import torch
+
+    import defaults_vs_peer as peer
+    from gradleak.audit import score
+    from gradleak.autoaudit import score_portfolio
+    from gradleak.metrics import score_images
+    from gradleak.portfolio import choose, run_portfolio, situation_of
+
+    images = peer.load_images(peer.DEFAULT_CACHE / "fb-imagenet-32", 32)
+    cfg = _cfg(CASES["lenet-digits-b4"])
+    out = [f"### (d) anytime vs breaching's InvertGrad — ConvNet w16, batch 4, FedSGD, fb-imagenet-32, one thread, "
+           "CPU seconds\n"]
+    for b in range(batches):
+        model, x, y, obs = peer.build_case("convnet", images, 4, b, "fedsgd", 1, b)
+        import _peer_shim  # noqa: F401
+        from breaching.attacks.optimization_based_attack import OptimizationBasedAttacker
+
+        marks, trace = {25 * 2 ** k for k in range(12)} | {peer_iterations}, []
+        orig = OptimizationBasedAttacker._init_optimizer
+        c0 = [0.0]
+
+        def init(self, params, _orig=orig):
+            opt, sched = _orig(self, params)
+            cand, step, count = params[0], sched.step, [0]
+
+            def stepped(*a, **k):
+                step(*a, **k)
+                count[0] += 1
+                used = time.thread_time() - c0[0]
+                if count[0] in marks or used >= peer_cpu:
+                    m = torch.tensor(peer.CIFAR_MEAN)[None, :, None, None]
+                    sd = torch.tensor(peer.CIFAR_STD)[None, :, None, None]
+                    imgs = (cand.detach() * sd + m).clamp(0, 1)
+                    trace.append((count[0], used, score_images(imgs, x)["psnr"]["mean"]))
+                    print(json.dumps({"peer_iteration": count[0], "cpu": used, "psnr": trace[-1][2]}), file=sys.stderr,
+                          flush=True)
+                if used >= peer_cpu:
+                    raise KeyboardInterrupt  # breaching ends the trial there and returns its best candidate
+
+            sched.step = stepped
+            return opt, sched
+
+        OptimizationBasedAttacker._init_optimizer = init
+        try:
+            c0[0] = time.thread_time()
+            peer.run_peer(peer_iterations, model, obs, x, y, "fedsgd", b)
+        finally:
+            OptimizationBasedAttacker._init_optimizer = orig
+        its, used, _ = trace[-1]
+        per_it = used / its
+        full = per_it * peer_iterations
+        best_peer = max(p for _, _, p in trace)
+        out.append(f"**batch {b}** — breaching ({peer_iterations}-iteration schedule): "
+                   + ", ".join(f"{i} it: {p:.2f} dB ({c:.0f} s)" for i, c, p in trace)
+                   + f"; {per_it:.3f} CPU s per iteration → {peer_iterations} iterations ≈ {full:.0f} CPU s "
+                   "(extrapolated)" + (" (measured)" if its >= peer_iterations else "") + "\n")
+        plans = choose(situation_of(obs, model, obs.labels))
+        rows = []
+        for T in budgets:
+            run = run_portfolio(obs, plans, obs.labels, model, seconds=T, seed=b, clock="cpu")
+            _, worst = score_portfolio(run, x, cfg)
+            p = score(worst["images"], x, cfg)[0].psnr["mean"]
+            rows.append((T, sum(r.seconds for r in run.runs), p))
+            print(json.dumps({"batch": b, "budget": T, "psnr": p, "race": run.race}), file=sys.stderr, flush=True)
+        out.append("| audit budget (CPU s) | used | worst-case PSNR | ≥ breaching's best traced PSNR |\n|---|---|---|---|")
+        out.extend(f"| {T:g} | {u:.1f} | {p:.2f} dB | {'yes' if p >= best_peer else 'no'} |" for T, u, p in rows)
+        reach = min((T for T, _, p in rows if p >= best_peer), default=None)
+        checks.append((f"(d) batch {b}: the audit reaches breaching's best traced PSNR ({best_peer:.2f} dB, "
+                       f"{trace[-1][0]} of {peer_iterations} iterations) within 1/10 of breaching's "
+                       f"{peer_iterations}-iteration time ({full / 10:.0f} CPU s): "
+                       + (f"at {reach:g} CPU s" if reach is not None else "not within the budgets tried"),
+                       reach is not None and reach <= full / 10))
+        out.append("")
+    return "\n".join(out)
+
+
 VERDICT_CASES = [
     ("undefended LeNet, digits, batch 4", ["data.name=digits", "data.channels=1", "data.batch_size=4",
                                            "model.name=lenet"], "leaks", None),
@@ -213,7 +300,8 @@ def part_c(batches: int, iterations: int, checks: list) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c (comma-separated)")
+    ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c, d (comma-separated; d needs "
+                    "breaching 0.1.2 and defaults_vs_peer.py's photographs)")
     ap.add_argument("--batches", type=positive_int, default=4, help="(a) batches per case")
     ap.add_argument("--budget", type=float, default=30.0, help="(a) seconds per run; (b) seconds per audit")
     ap.add_argument("--cases", default="lenet-digits-b4",
@@ -225,6 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--halving-batches", type=positive_int, default=8, help="(c) batches")
     ap.add_argument("--iterations", type=positive_int, default=200, help="(c) iterations per run")
     ap.add_argument("--workers", type=int, default=1, help="unused (one process, one thread: timings compare)")
+    ap.add_argument("--peer-iterations", type=positive_int, default=2000, help="(d) breaching's schedule length")
+    ap.add_argument("--peer-cpu", type=float, default=300.0, help="(d) CPU seconds breaching is traced for")
+    ap.add_argument("--audit-budgets", default="10,20,40", help="(d) the audit's CPU-second budgets")
     ap.add_argument("--out", type=Path, default=None, help="write the tables here (markdown)")
     args = ap.parse_args(argv)
     import torch
@@ -241,6 +332,9 @@ def main(argv=None) -> int:
         text.append(part_b(args.budget, checks, args.verdicts))
     if "c" in parts:
         text.append(part_c(args.halving_batches, args.iterations, checks))
+    if "d" in parts:
+        text.append(part_d(args.batches, [float(v) for v in args.audit_budgets.split(",")], args.peer_iterations,
+                           args.peer_cpu, checks))
     body = "\n\n".join(text) + "\n\n" + "\n".join(f"- {c}: {'yes' if ok else 'NO'}" for c, ok in checks)
     print(body)
     if args.out is not None:
