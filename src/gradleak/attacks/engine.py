@@ -557,7 +557,7 @@ def _run_chunk_budgeted(ctx, stages, objective, labels, R, gen, bar, trace, firs
                 elif refit and ran - mark[1] >= PROBE:
                     per_it = (budget.now() - mark[0]) / (ran - mark[1]) / len(alive)
                     f = fit_scale(deadline - budget.now() - 2 * per_it * len(alive), per_it, i, pos0,
-                                  base[si:], R, bool(points))
+                                  base[si:], R if points else len(alive), bool(points))
                     lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
                                                                                   for m in base[si + 1:]]
                     n = lengths[si]
