@@ -73,7 +73,7 @@ def _portfolio_case(case: str, b: int):
     return cfg, obs, model, recover_labels(obs, model), case_.images
 
 
-def part_a(case: str, batches: int, budget: float, checks: list, clock: str = "cpu") -> str:
+def part_a(case: str, batches: int, budget: float, checks: list, clock: str = "cpu", first: int = 0) -> str:
     """Portfolio worst case vs each of its attacks alone, same budget (``clock``: cpu = CPU seconds of the one
     thread that computes, unaffected by the machine's load; wall = wall-clock)."""
     import torch
@@ -83,7 +83,7 @@ def part_a(case: str, batches: int, budget: float, checks: list, clock: str = "c
     from gradleak.portfolio import choose, run_portfolio, situation_of
 
     rows, port, singles = [], [], {}
-    for b in range(batches):
+    for b in range(first, first + batches):
         cfg, obs, model, labels, images = _portfolio_case(case, b)
         plans = choose(situation_of(obs, model, labels))
         w0 = time.perf_counter()
@@ -303,6 +303,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c, d (comma-separated; d needs "
                     "breaching 0.1.2 and defaults_vs_peer.py's photographs)")
     ap.add_argument("--batches", type=positive_int, default=4, help="(a) batches per case")
+    ap.add_argument("--first", type=int, default=0, help="(a) the first batch's index")
     ap.add_argument("--budget", type=float, default=30.0, help="(a) seconds per run; (b) seconds per audit")
     ap.add_argument("--cases", default="lenet-digits-b4",
                     help=f"(a) cases: {', '.join(list(CASES) + list(PHOTO_CASES))}")
@@ -327,7 +328,7 @@ def main(argv=None) -> int:
         for case in args.cases.split(","):
             if case not in CASES and case not in PHOTO_CASES:
                 ap.error(f"argument --cases: got {case!r}; allowed: {', '.join(list(CASES) + list(PHOTO_CASES))}")
-            text.append(part_a(case, args.batches, args.budget, checks, args.clock))
+            text.append(part_a(case, args.batches, args.budget, checks, args.clock, args.first))
     if "b" in parts:
         text.append(part_b(args.budget, checks, args.verdicts))
     if "c" in parts:
