@@ -2,10 +2,9 @@
 
 * Closed-form attacks run first, outside the split (they take seconds); their time counts.
 * **The race** (a time budget, two or more searches). Let S be the time left for the searches and A their
-  number. Every search is started with the same nominal budget L = S / (1 + (A − 1)·``RACE_POINT``): the
-  budget it would be fitted to if it were the only one (its iteration count, lr milestones and restart
-  halving are fitted to L by :mod:`gradleak.attacks.budget`). They take turns on the CPU
-  (:class:`gradleak.attacks.budget.Turn`: one computes at a time, each on its own clock):
+  number. Every search is started with the nominal budget L = S, as if it were the only one (its iteration
+  count, lr milestones and restart halving are fitted to S by :mod:`gradleak.attacks.budget`), and they take
+  turns on the CPU (:class:`gradleak.attacks.budget.Turn`: one computes at a time, each on its own clock):
 
   1. *probe*: each search, in the portfolio's order, runs until its own clock reads ``RACE_POINT``·L
      (1/16, and at least one iteration): long enough for the searches' objectives to have left their random
@@ -21,8 +20,10 @@
      and schedule, not a restart — with all the time left, and ends at its own fitted end (≈ L), a plateau,
      or the budget.
 
-  The losers cost (A − 1)·L/16, so the leader is fitted to L = 16/17 of S with two searches (8/9 with three)
-  instead of 1/2 (1/3) under the equal split this rule replaces.
+  The losers' probes, (A − 1)·S/16, come out of the end of the leader's schedule: it is cut by the budget at
+  the latest at 15/16 of its fitted schedule with two searches (7/8 with three), i.e. inside its last lr phase
+  (×0.001 after 7/8) — and usually not at all, since fitted searches end before their time (the fit is
+  conservative; plateaus). The equal split this rule replaces gave each search 1/2 (1/3) of S.
 * A single search gets all of S (no race; on the ``cpu`` clock it runs as a race of one). A search is skipped
   when the time left is under ``MIN_SHARE`` seconds or under ``MIN_ITERATIONS`` of the slowest iteration
   measured on this victim (by an earlier search, or given by the caller): it could not run a useful schedule
@@ -51,7 +52,7 @@ from gradleak.fl.observation import Observation
 
 MIN_SHARE = 0.5  # seconds: a search with less than this left is skipped ("no time left")
 MIN_ITERATIONS = 3  # ... or with less than this many of the slowest iteration seen on this victim
-RACE_POINT = 1 / 16  # the probe: this fraction of the nominal budget L, on each search's own clock
+RACE_POINT = 1 / 16  # the probe: this fraction of the search time S, on each search's own clock
 Clock = Literal["wall", "cpu"]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
@@ -226,7 +227,7 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
     """The race of the module docstring: probe, rank by :func:`matching_distance`, continue the leader."""
     A = len(searches)
     S = left()
-    L = S / (1 + (A - 1) * RACE_POINT)
+    L = S  # each fitted as if alone; the losers' probes come out of the leader's last, lowest-lr iterations
     probe = RACE_POINT * L
     out.race = {"seconds": round(S, 3), "nominal": round(L, 3), "probe": round(probe, 3), "order": [],
                 "turns": []}  # [attack, seconds given, seconds it ran, ended], in the order the CPU was given
