@@ -99,15 +99,16 @@ def test_the_race_gives_the_clearly_better_search_most_of_the_budget_and_keeps_t
     assert good.race_rank == 1 and stuck.race_rank == 2 and good.race_distance < stuck.race_distance
     assert run.race["nominal"] == pytest.approx(budget, rel=0.05)  # each fitted as if alone
     assert run.race["probe"] == pytest.approx(RACE_POINT * run.race["nominal"], abs=2e-3)
-    # who got the CPU: both probes (1/16 of the nominal budget, plus at most an iteration), then the loser ends
-    # with its probe's images and the leader gets all the time left
+    # who got the CPU: both probes (1/16 of the budget, plus at most an iteration), then the leader with all
+    # the time left; only if the leader ended on its own (schedule done, plateau) does the loser resume
     turns = run.race["turns"]
-    assert [t[0] for t in turns] == ["stuck", "invertgrad", "invertgrad"]
+    assert [t[0] for t in turns[:3]] == ["stuck", "invertgrad", "invertgrad"]
     probe = run.race["probe"]
     assert probe <= turns[0][2] <= 0.2 * budget and probe <= turns[1][2] <= 0.2 * budget
     given, ran, ended = turns[2][1:]
     assert given >= 0.65 * budget and (ran >= 0.9 * given or (ended and good.stopped in ("plateau", "completed")))
-    assert stuck.reconstruction is not None and stuck.stopped == "budget" and "race: ranked 2 of 2" in stuck.note
+    assert len(turns) == 3 or (ended and turns[3][0] == "stuck")
+    assert stuck.reconstruction is not None and stuck.stopped in ("budget", "plateau", "completed")
     assert stuck.seconds + good.seconds <= 1.1 * budget
     # it continued from its probe's state: its schedule positions never start over
     its = [t["iteration"] for t in good.reconstruction.trace if t["restart"] == good.reconstruction.trace[-1]["restart"]]

@@ -14,11 +14,10 @@
      re-run at those images (the portfolio's labels) and the observed upload, with the distance the
      defenses' attacker view calls for (:func:`gradleak.defenses.estimate.choose_distance`: cosine on a
      plain upload) and no prior term — :func:`matching_distance`, the best over the live restarts;
-  3. *continue*: the others end there, with their probe's images (they stay candidates for the per-image
-     worst case; ending them first puts their closing costs, e.g. ROG's enhancer, before the leader's time is
-     counted); the leader (lowest distance) resumes from where it stopped — same iterates, optimiser state
-     and schedule, not a restart — with all the time left, and ends at its own fitted end (≈ L), a plateau,
-     or the budget.
+  3. *continue*: the leader (lowest distance) resumes from where it stopped — same iterates, optimiser state
+     and schedule, not a restart — with all the time left, and ends at its own fitted end, a plateau, or the
+     budget. If it ends early, the next by rank resumes from its probe with the time left, and so on. A
+     search ends with its images so far (a candidate for the per-image worst case) when the budget is spent.
 
   The losers' probes, (A − 1)·S/16, come out of the end of the leader's schedule: it is cut by the budget at
   the latest at 15/16 of its fitted schedule with two searches (7/8 with three), i.e. inside its last lr phase
@@ -116,7 +115,7 @@ class _Worker:
         self.plan, self.run, self.turn = plan, run, budget.turn
         self.rec: Reconstruction | None = None
         self.error: BaseException | None = None
-        self.dropped = False  # ended by the race after its probe
+        self.dropped = False  # ranked out by the race: ended with its images so far
 
         def body():
             try:
@@ -223,6 +222,11 @@ def _run_inline(plan, run, out, budget, obs, labels, seed, model, progress, devi
     run.seconds = time.perf_counter() - t1
 
 
+def _may_run_again(w, workers, order, current) -> bool:
+    """Whether ``w`` comes after the search now given the CPU (it resumes if that one ends early)."""
+    return order.index(workers.index(w)) > order.index(current)
+
+
 def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed, model, progress, device) -> None:
     """The race of the module docstring: probe, rank by :func:`matching_distance`, continue the leader."""
     A = len(searches)
@@ -271,15 +275,21 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
         for rank, k in enumerate(order, 1):
             workers[k].run.race_rank = rank if k in distance else None
         out.race["order"] = [workers[k].run.name for k in order]
-        leader = next((workers[k] for k in order if not workers[k].turn.done), None)
-        for k in order:  # the others end now, with their probe's images (their ending costs come out of the rest)
-            if workers[k] is not leader and not workers[k].turn.done:
-                workers[k].dropped = True
-                give(workers[k], workers[k].turn.used, stop=True)
-        room = left()
-        if leader is not None and room >= max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration
-                                              if leader.turn.started else 0.0):
-            give(leader, leader.turn.used + room)
+        for k in order:  # the leader first with all the time left; if it ends early, the next by rank resumes
+            w = workers[k]
+            if w.turn.done:
+                continue
+            for j in order:  # the ones that will not run again end before it (their closing work is counted)
+                other = workers[j]
+                if other is not w and not other.turn.done and not _may_run_again(other, workers, order, k):
+                    other.dropped = True
+                    give(other, other.turn.used, stop=True)
+            room = left()
+            if room < max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration if w.turn.started else 0.0):
+                break
+            give(w, w.turn.used + room)
+            if w.turn.done and w.rec is not None and w.rec.iterations:
+                out.seconds_per_iteration = max(out.seconds_per_iteration, w.turn.used / w.rec.iterations)
     except KeyboardInterrupt:
         out.interrupted = True
     # every search still alive ends now, with its images so far (or, never started, with nothing)
@@ -287,6 +297,7 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
         if w.turn.done:
             continue
         started = w.turn.started
+        w.dropped = not out.interrupted and w.run.race_rank not in (None, 1)
         try:
             give(w, w.turn.used, stop=True)
         except KeyboardInterrupt:  # a second Ctrl-C while they end: give up waiting
