@@ -17,7 +17,8 @@ already leak (a leak needs no control).
 
 Budget (wall-clock): the setup (data, victim, capture, labels, plans) counts; 8 % (at least 1 s) is kept for
 scoring and writing; the rest is split in two equal shares, one for the audited observation and one for the
-control. Inside a share the attacks split the time by the rules of :mod:`gradleak.portfolio.run`. An
+control. Inside a share the searches race for the time (:mod:`gradleak.portfolio.run`: a short probe each,
+ranked by one common truth-free matching distance, the leader continues from its state with the rest). An
 iteration budget (``500it``) instead runs every search attack that many iterations (reproducible).
 
 Anytime: Ctrl-C (or the budget's end) ends the running attack with its images so far; the result is
@@ -72,6 +73,8 @@ class AttackSummary:
     images_won: int = 0
     psnr_per_image: list[float] | None = None  # in the originals' order
     ssim_per_image: list[float] | None = None
+    race_rank: int | None = None  # its rank in the portfolio's race (1: the leader; gradleak.portfolio.run)
+    race_distance: float | None = None  # the common matching distance it was ranked by
 
 
 @dataclass
@@ -125,7 +128,7 @@ def score_portfolio(run: PortfolioRun, originals: Tensor, cfg: RunConfig) -> tup
     for r in run.runs:
         row = AttackSummary(name=r.name, reason=r.reason, closed_form=r.closed_form, stopped=r.stopped, note=r.note,
                             seconds=round(r.seconds, 3), share=None if r.share is None else round(r.share, 3),
-                            iterations=r.iterations)
+                            iterations=r.iterations, race_rank=r.race_rank, race_distance=r.race_distance)
         rows.append(row)
         if r.reconstruction is None:
             continue

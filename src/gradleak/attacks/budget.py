@@ -22,6 +22,11 @@ Rules (fixed, documented; :mod:`gradleak.attacks.engine` applies them):
   (4·n/8 + 2·n/8 + 3n/4), sixteen ≈ 2×.
 * **Interrupt**: Ctrl-C inside the search ends it where it is; the images so far are returned with
   ``stopped = "interrupted"`` and the caller decides what to do (the audit writes the best so far).
+* **Turns** (``turn``): a search given a :class:`Turn` runs on its own clock — the seconds it has held the
+  CPU, not the wall-clock — and hands the CPU back at an iteration boundary when its turn is used up, with its
+  live restarts' images; it continues from exactly that state when given the CPU again, or ends there (as if
+  its deadline had passed) when told to stop. This is what lets :mod:`gradleak.portfolio.run` race several
+  searches and give the losers' time to the leader without restarting anyone.
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ import contextlib
 import contextvars
 import math
 import re
+import threading
 import time
+from typing import Callable
 from dataclasses import dataclass, field
 
 from gradleak.errors import UserError
@@ -54,15 +61,97 @@ class Budget:
     iterations: int | None = None
     plateau: Plateau | None = field(default_factory=Plateau)
     halving: bool = False
-    deadline: float | None = None  # set when the search starts (perf_counter seconds)
+    deadline: float | None = None  # set when the search starts (on :meth:`now`'s clock)
+    turn: "Turn | None" = None  # None: the search owns the CPU, its clock is the wall-clock
 
     def start(self) -> "Budget":
         """A copy with the deadline set from now."""
-        d = None if self.seconds is None else time.perf_counter() + self.seconds
-        return Budget(self.seconds, self.iterations, self.plateau, self.halving, d)
+        d = None if self.seconds is None else self.now() + self.seconds
+        return Budget(self.seconds, self.iterations, self.plateau, self.halving, d, self.turn)
 
     def left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - time.perf_counter()
+        return math.inf if self.deadline is None else self.deadline - self.now()
+
+    def now(self, snapshot: Callable[[], object] | None = None) -> float:
+        """The search's clock: ``time.perf_counter()``, or with a :class:`Turn` the seconds the search has held
+        the CPU. The engine calls it with ``snapshot`` (its live images) once per iteration, before the step:
+        there, and only there, a turn that is used up hands the CPU back (the call returns when it gets it
+        again), and a stopped one returns ``inf`` (past any deadline: the search ends with its images)."""
+        return time.perf_counter() if self.turn is None else self.turn.now(snapshot)
+
+
+class Turn:
+    """One search's share of the CPU when several take turns on it (:mod:`gradleak.portfolio.run`).
+
+    The search runs in its own thread; only the thread holding the turn computes, so the searches never compete
+    for the CPU and each one's clock (``used``: seconds on ``clock`` while it held the turn) is what it would
+    have seen alone. The controller calls :meth:`grant` (run until ``used`` reaches ``until``) and
+    :meth:`wait` (until the search hands the CPU back or ends); the search's thread calls :meth:`now` through
+    :meth:`Budget.now`. Every turn runs at least one iteration (a search's first one-off setup cannot use up
+    its probe before it has done anything). ``clock``: ``time.perf_counter`` (wall-clock) or ``time.thread_time`` (the thread's CPU
+    time: unaffected by other processes' load on the machine).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.used = 0.0
+        self.images = None  # the live restarts' images when it last handed the CPU back
+        self.done = False  # the search's thread has ended
+        self.started = False  # it was granted the CPU at least once
+        self._cv = threading.Condition()
+        self._since: float | None = None
+        self._until = 0.0
+        self._holding = False
+        self._stop = False
+        self._checks = 0  # iteration boundaries seen since the last grant
+
+    # --- the search's side ---------------------------------------------------------------------------------
+    def begin(self) -> bool:
+        """Called first in the search's thread: wait for the first grant; False if stopped before it."""
+        with self._cv:
+            while not self._holding:
+                self._cv.wait()
+            self._since, self._checks = self.clock(), 0
+            return not self._stop
+
+    def now(self, snapshot: Callable[[], object] | None = None) -> float:
+        if self._stop:
+            return math.inf
+        used = self.used + (self.clock() - self._since)
+        if snapshot is None:
+            return used
+        self._checks += 1
+        if used < self._until or self._checks < 2:  # every turn runs at least one iteration
+            return used
+        images = snapshot()  # not charged to the search: its clock stopped at ``used``
+        with self._cv:
+            self.used, self.images, self._holding = used, images, False
+            self._cv.notify_all()
+            while not self._holding:
+                self._cv.wait()
+            self._since, self._checks = self.clock(), 1
+        return math.inf if self._stop else self.used
+
+    def end(self) -> None:
+        """Called last in the search's thread (also on an error): hands the CPU back for good."""
+        with self._cv:
+            if self._since is not None and self._holding:
+                self.used += self.clock() - self._since
+            self.done, self._holding = True, False
+            self._cv.notify_all()
+
+    # --- the controller's side -----------------------------------------------------------------------------
+    def grant(self, until: float, stop: bool = False) -> None:
+        """Let the search run until its clock reads ``until`` (``stop``: only to end, returning its images)."""
+        with self._cv:
+            self._until, self._stop, self._holding, self.started = until, self._stop or stop, True, True
+            self._cv.notify_all()
+
+    def wait(self) -> None:
+        """Until the search hands the CPU back or ends (polling, so that Ctrl-C reaches the caller)."""
+        with self._cv:
+            while self._holding and not self.done:
+                self._cv.wait(0.05)
 
 
 _CURRENT: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("gradleak_budget", default=None)

@@ -221,8 +221,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
     obs = ctx.obs
     B, shape = obs.num_images, tuple(obs.image_shape)
     K = obs.model_spec["num_classes"]
-    t_start = time.perf_counter()
-    deadline = math.inf if budget is None else min(budget.deadline or math.inf, t_start + share)
+    deadline = math.inf if budget is None else min(budget.deadline or math.inf, budget.now() + share)
     lengths = [s.iterations for s in stages]
     if budget is not None and budget.iterations is not None:
         scale = budget.iterations / max(sum(lengths), 1)
@@ -282,8 +281,8 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
         best_hist: list[float] = []
         rows: list[tuple[int, Tensor, Tensor]] = []  # (position, losses of the restarts alive, their ids)
         while i < n:
-            if time.perf_counter() >= deadline:
-                run.stopped = "budget"
+            if budget is not None and budget.now(lambda: _live_images(stage)) >= deadline:  # a turn may hand
+                run.stopped = "budget"  # the CPU back here (budget.Turn)
                 break
             if budget is not None:  # the schedule of the fitted length
                 for g in opt.param_groups:
@@ -308,11 +307,11 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             run.iterations += 1
             if timed:
                 if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
-                    mark = (time.perf_counter(), ran)
+                    mark = (budget.now(), ran)
                 elif refit and ran - mark[1] >= PROBE:
-                    per_it = (time.perf_counter() - mark[0]) / (ran - mark[1]) / len(alive)
-                    f = fit_scale(deadline - time.perf_counter() - 2 * per_it * len(alive), per_it, i, pos0,
-                                  base[si:], R, bool(points))
+                    per_it = (budget.now() - mark[0]) / (ran - mark[1]) / len(alive)
+                    f = fit_scale(deadline - budget.now() - 2 * per_it * len(alive), per_it, i, pos0,
+                                  base[si:], R if points else len(alive), bool(points))
                     lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
                                                                                   for m in base[si + 1:]]
                     n = lengths[si]
@@ -429,3 +428,9 @@ def _select(stage: Stage, variables: list[Tensor], opt, keep: Tensor, R: int, la
         new_opt.state[nv] = {k: (t[idx].clone() if isinstance(t, Tensor) and t.dim() > 0 and t.shape[0] == old.shape[0]
                                  else t) for k, t in st.items()}
     return new, new_opt, (new[-1] if label_var is not None else None)
+
+
+def _live_images(stage: Stage) -> Tensor:
+    """The live restarts' images (R, B, C, H, W) in the box, for a turn's hand-back (:class:`budget.Turn`)."""
+    with torch.no_grad():
+        return stage.parametrization.images().detach().clamp(0, 1).clone()
