@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,17 @@ def _owner(path: Path) -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _owner_written(path: Path, wait: float = 1.0) -> dict:
+    """The holder's facts; a holder that has just taken the lock writes them a moment after its flock, so an
+    empty file is read again for up to ``wait`` seconds before the refusal says "pid ?"."""
+    end = time.monotonic() + wait
+    info = _owner(path)
+    while not info and time.monotonic() < end:
+        time.sleep(0.01)
+        info = _owner(path)
+    return info
 
 
 def _describe(info: dict) -> str:
@@ -128,7 +140,7 @@ def _take(path: Path, out: Path, key: str, me: dict) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                info = _owner(path)
+                info = _owner_written(path)
                 os.close(fd)
                 raise _refuse(out, key, info) from None
             except OSError:  # no flock here (some network file systems): judge by the pid
