@@ -129,3 +129,14 @@ def test_an_iteration_budget_runs_every_search_that_many_iterations_without_a_ra
     obs, model, _ = _case()
     run = run_portfolio(obs, _plans(), obs.labels, model, iterations=6)
     assert run.race is None and [r.iterations for r in run.runs] == [6, 6]
+
+
+def test_the_racing_searches_keep_the_callers_backend_setting():
+    """The searches run in threads; the execution setting (a context variable) must hold there too."""
+    from gradleak.backends.setting import using
+
+    obs, model, _ = _case()
+    with using("vmap"):
+        run = run_portfolio(obs, _plans(), obs.labels, model, seconds=1.0, clock="cpu")
+    assert run.race is not None
+    assert [r.reconstruction.backend for r in run.runs] == ["vmap", "vmap"]

@@ -34,6 +34,7 @@
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -128,7 +129,9 @@ class _Worker:
             finally:
                 self.turn.end()
 
-        self.thread = threading.Thread(target=body, name=f"gradleak-{plan.attack.name}", daemon=True)
+        context = contextvars.copy_context()  # the caller's execution settings (backend) hold in the thread too
+        self.thread = threading.Thread(target=context.run, args=(body,), name=f"gradleak-{plan.attack.name}",
+                                       daemon=True)
         self.thread.start()
 
     def give(self, until: float, stop: bool = False) -> None:
