@@ -106,6 +106,35 @@ def local_training(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr:
     return float(loss.detach())
 
 
+def run_apps(server, client, n: int, seed: int, engine: str) -> None:
+    """Run Flower's ``server`` ServerApp with ``n`` SuperNodes of ``client``: in this process (``inprocess``, the
+    messages handed over by :func:`in_process_grid`) or on Flower's simulation engine (``ray``)."""
+    if engine == "inprocess":
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        # what Flower's runtime sets for the ServerApp process (flwr/server/compat/app.py does the same)
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+        server(in_process_grid(client, n, seed),
+               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+        return
+    import signal
+
+    from flwr.simulation import run_simulation
+
+    # Flower's entry points may register their own SIGINT/SIGTERM/SIGQUIT handlers (flwr.supercore.exit) and do
+    # not put the previous ones back; restore the caller's, so Ctrl-C means KeyboardInterrupt again afterwards
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
+    try:
+        run_simulation(server_app=server, client_app=client, num_supernodes=n,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
+                                                     "log_to_driver": False}})
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def make_client_app(parts, truth_dir: str | None, mods=(), spec: dict = SPEC):
     from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -205,7 +234,6 @@ def simulate(out: Path, parts, args, mode: str = "plain", truth_dir: str | None 
     from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
-    from flwr.simulation import run_simulation
 
     from gradleak.integrations.flower import GradleakCapture
 
@@ -238,29 +266,7 @@ def simulate(out: Path, parts, args, mode: str = "plain", truth_dir: str | None 
         capture.start(grid=grid, initial_arrays=ArrayRecord(initial_model(args.seed).state_dict()),
                       num_rounds=args.rounds if mode == "plain" else args.dp_rounds, train_config=config)
 
-    client = make_client_app(parts, truth_dir, mods=mods)
-    if args.engine == "inprocess":
-        from flwr.app import Context, RecordDict
-        from flwr.supercore.task_identity import TaskIdentity
-
-        # what Flower's runtime sets for the ServerApp process (flwr/server/compat/app.py does the same)
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-        server(in_process_grid(client, n, args.seed),
-               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-        return
-    import signal
-
-    # Flower's entry points may register their own SIGINT/SIGTERM/SIGQUIT handlers (flwr.supercore.exit) and do
-    # not put the previous ones back; restore the caller's, so Ctrl-C means KeyboardInterrupt again afterwards
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
-    try:
-        run_simulation(server_app=server, client_app=client, num_supernodes=n,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
-                                                     "log_to_driver": False}})
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    run_apps(server, make_client_app(parts, truth_dir, mods=mods), n, args.seed, args.engine)
 
 
 def flat_clip(max_norm: float):

@@ -21,7 +21,6 @@ Prints a summary and writes ``OUT/results.json``. Needs ``pip install gradleak[f
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ def protocol_from_config(server_round, node_id, config) -> gl.Protocol:
 
 def simulate(out: Path, parts, test, args, guard=None, server_data=None) -> list[float]:
     """One Flower run captured under ``out``; returns the central test accuracy after each round."""
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
     from flwr.serverapp import ServerApp
     from flwr.serverapp.strategy import FedAvg
 
@@ -97,27 +96,8 @@ def simulate(out: Path, parts, test, args, guard=None, server_data=None) -> list
                        train_config=ConfigRecord({"lr": args.lr, "local-epochs": args.epochs,
                                                   "batch-size": args.batch_size}))
 
-    app = base.make_client_app(parts, None, [guard] if guard is not None else [], SPEC)
-    if args.engine == "inprocess":
-        from flwr.supercore.task_identity import TaskIdentity
-
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-        server(base.in_process_grid(app, n, args.seed),
-               Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
-        return accuracy
-    import signal
-
-    from flwr.simulation import run_simulation
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT)}
-    try:
-        run_simulation(server_app=server, client_app=app, num_supernodes=n,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 1, "logging_level": logging.ERROR,
-                                                     "log_to_driver": False}})
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    base.run_apps(server, base.make_client_app(parts, None, [guard] if guard is not None else [], SPEC), n,
+                  args.seed, args.engine)
     return accuracy
 
 
