@@ -12,20 +12,11 @@ from gradleak.case import Case, capture
 from gradleak.errors import UserError
 from gradleak.fl.client import batched_update, client_update, split_state
 from gradleak.fl.protocol import Protocol
-
-N, K = 7, 5  # local dataset size (not a multiple of the batch size: incomplete last batches), classes
+from tests._tiny_victim import K, N, tiny_data as _data, tiny_net
 
 
 def _net(bn: bool) -> nn.Module:
-    torch.manual_seed(1)
-    layers = [nn.Conv2d(3, 4, 3, padding=1)] + ([nn.BatchNorm2d(4)] if bn else []) + [
-        nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, K)]
-    return nn.Sequential(*layers)
-
-
-def _data():
-    g = torch.Generator().manual_seed(2)
-    return torch.rand(N, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 4, 1, 3])
+    return tiny_net(bn, bias_before_bn=True)
 
 
 # name -> (Protocol settings, plain-loop optimizer factory)

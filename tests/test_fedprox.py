@@ -16,23 +16,9 @@ from gradleak.errors import UserError
 from gradleak.fl.client import batched_update, client_update, split_state
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
+from tests._tiny_victim import tiny_data as _data, tiny_net as _net
 
-N, K, MU = 7, 5, 0.5
-
-
-def _net(bn: bool) -> nn.Module:
-    """No bias before BatchNorm (as ResNets): that bias's true gradient is 0, its computed one rounding noise,
-    which Adam normalises to steps of ±lr and the proximal term then keeps pulling on — a trajectory set by
-    the noise's sign, which no two implementations share."""
-    torch.manual_seed(1)
-    layers = [nn.Conv2d(3, 4, 3, padding=1, bias=not bn)] + ([nn.BatchNorm2d(4)] if bn else []) + [
-        nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, K)]
-    return nn.Sequential(*layers)
-
-
-def _data():
-    g = torch.Generator().manual_seed(2)
-    return torch.rand(N, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 4, 1, 3])
+MU = 0.5
 
 
 OPTS = {
