@@ -67,4 +67,4 @@ def audited(obs, attack, images, labels, *, seed: int = 0, dataset: str = "digit
     cfg = load_config(None, [f"seed={seed}", f"attack.name={attack.name}", f"attack.labels={labels_mode}",
                              f"data.name={dataset}", f"data.resolution={H}", f"data.channels={C}",
                              f"data.batch_size={B}", "data.distinct_labels=false", "metrics.tagger=none"])
-    return audit_observed(cfg, obs, attack, images, labels, model=model, public=public)
+    return audit_observed(cfg, obs, attack, images, labels, obs.build_model() if model is None else model, public=public)

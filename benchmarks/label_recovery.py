@@ -46,7 +46,7 @@ __doc__ += "\n".join(f"    {name}" for name in CASES) + "\n"
 def accuracies(overrides: list[str], seed: int) -> tuple[float, float]:
     import torch
 
-    from gradleak.attacks.labels import class_scores, label_accuracy, recover_labels
+    from gradleak.attacks.labels import class_scores, label_accuracy, last_layer, recover_labels
     from gradleak.audit import build_case
     from gradleak.case import capture
     from gradleak.config import load_config
@@ -56,7 +56,7 @@ def accuracies(overrides: list[str], seed: int) -> tuple[float, float]:
     case = build_case(cfg)
     obs = capture(case, seed=seed)
     model = obs.build_model()
-    sign_rule = class_scores(obs, model).argsort()[: obs.num_images].sort().values
+    sign_rule = class_scores(last_layer(obs, model)).argsort()[: obs.num_images].sort().values
     return label_accuracy(recover_labels(obs, model), case.labels), label_accuracy(sign_rule, case.labels)
 
 

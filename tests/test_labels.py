@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradleak as gl
-from gradleak.attacks.labels import (class_scores, dummy_statistics, estimate_counts, explain_labels,
-                                     label_accuracy, recover_labels)
+from gradleak.attacks.labels import (class_scores, dummy_statistics, estimate_counts, explain_labels, label_accuracy,
+                                     last_layer, recover_labels)
 from gradleak.fl.observation import Observation
 from gradleak.fl.protocol import Protocol
 
@@ -87,7 +87,7 @@ def test_fedsgd_repeated_labels(labels):
 
 def sign_rule(obs: Observation) -> torch.Tensor:
     """The previous method: the n classes with the most negative evidence (distinct labels assumed)."""
-    return class_scores(obs, obs.build_model()).argsort()[: obs.num_images].sort().values
+    return class_scores(last_layer(obs, obs.build_model())).argsort()[: obs.num_images].sort().values
 
 
 def mean_accuracy(batch: int, distinct: bool, fedavg: dict | None, seeds=range(8)) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def test_flower_example_configuration_without_flower():
         assert found.labels.tolist() == sorted(y.tolist()), pid
         if 4 in y.tolist():  # clients 1 and 3: the failing case
             assert delta["classifier.bias"][4] > 0 and found.stage2 == "counts" and len(found.certain) == 1
-            sign_rule = class_scores(obs, obs.build_model()).argsort()[:2].sort().values
+            sign_rule = class_scores(last_layer(obs, obs.build_model())).argsort()[:2].sort().values
             assert label_accuracy(sign_rule, y) == 0.5  # what the sign rule alone (the old method) returned
 
 
@@ -202,10 +202,10 @@ def test_no_counts_without_a_linear_scale():
     model, labels = lenet(7), [1, 2, 3, 4]
     obs = fedsgd_obs(model, digits_of(labels), torch.tensor(labels))
     m = obs.build_model()
-    assert estimate_counts(obs, m) is not None
+    assert estimate_counts(last_layer(obs, m)) is not None
     for change in ({"kind": "fedavg", "optimizer": "adam"}, {"class_weights": tuple([1.0] * 10)}):
         other = dataclasses.replace(obs, protocol=dataclasses.replace(obs.protocol, **change))
-        assert estimate_counts(other, m) is None
+        assert estimate_counts(last_layer(other, m)) is None
         assert len(recover_labels(other, m)) == 4
 
 

@@ -61,10 +61,10 @@ def rog_objective(obs, x, y):
 
 
 def labels(obs, x, y):
-    from gradleak.attacks.labels import class_scores, recover_labels
+    from gradleak.attacks.labels import class_scores, last_layer, recover_labels
 
     model = obs.build_model()
-    return {"labels": recover_labels(obs, model).float(), "scores": class_scores(obs, model)}
+    return {"labels": recover_labels(obs, model).float(), "scores": class_scores(last_layer(obs, model))}
 
 
 def estimate(obs, x, y):

@@ -251,7 +251,6 @@ def audit(cfg: RunConfig, progress: bool = False, attack: Attack | None = None) 
     if cfg.attack.name == "auto" and attack is None:
         raise UserError("attack.name: got 'auto' in gradleak.audit.audit; allowed: a registered attack here — the "
                         "portfolio runs through gradleak.autoaudit.audit_auto (gradleak audit, gradleak run, sweeps)")
-    resolve_device(cfg.device)  # a bad device fails before any work
     torch.manual_seed(cfg.seed)
     check_tagger(cfg)
     attack = attack or build_attack(cfg.attack.name, **cfg.attack.options)
@@ -264,30 +263,30 @@ def audit_case(cfg: RunConfig, case: Case, attack: Attack, progress: bool = Fals
     """Audit a client side built elsewhere (e.g. a victim trained by ``gradleak tradeoff``): capture its
     upload, then :func:`audit_observed`. ``cfg`` supplies the seed, the label mode, the device and the metrics."""
     t0 = time.perf_counter() if started is None else started
-    resolve_device(cfg.device)  # a bad device fails before the capture
     case.give_labels = label_mode_of(cfg.attack.labels, attack) == "oracle"
     t1 = time.perf_counter()
     obs = capture(case, seed=cfg.seed)
-    return audit_observed(cfg, obs, attack, case.images, case.labels, case=case, progress=progress, started=t0,
-                          capture_seconds=time.perf_counter() - t1)
+    seconds = time.perf_counter() - t1
+    return audit_observed(cfg, obs, attack, case.images, case.labels, obs.build_model(), case=case, progress=progress,
+                          started=t0, capture_seconds=seconds)
 
 
-def attack_observed(cfg: RunConfig, obs: Observation, attack: Attack, model=None,
-                    progress: bool = False) -> tuple[Reconstruction, str]:
+def attack_observed(cfg: RunConfig, obs: Observation, attack: Attack, model, progress: bool = False,
+                    device: torch.device | None = None) -> tuple[Reconstruction, str]:
     """The pipeline's attack step: the label mode (:func:`label_mode_of`), the attacker's labels
     (:func:`attack_labels`) and ``attack`` on ``cfg.device`` (:func:`gradleak.devices.run_attack`), on the
-    upload as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`). ``model``: the victim with θ_0 (default:
-    ``obs.build_model()``). Returns the reconstruction and the label mode used."""
-    device = resolve_device(cfg.device)
+    upload as Δ = θ_0 − θ_τ (:meth:`Observation.as_delta`). ``model``: the victim with θ_0
+    (:meth:`Observation.build_model`); ``device``: ``cfg.device`` resolved by the caller (default: here).
+    Returns the reconstruction and the label mode used."""
+    device = resolve_device(cfg.device) if device is None else device
     obs = obs.as_delta()
     mode = label_mode_of(cfg.attack.labels, attack, obs)
-    model = obs.build_model() if model is None else model
     labels = attack_labels(obs, mode, model)
     return run_attack(attack, obs, labels, cfg.seed, model, progress, device, cfg.backend), mode  # capture stayed on the CPU
 
 
-def audit_observed(cfg: RunConfig, obs: Observation, attack: Attack, images: Tensor, labels: Tensor | None, *,
-                   case: Case | None = None, model=None, progress: bool = False, public: tuple | None = None,
+def audit_observed(cfg: RunConfig, obs: Observation, attack: Attack, images: Tensor, labels: Tensor | None, model, *,
+                   case: Case | None = None, progress: bool = False, public: tuple | None = None,
                    data: str | None = None, notes: list[str] | tuple = (), started: float | None = None,
                    capture_seconds: float = 0.0) -> AuditResult:
     """The pipeline every source of observations goes through (a simulated case, a captured file, a Flower
@@ -295,19 +294,18 @@ def audit_observed(cfg: RunConfig, obs: Observation, attack: Attack, images: Ten
     ``images`` (labels ``labels``, or None when unknown) with the references, margins and verdict of
     :func:`gradleak.calibration.calibration_of` → :class:`AuditResult` (nothing is written).
 
-    ``case``: the client side when it was simulated (else one is described from the observation); ``model``:
-    the victim with θ_0 when the caller holds it; ``public`` / ``data``: the references' public data and the
+    ``model``: the victim with θ_0 (:meth:`Observation.build_model`); ``case``: the client side when it was
+    simulated (else one is described from the observation); ``public`` / ``data``: the references' public data and the
     header's data line (default: from ``cfg.data``); ``started`` / ``capture_seconds``: when the caller began
     and how long its capture took (the result's timing)."""
     t1 = time.perf_counter()
     t0 = t1 - capture_seconds if started is None else started
     device = resolve_device(cfg.device)
     if case is None:  # a captured upload: the client side as the server can describe it
-        model = obs.build_model() if model is None else model
         case = Case(model=model, images=images,
                     labels=labels if labels is not None else torch.full((images.shape[0],), -1),
                     protocol=obs.protocol, model_spec=obs.model_spec, give_labels=obs.labels is not None)
-    rec, mode = attack_observed(cfg, obs, attack, model, progress)
+    rec, mode = attack_observed(cfg, obs, attack, model, progress, device)
     t3 = time.perf_counter()
     scores, matched = score(rec.images, images, cfg)
     extra = score_artifacts(rec, images, cfg)

@@ -481,7 +481,7 @@ def audit_loaded(obs: Observation, x: Tensor, y_true: Tensor | None, budget: Aud
     plans = choose(situation)
     if not plans:
         raise UserError("observation: no attack applies to it; allowed: an observation some attack models")
-    cfg = _run_config(obs, "auto", {"budget": budget.text}, mode, seed, truth_text)
+    cfg = _run_config(obs, "auto", {"budget": budget.text}, mode, seed, truth_text, dev)
     C, H, W = obs.image_shape
     data = (f"captured observation {source}; true images {truth_text}, {H}×{W}, {C} channel(s), batch of "
             f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gradleak.errors import UserError
 from gradleak.validate import validate_model
@@ -89,6 +89,18 @@ class RunConfig(_Section):
     defense: list[dict[str, Any]] = Field(default_factory=list)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _available_device(cls, name: Any) -> str:
+        """A device this machine has (:func:`gradleak.devices.lookup`), so a bad one fails when the config is read;
+        ``auto`` stays ``auto`` (resolved where the attack runs, e.g. on a Ray worker with a GPU)."""
+        from gradleak.devices import lookup
+
+        device, allowed = lookup(name)
+        if device is None:
+            raise ValueError(allowed)
+        return name.strip().lower()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

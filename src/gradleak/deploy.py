@@ -466,7 +466,7 @@ def attack_observation(obs: Observation, attack, options: dict | None = None, se
 
     atk = build_attack(attack, **(options or {})) if isinstance(attack, str) else attack
     return attack_observed(_run_config(obs, atk.name, options or {}, "default", seed, None, device), obs, atk,
-                           progress=progress)
+                           obs.build_model(), progress)
 
 
 def parse_sets(sets: list[str]) -> dict:
@@ -552,16 +552,17 @@ def attack_saved(observation: str | Path, attack: str, sets: list[str], truth: s
                         "(the references are scored against the true images)")
     pub = load_public_data(public, obs.image_shape) if public is not None else None
     cfg = _run_config(obs, attack, options, label_mode_of("default", atk, obs), seed, truth, device)
-    if x is None:
-        t1 = time.perf_counter()
-        rec, mode = attack_observed(cfg, obs, atk, progress=progress)
-        return Unscored(cfg, obs, rec, mode, Timing(t1 - t0, 0.0, time.perf_counter() - t1, 0.0), str(observation))
-    C, H, W = obs.image_shape
-    data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
-            f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
-    return audit_observed(cfg, obs, atk, x, y_true, progress=progress, data=data,
-                          public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC), started=t0,
-                          notes=[f"attacked a saved observation: {observation}"])
+    model = obs.build_model()
+    if x is not None:
+        C, H, W = obs.image_shape
+        data = (f"captured observation {observation}; true images {truth}, {H}×{W}, {C} channel(s), batch of "
+                f"{obs.num_images}; public data: {pub[2] if pub else 'none given'}")
+        return audit_observed(cfg, obs, atk, x, y_true, model, progress=progress, data=data,
+                              public=(*pub[:2], None) if pub else (None, None, NO_PUBLIC), started=t0,
+                              notes=[f"attacked a saved observation: {observation}"])
+    t1 = time.perf_counter()
+    rec, mode = attack_observed(cfg, obs, atk, model, progress)
+    return Unscored(cfg, obs, rec, mode, Timing(t1 - t0, 0.0, time.perf_counter() - t1, 0.0), str(observation))
 
 
 def write_unscored(result: Unscored, out: str | Path) -> dict:

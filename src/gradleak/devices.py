@@ -18,34 +18,38 @@ from gradleak.errors import bad_value
 ALLOWED = "cpu, cuda, cuda:N, mps, auto"
 
 
-def resolve(name: str = "cpu", key: str = "device") -> torch.device:
-    """The torch device for ``name``; ``auto`` = cuda, else mps, else cpu. Unavailable ones are refused."""
+def lookup(name: object) -> tuple[torch.device | None, str]:
+    """``(device, "")`` for an available device name (``auto`` = cuda, else mps, else cpu), else ``(None, what
+    is allowed)``: the one place a device name is read (the config's ``device`` validator and :func:`resolve`)."""
     if not isinstance(name, str):
-        raise bad_value(key, name, ALLOWED)
+        return None, ALLOWED
     name = name.strip().lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"), ""
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
-        raise bad_value(key, name, ALLOWED) from None
+        return None, ALLOWED
     if dev.type == "cpu":
-        return dev
+        return dev, ""
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise bad_value(key, name, f"{ALLOWED} (this torch build sees no CUDA device: use cpu or auto)")
+            return None, f"{ALLOWED} (this torch build sees no CUDA device: use cpu or auto)"
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise bad_value(key, name, f"cuda:0 … cuda:{torch.cuda.device_count() - 1}")
-        return dev
+            return None, f"cuda:0 … cuda:{torch.cuda.device_count() - 1}"
+        return dev, ""
     if dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise bad_value(key, name, f"{ALLOWED} (MPS is not available here: use cpu or auto)")
-        return dev
-    raise bad_value(key, name, ALLOWED)
+        return (dev, "") if mps else (None, f"{ALLOWED} (MPS is not available here: use cpu or auto)")
+    return None, ALLOWED
+
+
+def resolve(name: str = "cpu", key: str = "device") -> torch.device:
+    """The torch device for ``name`` (:func:`lookup`); an unavailable one is refused in one line naming ``key``."""
+    dev, allowed = lookup(name)
+    if dev is None:
+        raise bad_value(key, name, allowed)
+    return dev
 
 
 def generator(seed: int) -> torch.Generator:

@@ -111,12 +111,12 @@ def measure_leakage(obs: Observation, images: Tensor | None = None, labels: Tens
     cfg = _run_config(obs, name, opts, "recover" if mode == "recover" else "oracle", seed, None)
     t0 = time.perf_counter()
     if images is None:
-        rec = attack_observed(cfg, obs, atk)[0]
+        rec = attack_observed(cfg, obs, atk, obs.build_model())[0]
     else:
         x = images.detach().float().cpu()
         pub_x, pub_y = public if public is not None else (None, None)
-        r = audit_observed(cfg, obs, atk, x, labels, public=(pub_x, pub_y, None if public is not None else
-                                                             "no public data given"))
+        r = audit_observed(cfg, obs, atk, x, labels, obs.build_model(),
+                           public=(pub_x, pub_y, None if public is not None else "no public data given"))
         rec = r.reconstruction
     seconds = time.perf_counter() - t0
     y = rec.labels if rec.labels is not None else obs.labels

@@ -79,13 +79,12 @@ def effective_steps(obs: Observation) -> float | None:
     return float(-theta["x"]) / p.lr
 
 
-def averaged_gradient(obs: Observation, name: str) -> Tensor | None:
-    """ḡ of parameter ``name`` (float64): the FedSGD upload, or Δ / (η τ_eff) − λ θ_0 − o for local SGD
-    (Geng et al., 2021), o the known constant the protocol adds to each local gradient (SCAFFOLD's c − c_i;
-    FedProx's μ (θ − θ_0) vanishes at θ_0 and is ignored like the model's own drift); None where the update
-    has no linear scale (Adam)."""
-    obs = obs.as_delta()
-    steps = effective_steps(obs)
+def averaged_gradient(obs: Observation, name: str, steps: float | None = None) -> Tensor | None:
+    """ḡ of parameter ``name`` (float64) of an upload given as Δ (:meth:`Observation.as_delta`): the FedSGD
+    upload, or Δ / (η τ_eff) − λ θ_0 − o for local SGD (Geng et al., 2021), o the known constant the protocol
+    adds to each local gradient (SCAFFOLD's c − c_i; FedProx's μ (θ − θ_0) vanishes at θ_0 and is ignored like
+    the model's own drift); None where the update has no linear scale (Adam). ``steps``: τ_eff when known."""
+    steps = effective_steps(obs) if steps is None else steps
     if steps is None:
         return None
     p = obs.protocol
@@ -96,18 +95,6 @@ def averaged_gradient(obs: Observation, name: str) -> Tensor | None:
     if offset is not None:
         g = g - offset[name].double()
     return g
-
-
-def class_scores(obs: Observation, model: nn.Module) -> Tensor:
-    """Per-class evidence s_k (lower = more likely present): the weight rows' sums plus the bias (iDLG's
-    evidence, both terms share the sign of (1)), in the averaged-gradient scale where one exists (else the
-    raw Δ θ_0 − θ_τ; only its signs and order are used then)."""
-    w, b = last_linear_names(model)
-    out = []
-    for name in (w, b) if b is not None else (w,):
-        g = averaged_gradient(obs, name)
-        out.append(g if g is not None else obs.as_delta().update[name].double())
-    return out[0].sum(1) + (out[1] if b is not None else 0)
 
 
 @torch.no_grad()
@@ -136,31 +123,59 @@ def dummy_statistics(obs: Observation, model: nn.Module, images: int = DUMMY_IMA
     return p_bar, o_bar
 
 
-def estimate_counts(obs: Observation, model: nn.Module) -> Tensor | None:
+@dataclass
+class LastLayer:
+    """The upload as label recovery reads it, taken from the Observation once (:func:`last_layer`): the last
+    linear layer's ḡ_W, ḡ_b (the averaged-gradient scale; the raw Δ where the update has none, ``scaled``
+    False: only signs and order count then), the batch size n, the label smoothing ε, whether label counts
+    exist (cross-entropy without class weights, with a linear scale) and the dummy statistics (p̄, ō)."""
+
+    n: int
+    g_w: Tensor
+    g_b: Tensor | None
+    scaled: bool
+    smoothing: float
+    countable: bool
+    p_bar: Tensor
+    o_bar: float
+
+
+def last_layer(obs: Observation, model: nn.Module) -> LastLayer:
+    """:class:`LastLayer` of ``obs`` in any update convention; a secure aggregate is read as one batch of its N
+    images (:func:`gradleak.fl.secagg.single_batch_view`)."""
+    from gradleak.fl.secagg import single_batch_view
+
+    obs = single_batch_view(obs.as_delta())
+    p, (w, b), steps = obs.protocol, last_linear_names(model), effective_steps(obs)
+    g = {k: averaged_gradient(obs, k, steps) if steps is not None else obs.update[k].double()
+         for k in (w, b) if k is not None}
+    p_bar, o_bar = dummy_statistics(obs, model)
+    return LastLayer(n=obs.num_images, g_w=g[w], g_b=g.get(b), scaled=steps is not None,
+                     smoothing=p.label_smoothing,
+                     countable=steps is not None and p.loss == "cross_entropy" and p.class_weights is None,
+                     p_bar=p_bar, o_bar=o_bar)
+
+
+def class_scores(view: LastLayer) -> Tensor:
+    """Per-class evidence s_k (lower = more likely present): the weight rows' sums plus the bias (iDLG's
+    evidence, both terms share the sign of (1)), shifted by (ε/K)(ō + 1 with a bias) under label smoothing ε
+    so that absent classes keep s ≥ 0 (eq. 1; only where the update has a linear scale)."""
+    s = view.g_w.sum(1) + (view.g_b if view.g_b is not None else 0)
+    if not view.smoothing or not view.scaled:
+        return s
+    return s + view.smoothing / s.numel() * (view.o_bar + (1.0 if view.g_b is not None else 0.0))
+
+
+def estimate_counts(view: LastLayer) -> Tensor | None:
     """n̂_k = n (p̄_k − ε/K − c_k) / (1 − ε), c_k = ḡ_b,k (Σ_j ḡ_W,kj / ō without a bias): Geng et al.
     (2021, §3.2), see the module docstring. None where the protocol gives no count (Adam, class weights, a
     custom loss)."""
-    p = obs.protocol
-    if p.loss != "cross_entropy" or p.class_weights is not None:
+    if not view.countable:
         return None
-    w, b = last_linear_names(model)
-    g = averaged_gradient(obs, b if b is not None else w)
-    if g is None:
-        return None
-    s = g if b is not None else g.sum(1)
-    p_bar, o_bar = dummy_statistics(obs, model)
-    eps, k = p.label_smoothing, s.numel()
-    o = 1.0 if b is not None else o_bar
-    return obs.num_images * (p_bar.to(s.device) - eps / k - s / o) / (1 - eps)
-
-
-def _shift(obs: Observation, model: nn.Module, scores: Tensor) -> Tensor:
-    """s_k + (ε/K)(ō + 1 with a bias): absent classes have s ≥ 0 also under label smoothing ε (eq. 1)."""
-    eps = obs.protocol.label_smoothing
-    if not eps or effective_steps(obs) is None:
-        return scores
-    o = dummy_statistics(obs, model)[1] + (1.0 if last_linear_names(model)[1] is not None else 0.0)
-    return scores + eps / scores.numel() * o
+    s = view.g_b if view.g_b is not None else view.g_w.sum(1)
+    eps, k = view.smoothing, s.numel()
+    o = 1.0 if view.g_b is not None else view.o_bar
+    return view.n * (view.p_bar.to(s.device) - eps / k - s / o) / (1 - eps)
 
 
 @dataclass
@@ -176,19 +191,17 @@ class LabelRecovery:
 
 
 def explain_labels(obs: Observation, model: nn.Module) -> LabelRecovery:
-    """:func:`recover_labels` with its intermediate quantities (see the module docstring). A secure aggregate
-    is read as one batch of its N images (:func:`gradleak.fl.secagg.single_batch_view`)."""
-    from gradleak.fl.secagg import single_batch_view
-
-    obs = single_batch_view(obs)
-    n = obs.num_images
-    scores = _shift(obs, model, class_scores(obs, model))
+    """:func:`recover_labels` with its intermediate quantities (see the module docstring), read from the
+    upload's :func:`last_layer` view."""
+    view = last_layer(obs, model)
+    n = view.n
+    scores = class_scores(view)
     negative = [int(k) for k in scores.argsort() if scores[k] < 0]
     certain = negative[:n]
     picked = list(certain)
     counts, stage2 = None, None
     if len(picked) < n:
-        counts = estimate_counts(obs, model)
+        counts = estimate_counts(view)
         if counts is not None:
             stage2, remaining = "counts", counts.clone()
             for c in picked:
