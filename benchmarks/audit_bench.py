@@ -14,6 +14,9 @@
     (CPU seconds per iteration, PSNR along its schedule), and the audit's worst case at a few CPU-second
     budgets on the same observation; check: the audit reaches breaching's best traced PSNR within 1/10 of
     breaching's full-schedule time (extrapolated from its constant per-iteration time when not run to the end).
+(e) **verdicts on held-out photographs** — the foolbox CIFAR-10 samples with LeNet (defaults_vs_peer.py's folder and
+    victim), attacked through the captured-upload path (``gradleak audit OBS_DIR --truth``; the server holds no
+    labels): undefended → *leaks* or *partial*; FedCDP at ε = 1 → *no leakage found* with the control recognisable.
 (c) **successive halving** — InvertGrad with 4 restarts pruned by halving against 4 restarts run to the end and
     one restart, at the same iteration count and thread count (interleaved per batch); checks: 4 pruned
     restarts cost ≤ 2× one restart's wall-clock, and their final PSNR is within 0.5 dB of the 4 full ones
@@ -257,6 +260,52 @@ def part_b(budget: float, checks: list, only: str | None = None) -> str:
     return "\n".join(out)
 
 
+#: (e) held-out photographs: (name, defense chain, the verdict wanted, the control level wanted)
+PHOTO_VERDICTS = [
+    ("undefended", [], ("leaks", "partial"), None),
+    ("FedCDP ε = 1", [{"name": "fedcdp", "epsilon": 1.0}], ("no leakage found",), "recognisable"),
+]
+
+
+def part_e(batches: int, budget: float, checks: list, case: str = "lenet-cifar10-b4") -> str:
+    """Verdicts on real photographs outside the built-in data (``PHOTO_CASES``), through the captured-upload
+    path (:func:`gradleak.autoaudit.audit_loaded`, what ``gradleak audit OBS_DIR --truth`` runs: the control is
+    built from the observation's own model and protocol): undefended → leaks or partial; FedCDP ε = 1 → no
+    leakage found with the control recognisable. Per batch k: images 4k … 4k+3, seed k."""
+    import dataclasses
+
+    import defaults_vs_peer as peer
+
+    import gradleak as gl
+    from gradleak.autoaudit import audit_loaded
+    from gradleak.defenses import build_defenses
+
+    folder, victim = PHOTO_CASES[case]
+    images = peer.load_images(peer.DEFAULT_CACHE / folder, 32)
+    out = [f"### (e) verdicts on held-out photographs — {case} ({folder}), FedSGD, captured-upload path, budget "
+           f"{budget:g} s each\n",
+           "| batch | defense | verdict | worst-case PSNR (grey) | control | wall-clock | attacks (iterations) |",
+           "|---|---|---|---|---|---|---|"]
+    for b in range(batches):
+        for name, chain, want, want_control in PHOTO_VERDICTS:
+            model, x, y, plain = peer.build_case(victim, images, 4, b, "fedsgd", 1, b)
+            case_ = gl.Case(model, x, y, plain.protocol, build_defenses(chain), model.gradleak_spec, give_labels=False)
+            obs = dataclasses.replace(gl.capture(case_, seed=b), labels=None)  # the server holds no labels
+            t0 = time.perf_counter()
+            res = audit_loaded(obs, x, y, f"{budget}s", seed=b)
+            took = time.perf_counter() - t0
+            a, ctl = res.audit, res.audit.control
+            ctl_text = (ctl.skipped or f"{ctl.level} ({ctl.psnr or float('nan'):.2f} dB, batch {ctl.batch})") if ctl else "–"
+            grey = statistics.fmean(res.calibration.reference["grey"]["psnr"])
+            out.append(f"| {b} | {name} | {a.verdict} | {res.scores.psnr['mean']:.2f} dB ({grey:.2f}) | {ctl_text} | "
+                       f"{took:.0f} s | {', '.join(f'{r.name} ({r.iterations})' for r in a.attacks)} |")
+            ok = a.verdict in want and (want_control is None or (ctl is not None and ctl.level == want_control))
+            checks.append((f"(e) batch {b}, {name}: {a.verdict} (want {' or '.join(want)}"
+                           + (f", control {want_control}" if want_control else "") + ")", ok))
+            print(out[-1], file=sys.stderr, flush=True)
+    return "\n".join(out)
+
+
 def part_c(batches: int, iterations: int, checks: list) -> str:
     """Successive halving: 4 pruned restarts vs 4 full vs 1, InvertGrad, same iterations."""
     from gradleak.attacks import build_attack
@@ -300,8 +349,8 @@ def part_c(batches: int, iterations: int, checks: list) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c, d (comma-separated; d needs "
-                    "breaching 0.1.2 and defaults_vs_peer.py's photographs)")
+    ap.add_argument("--parts", default="a,b,c", help="which parts to run: a, b, c, d, e (comma-separated; d needs "
+                    "breaching 0.1.2 and defaults_vs_peer.py's photographs, e those photographs)")
     ap.add_argument("--batches", type=positive_int, default=4, help="(a) batches per case")
     ap.add_argument("--first", type=int, default=0, help="(a) the first batch's index")
     ap.add_argument("--budget", type=float, default=30.0, help="(a) seconds per run; (b) seconds per audit")
@@ -333,6 +382,8 @@ def main(argv=None) -> int:
         text.append(part_b(args.budget, checks, args.verdicts))
     if "c" in parts:
         text.append(part_c(args.halving_batches, args.iterations, checks))
+    if "e" in parts:
+        text.append(part_e(args.batches, args.budget, checks))
     if "d" in parts:
         text.append(part_d(args.batches, [float(v) for v in args.audit_budgets.split(",")], args.peer_iterations,
                            args.peer_cpu, checks))

@@ -295,9 +295,9 @@ def audit_observed(cfg: RunConfig, obs: Observation, attack: Attack, images: Ten
     :func:`gradleak.calibration.calibration_of` → :class:`AuditResult` (nothing is written).
 
     ``model``: the victim with θ_0 (:meth:`Observation.build_model`); ``case``: the client side when it was
-    simulated (else one is described from the observation); ``public`` / ``data``: the references' public data and the
-    header's data line (default: from ``cfg.data``); ``started`` / ``capture_seconds``: when the caller began
-    and how long its capture took (the result's timing)."""
+    simulated (else one is described from the observation); ``public`` / ``data``: the references' public data
+    and the header's data line (default: from ``cfg.data``); ``started`` / ``capture_seconds``: when the caller
+    began and how long its capture took (the result's timing)."""
     t1 = time.perf_counter()
     t0 = t1 - capture_seconds if started is None else started
     device = resolve_device(cfg.device)
