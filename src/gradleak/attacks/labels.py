@@ -142,10 +142,8 @@ class LastLayer:
 
 def last_layer(obs: Observation, model: nn.Module) -> LastLayer:
     """:class:`LastLayer` of ``obs`` in any update convention; a secure aggregate is read as one batch of its N
-    images (:func:`gradleak.fl.secagg.single_batch_view`)."""
-    from gradleak.fl.secagg import single_batch_view
-
-    obs = single_batch_view(obs.as_delta())
+    images (:meth:`Observation.as_one_batch`)."""
+    obs = obs.as_delta().as_one_batch()
     p, (w, b), steps = obs.protocol, last_linear_names(model), effective_steps(obs)
     g = {k: averaged_gradient(obs, k, steps) if steps is not None else obs.update[k].double()
          for k in (w, b) if k is not None}

@@ -118,6 +118,17 @@ class Observation:
                                    protocol=dataclasses.replace(self.protocol, update="old_minus_new"),
                                    extra={**self.extra, "update_converted_from": conv})
 
+    def as_one_batch(self) -> "Observation":
+        """A secure aggregate (``aggregation`` set, :mod:`gradleak.fl.secagg`) seen as one client's upload of its N
+        images, for label recovery: the update divided by Σ_k w_k (a weighted mean of the Δ_k), client 1's
+        protocol — exact for FedSGD clients of equal size. A single client's upload is returned unchanged."""
+        agg = self.aggregation
+        if agg is None:
+            return self
+        scale = sum(agg.weights)
+        update = {n: t / scale for n, t in self.update.items()} if scale not in (0.0, 1.0) else self.update
+        return dataclasses.replace(self, update=update, protocol=agg.protocols[0], aggregation=None)
+
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``path.safetensors`` and ``path.json`` (path given without or with suffix)."""
         stem = Path(path).with_suffix("")

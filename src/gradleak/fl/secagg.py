@@ -25,13 +25,12 @@ differentiable re-run (:func:`observed_rerun`) evaluates (1) on its K·B candida
 optimisation attack applies unchanged: it optimises all N images at once. From the true data the re-run
 reproduces the aggregate exactly (tests/test_secagg.py).
 
-Label recovery on an aggregate works on the single-batch view (:func:`single_batch_view`): the update
+Label recovery on an aggregate works on the single-batch view (:meth:`Observation.as_one_batch`): the update
 divided by Σ_k w_k with client 1's protocol — exact for FedSGD clients of equal size (the mean of the
 clients' mean gradients is the gradient of the mean loss over all N images), an approximation otherwise.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
@@ -92,17 +91,6 @@ def _check_batch(agg: Aggregation, n: int) -> None:
                         f"{agg.clients} clients ({', '.join(map(str, agg.sizes))})")
 
 
-def single_batch_view(obs: "Observation") -> "Observation":
-    """The aggregate seen as one client's upload of N images (for label recovery): the update divided by
-    Σ_k w_k (a weighted mean of the Δ_k), client 1's protocol. Single uploads are returned unchanged."""
-    agg = getattr(obs, "aggregation", None)
-    if agg is None:
-        return obs
-    scale = sum(agg.weights)
-    update = {n: t / scale for n, t in obs.update.items()} if scale not in (0.0, 1.0) else obs.update
-    return dataclasses.replace(obs, update=update, protocol=agg.protocols[0], aggregation=None)
-
-
 # --- building an aggregate ---------------------------------------------------------------------------------
 
 def aggregate_observation(parts: list["Observation"], reduction: str = "weighted_mean",
@@ -124,4 +112,4 @@ def aggregate_observation(parts: list["Observation"], reduction: str = "weighted
 
 
 __all__ = ["Aggregation", "REDUCTIONS", "weights_of", "aggregate_update", "aggregate_rerun", "observed_rerun",
-           "single_batch_view", "aggregate_observation", "delta_protocol"]
+           "aggregate_observation", "delta_protocol"]
