@@ -15,8 +15,8 @@
     budgets on the same observation; check: the audit reaches breaching's best traced PSNR within 1/10 of
     breaching's full-schedule time (extrapolated from its constant per-iteration time when not run to the end).
 (e) **verdicts on held-out photographs** — the foolbox CIFAR-10 samples with LeNet (defaults_vs_peer.py's folder and
-    victim), attacked through the captured-upload path (``gradleak audit OBS_DIR --truth``; the server holds no
-    labels): undefended → *leaks* or *partial*; FedCDP at ε = 1 → *no leakage found* with the control recognisable.
+    victim; the client feeds [0, 1] inputs, as Fed-CDP requires), attacked through the captured-upload path
+    (``gradleak audit OBS_DIR --truth``; the server holds no labels): undefended → *leaks* or *partial*; FedCDP at ε = 1 → *no leakage found* with the control recognisable.
 (c) **successive halving** — InvertGrad with 4 restarts pruned by halving against 4 restarts run to the end and
     one restart, at the same iteration count and thread count (interleaved per batch); checks: 4 pruned
     restarts cost ≤ 2× one restart's wall-clock, and their final PSNR is within 0.5 dB of the 4 full ones
@@ -289,7 +289,8 @@ def part_e(batches: int, budget: float, checks: list, case: str = "lenet-cifar10
     for b in range(batches):
         for name, chain, want, want_control in PHOTO_VERDICTS:
             model, x, y, plain = peer.build_case(victim, images, 4, b, "fedsgd", 1, b)
-            case_ = gl.Case(model, x, y, plain.protocol, build_defenses(chain), model.gradleak_spec, give_labels=False)
+            protocol = dataclasses.replace(plain.protocol, mean=None, std=None)  # Fed-CDP: plain SGD on [0, 1] inputs
+            case_ = gl.Case(model, x, y, protocol, build_defenses(chain), model.gradleak_spec, give_labels=False)
             obs = dataclasses.replace(gl.capture(case_, seed=b), labels=None)  # the server holds no labels
             t0 = time.perf_counter()
             res = audit_loaded(obs, x, y, f"{budget}s", seed=b)
