@@ -58,3 +58,14 @@ def test_cli_bad_device_one_line_exit_2_nothing_written(tmp_path, cli, command):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert ("quantum" in r.stderr) or ("nowhere" in r.stderr)
     assert not out.exists()
+
+
+def test_the_config_reads_the_device_once_and_keeps_auto_for_the_worker():
+    """``device`` is checked where the config is read (one line naming the key; nothing built yet); ``auto``
+    is kept as written, to be resolved where the attack runs."""
+    from gradleak.config import RunConfig, load_config
+
+    assert load_config(None, ["device= CPU "]).device == "cpu"
+    assert RunConfig(device="auto").device == "auto"
+    with pytest.raises(UserError, match=r"^config device: got 'tpu'; allowed: cpu, cuda, cuda:N, mps, auto$"):
+        load_config(None, ["device=tpu"])
