@@ -67,6 +67,7 @@ VICTIMS = {  # name -> (registry name, options, resolution)
     "lenet": ("lenet", {}, 32),
     "convnet": ("convnet", {"width": 16}, 32),
     "resnet18": ("resnet18", {"width": 8}, 64),
+    "lenet64": ("lenet", {}, 64),  # DLG's LeNet on 64 px images (ROG's enhancer check at its training resolution)
 }
 DEFAULT_CACHE = Path(os.environ.get("GRADLEAK_PEER_CACHE", "~/.cache/gradleak/peer-bench")).expanduser()
 
@@ -139,6 +140,14 @@ def load_images(folder: Path, resolution: int):
 
 
 # ------------------------------------------------------------------------------------------------ the case
+def _value(text: str):
+    """A JSON value (number, list, true/false/null) or else the string itself (``line_search=none``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def parse_defenses(texts: list[str] | None) -> list[dict]:
     """``["quantize:bits=4", "topk:sparsity=0.9"]`` → ``[{"name": "quantize", "bits": 4}, ...]``."""
     out = []
@@ -147,7 +156,7 @@ def parse_defenses(texts: list[str] | None) -> list[dict]:
         spec: dict = {"name": name}
         for kv in filter(None, rest.split("/")):
             k, _, v = kv.partition("=")
-            spec[k] = json.loads(v) if v and v[0] in "0123456789-[{tfn." else v
+            spec[k] = _value(v)
         out.append(spec)
     return out
 
@@ -257,7 +266,7 @@ def parse_method(text: str, iterations: int) -> tuple[str, dict]:
     opts: dict = {} if config is None else {"_config": config}
     for kv in filter(None, rest.split("/")):
         k, _, v = kv.partition("=")
-        opts[k] = json.loads(v) if v and v[0] in "0123456789-[{tfn." else v
+        opts[k] = _value(v)
     if kind == "gl":
         opts.setdefault("attack", "invertgrad")
         if opts["attack"] not in ("gi-z", "gi-w", "gi-zw", "gi-zx", "rog"):  # these keep their own schedules
