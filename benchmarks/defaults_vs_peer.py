@@ -10,6 +10,8 @@ normalising its input with the CIFAR-10 mean/std), one restart, one torch thread
 * ``peer``     breaching 0.1.2's own ``attack=invertinggradients`` config, read from the installed package
                (cosine, signed Adam lr 0.1 in normalised space, step-lr, box, TV 0.2), ``max_iterations``
                set to the same iteration count (its default is 24,000);
+* ``gl-rog-paper`` gradleak ``rog`` as before issue 27 (the paper's 100 iterations, no TV; ``enhancer: auto``
+               then chose ``photos64`` for any RGB images);
 * ``gl:KEY=V/KEY=V``  any gradleak preset with options (``gl:attack=dlg/iterations=300``; tuning grids);
 * ``peer:KEY=V/...``  breaching's InvertGrad config with overrides (``peer:regularization.total_variation.scale=0.5``);
 * ``peer@NAME``, ``peer@NAME:KEY=V/...``  another of breaching's attack configs (``config/attack/NAME.yaml``),
@@ -254,6 +256,8 @@ def parse_method(text: str, iterations: int) -> tuple[str, dict]:
         return "gl", {"attack": "invertgrad", "iterations": iterations, **OLD_DEFAULTS}
     if text == "gl":
         return "gl", {"attack": "invertgrad", "iterations": iterations}
+    if text == "gl-rog-paper":  # ROG before issue 27 = the paper's search; auto enhancer picked photos64 for RGB
+        return "gl", {"attack": "rog", "iterations": 100, "lr": 0.05, "tv": 0.0, "enhancer": "photos64"}
     if text == "peer":
         return "peer", {}
     kind, _, rest = text.partition(":")

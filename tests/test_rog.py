@@ -234,6 +234,20 @@ def test_builtin_enhancers_load():
         enh = load_enhancer(name)
         assert enh(torch.rand(1, meta["channels"], 32, 32)).shape == (1, meta["channels"], 32, 32)
     assert auto_enhancer(3, 64) == "photos64" and auto_enhancer(1, 32) == "digits32"
+    # other shapes: the nearest same-channel one, or the grey one per channel — unless exact (ROG's auto)
+    assert auto_enhancer(3, 32) == "photos64" and auto_enhancer(3, 16) == "photos64"
+    assert auto_enhancer(3, 32, exact=True) is None and auto_enhancer(3, 64, exact=True) == "photos64"
+    assert auto_enhancer(1, 32, exact=True) == "digits32" and auto_enhancer(1, 64, exact=True) is None
+
+
+def test_rog_auto_enhancer_only_at_its_training_shape():
+    """ROG's ``enhancer: auto`` enhances only images of the shape a built-in enhancer was trained at (the 64 px
+    photos64 lowered ROG's output on 32 px photographs, docs/defaults.md)."""
+    from types import SimpleNamespace
+
+    assert ROG().resolve_enhancer(SimpleNamespace(image_shape=(3, 32, 32))) is None
+    assert ROG().resolve_enhancer(SimpleNamespace(image_shape=(3, 64, 64))).name == "photos64"
+    assert ROG(enhancer="photos64").resolve_enhancer(SimpleNamespace(image_shape=(3, 32, 32))).name == "photos64"
 
 
 def test_train_enhancer_and_autoencoder_cli(tmp_path, cli):
