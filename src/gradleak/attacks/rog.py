@@ -28,7 +28,8 @@ Optimiser: Adam with cosine decay to 0 (§4.2), ``iterations``, ``restarts`` bat
 Defaults (:data:`ROG_ITERATIONS`, :data:`ROG_TV`; issue 27, ``benchmarks/defaults_vs_peer.py``,
 docs/defaults.md): 300 iterations and a TV prior of weight 0.3 on the decoded images, tuned on real
 photographs (endless-sky landscapes) under 4-bit quantised and Top-k uploads and checked on held-out ones —
-the paper's 100 iterations without TV left the search output 3–6 dB lower there. The paper's setting is
+the paper's 100 iterations without TV left the search output 4–6 dB lower there (the final, enhanced images
+1.2–3.0 dB). The paper's setting is
 ``iterations: 100, tv: 0`` (``benchmarks/rog_table.py`` passes it).
 
 Post-processing (:meth:`ROG.postprocess`, the preset's hook, run after the search):
@@ -264,8 +265,8 @@ PostHook = Callable[..., Tensor]  # (images (B, C, H, W), obs, labels | None) ->
 
 #: ROG's search length and TV weight, validated on real photographs (issue 27, docs/defaults.md): tuned on the
 #: endless-sky landscape photographs (LeNet B4, 4-bit quantised and Top-k 10 % uploads), checked on the held-out
-#: foolbox ImageNet / CIFAR-10 samples. The paper's 100 iterations without TV (TV 0) stayed 3–6 dB below these
-#: there; benchmarks that reproduce the paper pass its values explicitly.
+#: foolbox ImageNet / CIFAR-10 samples. The paper's 100 iterations without TV (TV 0) stayed 1.2–3.0 dB below these
+#: there (4–6 dB before the enhancer); benchmarks that reproduce the paper pass its values explicitly.
 ROG_ITERATIONS = 300
 ROG_TV = 0.3
 

@@ -265,7 +265,7 @@ def auto_enhancer(channels: int, resolution: int, exact: bool = False) -> str | 
     """The built-in enhancer for images of this shape: same channels and resolution first, then same
     channels (the U-Net is fully convolutional), then a 1-channel one applied per channel; None if none.
     ``exact``: only one trained at this very channel count and resolution (ROG's ``enhancer: auto``: on
-    32 px photographs the 64 px ``photos64`` lowered ROG's output by ≈ 1.5 dB, docs/defaults.md)."""
+    32 px photographs the 64 px ``photos64`` lowered ROG's output by 0.8–1.8 dB, docs/defaults.md)."""
     found = []
     for name in BUILTIN_ENHANCERS:
         path = builtin_enhancer_path(name)
