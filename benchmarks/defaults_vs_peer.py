@@ -10,8 +10,25 @@ normalising its input with the CIFAR-10 mean/std), one restart, one torch thread
 * ``peer``     breaching 0.1.2's own ``attack=invertinggradients`` config, read from the installed package
                (cosine, signed Adam lr 0.1 in normalised space, step-lr, box, TV 0.2), ``max_iterations``
                set to the same iteration count (its default is 24,000);
+* ``gl-rog-paper`` gradleak ``rog`` as before issue 27 (the paper's 100 iterations, no TV; ``enhancer: auto``
+               then chose ``photos64`` for any RGB images);
 * ``gl:KEY=V/KEY=V``  any gradleak preset with options (``gl:attack=dlg/iterations=300``; tuning grids);
-* ``peer:KEY=V/...``  breaching's InvertGrad config with overrides (``peer:regularization.total_variation.scale=0.5``).
+* ``peer:KEY=V/...``  breaching's InvertGrad config with overrides (``peer:regularization.total_variation.scale=0.5``);
+* ``peer@NAME``, ``peer@NAME:KEY=V/...``  another of breaching's attack configs (``config/attack/NAME.yaml``),
+               e.g. ``peer@deepleakage`` (DLG: L-BFGS lr 1, Euclidean, no prior, 1,200 steps by default), with
+               ``max_iterations`` set to the same count. Labels are given to both tools, so a config of breaching's
+               ``joint-optimization`` type (deepleakage: data and soft labels optimised together, which breaching
+               refuses when labels are given) runs as ``attack_type=optimization`` — breaching's own advice in
+               that refusal; everything else of the config (optimiser, objective, init, box) is kept.
+
+``--defense NAME:KEY=V/...`` (repeatable; a gradleak defense, ``gradleak.defenses``, e.g. ``quantize:bits=4``,
+``topk:sparsity=0.9``) is applied in the capture (:func:`gradleak.case.capture`, seeded); both tools get the
+identical obfuscated upload (breaching receives ``obs.update``). gradleak's attacks are told the defense
+(``Observation.defenses``), as the audit is; breaching's are not (it has no such input).
+
+For an attack with post-processing steps (ROG: the enhancer), the row also holds the score of the search's own
+output (``raw_psnr``, ``raw_ssim``). ``gl:attack=rog`` and the GIAS presets keep their own iteration counts
+unless ``iterations=`` is given.
 
 breaching sees the candidate in the client's normalised input space, as its users do; gradleak sees
 [0, 1] images and the normalisation inside the client (``Protocol.mean/std``) — the victim's arithmetic is the
@@ -52,6 +69,7 @@ VICTIMS = {  # name -> (registry name, options, resolution)
     "lenet": ("lenet", {}, 32),
     "convnet": ("convnet", {"width": 16}, 32),
     "resnet18": ("resnet18", {"width": 8}, 64),
+    "lenet64": ("lenet", {}, 64),  # DLG's LeNet on 64 px images (ROG's enhancer check at its training resolution)
 }
 DEFAULT_CACHE = Path(os.environ.get("GRADLEAK_PEER_CACHE", "~/.cache/gradleak/peer-bench")).expanduser()
 
@@ -124,7 +142,29 @@ def load_images(folder: Path, resolution: int):
 
 
 # ------------------------------------------------------------------------------------------------ the case
-def build_case(victim: str, images, batch: int, index: int, protocol: str, steps: int, seed: int):
+def _value(text: str):
+    """A JSON value (number, list, true/false/null) or else the string itself (``line_search=none``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_defenses(texts: list[str] | None) -> list[dict]:
+    """``["quantize:bits=4", "topk:sparsity=0.9"]`` → ``[{"name": "quantize", "bits": 4}, ...]``."""
+    out = []
+    for text in texts or []:
+        name, _, rest = text.partition(":")
+        spec: dict = {"name": name}
+        for kv in filter(None, rest.split("/")):
+            k, _, v = kv.partition("=")
+            spec[k] = _value(v)
+        out.append(spec)
+    return out
+
+
+def build_case(victim: str, images, batch: int, index: int, protocol: str, steps: int, seed: int,
+               defenses: list[dict] | None = None):
     import torch
 
     import gradleak as gl
@@ -136,7 +176,9 @@ def build_case(victim: str, images, batch: int, index: int, protocol: str, steps
     model = init_model(build_model(name, NUM_CLASSES, 3, res, **opts), seed)
     proto = gl.Protocol(kind=protocol, local_steps=steps if protocol == "fedavg" else 1, lr=0.1,
                         bn_mode="eval", mean=CIFAR_MEAN, std=CIFAR_STD)
-    case = gl.Case(model, x, y, proto, [], model.gradleak_spec, give_labels=True)
+    from gradleak.defenses.base import build_defenses
+
+    case = gl.Case(model, x, y, proto, build_defenses(defenses or []), model.gradleak_spec, give_labels=True)
     return model, x, y, gl.capture(case, seed=seed)
 
 
@@ -146,18 +188,24 @@ def run_gradleak(spec: dict, model, obs, seed: int):
     spec = dict(spec)
     attack = build_attack(spec.pop("attack", "invertgrad"), **spec)
     rec = attack(obs, labels=obs.labels, seed=seed, model=model, progress=False)
-    return rec.images, rec.seconds, rec.iterations
+    from gradleak.attacks.rog import PostSteps
+
+    post = rec.get(PostSteps)
+    raw = post.steps["raw"] if post is not None and len(post.steps) > 1 else None
+    return rec.images, rec.seconds, rec.iterations, raw
 
 
-def peer_config(iterations: int, overrides: dict | None = None):
+def peer_config(iterations: int, overrides: dict | None = None, name: str = "invertinggradients"):
     import _peer_shim  # noqa: F401  (before breaching/torchvision)
     import logging
 
     import breaching
 
     logging.getLogger("breaching").setLevel(logging.WARNING)
-    cfg = breaching.get_attack_config("invertinggradients")
+    cfg = breaching.get_attack_config(name)
     cfg.optim.max_iterations = iterations
+    if cfg.attack_type == "joint-optimization":  # labels are given (breaching refuses joint with labels)
+        cfg.attack_type = "optimization"
     cfg.optim.callback = 10 ** 9
     for k, v in (overrides or {}).items():
         node, key = cfg, k.split(".")
@@ -174,8 +222,9 @@ def run_peer(iterations: int, model, obs, x, y, protocol: str, seed: int, overri
     import torch
     from omegaconf import OmegaConf
 
-    cfg = peer_config(iterations, overrides)
-    from breaching.attacks.optimization_based_attack import OptimizationBasedAttacker
+    overrides = dict(overrides or {})
+    cfg = peer_config(iterations, overrides, overrides.pop("_config", "invertinggradients"))
+    from breaching.attacks import prepare_attack
 
     names = [n for n, _ in model.named_parameters()]
     params = [obs.parameters[n].clone() for n in names]
@@ -191,8 +240,7 @@ def run_peer(iterations: int, model, obs, x, y, protocol: str, seed: int, overri
     shared = [{"gradients": grads, "buffers": None,
                "metadata": {"num_data_points": x.shape[0], "labels": y.clone(), "local_hyperparams": hyper}}]
     payload = [{"parameters": params, "buffers": buffers, "metadata": meta}]
-    attacker = OptimizationBasedAttacker(model, torch.nn.CrossEntropyLoss(), cfg,
-                                         dict(dtype=torch.float, device=torch.device("cpu")))
+    attacker = prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg, dict(dtype=torch.float, device=torch.device("cpu")))
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -200,7 +248,7 @@ def run_peer(iterations: int, model, obs, x, y, protocol: str, seed: int, overri
     seconds = time.perf_counter() - t0
     m = torch.tensor(CIFAR_MEAN)[None, :, None, None]
     s = torch.tensor(CIFAR_STD)[None, :, None, None]
-    return (out["data"] * s + m).clamp(0, 1), seconds, iterations
+    return (out["data"] * s + m).clamp(0, 1), seconds, iterations, None
 
 
 def parse_method(text: str, iterations: int) -> tuple[str, dict]:
@@ -208,18 +256,24 @@ def parse_method(text: str, iterations: int) -> tuple[str, dict]:
         return "gl", {"attack": "invertgrad", "iterations": iterations, **OLD_DEFAULTS}
     if text == "gl":
         return "gl", {"attack": "invertgrad", "iterations": iterations}
+    if text == "gl-rog-paper":  # ROG before issue 27 = the paper's search; auto enhancer picked photos64 for RGB
+        return "gl", {"attack": "rog", "iterations": 100, "lr": 0.05, "tv": 0.0, "enhancer": "photos64"}
     if text == "peer":
         return "peer", {}
     kind, _, rest = text.partition(":")
-    if kind not in ("gl", "peer") or not rest:
-        raise SystemExit(f"error: --methods: got {text!r}; allowed: gl-old, gl, peer, gl:KEY=V/KEY=V..., peer:KEY=V/...")
-    opts: dict = {}
-    for kv in rest.split("/"):
+    config = None
+    if kind.startswith("peer@") and kind[5:]:
+        kind, config = "peer", kind[5:]
+    if kind not in ("gl", "peer") or not (rest or config):
+        raise SystemExit(f"error: --methods: got {text!r}; allowed: gl-old, gl, peer, gl:KEY=V/KEY=V..., peer:KEY=V/..., "
+                         "peer@CONFIG, peer@CONFIG:KEY=V/...")
+    opts: dict = {} if config is None else {"_config": config}
+    for kv in filter(None, rest.split("/")):
         k, _, v = kv.partition("=")
-        opts[k] = json.loads(v) if v and v[0] in "0123456789-[{tfn." else v
+        opts[k] = _value(v)
     if kind == "gl":
         opts.setdefault("attack", "invertgrad")
-        if opts["attack"] not in ("gi-zw", "gi-zx"):
+        if opts["attack"] not in ("gi-z", "gi-w", "gi-zw", "gi-zx", "rog"):  # these keep their own schedules
             opts.setdefault("iterations", iterations)
     return kind, opts
 
@@ -234,12 +288,15 @@ def run(args) -> list[dict]:
     _, _, res = VICTIMS[args.victim]
     images = load_images(Path(args.images).expanduser(), res)
     methods = [(m, *parse_method(m, args.iterations)) for m in args.methods.split(",")]
+    defenses = parse_defenses(args.defense)
+    defense = "+".join(args.defense or []) or "none"
     rows = []
     for k in range(args.first, args.first + args.batches):
         if (k + 1) * args.batch > images.shape[0]:
             break
         seed = k
-        model, x, y, obs = build_case(args.victim, images, args.batch, k, args.protocol, args.steps, seed)
+        model, x, y, obs = build_case(args.victim, images, args.batch, k, args.protocol, args.steps, seed,
+                                      defenses)
         rest = torch.cat([images[:k * args.batch], images[(k + 1) * args.batch:]])
         refs = reference_scores(x, rest)
         others = refs.get("public_mean", refs["grey"])  # the folder's other images (none: grey only)
@@ -247,18 +304,23 @@ def run(args) -> list[dict]:
         best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], others["ssim"])]
         for label, kind, spec in methods:  # interleaved: every method on this batch before the next batch
             if kind == "gl":
-                rec, sec, its = run_gradleak(spec, model, obs, seed)
+                rec, sec, its, raw = run_gradleak(spec, model, obs, seed)
             else:
-                rec, sec, its = run_peer(args.iterations, model, obs, x, y, args.protocol, seed, spec)
+                rec, sec, its, raw = run_peer(args.iterations, model, obs, x, y, args.protocol, seed, spec)
             s = score_images(rec, x)
             row = {"images": str(args.images), "victim": args.victim, "batch": args.batch, "protocol": args.protocol,
                    "steps": args.steps if args.protocol == "fedavg" else 1, "index": k, "method": label,
-                   "iterations": its, "seconds": sec, "threads": args.threads,
+                   "defense": defense, "budget": args.iterations,
+                   "iterations": its, "seconds": sec, "threads": args.threads, "load": os.getloadavg()[0],
                    "psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"],
                    "grey_psnr": statistics.mean(refs["grey"]["psnr"]), "grey_ssim": statistics.mean(refs["grey"]["ssim"]),
                    "ref_psnr": statistics.mean(best_ref_p), "ref_ssim": statistics.mean(best_ref_s)}
+            if raw is not None:
+                sr = score_images(raw, x)
+                row.update(raw_psnr=sr["psnr"]["mean"], raw_ssim=sr["ssim"]["mean"])
             rows.append(row)
-            print(f"  {args.victim} B{args.batch} {args.protocol} #{k} {label:<28} PSNR {row['psnr']:6.2f} "
+            extra = f" raw {row['raw_psnr']:.2f}" if raw is not None else ""
+            print(f"  {args.victim} B{args.batch} {args.protocol} {defense} #{k} {label:<28} PSNR {row['psnr']:6.2f}{extra} "
                   f"SSIM {row['ssim']:.3f}  ({row['seconds']:6.1f} s; grey {row['grey_psnr']:.2f}, "
                   f"ref {row['ref_psnr']:.2f} dB)", flush=True)
             if args.out:
@@ -272,19 +334,24 @@ def summarise(rows: list[dict]) -> None:
     or, where the methods share no batch (tuning grids run in pieces), over each method's own batches (listed)."""
     cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in rows:
-        cell = (Path(r["images"]).name, r["victim"], r["batch"], r["protocol"], r["steps"], r["iterations"])
+        cell = (Path(r["images"]).name, r["victim"], r["batch"], r["protocol"], r["steps"],
+                r.get("budget", r["iterations"]), r.get("defense", "none"))
         cells.setdefault(cell, {}).setdefault(r["method"], {})[r["index"]] = r
-    print("| images | victim | B | protocol | iters | method | batches | PSNR | SSIM | s | grey PSNR / SSIM | "
+    print("| images | victim | B | protocol | defense | iters | method | batches | PSNR | SSIM | s | grey PSNR / SSIM | "
           "ref PSNR / SSIM |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (im, v, b, p, steps, its), methods in cells.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (im, v, b, p, steps, its, defense), methods in cells.items():
         common = set.intersection(*(set(m) for m in methods.values()))
         for name, by_index in methods.items():
             rs = [by_index[i] for i in sorted(common or by_index)]
             mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
             proto = p if p == "fedsgd" else f"fedavg τ={steps}"
             idx = ",".join(str(r["index"]) for r in rs)
-            print(f"| {im} | {v} | {b} | {proto} | {its} | {name} | {idx} | {mean('psnr'):.2f} | "
+            own = {r["iterations"] for r in rs}
+            label = name if own == {its} else f"{name} ({'/'.join(map(str, sorted(own)))} it.)"
+            raw = (f" (raw {mean('raw_psnr'):.2f} / {mean('raw_ssim'):.3f})"
+                   if all("raw_psnr" in r for r in rs) else "")
+            print(f"| {im} | {v} | {b} | {proto} | {defense} | {its} | {label} | {idx} | {mean('psnr'):.2f}{raw} | "
                   f"{mean('ssim'):.3f} | {mean('seconds'):.1f} | {mean('grey_psnr'):.2f} / {mean('grey_ssim'):.3f} | "
                   f"{mean('ref_psnr'):.2f} / {mean('ref_ssim'):.3f} |")
 
@@ -333,6 +400,8 @@ def main() -> None:
     r.add_argument("--first", type=int, default=0)
     r.add_argument("--methods", default="gl-old,peer,gl")
     r.add_argument("--threads", type=positive_int, default=1)
+    r.add_argument("--defense", action="append", help="gradleak defense NAME:KEY=V/... applied in the capture "
+                   "(repeatable: a chain), e.g. quantize:bits=4, topk:sparsity=0.9")
     r.add_argument("--out", help="append one JSON line per cell")
     t = sub.add_parser("tv-share", help=tv_share.__doc__.splitlines()[0])
     t.add_argument("--images", required=True)

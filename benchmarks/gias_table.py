@@ -57,6 +57,7 @@ COLUMNS = {
 }
 SPARSITIES = (0.0, 0.95)
 PAPER_TV, PAPER_LR_X = 1e-4, 0.025  # the paper's TV weight and GI-x step, passed explicitly (the table reproduces it)
+PAPER_LR_ZX = 0.01  # GI-z/x's pixel step in the paper's setting (gradleak's default is InvertGrad's, docs/defaults.md)
 FIGURE1 = ("GI-x", "GI-z", "GI-z/x", "GI-z/w")
 
 
@@ -84,6 +85,8 @@ def build(dataset: str, attack: str, options: dict, iterations: int, sparsity: f
     opts.setdefault("tv", PAPER_TV)  # GIAS appendix G's setting, not gradleak's default (docs/defaults.md)
     if attack == "gi-x":
         opts.setdefault("lr", PAPER_LR_X)
+    if attack == "gi-zx":
+        opts.setdefault("lr_x", PAPER_LR_ZX)
     if attack in ("gi-zw", "gi-zx"):
         opts |= {"iterations_z": iterations // 2, ("iterations_w" if attack == "gi-zw" else "iterations_x"):
                  iterations - iterations // 2}

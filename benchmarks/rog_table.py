@@ -98,7 +98,7 @@ def run_job(args: tuple[int, str, int, int]) -> dict:
 
     out: dict = {"setting": setting, "attack": attack, "seed": seed, "originals": x.to(torch.float16)}
     if attack == "rog":
-        atk = ROG(iterations=iterations, enhancer="photos64")
+        atk = ROG(iterations=iterations, lr=0.05, tv=0.0, enhancer="photos64")  # the paper's setting
     else:
         dist = {"l2": "cosine", "masked_l2": "masked_cosine"}.get(rog_distance(obs), rog_distance(obs))
         atk = InvertGrad(iterations=iterations, lr=0.025, tv=1e-4, distance=dist)

@@ -234,6 +234,20 @@ def test_builtin_enhancers_load():
         enh = load_enhancer(name)
         assert enh(torch.rand(1, meta["channels"], 32, 32)).shape == (1, meta["channels"], 32, 32)
     assert auto_enhancer(3, 64) == "photos64" and auto_enhancer(1, 32) == "digits32"
+    # other shapes: the nearest same-channel one, or the grey one per channel — unless exact (ROG's auto)
+    assert auto_enhancer(3, 32) == "photos64" and auto_enhancer(3, 16) == "photos64"
+    assert auto_enhancer(3, 32, exact=True) is None and auto_enhancer(3, 64, exact=True) == "photos64"
+    assert auto_enhancer(1, 32, exact=True) == "digits32" and auto_enhancer(1, 64, exact=True) is None
+
+
+def test_rog_auto_enhancer_only_at_its_training_shape():
+    """ROG's ``enhancer: auto`` enhances only images of the shape a built-in enhancer was trained at (the 64 px
+    photos64 lowered ROG's output on 32 px photographs, docs/defaults.md)."""
+    from types import SimpleNamespace
+
+    assert ROG().resolve_enhancer(SimpleNamespace(image_shape=(3, 32, 32))) is None
+    assert ROG().resolve_enhancer(SimpleNamespace(image_shape=(3, 64, 64))).name == "photos64"
+    assert ROG(enhancer="photos64").resolve_enhancer(SimpleNamespace(image_shape=(3, 32, 32))).name == "photos64"
 
 
 def test_train_enhancer_and_autoencoder_cli(tmp_path, cli):
@@ -253,3 +267,22 @@ def test_train_enhancer_and_autoencoder_cli(tmp_path, cli):
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "latent_dim" in r.stderr
     r = cli("train-enhancer", "--data", "digits", "--resolution", "40", "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and "train-enhancer.resolution" in r.stderr and not (tmp_path / "c").exists()
+
+
+def test_rog_sign_postprocess_auto_equalises_only_the_tv_free_search(monkeypatch):
+    """signSGD upload: ``sign_postprocess: auto`` histogram-equalises the paper's TV-free output (§4.3) but only
+    max-abs normalises when a TV prior is on (equalising the smooth output lost ≈ 2 dB, docs/defaults.md)."""
+    import gradleak.attacks.rog as rog_mod
+
+    calls = []
+    real = rog_mod.equalize_hist
+    monkeypatch.setattr(rog_mod, "equalize_hist", lambda x, *a, **k: calls.append(1) or real(x, *a, **k))
+    m = init_model(build_model("lenet", 10, 3, 16), 0)
+    x, y = torch.rand(2, 3, 16, 16), torch.arange(2)
+    obs = gl.capture(gl.Case(m, x, y, gl.Protocol(), gl.build_defenses([{"name": "sign"}]), give_labels=True,
+                             model_spec=m.gradleak_spec))
+    for tv, equalised in ((0.0, True), (0.3, False)):
+        calls.clear()
+        rec = ROG(iterations=2, tv=tv, enhancer="none")(obs, labels=y, model=m, progress=False)
+        assert rec.distance == "tanh_sign" and list(rec.get(PostSteps).steps) == ["raw", "normalized"]
+        assert bool(calls) == equalised, tv

@@ -28,7 +28,8 @@ def rog_output_pairs(cfg: EnhancerConfig, progress: bool = False) -> tuple[Tenso
         model = build_model(ROG_LENET5, data.num_classes, cfg.channels, cfg.resolution)
         init_model(model, cfg.seed + k)
         obs = capture(Case(model, x, y, Protocol(kind="fedavg", local_steps=5, lr=5e-3), give_labels=True), seed=k)
-        rec = ROG(iterations=cfg.rog_iterations, enhancer="none")(obs, labels=y, seed=k, model=model, progress=progress)
+        atk = ROG(iterations=cfg.rog_iterations, tv=0.0, enhancer="none")  # the paper's search (ROG's defaults: TV 0.3)
+        rec = atk(obs, labels=y, seed=k, model=model, progress=progress)
         from gradleak.metrics import apply_match, match
 
         perm = match(rec.images, x)

@@ -261,9 +261,11 @@ def load_enhancer(spec: str | Path, key: str = "enhancer") -> Enhancer:
     return Enhancer(net, meta, text)
 
 
-def auto_enhancer(channels: int, resolution: int) -> str | None:
+def auto_enhancer(channels: int, resolution: int, exact: bool = False) -> str | None:
     """The built-in enhancer for images of this shape: same channels and resolution first, then same
-    channels (the U-Net is fully convolutional), then a 1-channel one applied per channel; None if none."""
+    channels (the U-Net is fully convolutional), then a 1-channel one applied per channel; None if none.
+    ``exact``: only one trained at this very channel count and resolution (ROG's ``enhancer: auto``: on
+    32 px photographs the 64 px ``photos64`` lowered ROG's output by 0.8–1.8 dB, docs/defaults.md)."""
     found = []
     for name in BUILTIN_ENHANCERS:
         path = builtin_enhancer_path(name)
@@ -273,8 +275,10 @@ def auto_enhancer(channels: int, resolution: int) -> str | None:
             except (OSError, ValueError):
                 continue
             found.append((name, meta["arch"]["channels"], meta.get("resolution", 0)))
-    for rule in (lambda c, r: c == channels and r == resolution, lambda c, r: c == channels,
-                 lambda c, r: c == 1):
+    rules = [lambda c, r: c == channels and r == resolution]
+    if not exact:
+        rules += [lambda c, r: c == channels, lambda c, r: c == 1]
+    for rule in rules:
         hits = [n for n, c, r in found if rule(c, r)]
         if hits:
             return min(hits, key=lambda n: abs(dict((a, r) for a, _, r in found)[n] - resolution))
