@@ -107,7 +107,7 @@ def test_defaults_vs_peer_runs_without_the_peer(tmp_path):
     assert [(row["index"], row["method"]) for row in rows] == [(0, "gl-old"), (0, "gl"), (0, "gl:tv=0.1/lr=0.05"),
                                                                (1, "gl-old"), (1, "gl"), (1, "gl:tv=0.1/lr=0.05")]
     assert all(0 < row["grey_psnr"] <= row["ref_psnr"] for row in rows)
-    assert "| photos | lenet | 1 | fedsgd | 2 | gl-old | 0,1 |" in r.stdout
+    assert "| photos | lenet | 1 | fedsgd | none | 2 | gl-old | 0,1 |" in r.stdout  # defense column: none
 
 
 def test_defaults_vs_peer_runs_the_peer_when_installed(tmp_path):
@@ -121,7 +121,7 @@ def test_defaults_vs_peer_runs_the_peer_when_installed(tmp_path):
                         "--victim", "lenet", "--batch", "2", "--iterations", "2", "--batches", "1", "--methods", "peer",
                         "--protocol", "fedavg", "--steps", "2"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "| photos | lenet | 2 | fedavg τ=2 | 2 | peer | 0 |" in r.stdout
+    assert "| photos | lenet | 2 | fedavg τ=2 | none | 2 | peer | 0 |" in r.stdout
 
 
 def test_defaults_vs_peer_tv_share_prints_a_share_per_weight(tmp_path):
