@@ -221,3 +221,18 @@ def test_dummy_statistics_leave_the_model_untouched():
     p_bar, o_bar = dummy_statistics(obs, model)
     assert abs(float(p_bar.sum()) - 1) < 1e-9 and o_bar > 0 and not model.training
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_dummy_statistics_run_only_when_a_stage_needs_them(monkeypatch):
+    """The sign rule alone (batch 1: exact) needs no dummy forward pass; stage 2 (repeated labels) runs it once."""
+    import gradleak.attacks.labels as labels_mod
+
+    calls = []
+    real = labels_mod.dummy_statistics
+    monkeypatch.setattr(labels_mod, "dummy_statistics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = lenet(2)
+    obs = fedsgd_obs(model, digits_of([6]), torch.tensor([6]))
+    found = explain_labels(obs, obs.build_model())
+    assert found.labels.tolist() == [6] and found.stage2 is None and calls == []
+    obs = fedsgd_obs(model, digits_of([2, 2, 2, 7]), torch.tensor([2, 2, 2, 7]))
+    assert explain_labels(obs, obs.build_model()).stage2 == "counts" and calls == [1]

@@ -37,7 +37,9 @@ in FedAvg the model also learns during the τ local steps, which the approximati
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +130,9 @@ class LastLayer:
     """The upload as label recovery reads it, taken from the Observation once (:func:`last_layer`): the last
     linear layer's ḡ_W, ḡ_b (the averaged-gradient scale; the raw Δ where the update has none, ``scaled``
     False: only signs and order count then), the batch size n, the label smoothing ε, whether label counts
-    exist (cross-entropy without class weights, with a linear scale) and the dummy statistics (p̄, ō)."""
+    exist (cross-entropy without class weights, with a linear scale) and the dummy statistics (p̄, ō), computed
+    on first use only (a forward pass over the dummy images: stage 2 and label smoothing need them, the sign rule
+    alone does not)."""
 
     n: int
     g_w: Tensor
@@ -136,8 +140,12 @@ class LastLayer:
     scaled: bool
     smoothing: float
     countable: bool
-    p_bar: Tensor
-    o_bar: float
+    dummy: Callable[[], tuple[Tensor, float]] = field(repr=False)
+
+    @functools.cached_property
+    def statistics(self) -> tuple[Tensor, float]:
+        """(p̄, ō) of :func:`dummy_statistics`, once."""
+        return self.dummy()
 
 
 def last_layer(obs: Observation, model: nn.Module) -> LastLayer:
@@ -147,11 +155,10 @@ def last_layer(obs: Observation, model: nn.Module) -> LastLayer:
     p, (w, b), steps = obs.protocol, last_linear_names(model), effective_steps(obs)
     g = {k: averaged_gradient(obs, k, steps) if steps is not None else obs.update[k].double()
          for k in (w, b) if k is not None}
-    p_bar, o_bar = dummy_statistics(obs, model)
     return LastLayer(n=obs.num_images, g_w=g[w], g_b=g.get(b), scaled=steps is not None,
                      smoothing=p.label_smoothing,
                      countable=steps is not None and p.loss == "cross_entropy" and p.class_weights is None,
-                     p_bar=p_bar, o_bar=o_bar)
+                     dummy=functools.partial(dummy_statistics, obs, model))
 
 
 def class_scores(view: LastLayer) -> Tensor:
@@ -161,7 +168,7 @@ def class_scores(view: LastLayer) -> Tensor:
     s = view.g_w.sum(1) + (view.g_b if view.g_b is not None else 0)
     if not view.smoothing or not view.scaled:
         return s
-    return s + view.smoothing / s.numel() * (view.o_bar + (1.0 if view.g_b is not None else 0.0))
+    return s + view.smoothing / s.numel() * (view.statistics[1] + (1.0 if view.g_b is not None else 0.0))
 
 
 def estimate_counts(view: LastLayer) -> Tensor | None:
@@ -171,9 +178,10 @@ def estimate_counts(view: LastLayer) -> Tensor | None:
     if not view.countable:
         return None
     s = view.g_b if view.g_b is not None else view.g_w.sum(1)
+    p_bar, o_bar = view.statistics
     eps, k = view.smoothing, s.numel()
-    o = 1.0 if view.g_b is not None else view.o_bar
-    return view.n * (view.p_bar.to(s.device) - eps / k - s / o) / (1 - eps)
+    o = 1.0 if view.g_b is not None else o_bar
+    return view.n * (p_bar.to(s.device) - eps / k - s / o) / (1 - eps)
 
 
 @dataclass
