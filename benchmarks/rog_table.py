@@ -38,6 +38,7 @@ instead of the papers' settings above; the iteration counts are still the option
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -89,6 +90,16 @@ def capture_setting(setting: int, seed: int, data: str = "photos"):
     return capture_case(defense, seed, precode, data_name=name, root=root)
 
 
+@functools.lru_cache(maxsize=None)
+def public_side(data: str) -> tuple:
+    """(images, labels, None) of ``data``'s public side, read once per worker process."""
+    import gradleak as gl
+
+    name, root = DATA[data]
+    pub = gl.load_dataset(name, split="public", resolution=RESOLUTION, channels=3, root=root)
+    return pub.images, pub.labels, None
+
+
 def run_job(args: tuple) -> dict:
     import torch
 
@@ -100,15 +111,9 @@ def run_job(args: tuple) -> dict:
     from gradleak.audit import score
     from gradleak.nets.enhancer import load_enhancer
 
-    import gradleak as gl
-
     setting, attack, iterations, seed, data, attacks = (*args, "photos", "paper")[:6]
     model, x, obs = capture_setting(setting, seed, data)
-    public = None
-    if data != "photos":  # the references from the corpus' own public side
-        name, root = DATA[data]
-        pub = gl.load_dataset(name, split="public", resolution=RESOLUTION, channels=3, root=root)
-        public = (pub.images, pub.labels, None)
+    public = None if data == "photos" else public_side(data)  # the references from the corpus' own public side
 
     def scored(s, matched):
         return {"psnr": s.psnr["per_image"], "ssim": s.ssim["per_image"],
