@@ -162,6 +162,42 @@ def test_successive_halving_keeps_the_restart_a_full_run_picks_on_a_clear_case()
     assert float(pruned.losses[0]) == pytest.approx(float(full.losses[2]), rel=1e-4)
 
 
+def test_a_search_cut_short_by_time_keeps_its_first_lr_to_five_eighths_then_decays(monkeypatch):
+    """A multistep stage that a time budget cuts far below its planned iterations keeps lr to 5/8 of its fitted
+    length (budget.TRUNCATED); one that fits keeps the planned 3/8, 5/8, 7/8 (the lr Adam was given is recorded)."""
+    from gradleak.attacks.engine import Objective, Stage, search
+    from gradleak.attacks.parametrizations import Pixels
+
+    _, case = _situation()
+    case.give_labels = True
+    obs = capture(case)
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+
+    def lrs(planned: int, **budget) -> list[float]:
+        seen.clear()
+        with budgeted(Budget(plateau=None, halving=False, **budget)):
+            search(obs, [Stage("x", Pixels(box=True), planned, 0.1, signed=True)], Objective("cosine", tv=1e-4),
+                   obs.labels, restarts=1, seed=0, progress=False)
+        return list(seen)
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # one-off imports, as the CLI's setup does
+    cut = lrs(10 ** 6, seconds=3.0)
+    n = len(cut)
+    assert n >= 30, n
+    first_decay = next(i for i, v in enumerate(cut) if v < 0.1)
+    assert 0.45 * n <= first_decay <= 0.8 * n, (first_decay, n)  # 5/8 of the fitted length (the fit is ±)
+    assert min(cut) <= 1e-3 + 1e-9, cut[-5:]  # the decays come before the time ends (the fit is conservative)
+    fits = lrs(64, iterations=64)  # an iteration budget is never "cut short": the planned 3/8 schedule
+    assert len(fits) == 64 and next(i for i, v in enumerate(fits) if v < 0.1) == 24
+
+
 # --- the control rule ------------------------------------------------------------------------------------------
 
 def test_verdict_rule_never_says_no_leakage_without_a_control_that_worked():

@@ -9,7 +9,11 @@ Rules (fixed, documented; :mod:`gradleak.attacks.engine` applies them):
   remaining stages' iteration counts are scaled by one factor so that the measured seconds per iteration
   (× the restarts still alive) fill the time left — never above the preset's own counts, so a budget larger
   than the preset needs leaves time to the next attack. The schedule's milestones (lr ×0.1 at 3/8, 5/8, 7/8;
-  cosine) follow the fitted counts. A hard deadline stops the search whatever the fit said.
+  cosine) follow the fitted counts, except that a multistep stage cut short of its planned iterations keeps
+  its first lr to 5/8 and decays at 5/8, 3/4, 7/8 (``TRUNCATED``): a short search is still far from the
+  images when the full schedule would decay (measured in docs/audit.md, part d). The length is fitted again
+  at ``REFITS`` fractions of the stage, before its first decay. A hard deadline stops the search whatever
+  the fit said.
 * **Iteration budget** (``iterations``): the stages are scaled to this total instead — reproducible across
   machines (AutoAttack's fixed counts).
 * **Plateau** (``plateau``): the best objective over the live restarts has improved by less than ``tol``
@@ -19,7 +23,9 @@ Rules (fixed, documented; :mod:`gradleak.attacks.engine` applies them):
 * **Successive halving** (``halving``, Adam stages with R > 1 restarts): at fixed fractions of the schedule
   the better half of the live restarts by the attack's own objective (the loss at that iteration; never the
   truth) is kept: with R = 2^m, halvings at n/2^(m+1), …, n/8, n/4. Four restarts cost ≈ 1.5× one
-  (4·n/8 + 2·n/8 + 3n/4), sixteen ≈ 2×.
+  (4·n/8 + 2·n/8 + 3n/4), sixteen ≈ 2×. Depth before breadth: when the first timing of a time budget shows
+  that even one restart alone cannot run the planned schedule, the restart lowest by objective at that point
+  goes on alone (restarts help only a search that can finish; measured in docs/audit.md, part d).
 * **Interrupt**: Ctrl-C inside the search ends it where it is; the images so far are returned with
   ``stopped = "interrupted"`` and the caller decides what to do (the audit writes the best so far).
 * **Turns** (``turn``): a search given a :class:`Turn` runs on its own clock — the seconds it has held the
@@ -34,6 +40,7 @@ import contextlib
 import contextvars
 import math
 import re
+import statistics
 import threading
 import time
 from typing import Callable
@@ -42,6 +49,8 @@ from dataclasses import dataclass, field
 from gradleak.errors import UserError
 
 PROBE = 3  # iterations timed at the start of each stage before its length is fitted
+REFITS = (0.1, 0.25, 0.4, 0.55)  # fractions of a stage where its length is fitted again (before its first decay)
+TRUNCATED = (5 / 8, 3 / 4, 7 / 8)  # lr milestones of a multistep stage that a time budget cut short
 
 
 @dataclass(frozen=True)
@@ -247,6 +256,14 @@ def schedule_cost(done: int, total: int, restarts: int, halving: bool) -> float:
         cost += r * max(0, hi - lo)
         prev, r = end, max(1, math.ceil(r / 2))
     return cost
+
+
+def seconds_per_iteration(took: list[float]) -> float:
+    """The mean of the iteration times ``took``, leaving out those above 3× their median: the first iterations'
+    one-off costs (allocations, lazy imports; ≈ 30× a LeNet iteration) would otherwise shrink the fitted length."""
+    typical = statistics.median(took)
+    kept = [t for t in took if t <= 3 * typical]
+    return sum(kept) / len(kept)
 
 
 def fit_scale(left_seconds: float, seconds_per_restart_iteration: float, done: int, lengths_done: int,

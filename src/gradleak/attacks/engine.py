@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
-from gradleak.attacks.budget import PROBE, Budget, fit_scale, halving_points, current as current_budget
+from gradleak.attacks.budget import PROBE, REFITS, TRUNCATED, Budget, fit_scale, seconds_per_iteration, halving_points, current as current_budget
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.backends.base import MatchingProblem, Step
@@ -277,7 +277,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             return per.sum()
 
         n, i, ran = lengths[si], 0, 0
-        mark, refit, refits_at = None, True, [0.1, 0.25]
+        stamp, took, refit, refits_at = None, [], True, list(REFITS)  # took: seconds per restart-iteration
         best_hist: list[float] = []
         rows: list[tuple[int, Tensor, Tensor]] = []  # (position, losses of the restarts alive, their ids)
         while i < n:
@@ -285,8 +285,9 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
                 run.stopped = "budget"  # the CPU back here (budget.Turn)
                 break
             if budget is not None:  # the schedule of the fitted length
+                truncated = timed and n < base[si]
                 for g in opt.param_groups:
-                    g["lr"] = _lr_at(stage, i, n)
+                    g["lr"] = _lr_at(stage, i, n, truncated)
             try:
                 opt.step(closure)
                 stage.parametrization.project()
@@ -306,19 +307,32 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             i, ran = i + 1, ran + 1
             run.iterations += 1
             if timed:
-                if ran == 1 or mark is None:  # the first iteration (and the one after a halving) is not timed
-                    mark = (budget.now(), ran)
-                elif refit and ran - mark[1] >= PROBE:
-                    per_it = (budget.now() - mark[0]) / (ran - mark[1]) / len(alive)
-                    f = fit_scale(deadline - budget.now() - 2 * per_it * len(alive), per_it, i, pos0,
-                                  base[si:], R if points else len(alive), bool(points))
-                    lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
-                                                                                  for m in base[si + 1:]]
-                    n = lengths[si]
-                    refit = False
+                now = budget.now()
+                if ran > 1 and stamp is not None:  # the first iteration (and the one after a halving) is not timed
+                    took.append((now - stamp) / len(alive))
+                stamp = now
+                if refit and len(took) >= PROBE:
+                    per_it = seconds_per_iteration(took)
+                    if points and len(alive) > 1 and fit_scale(deadline - now, per_it, i, pos0, base[si:], 1, False) < 1:
+                        # depth before breadth (budget module, "Successive halving"): the time cannot pay the
+                        # planned schedule even for one restart, so the one lowest by objective now goes on alone
+                        keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:1]
+                        run.halvings.append({"iteration": pos0 + i, "kept": [first + int(alive[keep])],
+                                             "why": "the time left cuts even one restart short"})
+                        variables, opt, label_var = _select(stage, variables, opt, keep, len(alive), label_var)
+                        alive, points = alive[keep], []
+                        loss_now, last = loss_now[keep], last[keep]
+                        stamp, took = None, []  # one restart's iterations are timed afresh
+                    else:
+                        f = fit_scale(deadline - budget.now() - 2 * per_it * len(alive), per_it, i, pos0,
+                                      base[si:], R if points else len(alive), bool(points))
+                        lengths = lengths[:si] + [max(i + 1, round(base[si] * f))] + [max(1, round(m * f))
+                                                                                      for m in base[si + 1:]]
+                        n = lengths[si]
+                        refit = False
                 if not refit and refits_at and i >= refits_at[0] * n:  # refit on a longer measurement
                     refits_at.pop(0)
-                    refit = i < (_milestones(stage, n) or [n])[0]
+                    refit = i < (_milestones(stage, n, truncated) or [n])[0]
             # successive halving at fixed fractions of the (fitted) schedule
             pos, total = pos0 + i, sum(lengths)
             while points and len(alive) > 1 and pos >= points[0] * total:
@@ -329,7 +343,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
                 variables, opt, label_var = _select(stage, variables, opt, keep, len(alive), label_var)
                 alive = alive[keep]
                 loss_now, last = loss_now[keep], last[keep]
-                best_hist, mark, refit = [], None, True
+                best_hist, stamp, took, refit = [], None, [], True
             if plateau is None:
                 continue
             # plateau: jump to the next milestone, or stop in the last phase / second half
@@ -338,7 +352,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             if len(best_hist) > window:
                 old, now = min(best_hist[:-window]), min(best_hist)
                 if math.isfinite(old) and old - now <= plateau.tol * abs(old):
-                    ahead = [m for m in _milestones(stage, n) if m > i]
+                    ahead = [m for m in _milestones(stage, n, truncated) if m > i]
                     if ahead:
                         run.plateaus.append({"iteration": pos0 + i, "action": f"jump to {pos0 + ahead[0]}"})
                         i, best_hist = ahead[0], []
@@ -395,14 +409,18 @@ class BudgetedRun:
     plateaus: list[dict] = field(default_factory=list)
 
 
-def _milestones(stage: Stage, n: int) -> list[int]:
-    return sorted({max(1, int(n * f)) for f in (3 / 8, 5 / 8, 7 / 8)}) if stage.schedule == "multistep" else []
+def _milestones(stage: Stage, n: int, truncated: bool = False) -> list[int]:
+    """lr ×0.1 milestones of a multistep stage of length n: 3/8, 5/8, 7/8; for a stage a time budget cut short
+    of its planned iterations (``truncated``) 5/8, 3/4, 7/8 — see :data:`gradleak.attacks.budget.TRUNCATED`."""
+    if stage.schedule != "multistep":
+        return []
+    return sorted({max(1, int(n * f)) for f in (TRUNCATED if truncated else (3 / 8, 5 / 8, 7 / 8))})
 
 
-def _lr_at(stage: Stage, i: int, n: int) -> float:
+def _lr_at(stage: Stage, i: int, n: int, truncated: bool = False) -> float:
     """The stage's schedule (:func:`lr_scheduler`) as a function of the position i in a stage of length n."""
     if stage.schedule == "multistep":
-        return stage.lr * 0.1 ** sum(1 for m in _milestones(stage, n) if i >= m)
+        return stage.lr * 0.1 ** sum(1 for m in _milestones(stage, n, truncated) if i >= m)
     if stage.schedule == "cosine":
         return stage.lr * 0.5 * (1 + math.cos(math.pi * min(i, n) / max(n, 1)))
     return stage.lr
