@@ -19,7 +19,9 @@ Rules (fixed, documented; :mod:`gradleak.attacks.engine` applies them):
 * **Plateau** (``plateau``): the best objective over the live restarts has improved by less than ``tol``
   (relative) over the last ``window`` iterations (``window`` = max(``min_window``, 1/16 of the stage)). In a
   multistep schedule the search jumps to the next lr milestone (the iterations of the phase left are saved);
-  in its last phase, and in a cosine or constant schedule past half of the stage, it stops.
+  in its last phase, and in a cosine or constant schedule past half of the stage, it stops. A stage cut short
+  by its time does not jump (it has fewer iterations than its schedule asks; saving some of them only hands
+  time to searches that ranked lower); it still stops on a plateau in its last phase.
 * **Successive halving** (``halving``, Adam stages with R > 1 restarts): at fixed fractions of the schedule
   the better half of the live restarts by the attack's own objective (the loss at that iteration; never the
   truth) is kept: with R = 2^m, halvings at n/2^(m+1), …, n/8, n/4. Four restarts cost ≈ 1.5× one

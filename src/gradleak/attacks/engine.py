@@ -307,13 +307,13 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             i, ran = i + 1, ran + 1
             run.iterations += 1
             if timed:
-                now = budget.now()
+                clock = budget.now()
                 if ran > 1 and stamp is not None:  # the first iteration (and the one after a halving) is not timed
-                    took.append((now - stamp) / len(alive))
-                stamp = now
+                    took.append((clock - stamp) / len(alive))
+                stamp = clock
                 if refit and len(took) >= PROBE:
                     per_it = seconds_per_iteration(took)
-                    if points and len(alive) > 1 and fit_scale(deadline - now, per_it, i, pos0, base[si:], 1, False) < 1:
+                    if points and len(alive) > 1 and fit_scale(deadline - clock, per_it, i, pos0, base[si:], 1, False) < 1:
                         # depth before breadth (budget module, "Successive halving"): the time cannot pay the
                         # planned schedule even for one restart, so the one lowest by objective now goes on alone
                         keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:1]
@@ -353,7 +353,9 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
                 old, now = min(best_hist[:-window]), min(best_hist)
                 if math.isfinite(old) and old - now <= plateau.tol * abs(old):
                     ahead = [m for m in _milestones(stage, n, truncated) if m > i]
-                    if ahead:
+                    if ahead and truncated:
+                        pass  # cut short by its time, the search needs every iteration it has: no jump (budget)
+                    elif ahead:
                         run.plateaus.append({"iteration": pos0 + i, "action": f"jump to {pos0 + ahead[0]}"})
                         i, best_hist = ahead[0], []
                     elif stage.schedule == "multistep" or i >= n // 2:
