@@ -34,7 +34,10 @@ Rules (fixed, documented; :mod:`gradleak.attacks.engine` applies them):
   CPU, not the wall-clock — and hands the CPU back at an iteration boundary when its turn is used up, with its
   live restarts' images; it continues from exactly that state when given the CPU again, or ends there (as if
   its deadline had passed) when told to stop. This is what lets :mod:`gradleak.portfolio.run` race several
-  searches and give the losers' time to the leader without restarting anyone.
+  searches and give the losers' time to the leader without restarting anyone. A turn granted as the last one
+  (``final``) sets the search's horizon: when it is nearer than the time the search was fitted to, the search
+  fits what is left of its schedule to it (a resumed search then finishes its schedule in the time left
+  instead of being cut inside it).
 """
 from __future__ import annotations
 
@@ -115,6 +118,7 @@ class Turn:
         self._holding = False
         self._stop = False
         self._checks = 0  # iteration boundaries seen since the last grant
+        self.horizon: float | None = None  # the clock reading where its last turn ends (a final grant's ``until``)
 
     # --- the search's side ---------------------------------------------------------------------------------
     def begin(self) -> bool:
@@ -152,10 +156,13 @@ class Turn:
             self._cv.notify_all()
 
     # --- the controller's side -----------------------------------------------------------------------------
-    def grant(self, until: float, stop: bool = False) -> None:
-        """Let the search run until its clock reads ``until`` (``stop``: only to end, returning its images)."""
+    def grant(self, until: float, stop: bool = False, final: bool = False) -> None:
+        """Let the search run until its clock reads ``until`` (``stop``: only to end, returning its images;
+        ``final``: no later turn will follow, so the search may fit what is left of its schedule to ``until``)."""
         with self._cv:
             self._until, self._stop, self._holding, self.started = until, self._stop or stop, True, True
+            if final:
+                self.horizon = until
             self._cv.notify_all()
 
     def wait(self) -> None:

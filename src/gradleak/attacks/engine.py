@@ -284,6 +284,9 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             if budget is not None and budget.now(lambda: _live_images(stage)) >= deadline:  # a turn may hand
                 run.stopped = "budget"  # the CPU back here (budget.Turn)
                 break
+            horizon = None if budget is None or budget.turn is None else budget.turn.horizon
+            if timed and horizon is not None and horizon < deadline - 1e-9:  # its last turn ends sooner than
+                deadline, refit = horizon, True  # it was fitted to: fit what is left to that (budget.Turn)
             if budget is not None:  # the schedule of the fitted length
                 truncated = timed and n < base[si]
                 for g in opt.param_groups:

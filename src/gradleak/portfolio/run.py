@@ -134,9 +134,9 @@ class _Worker:
                                        daemon=True)
         self.thread.start()
 
-    def give(self, until: float, stop: bool = False) -> None:
+    def give(self, until: float, stop: bool = False, final: bool = False) -> None:
         """Let it run until its clock reads ``until`` and wait for it to hand the CPU back (or end)."""
-        self.turn.grant(until, stop)
+        self.turn.grant(until, stop, final)
         self.turn.wait()
         if stop or self.turn.done:
             self.thread.join()
@@ -252,10 +252,10 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
         if spent_cpu is not None:
             spent_cpu[0] += w.turn.used - before
 
-    def give(w: _Worker, until: float, stop: bool = False) -> None:
+    def give(w: _Worker, until: float, stop: bool = False, final: bool = False) -> None:
         before = w.turn.used
         try:
-            w.give(until, stop)
+            w.give(until, stop, final)
         finally:
             account(w, before)
             if not stop:
@@ -290,7 +290,7 @@ def _race(searches, out: PortfolioRun, left, tick, spent_cpu, obs, labels, seed,
             room = left()
             if room < max(MIN_SHARE, MIN_ITERATIONS * out.seconds_per_iteration if w.turn.started else 0.0):
                 break
-            give(w, w.turn.used + room)
+            give(w, w.turn.used + room, final=True)  # all the time left: it may fit its schedule to it
             if w.turn.done and w.rec is not None and w.rec.iterations:
                 out.seconds_per_iteration = max(out.seconds_per_iteration, w.turn.used / w.rec.iterations)
     except KeyboardInterrupt:
