@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gradleak.attacks.base import Reconstruction
-from gradleak.attacks.budget import PROBE, REFITS, TRUNCATED, Budget, fit_scale, seconds_per_iteration, halving_points, current as current_budget
+from gradleak.attacks.budget import (PROBE, REFITS, TRUNCATED, Budget, current as current_budget, fit_scale,
+                                     halving_points, seconds_per_iteration)
 from gradleak.attacks.objectives import DISTANCES, total_variation
 from gradleak.attacks.parametrizations import Parametrization, Pixels
 from gradleak.backends.base import MatchingProblem, Step
@@ -276,7 +277,7 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
             last = per
             return per.sum()
 
-        n, i, ran = lengths[si], 0, 0
+        n, i, ran, truncated = lengths[si], 0, 0, False
         stamp, took, refit, refits_at = None, [], True, list(REFITS)  # took: seconds per restart-iteration
         best_hist: list[float] = []
         rows: list[tuple[int, Tensor, Tensor]] = []  # (position, losses of the restarts alive, their ids)
@@ -316,7 +317,8 @@ def _run_chunk(ctx: SearchContext, stages: list[Stage], objective: Objective, la
                 stamp = clock
                 if refit and len(took) >= PROBE:
                     per_it = seconds_per_iteration(took)
-                    if points and len(alive) > 1 and fit_scale(deadline - clock, per_it, i, pos0, base[si:], 1, False) < 1:
+                    alone = fit_scale(deadline - clock, per_it, i, pos0, base[si:], 1, False) if points else 1.0
+                    if len(alive) > 1 and alone < 1:
                         # depth before breadth (budget module, "Successive halving"): the time cannot pay the
                         # planned schedule even for one restart, so the one lowest by objective now goes on alone
                         keep = torch.argsort(torch.nan_to_num(loss_now, nan=math.inf))[:1]
