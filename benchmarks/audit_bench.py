@@ -152,12 +152,10 @@ def part_d(batches: int, budgets: list[float], peer_iterations: int, peer_cpu: f
     batch and written when it did not, so that breaching's run (minutes per batch) is measured once. The
     target is breaching's PSNR at the end of its schedule when it was run to the end (``peer_cpu`` large
     enough), else its best traced PSNR."""
-    import torch
-
     import defaults_vs_peer as peer
+    from gradleak.atomic import atomic_write_text
     from gradleak.audit import score
     from gradleak.autoaudit import score_portfolio
-    from gradleak.metrics.reference import reference_scores
     from gradleak.portfolio import choose, run_portfolio, situation_of
 
     images = peer.load_images(peer.DEFAULT_CACHE / "fb-imagenet-32", 32)
@@ -174,23 +172,20 @@ def part_d(batches: int, budgets: list[float], peer_iterations: int, peer_cpu: f
             if peer_trace is not None:
                 cached = json.loads(peer_trace.read_text()) if peer_trace.exists() else {}
                 cached[key] = trace
-                peer_trace.write_text(json.dumps(cached, indent=1) + "\n")
+                atomic_write_text(peer_trace, json.dumps(cached, indent=1) + "\n")  # never half-written
         its, used, _ = trace[-1]
         per_it = used / its
         full = per_it * peer_iterations
         ran_out = its >= peer_iterations
         target = trace[-1][2] if ran_out else max(p for _, _, p in trace)
         what = f"PSNR at {peer_iterations} iterations" if ran_out else "best traced PSNR"
-        rest = torch.cat([images[:b * 4], images[(b + 1) * 4:]])
-        refs = reference_scores(x, rest)
-        grey = statistics.fmean(refs["grey"]["psnr"])
-        best_ref = statistics.fmean(max(g, p) for g, p in zip(refs["grey"]["psnr"], refs["public_mean"]["psnr"]))
+        refs = peer.batch_references(images, x, b, 4)
         out.append(f"**batch {b}** — breaching ({peer_iterations}-iteration schedule): "
                    + ", ".join(f"{i} it: {p:.2f} dB ({c:.0f} s)" for i, c, p in trace)
                    + f"; {per_it:.3f} CPU s per iteration → {peer_iterations} iterations ≈ {full:.0f} CPU s "
                    + ("(measured)" if ran_out else "(extrapolated)")
-                   + f". References: grey image {grey:.2f} dB, best of grey / mean of the other photographs per image "
-                   f"{best_ref:.2f} dB\n")
+                   + f". References: grey image {refs['grey_psnr']:.2f} dB, best of grey / mean of the other "
+                   f"photographs per image {refs['ref_psnr']:.2f} dB\n")
         plans = choose(situation_of(obs, model, obs.labels))
         rows = []
         for T in budgets:

@@ -163,6 +163,22 @@ def parse_defenses(texts: list[str] | None) -> list[dict]:
     return out
 
 
+def batch_references(images, x, index: int, batch: int) -> dict:
+    """Mean scores of the references for batch ``index`` (images ``x``): the grey image, and per image the better
+    of grey and the mean of the folder's other images (:func:`gradleak.metrics.reference.reference_scores`)."""
+    import torch
+
+    from gradleak.metrics.reference import reference_scores
+
+    rest = torch.cat([images[:index * batch], images[(index + 1) * batch:]])
+    refs = reference_scores(x, rest)
+    others = refs.get("public_mean", refs["grey"])  # the folder's other images (none: grey only)
+    grey = refs["grey"]
+    return {"grey_psnr": statistics.mean(grey["psnr"]), "grey_ssim": statistics.mean(grey["ssim"]),
+            "ref_psnr": statistics.mean(max(g, p) for g, p in zip(grey["psnr"], others["psnr"])),
+            "ref_ssim": statistics.mean(max(g, p) for g, p in zip(grey["ssim"], others["ssim"]))}
+
+
 def build_case(victim: str, images, batch: int, index: int, protocol: str, steps: int, seed: int,
                defenses: list[dict] | None = None):
     import torch
@@ -282,7 +298,6 @@ def run(args) -> list[dict]:
     import torch
 
     from gradleak.metrics import score_images
-    from gradleak.metrics.reference import reference_scores
 
     torch.set_num_threads(args.threads)
     _, _, res = VICTIMS[args.victim]
@@ -297,11 +312,7 @@ def run(args) -> list[dict]:
         seed = k
         model, x, y, obs = build_case(args.victim, images, args.batch, k, args.protocol, args.steps, seed,
                                       defenses)
-        rest = torch.cat([images[:k * args.batch], images[(k + 1) * args.batch:]])
-        refs = reference_scores(x, rest)
-        others = refs.get("public_mean", refs["grey"])  # the folder's other images (none: grey only)
-        best_ref_p = [max(g, p) for g, p in zip(refs["grey"]["psnr"], others["psnr"])]
-        best_ref_s = [max(g, p) for g, p in zip(refs["grey"]["ssim"], others["ssim"])]
+        refs = batch_references(images, x, k, args.batch)
         for label, kind, spec in methods:  # interleaved: every method on this batch before the next batch
             if kind == "gl":
                 rec, sec, its, raw = run_gradleak(spec, model, obs, seed)
@@ -313,8 +324,7 @@ def run(args) -> list[dict]:
                    "defense": defense, "budget": args.iterations,
                    "iterations": its, "seconds": sec, "threads": args.threads, "load": os.getloadavg()[0],
                    "psnr": s["psnr"]["mean"], "ssim": s["ssim"]["mean"],
-                   "grey_psnr": statistics.mean(refs["grey"]["psnr"]), "grey_ssim": statistics.mean(refs["grey"]["ssim"]),
-                   "ref_psnr": statistics.mean(best_ref_p), "ref_ssim": statistics.mean(best_ref_s)}
+                   **refs}
             if raw is not None:
                 sr = score_images(raw, x)
                 row.update(raw_psnr=sr["psnr"]["mean"], raw_ssim=sr["ssim"]["mean"])

@@ -115,7 +115,7 @@ def test_the_race_gives_the_clearly_better_search_most_of_the_budget_and_keeps_t
     assert its == sorted(set(its)) and good.iterations == good.reconstruction.iterations > 0
 
 
-def test_a_search_given_its_last_turn_fits_what_is_left_of_its_schedule_to_it():
+def test_a_search_given_its_last_turn_fits_what_is_left_of_its_schedule_to_it(monkeypatch):
     """Fitted to 30 s but granted a probe and then a last turn of 1.5 s (what a search resumed after the leader
     gets): it fits its schedule to that turn and runs it to its last phases — not cut at its first lr."""
     from gradleak.portfolio.run import AttackRun, _Worker
@@ -128,19 +128,16 @@ def test_a_search_given_its_last_turn_fits_what_is_left_of_its_schedule_to_it():
         seen.append(self.param_groups[0]["lr"])
         return step(self, *a, **k)
 
-    torch.optim.Adam.step = recording
-    try:
-        plan = AuditPlan(InvertGrad(restarts=1), "gradient matching")
-        w = _Worker(plan, AttackRun(name="invertgrad", reason="", closed_form=False),
-                    Budget(seconds=30.0, halving=True, turn=Turn(time.thread_time)), obs, obs.labels, 0, model,
-                    False, "cpu")
-        w.give(0.2)
-        assert not w.turn.done and seen and max(seen) == min(seen)  # the probe: first lr only
-        w.give(w.turn.used + 1.5, final=True)
-        if not w.turn.done:  # (without the fit it would still be inside its schedule here)
-            w.give(w.turn.used, stop=True)
-    finally:
-        torch.optim.Adam.step = step
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    plan = AuditPlan(InvertGrad(restarts=1), "gradient matching")
+    w = _Worker(plan, AttackRun(name="invertgrad", reason="", closed_form=False),
+                Budget(seconds=30.0, halving=True, turn=Turn(time.thread_time)), obs, obs.labels, 0, model,
+                False, "cpu")
+    w.give(0.2)
+    assert not w.turn.done and seen and max(seen) == min(seen)  # the probe: first lr only
+    w.give(w.turn.used + 1.5, final=True)
+    if not w.turn.done:  # (without the fit it would still be inside its schedule here)
+        w.give(w.turn.used, stop=True)
     assert w.error is None and w.rec is not None
     # it reached its last lr phases within the turn (fitted to 30 s it would still be at its first lr); the fit
     # keeps a two-iteration margin, so on a loaded machine it may still end at the turn's end inside that phase
