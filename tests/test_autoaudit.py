@@ -198,6 +198,32 @@ def test_a_search_cut_short_by_time_keeps_its_first_lr_to_five_eighths_then_deca
     assert len(fits) == 64 and next(i for i, v in enumerate(fits) if v < 0.1) == 24
 
 
+def test_when_time_cuts_even_one_restart_short_the_best_goes_on_alone_without_plateau_jumps():
+    """Depth before breadth, and no plateau jumps in a stage cut short (budget module): with the time far below
+    the planned schedule, 4 restarts become 1 after the first timing, and its schedule positions run without
+    gaps (a jump would skip to the next milestone). With time to spare the planned halvings happen instead."""
+    from gradleak.attacks.engine import Objective, Stage, search
+    from gradleak.attacks.parametrizations import Pixels
+
+    _, case = _situation()
+    case.give_labels = True
+    obs = capture(case)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # one-off imports, as the CLI's setup does
+
+    def run(planned: int, seconds: float):
+        with budgeted(Budget(seconds=seconds, halving=True)):  # the default plateau rule is on
+            return search(obs, [Stage("x", Pixels(box=True), planned, 0.025, signed=True)],
+                          Objective("cosine", tv=1e-4), obs.labels, restarts=4, seed=0, progress=False)
+
+    cut = run(10 ** 6, 3.0)
+    assert len(cut.halving) == 1 and "cuts even one restart short" in cut.halving[0]["why"]
+    assert cut.halving[0]["iteration"] <= 10 and cut.all_images.shape[0] == 1
+    its = [t["iteration"] for t in cut.trace if t["restart"] == cut.halving[0]["kept"][0]]
+    assert len(its) > 30 and its == list(range(its[0], its[0] + len(its)))  # no jump ahead
+    fits = run(64, 30.0)
+    assert [h["iteration"] for h in fits.halving] == [8, 16] and all("why" not in h for h in fits.halving)
+
+
 # --- the control rule ------------------------------------------------------------------------------------------
 
 def test_verdict_rule_never_says_no_leakage_without_a_control_that_worked():
