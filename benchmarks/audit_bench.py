@@ -401,6 +401,14 @@ def main(argv=None) -> int:
                     help="(d) JSON file of breaching's traces: read when it holds a batch, else measured and added")
     ap.add_argument("--out", type=Path, default=None, help="write the tables here (markdown)")
     args = ap.parse_args(argv)
+    if args.peer_trace is not None and args.peer_trace.exists():
+        try:
+            ok = isinstance(json.loads(args.peer_trace.read_text()), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            ap.error(f"argument --peer-trace: got {str(args.peer_trace)!r}, which is not a JSON object of traces; "
+                     "allowed: a file this option wrote, or a path that does not exist yet")
     import torch
 
     torch.set_num_threads(1)

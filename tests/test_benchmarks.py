@@ -63,6 +63,16 @@ def test_gias_table_bad_arguments_are_one_line(args, tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
 
 
+def test_audit_bench_refuses_a_peer_trace_that_is_not_its_json_in_one_line(tmp_path):
+    bad = tmp_path / "trace.json"
+    bad.write_text("[1,")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "audit_bench.py"), "--parts", "d", "--peer-trace",
+                        str(bad), "--out", str(tmp_path / "o.md")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("audit_bench.py: error: argument --peer-trace: ")
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.md").exists() and bad.read_text() == "[1,"
+
+
 def test_gi_w_copies_benchmark_checks_and_prints():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gi_w_copies.py"), "--repeats", "1"],
                        capture_output=True, text=True, timeout=300)
